@@ -1,0 +1,291 @@
+"""The one place that knows py-libp2p 0.8.1: host construction, stream I/O, error mapping.
+
+Workarounds for py-libp2p pitfalls live here and only here (see docs/design.md):
+
+- `new_libp2p_host`: the default ConnectionConfig auto-dials every known peer (min 50
+  connections); meshnat nodes dial only what they are asked to.
+- `concrete_addrs`: py-libp2p advertises wildcard listen addresses verbatim (`0.0.0.0`), so
+  peers would dial themselves; we expand them to interface addresses.
+- `DatagramTap`: py-libp2p's QUIC listener owns the node's UDP socket and hands every datagram
+  to aioquic. The tap diverts meshnat datagrams (magic prefix) before QUIC sees them, so
+  reflection and punch probes share the QUIC port and therefore its NAT mapping.
+- `read_frame`: `stream.read()` raises StreamEOF and never returns b""; the length prefix is
+  checked before the body is read (`read_varint_prefixed_bytes_limited`).
+- `map_peer_errors`: py-libp2p and trio exceptions become meshnat's typed errors.
+- An exception escaping a stream handler kills py-libp2p's swarm, so every handler meshnat
+  registers goes through `guarded_handler`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import multiaddr
+import trio
+from libp2p import new_host
+from libp2p.abc import IHost, INetStream
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.crypto.keys import KeyPair
+from libp2p.crypto.serialization import deserialize_private_key
+from libp2p.custom_types import TProtocol
+from libp2p.exceptions import ParseError
+from libp2p.io.exceptions import IncompleteReadError, IOException
+from libp2p.io.exceptions import MessageTooLarge as Libp2pMessageTooLarge
+from libp2p.network.config import ConnectionConfig
+from libp2p.network.exceptions import SwarmException
+from libp2p.network.stream.exceptions import StreamError
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.stream_muxer.exceptions import MuxedStreamError
+from libp2p.transport.quic.listener import QUICListener
+from libp2p.utils.address_validation import expand_wildcard_address
+from libp2p.utils.varint import read_varint_prefixed_bytes_limited
+
+from meshnat.endpoint import Endpoint
+from meshnat.errors import (
+    ConfigError,
+    MalformedMessage,
+    MessageTooLarge,
+    PeerTimeout,
+    PeerUnavailable,
+)
+from meshnat.wire import MAX_MESSAGE_SIZE, frame_stream, is_meshnat_datagram
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ID",
+    "DatagramTap",
+    "IHost",
+    "INetStream",
+    "KeyPair",
+    "PeerInfo",
+    "TProtocol",
+    "concrete_addrs",
+    "guarded_handler",
+    "load_or_create_key",
+    "map_peer_errors",
+    "new_libp2p_host",
+    "parse_peer_addr",
+    "read_frame",
+    "remote_endpoint",
+    "reset_quietly",
+    "write_frame",
+]
+
+
+# --- identity -------------------------------------------------------------------------------
+
+
+def load_or_create_key(path: Path | None) -> KeyPair:
+    """Load an Ed25519 identity from `path` (libp2p protobuf form), creating it if absent.
+
+    A new key file is written with owner-only permissions. `None` gives an ephemeral identity.
+    """
+    if path is None:
+        return create_new_key_pair()
+    if path.exists():
+        try:
+            private = deserialize_private_key(path.read_bytes())
+        except Exception as exc:  # protobuf/crypto errors of many kinds: all mean "bad file"
+            raise ConfigError(f"key file {path} is not a libp2p private key: {exc}") from exc
+        return KeyPair(private, private.get_public_key())
+    pair = create_new_key_pair()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pair.private_key.serialize())
+    return pair
+
+
+# --- host -----------------------------------------------------------------------------------
+
+
+def new_libp2p_host(key_pair: KeyPair, listen: Sequence[multiaddr.Multiaddr]) -> IHost:
+    """A py-libp2p host with TCP (Noise, Yamux) and, for /quic-v1 addresses, QUIC.
+
+    Auto-dialling is off: a meshnat node connects only where it is told to.
+    """
+    quiet = ConnectionConfig(min_connections=0, low_watermark=0, high_watermark=300)
+    enable_quic = any("quic-v1" in str(a) for a in listen)
+    return new_host(
+        key_pair=key_pair,
+        listen_addrs=list(listen),
+        enable_quic=enable_quic,
+        connection_config=quiet,
+    )
+
+
+def concrete_addrs(host: IHost) -> list[multiaddr.Multiaddr]:
+    """The host's listen addresses with wildcards expanded, each ending in /p2p/<id>."""
+    suffix = multiaddr.Multiaddr(f"/p2p/{host.get_id()}")
+    out: list[multiaddr.Multiaddr] = []
+    for addr in host.get_network().listeners.values():
+        for bound in addr.get_addrs():
+            expanded = expand_wildcard_address(bound) if _is_wildcard(bound) else [bound]
+            out.extend(a.encapsulate(suffix) for a in expanded if a not in out)
+    return sorted(set(out), key=str)
+
+
+def _is_wildcard(addr: multiaddr.Multiaddr) -> bool:
+    return any(str(addr).startswith(p) for p in ("/ip4/0.0.0.0/", "/ip6/::/"))
+
+
+def parse_peer_addr(text: str) -> PeerInfo:
+    """Parse a full multiaddr ending in /p2p/<peer id>; raises ConfigError otherwise."""
+    try:
+        return info_from_p2p_addr(multiaddr.Multiaddr(text))
+    except Exception as exc:  # multiaddr raises many unrelated types for bad text
+        raise ConfigError(f"not a peer multiaddr (…/p2p/<peer id>): {text!r}") from exc
+
+
+def endpoint_of(addr: multiaddr.Multiaddr) -> tuple[str, Endpoint] | None:
+    """(`tcp`|`udp`, endpoint) of an /ip4|ip6/…/tcp|udp/… multiaddr, or None."""
+    try:
+        ip = addr.value_for_protocol("ip4")
+    except Exception:
+        ip = None
+    if ip is None:
+        try:
+            ip = addr.value_for_protocol("ip6")
+        except Exception:
+            return None
+    for transport in ("tcp", "udp"):
+        try:
+            port = addr.value_for_protocol(transport)
+        except Exception:
+            continue
+        if port is not None:
+            return transport, Endpoint.parse(f"[{ip}]:{port}")
+    return None
+
+
+# --- streams --------------------------------------------------------------------------------
+
+
+@contextmanager
+def map_peer_errors(stage: str, timeout: float | None = None) -> Iterator[None]:
+    """Map py-libp2p and trio failures of one peer interaction onto meshnat's errors."""
+    try:
+        yield
+    except trio.TooSlowError as exc:
+        raise PeerTimeout(stage, timeout) from exc
+    except Libp2pMessageTooLarge as exc:
+        raise MessageTooLarge(MAX_MESSAGE_SIZE + 1, MAX_MESSAGE_SIZE) from exc
+    except ParseError as exc:
+        raise MalformedMessage(f"{stage}: bad length prefix: {exc}") from exc
+    except (
+        StreamError,
+        MuxedStreamError,
+        IncompleteReadError,
+        IOException,
+        SwarmException,
+        trio.BrokenResourceError,
+        trio.ClosedResourceError,
+        ConnectionError,
+    ) as exc:
+        raise PeerUnavailable(f"{stage}: {type(exc).__name__}: {exc}") from exc
+
+
+async def read_frame(stream: INetStream) -> bytes:
+    """Read one uvarint-prefixed frame, rejecting a prefix over MAX_MESSAGE_SIZE before reading."""
+    return await read_varint_prefixed_bytes_limited(stream, MAX_MESSAGE_SIZE)
+
+
+async def write_frame(stream: INetStream, payload: bytes) -> None:
+    await stream.write(frame_stream(payload))
+
+
+def remote_endpoint(stream: INetStream) -> Endpoint | None:
+    """The source address of the connection under `stream`, as the transport saw it."""
+    addr = stream.get_remote_address()
+    if addr is None:  # relayed connections have no transport address
+        return None
+    return Endpoint.from_sockaddr(addr)
+
+
+def transport_of(stream: INetStream) -> str:
+    """`udp` for a QUIC connection, `tcp` otherwise."""
+    return "udp" if "QUIC" in type(stream.muxed_conn).__name__ else "tcp"
+
+
+def stream_peer(stream: INetStream) -> ID:
+    return stream.muxed_conn.peer_id
+
+
+async def reset_quietly(stream: INetStream) -> None:
+    with trio.move_on_after(1):
+        try:
+            await stream.reset()
+        except Exception as exc:  # the stream is being discarded; any failure is moot
+            log.debug("reset failed: %s", exc)
+
+
+def guarded_handler(
+    name: str, handler: Callable[[INetStream], Awaitable[None]]
+) -> Callable[[INetStream], Awaitable[None]]:
+    """Wrap a stream handler so nothing escapes into py-libp2p (which would kill the swarm)."""
+
+    async def run(stream: INetStream) -> None:
+        try:
+            await handler(stream)
+        except Exception:  # reaching this is a meshnat bug: log it, keep the node alive
+            log.error("%s: handler bug", name, exc_info=True)
+            await reset_quietly(stream)
+
+    return run
+
+
+# --- UDP ------------------------------------------------------------------------------------
+
+DatagramHandler = Callable[[bytes, Endpoint], None]
+
+
+class DatagramTap:
+    """Meshnat datagrams on the UDP socket of py-libp2p's QUIC listener.
+
+    Incoming datagrams with the meshnat magic are handed to every subscriber (without blocking:
+    subscribers queue and drop); everything else goes on to QUIC untouched.
+    """
+
+    def __init__(self, host: IHost) -> None:
+        listeners = [
+            lst for lst in host.get_network().listeners.values() if isinstance(lst, QUICListener)
+        ]
+        if not listeners:
+            raise ConfigError("the node has no QUIC (UDP) listener to share")
+        self._listener: Any = listeners[0]
+        self._handlers: list[DatagramHandler] = []
+        original = self._listener._process_packet
+
+        async def process_packet(data: bytes, addr: tuple[str, int]) -> None:
+            if is_meshnat_datagram(data):
+                self._dispatch(data, addr)
+            else:
+                await original(data, addr)
+
+        self._listener._process_packet = process_packet
+
+    @property
+    def local_endpoint(self) -> Endpoint:
+        return Endpoint.from_sockaddr(self._listener._socket.getsockname())
+
+    def subscribe(self, handler: DatagramHandler) -> Callable[[], None]:
+        """Call `handler(data, src)` for each meshnat datagram; returns the unsubscribe call."""
+        self._handlers.append(handler)
+        return lambda: self._handlers.remove(handler)
+
+    async def sendto(self, data: bytes, dst: Endpoint) -> None:
+        sock = self._listener._socket
+        if sock is None:
+            raise PeerUnavailable("the node's UDP socket is closed")
+        await sock.sendto(data, dst.to_sockaddr())
+
+    def _dispatch(self, data: bytes, addr: tuple[str, int]) -> None:
+        src = Endpoint.from_sockaddr(addr)
+        for handler in tuple(self._handlers):
+            handler(data, src)

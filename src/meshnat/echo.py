@@ -1,0 +1,59 @@
+"""`EchoService`: answers each stream with what it received; the smallest mountable service."""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from meshnat import _libp2p
+from meshnat._libp2p import INetStream, TProtocol
+from meshnat.errors import MeshNatError
+from meshnat.node import MeshNode
+
+log = logging.getLogger(__name__)
+
+ECHO_PROTOCOL = TProtocol("/meshnat/echo/1.0.0")
+MAX_ECHO = 64 * 1024
+
+
+class EchoService:
+    """Echoes up to 64 KiB per stream, then closes; a reachability check for tests and the CLI."""
+
+    protocol_id = ECHO_PROTOCOL
+
+    def __init__(self, *, stream_timeout: float = 10.0) -> None:
+        self._stream_timeout = stream_timeout
+        self.served = 0
+
+    async def serve(self, node: MeshNode, *, task_status: trio.TaskStatus[None]) -> None:
+        node.host.set_stream_handler(self.protocol_id, _libp2p.guarded_handler("echo", self._handle))
+        try:
+            task_status.started()
+            await trio.sleep_forever()
+        finally:
+            node.host.remove_stream_handler(self.protocol_id)
+
+    async def _handle(self, stream: INetStream) -> None:
+        try:
+            with (
+                _libp2p.map_peer_errors("echo", self._stream_timeout),
+                trio.fail_after(self._stream_timeout),
+            ):
+                data = await stream.read(MAX_ECHO)
+                await stream.write(data)
+                await stream.close()
+            self.served += 1
+        except MeshNatError as exc:
+            log.debug("echo: dropped stream: %s", exc)
+            await _libp2p.reset_quietly(stream)
+
+
+async def echo(node: MeshNode, peer: _libp2p.PeerInfo, data: bytes, *, timeout: float = 10.0) -> bytes:
+    """Send `data` to `peer`'s echo service and return the answer."""
+    stream = await node.open_stream(peer, ECHO_PROTOCOL, timeout=timeout)
+    with _libp2p.map_peer_errors("echo", timeout), trio.fail_after(timeout):
+        await stream.write(data)
+        answer = await stream.read(MAX_ECHO)
+        await stream.close()
+    return bytes(answer)

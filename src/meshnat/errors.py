@@ -1,0 +1,103 @@
+"""The meshnat exception hierarchy.
+
+A peer can only ever cause `RemoteProtocolError`, `PeerTimeout` or `PeerUnavailable`; anything
+else escaping a service is a meshnat bug. Public calls raise exactly one `MeshNatError`
+subclass, never an `ExceptionGroup`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from meshnat.discovery.consensus import Consensus
+
+
+class MeshNatError(Exception):
+    """Base class for everything meshnat raises on purpose."""
+
+
+class ConfigError(MeshNatError, ValueError):
+    """A configuration value or call argument is invalid."""
+
+
+class ProtocolError(MeshNatError):
+    """Abstract: a protocol rule was broken (see the two subclasses)."""
+
+
+class LocalProtocolError(ProtocolError):
+    """This node (or the calling code) misused a protocol or a core's state."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The remote peer sent something the protocol does not allow."""
+
+
+class MalformedMessage(RemoteProtocolError):
+    """Not one CBOR item, wrong types, missing or unknown fields, trailing bytes."""
+
+
+class MessageTooLarge(RemoteProtocolError):
+    """A frame or datagram is larger than the protocol allows."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"message of {size} bytes exceeds the limit of {limit}")
+        self.size, self.limit = size, limit
+
+
+class UnsupportedVersion(RemoteProtocolError):
+    """The peer speaks a wire version this node does not."""
+
+    def __init__(self, got: int, supported: int) -> None:
+        super().__init__(f"wire version {got} is not supported (this node speaks {supported})")
+        self.got, self.supported = got, supported
+
+
+class UnexpectedMessage(RemoteProtocolError):
+    """A valid message of a type that is not allowed at this point."""
+
+    def __init__(self, got: int, expected: tuple[int, ...]) -> None:
+        super().__init__(f"message type {got} is not one of {list(expected)}")
+        self.got, self.expected = got, expected
+
+
+class PeerRefused(RemoteProtocolError):
+    """The peer answered with an explicit error (rate limited, bad request, ...)."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(f"peer refused: {code}: {reason}")
+        self.code, self.reason = code, reason
+
+
+class PeerUnavailable(MeshNatError):
+    """No stream could be opened, or the stream broke: the peer is gone or lacks the protocol."""
+
+
+class PeerTimeout(MeshNatError, TimeoutError):
+    """A peer did not answer in time."""
+
+    def __init__(self, stage: str, timeout: float | None = None) -> None:
+        tail = f" after {timeout:.2f}s" if timeout is not None else ""
+        super().__init__(f"no answer during {stage}{tail}")
+        self.stage, self.timeout = stage, timeout
+
+
+class InsufficientResponses(MeshNatError):
+    """Fewer reflectors answered than a decision needs."""
+
+    def __init__(self, got: int, needed: int, asked: int) -> None:
+        super().__init__(f"{got} of {asked} reflectors answered; {needed} needed")
+        self.got, self.needed, self.asked = got, needed, asked
+
+
+class NoConsensus(MeshNatError):
+    """Reflectors answered but no address has a strict majority; carries the tally."""
+
+    def __init__(self, consensus: Consensus) -> None:
+        tally = ", ".join(f"{ep}×{n}" for ep, n in consensus.tally)
+        super().__init__(f"no strict majority among {consensus.voters} observer groups: {tally}")
+        self.consensus = consensus
+
+
+class NotMounted(LocalProtocolError):
+    """A service was used before it was mounted on a running node."""

@@ -1,0 +1,217 @@
+"""`MeshNode`: a py-libp2p host (TCP + QUIC) that meshnat services mount on."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from ipaddress import ip_address
+from pathlib import Path
+from typing import Protocol, Self, TypeVar
+
+import multiaddr
+import trio
+
+from meshnat import _libp2p
+from meshnat._libp2p import ID, DatagramTap, IHost, INetStream, PeerInfo, TProtocol
+from meshnat.endpoint import Endpoint
+from meshnat.errors import ConfigError, LocalProtocolError, NotMounted, PeerUnavailable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeConfig:
+    """Where a MeshNode listens and who it is."""
+
+    listen_ip: str = "0.0.0.0"
+    """IP address to listen on for TCP and QUIC; `0.0.0.0` means every IPv4 interface."""
+
+    tcp_port: int = 0
+    """TCP listen port; 0 picks a free one."""
+
+    udp_port: int = 0
+    """UDP (QUIC) listen port; 0 picks a free one. Reflection and punching share it."""
+
+    key_file: Path | None = None
+    """Ed25519 identity file, created (mode 0600) if missing; None gives a fresh identity."""
+
+    dial_timeout: float = 10.0
+    """Seconds to wait for one outbound connection."""
+
+    stream_timeout: float = 10.0
+    """Seconds to wait for protocol negotiation of one outbound stream."""
+
+    def __post_init__(self) -> None:
+        try:
+            ip_address(self.listen_ip)
+        except ValueError:
+            raise ConfigError(f"listen_ip must be an IP address, got {self.listen_ip!r}") from None
+        for name in ("tcp_port", "udp_port"):
+            port = getattr(self, name)
+            if type(port) is not int or not 0 <= port < 65536:
+                raise ConfigError(f"{name} must be in [0, 65535], got {port!r}")
+        for name in ("dial_timeout", "stream_timeout"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
+
+    def listen_addrs(self) -> list[multiaddr.Multiaddr]:
+        ip = ip_address(self.listen_ip)
+        proto = "ip4" if ip.version == 4 else "ip6"
+        return [
+            multiaddr.Multiaddr(f"/{proto}/{ip}/tcp/{self.tcp_port}"),
+            multiaddr.Multiaddr(f"/{proto}/{ip}/udp/{self.udp_port}/quic-v1"),
+        ]
+
+
+class Service(Protocol):
+    """Anything that can be mounted: registers handlers, calls `task_status.started()`,
+    runs until cancelled and unregisters in `finally`."""
+
+    async def serve(self, node: MeshNode, *, task_status: trio.TaskStatus[None]) -> None: ...
+
+
+S = TypeVar("S", bound=Service)
+
+
+@dataclass(slots=True)
+class _Mounted:
+    scope: trio.CancelScope
+    done: trio.Event = field(default_factory=trio.Event)
+
+
+class MeshNode:
+    """A running libp2p host plus the meshnat services mounted on it.
+
+    Use as `async with MeshNode(config) as node:`; leaving the block unmounts every service
+    and closes the host's listeners and connections.
+    """
+
+    def __init__(self, config: NodeConfig | None = None) -> None:
+        self.config = config or NodeConfig()
+        self._host: IHost | None = None
+        self._udp: DatagramTap | None = None
+        self._nursery: trio.Nursery | None = None
+        self._mounted: dict[int, _Mounted] = {}
+        self._stack: AsyncExitStack | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        key_pair = _libp2p.load_or_create_key(self.config.key_file)
+        listen = self.config.listen_addrs()
+        host = _libp2p.new_libp2p_host(key_pair, listen)
+        async with AsyncExitStack() as stack:
+            await stack.enter_async_context(host.run(listen))
+            self._nursery = await stack.enter_async_context(trio.open_nursery())
+            stack.callback(self._nursery.cancel_scope.cancel)
+            self._host, self._udp = host, DatagramTap(host)
+            self._stack = stack.pop_all()
+        log.info("node up peer=%s addrs=%s", self.peer_id, [str(a) for a in self.addrs])
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        stack, self._stack = self._stack, None
+        self._host = self._udp = None
+        self._mounted.clear()
+        if stack is not None:
+            await stack.__aexit__(*exc_info)  # type: ignore[arg-type]
+
+    # --- identity and addresses --------------------------------------------------------------
+
+    @property
+    def host(self) -> IHost:
+        if self._host is None:
+            raise NotMounted("the node is not running (use `async with MeshNode(...)`)")
+        return self._host
+
+    @property
+    def udp(self) -> DatagramTap:
+        """The node's UDP socket (shared with QUIC) for meshnat datagrams."""
+        if self._udp is None:
+            raise NotMounted("the node is not running")
+        return self._udp
+
+    @property
+    def peer_id(self) -> ID:
+        return self.host.get_id()
+
+    @property
+    def addrs(self) -> list[multiaddr.Multiaddr]:
+        """Concrete listen multiaddrs (never 0.0.0.0), each ending in /p2p/<peer id>."""
+        return _libp2p.concrete_addrs(self.host)
+
+    def listen_endpoint(self, transport: str) -> Endpoint:
+        """The bound local endpoint of the `tcp` or `udp` listener."""
+        for addr in self.host.get_network().listeners.values():
+            for bound in addr.get_addrs():
+                parsed = _libp2p.endpoint_of(bound)
+                if parsed is not None and parsed[0] == transport:
+                    return parsed[1]
+        raise LocalProtocolError(f"the node has no {transport} listener")
+
+    # --- services ----------------------------------------------------------------------------
+
+    async def mount(self, service: S) -> S:
+        """Start `service` on this node; returns once its handlers are registered."""
+        if self._nursery is None:
+            raise NotMounted("the node is not running")
+        if id(service) in self._mounted:
+            raise LocalProtocolError(f"{type(service).__name__} is already mounted")
+        entry = _Mounted(trio.CancelScope())
+
+        async def run(task_status: trio.TaskStatus[None]) -> None:
+            try:
+                with entry.scope:
+                    await service.serve(self, task_status=task_status)
+            finally:
+                self._mounted.pop(id(service), None)
+                entry.done.set()
+
+        self._mounted[id(service)] = entry
+        await self._nursery.start(run)
+        return service
+
+    async def unmount(self, service: Service) -> None:
+        """Stop `service` and wait until its handlers are removed."""
+        entry = self._mounted.get(id(service))
+        if entry is None:
+            raise LocalProtocolError(f"{type(service).__name__} is not mounted")
+        entry.scope.cancel()
+        await entry.done.wait()
+
+    # --- connections and streams -------------------------------------------------------------
+
+    async def connect(self, peer: PeerInfo, *, timeout: float | None = None) -> None:
+        """Connect to `peer` at its known addresses (reusing an existing connection)."""
+        limit = timeout or self.config.dial_timeout
+        if not peer.addrs:
+            raise ConfigError(f"no address known for {peer.peer_id}")
+        if self.host.get_network().get_connections(peer.peer_id):
+            return
+        last: Exception | None = None
+        with _libp2p.map_peer_errors("connect", limit), trio.fail_after(limit):
+            for addr in peer.addrs:
+                try:
+                    await self.host.get_network().dial_addr(addr, peer.peer_id)
+                    self.host.get_peerstore().add_addrs(peer.peer_id, peer.addrs, 3600)
+                    return
+                except Exception as exc:  # py-libp2p dial errors have no common base
+                    last = exc
+                    log.debug("dial %s failed: %s", addr, exc)
+            raise PeerUnavailable(f"could not dial {peer.peer_id}: {last}")
+
+    async def open_stream(
+        self, peer: PeerInfo, protocol: TProtocol, *, timeout: float | None = None
+    ) -> INetStream:
+        """Connect if needed and open a stream speaking `protocol`."""
+        await self.connect(peer, timeout=timeout)
+        limit = timeout or self.config.stream_timeout
+        with _libp2p.map_peer_errors(f"open {protocol}", limit), trio.fail_after(limit):
+            try:
+                return await self.host.new_stream(peer.peer_id, [protocol])
+            except Exception as exc:  # negotiation failures surface as assorted py-libp2p types
+                if isinstance(exc, trio.TooSlowError):
+                    raise
+                raise PeerUnavailable(f"{peer.peer_id} does not speak {protocol}: {exc}") from exc
+

@@ -1,0 +1,147 @@
+"""CBOR envelope shared by every meshnat message, with strict, bounded decoding.
+
+Envelope: a CBOR map with small integer keys, `0: version`, `1: type`, `2: txid` (16 random
+bytes, echoed by responses), and the message's own fields from key 8 up. Decoding rejects
+anything that is not exactly one such map of an expected type: trailing bytes, indefinite
+lengths, duplicate keys, nesting deeper than 4, wrong types (a bool is not an int), unknown keys.
+Any bad input raises a `RemoteProtocolError` subclass and nothing else.
+"""
+
+from __future__ import annotations
+
+import io
+import secrets
+from enum import IntEnum
+from typing import ClassVar, Protocol, Self, TypeVar
+
+import cbor2
+
+from meshnat.errors import (
+    LocalProtocolError,
+    MalformedMessage,
+    MessageTooLarge,
+    UnexpectedMessage,
+    UnsupportedVersion,
+)
+
+MAX_MESSAGE_SIZE = 4096
+"""Largest encoded message, the same bound as DCUtR's and rust-libp2p's."""
+WIRE_VERSION = 1
+TXID_SIZE = 16
+VERSION, TYPE, TXID = 0, 1, 2
+FIRST_FIELD = 8
+_MAX_DEPTH = 4
+
+
+def new_txid() -> bytes:
+    """A fresh transaction id: 16 random bytes, unguessable by an off-path attacker."""
+    return secrets.token_bytes(TXID_SIZE)
+
+
+class Fields:
+    """A consuming reader over a decoded map: each `pop_*` validates and removes one field."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, item: object) -> None:
+        if type(item) is not dict or not all(type(k) is int for k in item):
+            raise MalformedMessage("message must be a map with integer keys")
+        self._items: dict[int, object] = item
+
+    def pop(self, key: int) -> object:
+        try:
+            return self._items.pop(key)
+        except KeyError:
+            raise MalformedMessage(f"field {key}: missing") from None
+
+    def pop_int(self, key: int, *, lo: int = 0, hi: int = 2**64 - 1) -> int:
+        value = self.pop(key)
+        if type(value) is not int or not lo <= value <= hi:
+            raise MalformedMessage(f"field {key}: expected an integer in [{lo}, {hi}]")
+        return value
+
+    def pop_bytes(self, key: int, *, size: int | None = None, max_size: int = 1024) -> bytes:
+        value = self.pop(key)
+        if type(value) is not bytes:
+            raise MalformedMessage(f"field {key}: expected bytes")
+        if size is not None and len(value) != size:
+            raise MalformedMessage(f"field {key}: expected {size} bytes, got {len(value)}")
+        if len(value) > max_size:
+            raise MalformedMessage(f"field {key}: more than {max_size} bytes")
+        return value
+
+    def pop_str(self, key: int, *, max_len: int = 120) -> str:
+        value = self.pop(key)
+        if type(value) is not str or len(value) > max_len:
+            raise MalformedMessage(f"field {key}: expected a string of at most {max_len} chars")
+        return value
+
+    def pop_list(self, key: int, *, max_items: int) -> list[object]:
+        value = self.pop(key)
+        if type(value) is not list or len(value) > max_items:
+            raise MalformedMessage(f"field {key}: expected a list of at most {max_items} items")
+        return value
+
+    def ensure_consumed(self) -> None:
+        if self._items:
+            raise MalformedMessage(f"unknown fields {sorted(self._items)}")
+
+
+class Message(Protocol):
+    """What every wire message provides; `txid` is carried in the envelope."""
+
+    TYPE: ClassVar[IntEnum]
+
+    @property
+    def txid(self) -> bytes: ...
+
+    def to_fields(self) -> dict[int, object]: ...
+
+    @classmethod
+    def from_fields(cls, txid: bytes, fields: Fields) -> Self: ...
+
+
+M = TypeVar("M", bound=Message)
+
+
+def encode(msg: Message) -> bytes:
+    """Encode one message; an oversized result is our own bug (LocalProtocolError)."""
+    fields = msg.to_fields()
+    if any(k < FIRST_FIELD for k in fields):
+        raise LocalProtocolError(f"{type(msg).__name__} uses an envelope key")
+    data: bytes = cbor2.dumps(
+        {VERSION: WIRE_VERSION, TYPE: int(msg.TYPE), TXID: msg.txid, **fields}
+    )
+    if len(data) > MAX_MESSAGE_SIZE:
+        raise LocalProtocolError(f"{type(msg).__name__} encodes to {len(data)} bytes")
+    return data
+
+
+def decode(data: bytes, *expected: type[M], limit: int = MAX_MESSAGE_SIZE) -> M:
+    """Decode exactly one message of one of the `expected` types.
+
+    Raises a `RemoteProtocolError` subclass for any input that is not such a message.
+    """
+    if len(data) > limit:
+        raise MessageTooLarge(len(data), limit)
+    stream = io.BytesIO(data)
+    try:
+        item = cbor2.load(
+            stream, max_depth=_MAX_DEPTH, allow_indefinite=False, allow_duplicate_keys=False
+        )
+    except (cbor2.CBORDecodeError, RecursionError, ValueError, OverflowError) as exc:
+        raise MalformedMessage(f"not one well-formed CBOR item: {exc}") from exc
+    if stream.tell() != len(data):  # cbor2 ignores trailing bytes; we don't
+        raise MalformedMessage(f"{len(data) - stream.tell()} trailing bytes")
+    fields = Fields(item)
+    version = fields.pop_int(VERSION)
+    if version != WIRE_VERSION:
+        raise UnsupportedVersion(version, WIRE_VERSION)
+    kind = fields.pop_int(TYPE)
+    txid = fields.pop_bytes(TXID, size=TXID_SIZE)
+    for cls in expected:
+        if int(cls.TYPE) == kind:
+            msg = cls.from_fields(txid, fields)
+            fields.ensure_consumed()
+            return msg
+    raise UnexpectedMessage(kind, tuple(int(c.TYPE) for c in expected))
