@@ -112,10 +112,12 @@ class MeshNode:
 
     async def __aexit__(self, *exc_info: object) -> None:
         stack, self._stack = self._stack, None
-        self._host = self._udp = None
-        self._mounted.clear()
-        if stack is not None:
-            await stack.__aexit__(*exc_info)  # type: ignore[arg-type]
+        try:
+            if stack is not None:
+                await stack.__aexit__(*exc_info)  # type: ignore[arg-type]
+        finally:
+            self._host = self._udp = self._nursery = None
+            self._mounted.clear()
 
     # --- identity and addresses --------------------------------------------------------------
 
@@ -182,8 +184,14 @@ class MeshNode:
 
     # --- connections and streams -------------------------------------------------------------
 
-    async def connect(self, peer: PeerInfo, *, timeout: float | None = None) -> None:
-        """Connect to `peer` at its known addresses (reusing an existing connection)."""
+    async def connect(
+        self, peer: PeerInfo, *, timeout: float | None = None, from_listen_port: bool = False
+    ) -> None:
+        """Connect to `peer` at its known addresses (reusing an existing connection).
+
+        With `from_listen_port`, TCP dials leave from the TCP listen port (SO_REUSEPORT), so
+        the NAT mapping a peer observes is the one other peers can reach.
+        """
         limit = timeout or self.config.dial_timeout
         if not peer.addrs:
             raise ConfigError(f"no address known for {peer.peer_id}")
@@ -193,7 +201,10 @@ class MeshNode:
         with _libp2p.map_peer_errors("connect", limit), trio.fail_after(limit):
             for addr in peer.addrs:
                 try:
-                    await self.host.get_network().dial_addr(addr, peer.peer_id)
+                    source = None
+                    if from_listen_port and "/tcp/" in str(addr):
+                        source = self.listen_endpoint("tcp").to_sockaddr()
+                    await self.host.get_network().dial_addr(addr, peer.peer_id, source)
                     self.host.get_peerstore().add_addrs(peer.peer_id, peer.addrs, 3600)
                     return
                 except Exception as exc:  # py-libp2p dial errors have no common base
@@ -202,10 +213,11 @@ class MeshNode:
             raise PeerUnavailable(f"could not dial {peer.peer_id}: {last}")
 
     async def open_stream(
-        self, peer: PeerInfo, protocol: TProtocol, *, timeout: float | None = None
+        self, peer: PeerInfo, protocol: TProtocol, *, timeout: float | None = None,
+        from_listen_port: bool = False,
     ) -> INetStream:
         """Connect if needed and open a stream speaking `protocol`."""
-        await self.connect(peer, timeout=timeout)
+        await self.connect(peer, timeout=timeout, from_listen_port=from_listen_port)
         limit = timeout or self.config.stream_timeout
         with _libp2p.map_peer_errors(f"open {protocol}", limit), trio.fail_after(limit):
             try:

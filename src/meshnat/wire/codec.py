@@ -48,6 +48,9 @@ class Fields:
             raise MalformedMessage("message must be a map with integer keys")
         self._items: dict[int, object] = item
 
+    def __contains__(self, key: int) -> bool:
+        return key in self._items
+
     def pop(self, key: int) -> object:
         try:
             return self._items.pop(key)

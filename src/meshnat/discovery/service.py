@@ -1,0 +1,176 @@
+"""`PeerAddressDiscovery`: ask several reflectors at once, decide by majority, report events."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import trio
+
+from meshnat._libp2p import PeerInfo, endpoint_of
+from meshnat.discovery.consensus import Consensus, Observation, decide
+from meshnat.endpoint import Endpoint
+from meshnat.errors import (
+    ConfigError,
+    InsufficientResponses,
+    MeshNatError,
+    NoConsensus,
+    NotMounted,
+)
+from meshnat.events import AddressConfirmed, AddressDisputed, EventSink, ignore_events
+from meshnat.node import MeshNode
+from meshnat.reflection.client import Reflection, observe_over_stream, observe_over_udp
+
+log = logging.getLogger(__name__)
+
+TRANSPORTS = ("udp", "tcp")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DiscoveryConfig:
+    """How PeerAddressDiscovery asks reflectors and what it believes."""
+
+    min_responses: int = 3
+    """Answers needed before any decision; fewer raise InsufficientResponses."""
+
+    max_reflectors: int = 16
+    """Reflectors asked per round (the first ones given); bounds each round's fan-out."""
+
+    timeout: float = 3.0
+    """Seconds for a whole round; reflectors silent by then count as absent."""
+
+    group_by_network: bool = True
+    """One vote per IPv4 address or IPv6 /56. Turn off only where every reflector shares one
+    address on purpose (loopback tests); then each peer id votes."""
+
+    interval: float = 0.0
+    """Seconds between background rediscoveries while mounted; 0 disables them."""
+
+    transports: tuple[str, ...] = TRANSPORTS
+    """Transports rediscovered in the background."""
+
+    def __post_init__(self) -> None:
+        if self.min_responses < 1:
+            raise ConfigError(f"min_responses must be >= 1, got {self.min_responses!r}")
+        if self.max_reflectors < self.min_responses:
+            raise ConfigError("max_reflectors must be >= min_responses")
+        if not self.timeout > 0:
+            raise ConfigError(f"timeout must be > 0, got {self.timeout!r}")
+        if self.interval < 0 or not math.isfinite(self.interval):
+            raise ConfigError(f"interval must be >= 0, got {self.interval!r}")
+        if not set(self.transports) <= set(TRANSPORTS):
+            raise ConfigError(f"transports must be among {TRANSPORTS}, got {self.transports!r}")
+
+
+def _reflector_endpoint(peer: PeerInfo, transport: str) -> Endpoint | None:
+    for addr in peer.addrs:
+        parsed = endpoint_of(addr)
+        if parsed is not None and parsed[0] == transport:
+            return parsed[1]
+    return None
+
+
+class PeerAddressDiscovery:
+    """Learns this node's public endpoint per transport from mesh reflectors.
+
+    `udp` is the mapping of the node's UDP (QUIC) port, learned by datagram; `tcp` the mapping
+    of TCP connections dialled from the TCP listen port. Never guesses: with too few answers or
+    no strict majority it raises instead.
+    """
+
+    def __init__(self, reflectors: Sequence[PeerInfo], config: DiscoveryConfig | None = None, *,
+                 events: EventSink = ignore_events) -> None:
+        self.config = config or DiscoveryConfig()
+        self.reflectors = list(reflectors)
+        self._events = events
+        self._node: MeshNode | None = None
+        self._latest: dict[str, Consensus] = {}
+        self._wake = trio.Event()
+
+    def latest(self, transport: str = "udp") -> Consensus | None:
+        """The last successful round for `transport`; None means the address is unknown."""
+        return self._latest.get(transport)
+
+    def network_changed(self) -> None:
+        """Ask the background loop to rediscover now (after an interface or route change)."""
+        self._wake.set()
+
+    async def serve(self, node: MeshNode, *, task_status: trio.TaskStatus[None]) -> None:
+        self._node = node
+        if not self.reflectors:
+            log.warning("discovery: no reflectors configured; public address stays unknown")
+        try:
+            task_status.started()
+            while True:
+                if self.config.interval and self.reflectors:
+                    for transport in self.config.transports:
+                        try:
+                            await self.discover(transport)
+                        except MeshNatError as exc:
+                            log.info("discovery: %s round failed: %s", transport, exc)
+                with trio.move_on_after(self.config.interval or math.inf):
+                    await self._wake.wait()
+                self._wake = trio.Event()
+        finally:
+            self._node = None
+
+    async def discover(self, transport: str = "udp", *, timeout: float | None = None) -> Consensus:
+        """Ask every reflector concurrently and return the strict-majority Consensus.
+
+        Raises InsufficientResponses (fewer than `min_responses` answers, including no
+        reflectors at all) or NoConsensus (carrying the tally).
+        """
+        if transport not in TRANSPORTS:
+            raise ConfigError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
+        if self._node is None:
+            raise NotMounted("mount PeerAddressDiscovery on a running MeshNode first")
+        node, limit = self._node, timeout or self.config.timeout
+        asked = self.reflectors[: self.config.max_reflectors]
+        observations: list[Observation] = []
+
+        async def ask(peer: PeerInfo) -> None:
+            try:
+                reflection = await self._ask(node, peer, transport, limit)
+            except MeshNatError as exc:
+                log.debug("discovery: reflector %s gave nothing: %s", peer.peer_id, exc)
+                return
+            if reflection.transport != transport:
+                log.debug("discovery: %s answered over %s", peer.peer_id, reflection.transport)
+                return
+            observations.append(Observation(
+                str(peer.peer_id), self._group(peer), reflection.observed, reflection.rtt))
+
+        with trio.move_on_after(limit + 0.5):  # backstop; each ask has its own deadline
+            async with trio.open_nursery() as nursery:
+                for peer in asked:
+                    nursery.start_soon(ask, peer)
+        if len(observations) < self.config.min_responses:
+            raise InsufficientResponses(len(observations), self.config.min_responses, len(asked))
+        consensus = decide(transport, observations)
+        if consensus.address is None:
+            self._events(AddressDisputed(transport, consensus.voters, consensus.endpoint_dependent))
+            raise NoConsensus(consensus)
+        self._latest[transport] = consensus
+        self._events(AddressConfirmed(transport, consensus.address, consensus.votes,
+                                      consensus.voters))
+        log.info("discovery: %s address %s votes=%d/%d", transport, consensus.address,
+                 consensus.votes, consensus.voters)
+        return consensus
+
+    async def _ask(self, node: MeshNode, peer: PeerInfo, transport: str,
+                   timeout: float) -> Reflection:
+        if transport == "tcp":
+            tcp_only = PeerInfo(peer.peer_id, [a for a in peer.addrs if "/tcp/" in str(a)])
+            return await observe_over_stream(node, tcp_only, timeout=timeout)
+        endpoint = _reflector_endpoint(peer, "udp")
+        if endpoint is None:
+            raise ConfigError(f"reflector {peer.peer_id} has no UDP (QUIC) address")
+        return await observe_over_udp(node, endpoint, timeout=timeout)
+
+    def _group(self, peer: PeerInfo) -> str:
+        if not self.config.group_by_network:
+            return str(peer.peer_id)
+        endpoint = _reflector_endpoint(peer, "udp") or _reflector_endpoint(peer, "tcp")
+        return endpoint.observer_group() if endpoint else str(peer.peer_id)

@@ -1,0 +1,114 @@
+"""Asking one reflector what it sees: over a stream, or by datagram from the node's UDP port."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from dataclasses import dataclass
+
+import trio
+
+from meshnat import _libp2p
+from meshnat._libp2p import PeerInfo
+from meshnat.endpoint import Endpoint
+from meshnat.errors import (
+    MalformedMessage,
+    PeerRefused,
+    PeerTimeout,
+    RemoteProtocolError,
+)
+from meshnat.node import MeshNode
+from meshnat.reflection.messages import (
+    REQUEST_PADDING,
+    ObserveRequest,
+    ObserveResponse,
+    ReflectError,
+    Transport,
+)
+from meshnat.reflection.service import REFLECT_PROTOCOL
+from meshnat.wire import decode, encode, frame_datagram, new_txid, unframe_datagram
+
+log = logging.getLogger(__name__)
+
+FIRST_RETRANSMIT = 0.25
+"""Seconds before the first UDP retransmission; doubles each time (RFC 8489's RTO idea)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reflection:
+    """One reflector's answer: what it observed, over which transport, and how fast."""
+
+    observed: Endpoint
+    transport: Transport
+    rtt: float
+
+
+def _check(reply: ObserveResponse | ReflectError, txid: bytes) -> ObserveResponse:
+    if not hmac.compare_digest(reply.txid, txid):
+        raise MalformedMessage("response to a request id this node did not send")
+    if isinstance(reply, ReflectError):
+        raise PeerRefused(reply.code.name.lower().replace("_", "-"), reply.reason)
+    return reply
+
+
+async def observe_over_stream(node: MeshNode, peer: PeerInfo, *, timeout: float) -> Reflection:
+    """Ask `peer` over a stream; TCP dials leave from the listen port.
+
+    Raises PeerUnavailable, PeerTimeout or a RemoteProtocolError subclass.
+    """
+    deadline = trio.current_time() + timeout
+    stream = await node.open_stream(peer, REFLECT_PROTOCOL, timeout=timeout, from_listen_port=True)
+    txid = new_txid()
+    with _libp2p.map_peer_errors("reflect", timeout), trio.fail_at(deadline):
+        try:
+            started = trio.current_time()
+            await _libp2p.write_frame(stream, encode(ObserveRequest(txid)))
+            reply = decode(await _libp2p.read_frame(stream), ObserveResponse, ReflectError)
+            rtt = trio.current_time() - started
+        finally:
+            await _libp2p.reset_quietly(stream)
+    answer = _check(reply, txid)
+    return Reflection(answer.observed, answer.transport, rtt)
+
+
+async def observe_over_udp(node: MeshNode, reflector: Endpoint, *, timeout: float) -> Reflection:
+    """Ask the reflector at `reflector` (its UDP/QUIC port) by datagram from the node's UDP port.
+
+    Retransmits with doubling intervals until `timeout`. Only an answer with this request's
+    id, from the address asked, counts; anything else is dropped. Raises PeerTimeout.
+    """
+    txid = new_txid()
+    datagram = frame_datagram(encode(ObserveRequest(txid, bytes(REQUEST_PADDING))))
+    answered: list[tuple[ObserveResponse, float]] = []
+    got = trio.Event()
+
+    def on_datagram(data: bytes, src: Endpoint) -> None:
+        if got.is_set() or src != reflector or (payload := unframe_datagram(data)) is None:
+            return
+        try:
+            reply = decode(payload, ObserveResponse)
+        except RemoteProtocolError:
+            return  # not an answer for us (other messages share the socket)
+        if hmac.compare_digest(reply.txid, txid):
+            answered.append((reply, trio.current_time()))
+            got.set()
+
+    unsubscribe = node.udp.subscribe(on_datagram)
+    try:
+        interval, sent_at = FIRST_RETRANSMIT, 0.0
+        with trio.move_on_after(timeout):
+            while not got.is_set():
+                sent_at = trio.current_time()
+                try:
+                    await node.udp.sendto(datagram, reflector)
+                except OSError as exc:
+                    log.debug("reflect: udp request to %s failed: %s", reflector, exc)
+                with trio.move_on_after(interval):
+                    await got.wait()
+                interval *= 2
+    finally:
+        unsubscribe()
+    if not answered:
+        raise PeerTimeout(f"udp reflection from {reflector}", timeout)
+    reply, at = answered[0]
+    return Reflection(reply.observed, reply.transport, at - sent_at)

@@ -1,0 +1,135 @@
+"""`ReflectionService`: the trio adapter that mounts reflection on a MeshNode."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import trio
+
+from meshnat import _libp2p
+from meshnat._libp2p import INetStream, TProtocol
+from meshnat.endpoint import Endpoint
+from meshnat.errors import ConfigError, MeshNatError, RemoteProtocolError, UnsupportedVersion
+from meshnat.events import EventSink, StreamRejected, ignore_events
+from meshnat.node import MeshNode
+from meshnat.reflection.core import ReflectionStatistics, ReflectorCore
+from meshnat.reflection.messages import ErrorCode, ObserveRequest, ReflectError, Transport
+from meshnat.wire import decode, encode
+
+log = logging.getLogger(__name__)
+
+REFLECT_PROTOCOL = TProtocol("/meshnat/reflect/1.0.0")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReflectionConfig:
+    """Limits of a reflector."""
+
+    rate: float = 10.0
+    """Requests per second allowed per peer (streams) and per source IP (UDP)."""
+
+    burst: int = 20
+    """Requests a peer may make at once before the rate applies."""
+
+    max_tracked: int = 10_000
+    """Peers and IPs whose rate is remembered; bounds the limiter's memory."""
+
+    max_concurrent_streams: int = 64
+    """Streams handled at once; more are reset (load shedding rather than queueing)."""
+
+    stream_timeout: float = 5.0
+    """Seconds a requester has to send its request."""
+
+    udp_queue: int = 256
+    """Datagrams queued for answering; more are dropped."""
+
+    def __post_init__(self) -> None:
+        if not self.rate > 0:
+            raise ConfigError(f"rate must be > 0, got {self.rate!r}")
+        for name in ("burst", "max_tracked", "max_concurrent_streams", "udp_queue"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if not self.stream_timeout > 0:
+            raise ConfigError(f"stream_timeout must be > 0, got {self.stream_timeout!r}")
+
+
+class ReflectionService:
+    """Tells peers which source endpoint this node observes for them (in-mesh STUN).
+
+    Streams on `/meshnat/reflect/1.0.0` report the endpoint of the connection (TCP or QUIC);
+    datagrams on the node's UDP port report the UDP source endpoint.
+    """
+
+    protocol_id = REFLECT_PROTOCOL
+
+    def __init__(self, config: ReflectionConfig | None = None, *,
+                 events: EventSink = ignore_events) -> None:
+        self.config = config or ReflectionConfig()
+        self._events = events
+        self._core = ReflectorCore(
+            rate=self.config.rate, burst=self.config.burst, max_keys=self.config.max_tracked
+        )
+        self._active = 0
+
+    def statistics(self) -> ReflectionStatistics:
+        return self._core.statistics()
+
+    async def serve(self, node: MeshNode, *, task_status: trio.TaskStatus[None]) -> None:
+        send, receive = trio.open_memory_channel[tuple[bytes, Endpoint]](self.config.udp_queue)
+
+        def enqueue(data: bytes, src: Endpoint) -> None:
+            try:
+                send.send_nowait((data, src))
+            except trio.WouldBlock:
+                self._core.note_dropped()  # never block the QUIC receive loop
+
+        node.host.set_stream_handler(
+            self.protocol_id, _libp2p.guarded_handler("reflect", self._handle)
+        )
+        unsubscribe = node.udp.subscribe(enqueue)
+        try:
+            task_status.started()
+            async for data, src in receive:
+                reply = self._core.answer_datagram(data, src, trio.current_time())
+                if reply is not None:
+                    try:
+                        await node.udp.sendto(reply, src)
+                    except (OSError, MeshNatError) as exc:
+                        log.debug("reflect: udp reply to %s failed: %s", src, exc)
+        finally:
+            unsubscribe()
+            node.host.remove_stream_handler(self.protocol_id)
+
+    async def _handle(self, stream: INetStream) -> None:
+        if self._active >= self.config.max_concurrent_streams:
+            self._events(StreamRejected(self.protocol_id, "busy"))
+            await _libp2p.reset_quietly(stream)
+            return
+        self._active += 1
+        try:
+            timeout = self.config.stream_timeout
+            with _libp2p.map_peer_errors("reflect", timeout), trio.fail_after(timeout):
+                try:
+                    request = decode(await _libp2p.read_frame(stream), ObserveRequest)
+                except UnsupportedVersion as exc:
+                    await _libp2p.write_frame(stream, encode(ReflectError(
+                        bytes(16), ErrorCode.UNSUPPORTED_VERSION, str(exc))))
+                    raise
+                peer = str(_libp2p.stream_peer(stream))
+                response = self._core.answer_stream(
+                    request, _libp2p.remote_endpoint(stream),
+                    Transport(_libp2p.transport_of(stream)), peer, trio.current_time(),
+                )
+                await _libp2p.write_frame(stream, encode(response))
+                await stream.close()
+        except RemoteProtocolError as exc:
+            self._core.note_malformed()
+            log.debug("reflect: bad request: %s", exc)
+            await _libp2p.reset_quietly(stream)
+        except MeshNatError as exc:
+            self._core.note_dropped()
+            log.debug("reflect: dropped stream: %s", exc)
+            await _libp2p.reset_quietly(stream)
+        finally:
+            self._active -= 1

@@ -1,0 +1,69 @@
+"""The lab itself: its NATs behave as their names say, checked with plain sockets."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.support.netlab import Host, Lab, Nat
+
+pytestmark = pytest.mark.lab
+
+NAIVE_PUNCH = str(Path(__file__).with_name("naive_punch.py"))
+PORT = 40000
+
+
+def _punch_pair(a: Host, a_public: str, b: Host, b_public: str) -> tuple[dict, dict]:
+    """Run the naive punch on both hosts at once, each aiming at the other's public ip:PORT."""
+    procs = [
+        h.popen(h.python(NAIVE_PUNCH, "--bind", str(PORT), "--peer", f"{peer}:{PORT}",
+                         "--timeout", "3"))
+        for h, peer in ((a, b_public), (b, a_public))
+    ]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=15)
+        assert proc.returncode == 0, err
+        results.append(json.loads(out))
+    return results[0], results[1]
+
+
+def test_cone_nats_let_a_simultaneous_udp_punch_through(lab: Lab) -> None:
+    left, right = lab.site("left", Nat.CONE), lab.site("right", Nat.CONE)
+    a, b = left.hosts[0], right.hosts[0]
+    ra, rb = _punch_pair(a, left.public_ip, b, right.public_ip)
+    assert ra["received"] and rb["received"], (ra, rb)
+    # each side saw the other's router, on the port it kept (masquerade preserves a free port)
+    assert ra["from"] == f"{right.public_ip}:{PORT}"
+    assert rb["from"] == f"{left.public_ip}:{PORT}"
+
+
+def test_symmetric_nat_defeats_the_naive_punch(lab: Lab) -> None:
+    left, right = lab.site("left", Nat.CONE), lab.site("right", Nat.SYMMETRIC)
+    ra, rb = _punch_pair(left.hosts[0], left.public_ip, right.hosts[0], right.public_ip)
+    assert not ra["received"] and not rb["received"], (ra, rb)
+
+
+def test_cone_nat_drops_unsolicited_inbound(lab: Lab) -> None:
+    site = lab.site("home", Nat.CONE)
+    outsider = lab.public_host("outsider")
+    # the inside host listens but never sends: nothing from outside may reach it
+    listener = site.hosts[0].popen(site.hosts[0].python(
+        NAIVE_PUNCH, "--bind", str(PORT), "--peer", "127.0.0.1:9", "--timeout", "2"))
+    sender = outsider.run(outsider.python(
+        NAIVE_PUNCH, "--bind", str(PORT), "--peer", f"{site.public_ip}:{PORT}",
+        "--timeout", "2"), timeout=15)
+    out, _ = listener.communicate(timeout=15)
+    assert not json.loads(out)["received"]
+    assert not json.loads(sender.stdout)["received"]
+
+
+def test_public_hosts_reach_each_other_and_sites_have_no_way_out(lab: Lab) -> None:
+    one, two = lab.public_host("one"), lab.public_host("two")
+    r1, r2 = _punch_pair(one, one.ip, two, two.ip)
+    assert r1["from"] == f"{two.ip}:{PORT}" and r2["from"] == f"{one.ip}:{PORT}"
+    routes = subprocess.run(one.cmd(["ip", "route"]), capture_output=True, text=True, timeout=10)
+    assert "default" not in routes.stdout  # the internet segment is closed: no route out

@@ -1,0 +1,251 @@
+"""A NAT lab built from Linux network namespaces, veth links and nftables (needs root).
+
+Topology: one namespace `<prefix>-inet` holds a bridge, the "internet" (198.18.0.0/24, the
+RFC 2544 benchmarking range). Public hosts sit on it directly. Each site is a router namespace
+with a WAN leg on the bridge (or on a parent site's LAN, for double NAT) and a LAN
+(10.<n>.0.0/24) holding one or more hosts. Nothing in the lab has a route out of it.
+
+Router kinds (RFC 4787 terms):
+- CONE: Linux masquerade (endpoint-independent mapping, port kept when free) behind a stateful
+  firewall: address-and-port-dependent filtering, i.e. a port-restricted cone. Unsolicited
+  inbound is dropped on the forward hook and on the input hook (otherwise an early punch packet
+  is taken by the router itself and the inside host loses its port).
+- SYMMETRIC: the same with `masquerade random,fully-random`: endpoint-dependent mapping.
+- UDP_BLOCKED: a cone NAT whose firewall drops all UDP leaving the site.
+- PORT_FORWARD: a cone NAT that forwards `forwarded_port` (TCP and UDP) to the first host:
+  endpoint-independent filtering on that port.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+INET_PREFIX = "198.18.0"
+
+
+class Nat(enum.StrEnum):
+    CONE = "cone"
+    SYMMETRIC = "symmetric"
+    UDP_BLOCKED = "udp-blocked"
+    PORT_FORWARD = "port-forward"
+
+
+def lab_available() -> str | None:
+    """None when a lab can be built here, else the reason it cannot."""
+    if os.geteuid() != 0:
+        return "the NAT lab needs root (network namespaces, nftables)"
+    for tool in ("ip", "nft"):
+        if shutil.which(tool) is None:
+            return f"the NAT lab needs `{tool}` (Debian packages iproute2, nftables)"
+    return None
+
+
+def _run(*args: str, input: str | None = None) -> str:
+    proc = subprocess.run(args, input=input, capture_output=True, text=True, timeout=30)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+@dataclass
+class Host:
+    """One machine of the lab: a namespace with one address."""
+
+    ns: str
+    ip: str
+    lab: Lab = field(repr=False)
+
+    def cmd(self, args: Sequence[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.ns, *args]
+
+    def run(self, args: Sequence[str], *, timeout: float) -> subprocess.CompletedProcess[str]:
+        """Run a command in this host's namespace; a hang fails the test after `timeout`."""
+        return subprocess.run(self.cmd(args), capture_output=True, text=True, timeout=timeout)
+
+    def popen(self, args: Sequence[str]) -> subprocess.Popen[str]:
+        """Start a background process in this host; the lab kills it on close."""
+        proc = subprocess.Popen(
+            self.cmd(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        self.lab.processes.append(proc)
+        return proc
+
+    def python(self, *args: str) -> list[str]:
+        """Argv running this interpreter (the project's venv) with `args`."""
+        return [sys.executable, *args]
+
+
+@dataclass
+class Site:
+    """A router with a NAT of one kind, and the hosts behind it."""
+
+    name: str
+    nat: Nat
+    router: Host
+    lan_prefix: str
+    hosts: list[Host] = field(default_factory=list)
+    _lan_ips: Iterator[int] = field(default_factory=lambda: itertools.count(10), repr=False)
+
+    @property
+    def public_ip(self) -> str:
+        return self.router.ip
+
+    @property
+    def lan_gateway(self) -> str:
+        return f"{self.lan_prefix}.1"
+
+    def next_lan_ip(self) -> str:
+        return f"{self.lan_prefix}.{next(self._lan_ips)}"
+
+
+class Lab:
+    """Builds namespaces on demand and deletes every one of them (and their processes) on close."""
+
+    def __init__(self, prefix: str | None = None) -> None:
+        self.prefix = prefix or f"mnlab{os.getpid()}"
+        self.namespaces: list[str] = []
+        self.processes: list[subprocess.Popen[str]] = []
+        self._inet_ips = itertools.count(10)
+        self._site_numbers = itertools.count(1)
+        self._links = itertools.count(1)
+        self.inet = self._namespace("inet")
+        _run("ip", "-n", self.inet, "link", "add", "name", "br0", "type", "bridge")
+        _run("ip", "-n", self.inet, "link", "set", "br0", "up")
+
+    # --- building ----------------------------------------------------------------------------
+
+    def _namespace(self, name: str) -> str:
+        ns = f"{self.prefix}-{name}"
+        _run("ip", "netns", "add", ns)
+        self.namespaces.append(ns)
+        _run("ip", "-n", ns, "link", "set", "lo", "up")
+        return ns
+
+    def _link(self, ns: str, ifname: str, peer_ns: str, bridge: str | None) -> None:
+        """A veth from `ns` (named `ifname`) to `peer_ns`, enslaved to `bridge` there if given."""
+        peer = f"v{next(self._links)}"
+        _run("ip", "-n", ns, "link", "add", "name", ifname, "type", "veth",
+             "peer", "name", peer, "netns", peer_ns)
+        if bridge is not None:
+            _run("ip", "-n", peer_ns, "link", "set", peer, "master", bridge)
+        _run("ip", "-n", peer_ns, "link", "set", peer, "up")
+        _run("ip", "-n", ns, "link", "set", ifname, "up")
+
+    def public_host(self, name: str) -> Host:
+        """A host on the internet segment, with no NAT in front of it."""
+        ns = self._namespace(name)
+        ip = f"{INET_PREFIX}.{next(self._inet_ips)}"
+        self._link(ns, "eth0", self.inet, "br0")
+        _run("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", "eth0")
+        return Host(ns, ip, self)
+
+    def site(
+        self, name: str, nat: Nat, *, hosts: int = 1, behind: Site | None = None,
+        forwarded_port: int = 4001,
+    ) -> Site:
+        """A router of kind `nat` with `hosts` hosts behind it; `behind` nests it (double NAT)."""
+        n = next(self._site_numbers)
+        router_ns = self._namespace(f"{name}-r")
+        if behind is None:
+            wan_ip = f"{INET_PREFIX}.{next(self._inet_ips)}"
+            self._link(router_ns, "wan", self.inet, "br0")
+            _run("ip", "-n", router_ns, "addr", "add", f"{wan_ip}/24", "dev", "wan")
+        else:
+            wan_ip = behind.next_lan_ip()
+            self._link(router_ns, "wan", behind.router.ns, "lanbr")
+            _run("ip", "-n", router_ns, "addr", "add", f"{wan_ip}/24", "dev", "wan")
+            _run("ip", "-n", router_ns, "route", "add", "default", "via", behind.lan_gateway)
+        _run("ip", "-n", router_ns, "link", "add", "name", "lanbr", "type", "bridge")
+        _run("ip", "-n", router_ns, "link", "set", "lanbr", "up")
+        lan = f"10.{n}.0"
+        _run("ip", "-n", router_ns, "addr", "add", f"{lan}.1/24", "dev", "lanbr")
+        _run("ip", "netns", "exec", router_ns, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+        site = Site(name, nat, Host(router_ns, wan_ip, self), lan)
+        for i in range(hosts):
+            ns = self._namespace(f"{name}-h{i + 1}")
+            ip = site.next_lan_ip()
+            self._link(ns, "eth0", router_ns, "lanbr")
+            _run("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", "eth0")
+            _run("ip", "-n", ns, "route", "add", "default", "via", f"{lan}.1")
+            site.hosts.append(Host(ns, ip, self))
+        _run("ip", "netns", "exec", router_ns, "nft", "-f", "-",
+             input=_ruleset(nat, site.hosts[0].ip if site.hosts else None, forwarded_port))
+        return site
+
+    # --- teardown ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        for proc in self.processes:
+            if proc.poll() is None:
+                proc.kill()
+            try:
+                proc.communicate(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        for ns in reversed(self.namespaces):
+            pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
+            for pid in pids.stdout.split():
+                subprocess.run(["kill", "-9", pid], capture_output=True)
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        self.namespaces.clear()
+
+    def __enter__(self) -> Lab:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _ruleset(nat: Nat, first_host: str | None, forwarded_port: int) -> str:
+    masquerade = "masquerade random,fully-random" if nat is Nat.SYMMETRIC else "masquerade"
+    block_udp = 'iifname "lanbr" meta l4proto udp drop' if nat is Nat.UDP_BLOCKED else ""
+    dnat = allow_fwd = ""
+    if nat is Nat.PORT_FORWARD and first_host is not None:
+        dnat = f"""
+  chain prerouting {{
+    type nat hook prerouting priority dstnat; policy accept;
+    iifname "wan" meta l4proto {{ tcp, udp }} th dport {forwarded_port} dnat to {first_host}
+  }}"""
+        allow_fwd = "ct status dnat accept"
+    return f"""
+table ip nat {{{dnat}
+  chain postrouting {{
+    type nat hook postrouting priority srcnat; policy accept;
+    oifname "wan" {masquerade}
+  }}
+}}
+table inet fw {{
+  chain forward_filter {{
+    type filter hook forward priority filter; policy drop;
+    ct state established,related accept
+    {allow_fwd}
+    {block_udp}
+    iifname "lanbr" accept
+  }}
+  chain input_filter {{
+    type filter hook input priority filter; policy drop;
+    ct state established,related accept
+    iifname {{ "lo", "lanbr" }} accept
+  }}
+}}
+"""
+
+
+def remove_stale_namespaces() -> None:
+    """Delete lab namespaces left by a run that died before it could clean up."""
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        ns = line.split()[0] if line.strip() else ""
+        if not ns.startswith("mnlab"):
+            continue
+        pid = ns[len("mnlab"):].split("-", 1)[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
