@@ -71,6 +71,7 @@ __all__ = [
     "load_or_create_key",
     "map_peer_errors",
     "new_libp2p_host",
+    "merge_peer_addrs",
     "parse_peer_addr",
     "read_frame",
     "remote_endpoint",
@@ -143,6 +144,19 @@ def parse_peer_addr(text: str) -> PeerInfo:
         raise ConfigError(f"not a peer multiaddr (…/p2p/<peer id>): {text!r}") from exc
 
 
+def merge_peer_addrs(addrs: Sequence[multiaddr.Multiaddr | str]) -> list[PeerInfo]:
+    """One PeerInfo per peer id from multiaddrs ending in /p2p/<id>, in first-seen order."""
+    merged: dict[ID, PeerInfo] = {}
+    for addr in addrs:
+        info = parse_peer_addr(str(addr))
+        if info.peer_id in merged:
+            merged[info.peer_id].addrs.extend(a for a in info.addrs
+                                              if a not in merged[info.peer_id].addrs)
+        else:
+            merged[info.peer_id] = info
+    return list(merged.values())
+
+
 def endpoint_of(addr: multiaddr.Multiaddr) -> tuple[str, Endpoint] | None:
     """(`tcp`|`udp`, endpoint) of an /ip4|ip6/…/tcp|udp/… multiaddr, or None."""
     try:
@@ -162,6 +176,31 @@ def endpoint_of(addr: multiaddr.Multiaddr) -> tuple[str, Endpoint] | None:
         if port is not None:
             return transport, Endpoint.parse(f"[{ip}]:{port}")
     return None
+
+
+@contextmanager
+def single_exception() -> Iterator[None]:
+    """Unwrap the ExceptionGroups py-libp2p's nested nurseries build around one real error.
+
+    A group whose leaves (other than trio.Cancelled) are all one exception is replaced by that
+    exception; anything else is re-raised as it is.
+    """
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        leaves = {id(e): e for e in _leaves(group) if not isinstance(e, trio.Cancelled)}
+        if len(leaves) == 1:
+            (only,) = leaves.values()
+            raise only from only.__cause__
+        raise
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc
 
 
 # --- streams --------------------------------------------------------------------------------

@@ -114,7 +114,8 @@ class MeshNode:
         stack, self._stack = self._stack, None
         try:
             if stack is not None:
-                await stack.__aexit__(*exc_info)  # type: ignore[arg-type]
+                with _libp2p.single_exception():
+                    await stack.__aexit__(*exc_info)  # type: ignore[arg-type]
         finally:
             self._host = self._udp = self._nursery = None
             self._mounted.clear()
@@ -142,6 +143,10 @@ class MeshNode:
     def addrs(self) -> list[multiaddr.Multiaddr]:
         """Concrete listen multiaddrs (never 0.0.0.0), each ending in /p2p/<peer id>."""
         return _libp2p.concrete_addrs(self.host)
+
+    def peer_info(self) -> PeerInfo:
+        """How other nodes reach this one: its peer id and concrete addresses."""
+        return _libp2p.merge_peer_addrs(self.addrs)[0]
 
     def listen_endpoint(self, transport: str) -> Endpoint:
         """The bound local endpoint of the `tcp` or `udp` listener."""

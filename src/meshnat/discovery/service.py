@@ -127,7 +127,11 @@ class PeerAddressDiscovery:
         if self._node is None:
             raise NotMounted("mount PeerAddressDiscovery on a running MeshNode first")
         node, limit = self._node, timeout or self.config.timeout
-        asked = self.reflectors[: self.config.max_reflectors]
+        asked = [p for p in self.reflectors if _reflector_endpoint(p, transport)]
+        if len(asked) < len(self.reflectors):
+            log.warning("discovery: %d reflectors have no %s address and are skipped",
+                        len(self.reflectors) - len(asked), transport)
+        asked = asked[: self.config.max_reflectors]
         observations: list[Observation] = []
 
         async def ask(peer: PeerInfo) -> None:
@@ -165,8 +169,7 @@ class PeerAddressDiscovery:
             tcp_only = PeerInfo(peer.peer_id, [a for a in peer.addrs if "/tcp/" in str(a)])
             return await observe_over_stream(node, tcp_only, timeout=timeout)
         endpoint = _reflector_endpoint(peer, "udp")
-        if endpoint is None:
-            raise ConfigError(f"reflector {peer.peer_id} has no UDP (QUIC) address")
+        assert endpoint is not None  # discover() asks only reflectors that have one
         return await observe_over_udp(node, endpoint, timeout=timeout)
 
     def _group(self, peer: PeerInfo) -> str:

@@ -1,0 +1,203 @@
+"""The `meshnat` command: run a reflector, discover this node's address, run the demo.
+
+Every subcommand takes `--json` (one JSON object per line on stdout) and exits 0 on success,
+1 when the network gave no answer it could trust, 2 on bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import multiaddr
+import trio
+
+from meshnat import _libp2p
+from meshnat.discovery import DiscoveryConfig, PeerAddressDiscovery
+from meshnat.errors import ConfigError, InsufficientResponses, MeshNatError, NoConsensus
+from meshnat.node import MeshNode, NodeConfig
+from meshnat.reflection import ReflectionService
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 4001
+
+
+class Output:
+    """Writes results as JSON lines (`--json`) or as readable text."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+
+    def emit(self, obj: dict[str, object], text: str) -> None:
+        print(json.dumps(obj) if self.as_json else text, flush=True)
+
+
+def node_config_from_listen(listen: Sequence[str], key_file: Path | None,
+                            default_port: int) -> NodeConfig:
+    """Map `--listen` multiaddrs (one TCP, one QUIC, same IP) onto a NodeConfig."""
+    if not listen:
+        return NodeConfig(tcp_port=default_port, udp_port=default_port, key_file=key_file)
+    ips, tcp, udp = set(), None, None
+    for text in listen:
+        try:
+            parsed = _libp2p.endpoint_of(multiaddr.Multiaddr(text))
+        except Exception as exc:  # multiaddr's parse errors have no common base
+            raise ConfigError(f"bad --listen {text!r}: {exc}") from exc
+        if parsed is None:
+            raise ConfigError(f"--listen needs /ip4/…/tcp/… or /ip4/…/udp/…/quic-v1, got {text!r}")
+        kind, endpoint = parsed
+        ips.add(str(endpoint.ip))
+        if kind == "tcp":
+            tcp = endpoint.port
+        else:
+            udp = endpoint.port
+    if len(ips) != 1:
+        raise ConfigError(f"--listen addresses must share one IP, got {sorted(ips)}")
+    return NodeConfig(listen_ip=ips.pop(), tcp_port=tcp or 0, udp_port=udp or 0,
+                      key_file=key_file)
+
+
+async def _wait_for_signal() -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            return
+
+
+async def run_reflector(args: argparse.Namespace, out: Output) -> int:
+    config = node_config_from_listen(args.listen, args.key_file, DEFAULT_PORT)
+    async with MeshNode(config) as node:
+        reflection = await node.mount(ReflectionService())
+        addrs = [str(a) for a in node.addrs]
+        out.emit({"event": "ready", "peer_id": str(node.peer_id), "addrs": addrs},
+                 f"reflector {node.peer_id} listening on:\n  " + "\n  ".join(addrs))
+        await _wait_for_signal()
+        stats = reflection.statistics()
+        out.emit({"event": "stopped", "served": stats.served, "rate_limited": stats.rate_limited,
+                  "malformed": stats.malformed},
+                 f"stopped after serving {stats.served} reflections")
+    return 0
+
+
+async def run_discover(args: argparse.Namespace, out: Output) -> int:
+    reflectors = _libp2p.merge_peer_addrs(args.reflector)
+    config = DiscoveryConfig(min_responses=args.min_responses, timeout=args.timeout,
+                             group_by_network=not args.no_group,
+                             max_reflectors=max(16, args.min_responses))
+    node_config = NodeConfig(tcp_port=args.port, udp_port=args.port, key_file=args.key_file)
+    async with MeshNode(node_config) as node:
+        discovery = await node.mount(PeerAddressDiscovery(reflectors, config))
+        local = node.listen_endpoint(args.transport)
+        try:
+            consensus = await discovery.discover(args.transport)
+        except NoConsensus as exc:
+            body = exc.consensus.to_json()
+            out.emit({"error": "no-consensus", "message": str(exc), "local": str(local),
+                      "mapping": "endpoint-dependent" if exc.consensus.endpoint_dependent
+                      else None, **body}, f"error: {exc}")
+            return 1
+        except InsufficientResponses as exc:
+            out.emit({"error": "insufficient-responses", "message": str(exc), "got": exc.got,
+                      "needed": exc.needed, "asked": exc.asked}, f"error: {exc}")
+            return 1
+        out.emit({**consensus.to_json(), "local": str(local)},
+                 f"{args.transport} address {consensus.address} "
+                 f"({consensus.votes}/{consensus.voters} observer groups agree; local {local})")
+    return 0
+
+
+async def run_demo(args: argparse.Namespace, out: Output) -> int:
+    """Three reflectors and a client on loopback: discover, report, connect."""
+    from meshnat.echo import EchoService, echo
+
+    loopback = NodeConfig(listen_ip="127.0.0.1")
+    async with (MeshNode(loopback) as r1, MeshNode(loopback) as r2, MeshNode(loopback) as r3,
+                MeshNode(loopback) as client):
+        reflectors = []
+        for r in (r1, r2, r3):
+            await r.mount(ReflectionService())
+            await r.mount(EchoService())
+            reflectors.append(r.peer_info())
+        out.emit({"event": "reflectors", "count": 3}, "started 3 reflectors on 127.0.0.1")
+        # every reflector shares 127.0.0.1 here, so each peer id votes on its own
+        discovery = await client.mount(PeerAddressDiscovery(
+            reflectors, replace(DiscoveryConfig(), group_by_network=False)))
+        report: dict[str, object] = {}
+        for transport in ("udp", "tcp"):
+            consensus = await discovery.discover(transport)
+            local = client.listen_endpoint(transport)
+            report[transport] = {"public": str(consensus.address), "local": str(local),
+                                 "behind_nat": consensus.address != local}
+            out.emit({"event": "address", **consensus.to_json()},
+                     f"{transport}: public {consensus.address} "
+                     f"({consensus.votes}/{consensus.voters} votes), local {local}")
+        out.emit({"event": "nat-report", **report},
+                 "nat report: " + ", ".join(
+                     f"{t} {'behind NAT' if v['behind_nat'] else 'no NAT'}"  # type: ignore[index]
+                     for t, v in report.items()))
+        started = trio.current_time()
+        answer = await echo(client, reflectors[0], b"hello mesh")
+        elapsed = (trio.current_time() - started) * 1e3
+        out.emit({"event": "path", "peer": str(reflectors[0].peer_id), "path": "direct",
+                  "echo_ok": answer == b"hello mesh", "time_ms": round(elapsed, 2)},
+                 f"path to {reflectors[0].peer_id}: direct, echo in {elapsed:.1f} ms")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="meshnat", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="log INFO (-v) or DEBUG (-vv) to stderr")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--json", action="store_true", help="one JSON object per line")
+        p.add_argument("--key-file", type=Path, help="Ed25519 identity file (created if absent)")
+
+    p = sub.add_parser("reflector", help="run a node that reflects addresses to its peers")
+    p.add_argument("--listen", action="append", default=[], metavar="MULTIADDR",
+                   help=f"listen address (default TCP and QUIC on 0.0.0.0:{DEFAULT_PORT})")
+    common(p)
+    p.set_defaults(run=run_reflector)
+
+    p = sub.add_parser("discover", help="learn this node's public address from reflectors")
+    p.add_argument("--reflector", action="append", default=[], metavar="MULTIADDR",
+                   help="a reflector's multiaddr ending in /p2p/<peer id> (repeat)")
+    p.add_argument("--transport", choices=("udp", "tcp"), default="udp")
+    p.add_argument("--min-responses", type=int, default=3)
+    p.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
+    p.add_argument("--port", type=int, default=0, help="local TCP and UDP port (default any)")
+    p.add_argument("--no-group", action="store_true",
+                   help="count every reflector's vote even when they share an IP (loopback)")
+    common(p)
+    p.set_defaults(run=run_discover)
+
+    p = sub.add_parser("demo", help="three reflectors and a client on loopback")
+    common(p)
+    p.set_defaults(run=run_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    out = Output(args.json)
+    try:
+        code: int = trio.run(args.run, args, out)
+    except ConfigError as exc:
+        out.emit({"error": "bad-argument", "message": str(exc)}, f"error: {exc}")
+        return 2
+    except MeshNatError as exc:
+        out.emit({"error": type(exc).__name__, "message": str(exc)}, f"error: {exc}")
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    return code
