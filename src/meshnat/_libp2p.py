@@ -28,7 +28,7 @@ from typing import Any
 import multiaddr
 import trio
 from libp2p import new_host
-from libp2p.abc import IHost, INetStream
+from libp2p.abc import IHost, INetConn, INetStream
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.serialization import deserialize_private_key
@@ -41,6 +41,7 @@ from libp2p.network.exceptions import SwarmException
 from libp2p.network.stream.exceptions import StreamError
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.protocol_muxer.multiselect_communicator import MultiselectCommunicator
 from libp2p.stream_muxer.exceptions import MuxedStreamError
 from libp2p.transport.quic.listener import QUICListener
 from libp2p.utils.address_validation import expand_wildcard_address
@@ -62,6 +63,7 @@ __all__ = [
     "ID",
     "DatagramTap",
     "IHost",
+    "INetConn",
     "INetStream",
     "KeyPair",
     "PeerInfo",
@@ -71,6 +73,7 @@ __all__ = [
     "load_or_create_key",
     "map_peer_errors",
     "new_libp2p_host",
+    "open_stream_on",
     "merge_peer_addrs",
     "parse_peer_addr",
     "read_frame",
@@ -113,12 +116,28 @@ def new_libp2p_host(key_pair: KeyPair, listen: Sequence[multiaddr.Multiaddr]) ->
     """
     quiet = ConnectionConfig(min_connections=0, low_watermark=0, high_watermark=300)
     enable_quic = any("quic-v1" in str(a) for a in listen)
-    return new_host(
+    host = new_host(
         key_pair=key_pair,
         listen_addrs=list(listen),
         enable_quic=enable_quic,
         connection_config=quiet,
     )
+
+    async def no_auto_dial() -> None:
+        """Even at low_watermark=0 the AutoConnector aims for (low+high)/2 connections."""
+
+    host.get_network().auto_connector.maybe_connect = no_auto_dial
+    return host
+
+
+async def close_connections(host: IHost, *, timeout: float = 5.0) -> None:
+    """Close every connection and listener before the host's services are cancelled.
+
+    Cancelling py-libp2p's swarm service alone leaves QUIC dial sockets open; its own
+    `close()` tears them down deterministically.
+    """
+    with trio.move_on_after(timeout):
+        await host.get_network().close()
 
 
 def concrete_addrs(host: IHost) -> list[multiaddr.Multiaddr]:
@@ -237,6 +256,22 @@ async def read_frame(stream: INetStream) -> bytes:
 
 async def write_frame(stream: INetStream, payload: bytes) -> None:
     await stream.write(frame_stream(payload))
+
+
+async def open_stream_on(host: IHost, conn: INetConn, protocol: TProtocol,
+                         timeout: float) -> INetStream:
+    """Open a `protocol` stream on exactly `conn` (host.new_stream picks a connection itself)."""
+    stream = await conn.new_stream()
+    try:
+        selected = await host.multiselect_client.select_one_of(
+            [protocol], MultiselectCommunicator(stream), max(1, int(timeout))
+        )
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            await reset_quietly(stream)
+        raise
+    stream.set_protocol(selected)
+    return stream
 
 
 def remote_endpoint(stream: INetStream) -> Endpoint | None:

@@ -13,7 +13,7 @@ import multiaddr
 import trio
 
 from meshnat import _libp2p
-from meshnat._libp2p import ID, DatagramTap, IHost, INetStream, PeerInfo, TProtocol
+from meshnat._libp2p import ID, DatagramTap, IHost, INetConn, INetStream, PeerInfo, TProtocol
 from meshnat.endpoint import Endpoint
 from meshnat.errors import ConfigError, LocalProtocolError, NotMounted, PeerUnavailable
 
@@ -94,6 +94,7 @@ class MeshNode:
         self._nursery: trio.Nursery | None = None
         self._mounted: dict[int, _Mounted] = {}
         self._stack: AsyncExitStack | None = None
+        self._listen_port_conns: dict[ID, INetConn] = {}
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -113,12 +114,15 @@ class MeshNode:
     async def __aexit__(self, *exc_info: object) -> None:
         stack, self._stack = self._stack, None
         try:
+            if self._host is not None:
+                await _libp2p.close_connections(self._host)
             if stack is not None:
                 with _libp2p.single_exception():
                     await stack.__aexit__(*exc_info)  # type: ignore[arg-type]
         finally:
             self._host = self._udp = self._nursery = None
             self._mounted.clear()
+            self._listen_port_conns.clear()
 
     # --- identity and addresses --------------------------------------------------------------
 
@@ -189,14 +193,8 @@ class MeshNode:
 
     # --- connections and streams -------------------------------------------------------------
 
-    async def connect(
-        self, peer: PeerInfo, *, timeout: float | None = None, from_listen_port: bool = False
-    ) -> None:
-        """Connect to `peer` at its known addresses (reusing an existing connection).
-
-        With `from_listen_port`, TCP dials leave from the TCP listen port (SO_REUSEPORT), so
-        the NAT mapping a peer observes is the one other peers can reach.
-        """
+    async def connect(self, peer: PeerInfo, *, timeout: float | None = None) -> None:
+        """Connect to `peer` at its known addresses (reusing an existing connection)."""
         limit = timeout or self.config.dial_timeout
         if not peer.addrs:
             raise ConfigError(f"no address known for {peer.peer_id}")
@@ -206,10 +204,7 @@ class MeshNode:
         with _libp2p.map_peer_errors("connect", limit), trio.fail_after(limit):
             for addr in peer.addrs:
                 try:
-                    source = None
-                    if from_listen_port and "/tcp/" in str(addr):
-                        source = self.listen_endpoint("tcp").to_sockaddr()
-                    await self.host.get_network().dial_addr(addr, peer.peer_id, source)
+                    await self.host.get_network().dial_addr(addr, peer.peer_id)
                     self.host.get_peerstore().add_addrs(peer.peer_id, peer.addrs, 3600)
                     return
                 except Exception as exc:  # py-libp2p dial errors have no common base
@@ -218,11 +213,10 @@ class MeshNode:
             raise PeerUnavailable(f"could not dial {peer.peer_id}: {last}")
 
     async def open_stream(
-        self, peer: PeerInfo, protocol: TProtocol, *, timeout: float | None = None,
-        from_listen_port: bool = False,
+        self, peer: PeerInfo, protocol: TProtocol, *, timeout: float | None = None
     ) -> INetStream:
         """Connect if needed and open a stream speaking `protocol`."""
-        await self.connect(peer, timeout=timeout, from_listen_port=from_listen_port)
+        await self.connect(peer, timeout=timeout)
         limit = timeout or self.config.stream_timeout
         with _libp2p.map_peer_errors(f"open {protocol}", limit), trio.fail_after(limit):
             try:
@@ -232,3 +226,33 @@ class MeshNode:
                     raise
                 raise PeerUnavailable(f"{peer.peer_id} does not speak {protocol}: {exc}") from exc
 
+
+    async def open_stream_from_listen_port(
+        self, peer: PeerInfo, protocol: TProtocol, *, timeout: float | None = None
+    ) -> INetStream:
+        """Open a `protocol` stream over a TCP connection dialled from the TCP listen port.
+
+        The NAT mapping a peer observes on it is then the one other peers can reach (hole
+        punching needs exactly that one). The connection is kept and reused per peer.
+        """
+        limit = timeout or self.config.dial_timeout
+        tcp = [a for a in peer.addrs if "/tcp/" in str(a)]
+        if not tcp:
+            raise ConfigError(f"no TCP address known for {peer.peer_id}")
+        source = self.listen_endpoint("tcp").to_sockaddr()
+        with _libp2p.map_peer_errors(f"open {protocol}", limit), trio.fail_after(limit):
+            conn = self._listen_port_conns.get(peer.peer_id)
+            if conn is None or conn.is_closed:
+                try:
+                    conn = await self.host.get_network().dial_addr(tcp[0], peer.peer_id, source)
+                except Exception as exc:  # py-libp2p dial errors have no common base
+                    if isinstance(exc, trio.TooSlowError):
+                        raise
+                    raise PeerUnavailable(f"could not dial {tcp[0]}: {exc}") from exc
+                self._listen_port_conns[peer.peer_id] = conn
+            try:
+                return await _libp2p.open_stream_on(self.host, conn, protocol, limit)
+            except Exception as exc:  # negotiation failures surface as assorted types
+                if isinstance(exc, trio.TooSlowError):
+                    raise
+                raise PeerUnavailable(f"{peer.peer_id} does not speak {protocol}: {exc}") from exc

@@ -166,8 +166,7 @@ class PeerAddressDiscovery:
     async def _ask(self, node: MeshNode, peer: PeerInfo, transport: str,
                    timeout: float) -> Reflection:
         if transport == "tcp":
-            tcp_only = PeerInfo(peer.peer_id, [a for a in peer.addrs if "/tcp/" in str(a)])
-            return await observe_over_stream(node, tcp_only, timeout=timeout)
+            return await observe_over_stream(node, peer, timeout=timeout)
         endpoint = _reflector_endpoint(peer, "udp")
         assert endpoint is not None  # discover() asks only reflectors that have one
         return await observe_over_udp(node, endpoint, timeout=timeout)

@@ -52,12 +52,12 @@ def _check(reply: ObserveResponse | ReflectError, txid: bytes) -> ObserveRespons
 
 
 async def observe_over_stream(node: MeshNode, peer: PeerInfo, *, timeout: float) -> Reflection:
-    """Ask `peer` over a stream; TCP dials leave from the listen port.
+    """Ask `peer` over a TCP connection dialled from this node's TCP listen port.
 
     Raises PeerUnavailable, PeerTimeout or a RemoteProtocolError subclass.
     """
     deadline = trio.current_time() + timeout
-    stream = await node.open_stream(peer, REFLECT_PROTOCOL, timeout=timeout, from_listen_port=True)
+    stream = await node.open_stream_from_listen_port(peer, REFLECT_PROTOCOL, timeout=timeout)
     txid = new_txid()
     with _libp2p.map_peer_errors("reflect", timeout), trio.fail_at(deadline):
         try:

@@ -1,0 +1,162 @@
+"""Discovery on loopback against real and misbehaving reflectors (no sleeps; bounded)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
+
+import pytest
+import trio
+import trio.testing
+
+from meshnat import InsufficientResponses, NoConsensus
+from meshnat._libp2p import read_frame, write_frame
+from meshnat.discovery import DiscoveryConfig, PeerAddressDiscovery
+from meshnat.endpoint import Endpoint
+from meshnat.errors import ConfigError, NotMounted
+from meshnat.events import AddressConfirmed, AddressDisputed, MeshEvent
+from meshnat.node import MeshNode
+from meshnat.reflection import REFLECT_PROTOCOL, ReflectionConfig, ReflectionService
+from meshnat.reflection.client import observe_over_stream
+from meshnat.reflection.messages import ErrorCode, ObserveRequest, ReflectError
+from meshnat.wire import decode, encode, new_txid
+from tests.support.fake_reflectors import Behaviour, FakeReflector, nodes
+
+LIE = Endpoint.parse("203.0.113.9:9")
+# every loopback reflector shares 127.0.0.1, so here each peer id is its own observer group
+LOOPBACK_VOTES = replace(DiscoveryConfig(), group_by_network=False, timeout=1.0)
+
+
+@asynccontextmanager
+async def mesh(honest: int, *fakes: Behaviour, config: DiscoveryConfig = LOOPBACK_VOTES,
+               events: list[MeshEvent] | None = None
+               ) -> AsyncIterator[tuple[MeshNode, PeerAddressDiscovery]]:
+    """A client with discovery, `honest` real reflectors and one fake per behaviour."""
+    async with nodes(1 + honest + len(fakes)) as (client, *reflectors):
+        for node in reflectors[:honest]:
+            await node.mount(ReflectionService())
+        for node, behaviour in zip(reflectors[honest:], fakes, strict=True):
+            await node.mount(FakeReflector(behaviour, LIE))
+        sink = events.append if events is not None else (lambda e: None)
+        discovery = await client.mount(PeerAddressDiscovery(
+            [r.peer_info() for r in reflectors], config, events=sink))
+        yield client, discovery
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+async def test_honest_reflectors_agree_on_the_listening_endpoint(transport: str) -> None:
+    events: list[MeshEvent] = []
+    async with mesh(3, events=events) as (client, discovery):
+        with trio.fail_after(10):
+            consensus = await discovery.discover(transport)
+        assert consensus.address == client.listen_endpoint(transport)
+        assert consensus.votes == consensus.voters == 3 and not consensus.dissent
+        assert len(consensus.rtts) == 3 and all(r > 0 for r in consensus.rtts.values())
+        assert discovery.latest(transport) == consensus
+    assert events == [AddressConfirmed(transport, consensus.address, 3, 3)]
+
+
+async def test_colluding_liars_in_the_minority_cannot_move_the_answer() -> None:
+    async with mesh(3, Behaviour.LIE, Behaviour.LIE) as (client, discovery):
+        with trio.fail_after(10):
+            consensus = await discovery.discover()
+        assert consensus.address == client.listen_endpoint("udp")
+    assert dict(consensus.tally)[LIE] == 2 and len(consensus.dissent) == 2
+
+
+async def test_a_tie_between_truth_and_lies_is_no_consensus_not_a_guess() -> None:
+    events: list[MeshEvent] = []
+    async with mesh(2, Behaviour.LIE, Behaviour.LIE, events=events) as (_, discovery):
+        with trio.fail_after(10), pytest.raises(NoConsensus) as caught:
+            await discovery.discover()
+    assert dict(caught.value.consensus.tally)[LIE] == 2
+    assert discovery.latest() is None
+    assert events == [AddressDisputed("udp", 4, False)]
+
+
+async def test_silent_slow_garbage_and_forged_ids_are_ignored_within_the_deadline() -> None:
+    fakes = (Behaviour.SILENT, Behaviour.SLOW, Behaviour.GARBAGE, Behaviour.STALE_ID)
+    config = replace(LOOPBACK_VOTES, min_responses=2)
+    async with mesh(2, *fakes, config=config) as (client, discovery):
+        started = trio.current_time()
+        with trio.fail_after(10):
+            consensus = await discovery.discover()
+        elapsed = trio.current_time() - started
+        assert consensus.address == client.listen_endpoint("udp") and consensus.voters == 2
+    assert elapsed < config.timeout + 1.0  # the overall deadline bounds the round
+
+
+async def test_too_few_answers_is_insufficient_responses() -> None:
+    async with mesh(1, Behaviour.SILENT, Behaviour.SILENT) as (_, discovery):
+        with trio.fail_after(10), pytest.raises(InsufficientResponses) as caught:
+            await discovery.discover()
+    assert (caught.value.got, caught.value.needed, caught.value.asked) == (1, 3, 3)
+
+
+async def test_a_replayed_answer_counts_once_per_request() -> None:
+    config = replace(LOOPBACK_VOTES, min_responses=2)
+    async with mesh(2, Behaviour.REPLAY, config=config) as (client, discovery):
+        with trio.fail_after(10):
+            first = await discovery.discover()
+            assert first.votes == 3
+            second = await discovery.discover()  # the replayer now answers with an old id
+        assert second.voters == 2 and second.address == client.listen_endpoint("udp")
+
+
+async def test_without_reflectors_the_address_stays_unknown() -> None:
+    async with nodes(1) as (client,):
+        discovery = await client.mount(PeerAddressDiscovery([], LOOPBACK_VOTES))
+        with pytest.raises(InsufficientResponses):
+            await discovery.discover()
+        assert discovery.latest() is None
+        with pytest.raises(ConfigError):
+            await discovery.discover("sctp")
+
+
+async def test_discovery_must_be_mounted() -> None:
+    with pytest.raises(NotMounted):
+        await PeerAddressDiscovery([]).discover()
+
+
+async def test_reflector_rate_limits_one_peer_with_an_error_and_keeps_serving_others() -> None:
+    limited = ReflectionConfig(rate=0.001, burst=2)
+    async with nodes(3) as (reflector, greedy, polite):
+        service = await reflector.mount(ReflectionService(limited))
+        target = reflector.peer_info()
+        with trio.fail_after(10):
+            for _ in range(2):
+                await observe_over_stream(greedy, target, timeout=5)
+            stream = await greedy.open_stream(target, REFLECT_PROTOCOL)
+            await write_frame(stream, encode(ObserveRequest(new_txid())))
+            refusal = decode(await read_frame(stream), ReflectError)
+            assert refusal.code is ErrorCode.RATE_LIMITED
+            assert (await observe_over_stream(polite, target, timeout=5)).observed
+    stats = service.statistics()
+    assert (stats.served, stats.rate_limited) == (3, 1)
+
+
+async def test_malformed_stream_requests_are_counted_and_the_reflector_keeps_working() -> None:
+    async with nodes(2) as (reflector, client):
+        service = await reflector.mount(ReflectionService())
+        with trio.fail_after(10):
+            stream = await client.open_stream(reflector.peer_info(), REFLECT_PROTOCOL)
+            await stream.write(b"\x05garbage")
+            with pytest.raises(Exception):  # noqa: B017  reset by the reflector
+                await stream.read(10)
+            ok = await observe_over_stream(client, reflector.peer_info(), timeout=5)
+        assert ok.observed == client.listen_endpoint("tcp")
+        assert service.statistics().malformed == 1
+
+
+async def test_periodic_rediscovery_runs_in_the_background_and_on_network_change() -> None:
+    events: list[MeshEvent] = []
+    config = replace(LOOPBACK_VOTES, interval=3600.0, transports=("udp",))
+    async with mesh(3, config=config, events=events) as (_, discovery):
+        with trio.fail_after(10):
+            while len(events) < 1:           # the first round runs at mount
+                await trio.testing.wait_all_tasks_blocked()
+            discovery.network_changed()
+            while len(events) < 2:           # and one more when told the network changed
+                await trio.testing.wait_all_tasks_blocked()
+    assert [type(e) for e in events] == [AddressConfirmed, AddressConfirmed]
