@@ -93,12 +93,12 @@ async def run_discover(args: argparse.Namespace, out: Output) -> int:
     node_config = NodeConfig(tcp_port=args.port, udp_port=args.port, key_file=args.key_file)
     async with MeshNode(node_config) as node:
         discovery = await node.mount(PeerAddressDiscovery(reflectors, config))
-        local = node.listen_endpoint(args.transport)
+        local = [str(e) for e in node.local_endpoints(args.transport)]
         try:
             consensus = await discovery.discover(args.transport)
         except NoConsensus as exc:
             body = exc.consensus.to_json()
-            out.emit({"error": "no-consensus", "message": str(exc), "local": str(local),
+            out.emit({"error": "no-consensus", "message": str(exc), "local": local,
                       "mapping": "endpoint-dependent" if exc.consensus.endpoint_dependent
                       else None, **body}, f"error: {exc}")
             return 1
@@ -106,9 +106,11 @@ async def run_discover(args: argparse.Namespace, out: Output) -> int:
             out.emit({"error": "insufficient-responses", "message": str(exc), "got": exc.got,
                       "needed": exc.needed, "asked": exc.asked}, f"error: {exc}")
             return 1
-        out.emit({**consensus.to_json(), "local": str(local)},
+        behind_nat = str(consensus.address) not in local
+        out.emit({**consensus.to_json(), "local": local, "behind_nat": behind_nat},
                  f"{args.transport} address {consensus.address} "
-                 f"({consensus.votes}/{consensus.voters} observer groups agree; local {local})")
+                 f"({consensus.votes}/{consensus.voters} observer groups agree; "
+                 f"{'behind NAT' if behind_nat else 'no NAT'}, local {', '.join(local)})")
     return 0
 
 

@@ -152,8 +152,13 @@ class MeshNode:
         """How other nodes reach this one: its peer id and concrete addresses."""
         return _libp2p.merge_peer_addrs(self.addrs)[0]
 
+    def local_endpoints(self, transport: str) -> list[Endpoint]:
+        """Concrete local endpoints of the `tcp` or `udp` listener (wildcards expanded)."""
+        parsed = (_libp2p.endpoint_of(a) for a in self.addrs)
+        return [p[1] for p in parsed if p is not None and p[0] == transport]
+
     def listen_endpoint(self, transport: str) -> Endpoint:
-        """The bound local endpoint of the `tcp` or `udp` listener."""
+        """The bound endpoint of the `tcp` or `udp` listener (may be a wildcard address)."""
         for addr in self.host.get_network().listeners.values():
             for bound in addr.get_addrs():
                 parsed = _libp2p.endpoint_of(bound)

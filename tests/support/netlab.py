@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import enum
 import itertools
+import json
 import os
+import selectors
 import shutil
 import subprocess
 import sys
@@ -77,6 +79,20 @@ class Host:
         )
         self.lab.processes.append(proc)
         return proc
+
+    def start_json(self, args: Sequence[str], *, timeout: float) -> tuple[subprocess.Popen[str],
+                                                                         dict[str, object]]:
+        """Start a background process and wait (at most `timeout`) for its first JSON line."""
+        proc = self.popen(args)
+        assert proc.stdout is not None
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            if not sel.select(timeout):
+                raise TimeoutError(f"{' '.join(args)} printed nothing in {timeout}s")
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{' '.join(args)} exited: {proc.communicate(timeout=5)[1]}")
+        return proc, json.loads(line)
 
     def python(self, *args: str) -> list[str]:
         """Argv running this interpreter (the project's venv) with `args`."""
