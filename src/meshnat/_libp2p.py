@@ -23,7 +23,7 @@ import os
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import multiaddr
 import trio
@@ -57,6 +57,13 @@ from meshnat.errors import (
 )
 from meshnat.wire import MAX_MESSAGE_SIZE, frame_stream, is_meshnat_datagram
 
+if TYPE_CHECKING:
+    # py-libp2p pulls in trio-typing, whose `trio-stubs` shadow trio's own annotations for
+    # mypy; its TaskStatus is the one mypy then knows.
+    from trio_typing import TaskStatus
+else:
+    TaskStatus = trio.TaskStatus
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -68,13 +75,14 @@ __all__ = [
     "KeyPair",
     "PeerInfo",
     "TProtocol",
+    "TaskStatus",
     "concrete_addrs",
     "guarded_handler",
     "load_or_create_key",
     "map_peer_errors",
+    "merge_peer_addrs",
     "new_libp2p_host",
     "open_stream_on",
-    "merge_peer_addrs",
     "parse_peer_addr",
     "read_frame",
     "remote_endpoint",
@@ -126,7 +134,7 @@ def new_libp2p_host(key_pair: KeyPair, listen: Sequence[multiaddr.Multiaddr]) ->
     async def no_auto_dial() -> None:
         """Even at low_watermark=0 the AutoConnector aims for (low+high)/2 connections."""
 
-    host.get_network().auto_connector.maybe_connect = no_auto_dial
+    cast(Any, host.get_network()).auto_connector.maybe_connect = no_auto_dial
     return host
 
 
@@ -263,7 +271,7 @@ async def open_stream_on(host: IHost, conn: INetConn, protocol: TProtocol,
     """Open a `protocol` stream on exactly `conn` (host.new_stream picks a connection itself)."""
     stream = await conn.new_stream()
     try:
-        selected = await host.multiselect_client.select_one_of(
+        selected = await cast(Any, host).multiselect_client.select_one_of(
             [protocol], MultiselectCommunicator(stream), max(1, int(timeout))
         )
     except BaseException:
@@ -342,7 +350,7 @@ class DatagramTap:
             else:
                 await original(data, addr)
 
-        self._listener._process_packet = process_packet
+        setattr(self._listener, "_process_packet", process_packet)  # noqa: B010
 
     @property
     def local_endpoint(self) -> Endpoint:

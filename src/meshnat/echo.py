@@ -7,7 +7,7 @@ import logging
 import trio
 
 from meshnat import _libp2p
-from meshnat._libp2p import INetStream, TProtocol
+from meshnat._libp2p import INetStream, TaskStatus, TProtocol
 from meshnat.errors import MeshNatError
 from meshnat.node import MeshNode
 
@@ -26,8 +26,9 @@ class EchoService:
         self._stream_timeout = stream_timeout
         self.served = 0
 
-    async def serve(self, node: MeshNode, *, task_status: trio.TaskStatus[None]) -> None:
-        node.host.set_stream_handler(self.protocol_id, _libp2p.guarded_handler("echo", self._handle))
+    async def serve(self, node: MeshNode, *, task_status: TaskStatus[None]) -> None:
+        handler = _libp2p.guarded_handler("echo", self._handle)
+        node.host.set_stream_handler(self.protocol_id, handler)
         try:
             task_status.started()
             await trio.sleep_forever()
@@ -49,7 +50,9 @@ class EchoService:
             await _libp2p.reset_quietly(stream)
 
 
-async def echo(node: MeshNode, peer: _libp2p.PeerInfo, data: bytes, *, timeout: float = 10.0) -> bytes:
+async def echo(
+    node: MeshNode, peer: _libp2p.PeerInfo, data: bytes, *, timeout: float = 10.0
+) -> bytes:
     """Send `data` to `peer`'s echo service and return the answer."""
     stream = await node.open_stream(peer, ECHO_PROTOCOL, timeout=timeout)
     with _libp2p.map_peer_errors("echo", timeout), trio.fail_after(timeout):

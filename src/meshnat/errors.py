@@ -94,7 +94,7 @@ class NoConsensus(MeshNatError):
     """Reflectors answered but no address has a strict majority; carries the tally."""
 
     def __init__(self, consensus: Consensus) -> None:
-        tally = ", ".join(f"{ep}×{n}" for ep, n in consensus.tally)
+        tally = ", ".join(f"{ep} x{n}" for ep, n in consensus.tally)
         super().__init__(f"no strict majority among {consensus.voters} observer groups: {tally}")
         self.consensus = consensus
 

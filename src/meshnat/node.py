@@ -13,7 +13,16 @@ import multiaddr
 import trio
 
 from meshnat import _libp2p
-from meshnat._libp2p import ID, DatagramTap, IHost, INetConn, INetStream, PeerInfo, TProtocol
+from meshnat._libp2p import (
+    ID,
+    DatagramTap,
+    IHost,
+    INetConn,
+    INetStream,
+    PeerInfo,
+    TaskStatus,
+    TProtocol,
+)
 from meshnat.endpoint import Endpoint
 from meshnat.errors import ConfigError, LocalProtocolError, NotMounted, PeerUnavailable
 
@@ -68,7 +77,7 @@ class Service(Protocol):
     """Anything that can be mounted: registers handlers, calls `task_status.started()`,
     runs until cancelled and unregisters in `finally`."""
 
-    async def serve(self, node: MeshNode, *, task_status: trio.TaskStatus[None]) -> None: ...
+    async def serve(self, node: MeshNode, *, task_status: TaskStatus[None]) -> None: ...
 
 
 S = TypeVar("S", bound=Service)
@@ -176,7 +185,7 @@ class MeshNode:
             raise LocalProtocolError(f"{type(service).__name__} is already mounted")
         entry = _Mounted(trio.CancelScope())
 
-        async def run(task_status: trio.TaskStatus[None]) -> None:
+        async def run(task_status: TaskStatus[None]) -> None:
             try:
                 with entry.scope:
                     await service.serve(self, task_status=task_status)

@@ -9,6 +9,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import trio
 
 from meshnat import MeshNode, NodeConfig
+from meshnat._libp2p import TaskStatus
 from meshnat.endpoint import Endpoint
 from meshnat.errors import RemoteProtocolError
 from meshnat.reflection.messages import ObserveRequest, ObserveResponse, Transport
@@ -34,7 +35,7 @@ class FakeReflector:
         self.requests = 0
         self._first: bytes | None = None
 
-    async def serve(self, node: MeshNode, *, task_status: trio.TaskStatus[None]) -> None:
+    async def serve(self, node: MeshNode, *, task_status: TaskStatus[None]) -> None:
         send, receive = trio.open_memory_channel[tuple[bytes, Endpoint]](64)
         unsubscribe = node.udp.subscribe(lambda d, s: send.send_nowait((d, s)))
         try:

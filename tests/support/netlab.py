@@ -18,6 +18,7 @@ Router kinds (RFC 4787 terms):
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import itertools
 import json
@@ -202,10 +203,8 @@ class Lab:
         for proc in self.processes:
             if proc.poll() is None:
                 proc.kill()
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.communicate(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
         for ns in reversed(self.namespaces):
             pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
             for pid in pids.stdout.split():

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import trio
 
-from meshnat._libp2p import PeerInfo, endpoint_of
+from meshnat._libp2p import PeerInfo, TaskStatus, endpoint_of
 from meshnat.discovery.consensus import Consensus, Observation, decide
 from meshnat.endpoint import Endpoint
 from meshnat.errors import (
@@ -97,7 +97,7 @@ class PeerAddressDiscovery:
         """Ask the background loop to rediscover now (after an interface or route change)."""
         self._wake.set()
 
-    async def serve(self, node: MeshNode, *, task_status: trio.TaskStatus[None]) -> None:
+    async def serve(self, node: MeshNode, *, task_status: TaskStatus[None]) -> None:
         self._node = node
         if not self.reflectors:
             log.warning("discovery: no reflectors configured; public address stays unknown")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import logging
 from dataclasses import dataclass
+from typing import cast
 
 import trio
 
@@ -63,7 +64,9 @@ async def observe_over_stream(node: MeshNode, peer: PeerInfo, *, timeout: float)
         try:
             started = trio.current_time()
             await _libp2p.write_frame(stream, encode(ObserveRequest(txid)))
-            reply = decode(await _libp2p.read_frame(stream), ObserveResponse, ReflectError)
+            frame = await _libp2p.read_frame(stream)
+            reply = cast(ObserveResponse | ReflectError,
+                         decode(frame, ObserveResponse, ReflectError))
             rtt = trio.current_time() - started
         finally:
             await _libp2p.reset_quietly(stream)

@@ -1,4 +1,4 @@
-"""Wire messages of `/meshnat/reflect/1.0.0` and its UDP datagram form (docs/protocols/reflect.md)."""
+"""Wire messages of `/meshnat/reflect/1.0.0` and its UDP form (docs/protocols/reflect.md)."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import trio
 
 from meshnat import _libp2p
-from meshnat._libp2p import INetStream, TProtocol
+from meshnat._libp2p import INetStream, TaskStatus, TProtocol
 from meshnat.endpoint import Endpoint
 from meshnat.errors import ConfigError, MeshNatError, RemoteProtocolError, UnsupportedVersion
 from meshnat.events import EventSink, StreamRejected, ignore_events
@@ -75,7 +75,7 @@ class ReflectionService:
     def statistics(self) -> ReflectionStatistics:
         return self._core.statistics()
 
-    async def serve(self, node: MeshNode, *, task_status: trio.TaskStatus[None]) -> None:
+    async def serve(self, node: MeshNode, *, task_status: TaskStatus[None]) -> None:
         send, receive = trio.open_memory_channel[tuple[bytes, Endpoint]](self.config.udp_queue)
 
         def enqueue(data: bytes, src: Endpoint) -> None:

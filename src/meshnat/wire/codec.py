@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import io
 import secrets
-from enum import IntEnum
-from typing import ClassVar, Protocol, Self, TypeVar
+from typing import Protocol, Self, TypeVar
 
 import cbor2
 
@@ -91,9 +90,11 @@ class Fields:
 
 
 class Message(Protocol):
-    """What every wire message provides; `txid` is carried in the envelope."""
+    """What every wire message provides: a class-level `TYPE` (an IntEnum member), a `txid`
+    carried in the envelope, and its own fields from key 8 up."""
 
-    TYPE: ClassVar[IntEnum]
+    @property
+    def TYPE(self) -> int: ...
 
     @property
     def txid(self) -> bytes: ...
@@ -112,9 +113,8 @@ def encode(msg: Message) -> bytes:
     fields = msg.to_fields()
     if any(k < FIRST_FIELD for k in fields):
         raise LocalProtocolError(f"{type(msg).__name__} uses an envelope key")
-    data: bytes = cbor2.dumps(
-        {VERSION: WIRE_VERSION, TYPE: int(msg.TYPE), TXID: msg.txid, **fields}
-    )
+    data: bytes = cbor2.dumps({VERSION: WIRE_VERSION, TYPE: int(msg.TYPE), TXID: msg.txid,
+                               **fields})
     if len(data) > MAX_MESSAGE_SIZE:
         raise LocalProtocolError(f"{type(msg).__name__} encodes to {len(data)} bytes")
     return data
@@ -142,9 +142,10 @@ def decode(data: bytes, *expected: type[M], limit: int = MAX_MESSAGE_SIZE) -> M:
         raise UnsupportedVersion(version, WIRE_VERSION)
     kind = fields.pop_int(TYPE)
     txid = fields.pop_bytes(TXID, size=TXID_SIZE)
-    for cls in expected:
-        if int(cls.TYPE) == kind:
+    types = tuple(int(getattr(cls, "TYPE")) for cls in expected)  # noqa: B009
+    for cls, type_code in zip(expected, types, strict=True):
+        if type_code == kind:
             msg = cls.from_fields(txid, fields)
             fields.ensure_consumed()
             return msg
-    raise UnexpectedMessage(kind, tuple(int(c.TYPE) for c in expected))
+    raise UnexpectedMessage(kind, types)
