@@ -22,6 +22,8 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_codec
+	$(BIN)/python -m benchmarks.bench_reflection
+	$(BIN)/python -m benchmarks.bench_discovery
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
