@@ -27,13 +27,14 @@ from typing import TYPE_CHECKING, Any, cast
 
 import multiaddr
 import trio
+from google.protobuf.message import DecodeError
 from libp2p import new_host
 from libp2p.abc import IHost, INetConn, INetStream
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.serialization import deserialize_private_key
 from libp2p.custom_types import TProtocol
-from libp2p.exceptions import ParseError
+from libp2p.exceptions import BaseLibp2pError, ParseError
 from libp2p.io.exceptions import IncompleteReadError, IOException
 from libp2p.io.exceptions import MessageTooLarge as Libp2pMessageTooLarge
 from libp2p.network.config import ConnectionConfig
@@ -46,11 +47,13 @@ from libp2p.stream_muxer.exceptions import MuxedStreamError
 from libp2p.transport.quic.listener import QUICListener
 from libp2p.utils.address_validation import expand_wildcard_address
 from libp2p.utils.varint import read_varint_prefixed_bytes_limited
+from multiaddr.exceptions import Error as MultiaddrError
 
 from meshnat.endpoint import Endpoint
 from meshnat.errors import (
     ConfigError,
     MalformedMessage,
+    MeshNatError,
     MessageTooLarge,
     PeerTimeout,
     PeerUnavailable,
@@ -83,6 +86,7 @@ __all__ = [
     "merge_peer_addrs",
     "new_libp2p_host",
     "open_stream_on",
+    "parse_multiaddr",
     "parse_peer_addr",
     "read_frame",
     "remote_endpoint",
@@ -104,7 +108,7 @@ def load_or_create_key(path: Path | None) -> KeyPair:
     if path.exists():
         try:
             private = deserialize_private_key(path.read_bytes())
-        except Exception as exc:  # protobuf/crypto errors of many kinds: all mean "bad file"
+        except (BaseLibp2pError, DecodeError, ValueError) as exc:
             raise ConfigError(f"key file {path} is not a libp2p private key: {exc}") from exc
         return KeyPair(private, private.get_public_key())
     pair = create_new_key_pair()
@@ -163,11 +167,19 @@ def _is_wildcard(addr: multiaddr.Multiaddr) -> bool:
     return any(str(addr).startswith(p) for p in ("/ip4/0.0.0.0/", "/ip6/::/"))
 
 
+def parse_multiaddr(text: str) -> multiaddr.Multiaddr:
+    """Parse a multiaddr; raises ConfigError with the reason."""
+    try:
+        return multiaddr.Multiaddr(text)
+    except (MultiaddrError, ValueError) as exc:
+        raise ConfigError(f"not a multiaddr: {text!r}: {exc}") from exc
+
+
 def parse_peer_addr(text: str) -> PeerInfo:
     """Parse a full multiaddr ending in /p2p/<peer id>; raises ConfigError otherwise."""
     try:
         return info_from_p2p_addr(multiaddr.Multiaddr(text))
-    except Exception as exc:  # multiaddr raises many unrelated types for bad text
+    except (MultiaddrError, BaseLibp2pError, ValueError) as exc:
         raise ConfigError(f"not a peer multiaddr (…/p2p/<peer id>): {text!r}") from exc
 
 
@@ -186,23 +198,12 @@ def merge_peer_addrs(addrs: Sequence[multiaddr.Multiaddr | str]) -> list[PeerInf
 
 def endpoint_of(addr: multiaddr.Multiaddr) -> tuple[str, Endpoint] | None:
     """(`tcp`|`udp`, endpoint) of an /ip4|ip6/…/tcp|udp/… multiaddr, or None."""
-    try:
-        ip = addr.value_for_protocol("ip4")
-    except Exception:
-        ip = None
-    if ip is None:
-        try:
-            ip = addr.value_for_protocol("ip6")
-        except Exception:
-            return None
-    for transport in ("tcp", "udp"):
-        try:
-            port = addr.value_for_protocol(transport)
-        except Exception:
-            continue
-        if port is not None:
-            return transport, Endpoint.parse(f"[{ip}]:{port}")
-    return None
+    parts = {proto.name: value for proto, value in addr.items()}
+    ip = parts.get("ip4") or parts.get("ip6")
+    transport = "tcp" if "tcp" in parts else "udp" if "udp" in parts else None
+    if ip is None or transport is None:
+        return None
+    return transport, Endpoint.parse(f"[{ip}]:{parts[transport]}")
 
 
 @contextmanager
@@ -238,6 +239,8 @@ def map_peer_errors(stage: str, timeout: float | None = None) -> Iterator[None]:
     """Map py-libp2p and trio failures of one peer interaction onto meshnat's errors."""
     try:
         yield
+    except MeshNatError:
+        raise  # already mapped (PeerTimeout is an OSError too)
     except trio.TooSlowError as exc:
         raise PeerTimeout(stage, timeout) from exc
     except Libp2pMessageTooLarge as exc:
@@ -252,7 +255,8 @@ def map_peer_errors(stage: str, timeout: float | None = None) -> Iterator[None]:
         SwarmException,
         trio.BrokenResourceError,
         trio.ClosedResourceError,
-        ConnectionError,
+        OSError,
+        BaseLibp2pError,  # dial, security and protocol negotiation failures
     ) as exc:
         raise PeerUnavailable(f"{stage}: {type(exc).__name__}: {exc}") from exc
 
@@ -270,14 +274,16 @@ async def open_stream_on(host: IHost, conn: INetConn, protocol: TProtocol,
                          timeout: float) -> INetStream:
     """Open a `protocol` stream on exactly `conn` (host.new_stream picks a connection itself)."""
     stream = await conn.new_stream()
+    negotiated = False
     try:
         selected = await cast(Any, host).multiselect_client.select_one_of(
             [protocol], MultiselectCommunicator(stream), max(1, int(timeout))
         )
-    except BaseException:
-        with trio.CancelScope(shield=True):
-            await reset_quietly(stream)
-        raise
+        negotiated = True
+    finally:
+        if not negotiated:
+            with trio.CancelScope(shield=True):
+                await reset_quietly(stream)
     stream.set_protocol(selected)
     return stream
 

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-import multiaddr
 import trio
 
 from meshnat import _libp2p
@@ -46,10 +45,7 @@ def node_config_from_listen(listen: Sequence[str], key_file: Path | None,
         return NodeConfig(tcp_port=default_port, udp_port=default_port, key_file=key_file)
     ips, tcp, udp = set(), None, None
     for text in listen:
-        try:
-            parsed = _libp2p.endpoint_of(multiaddr.Multiaddr(text))
-        except Exception as exc:  # multiaddr's parse errors have no common base
-            raise ConfigError(f"bad --listen {text!r}: {exc}") from exc
+        parsed = _libp2p.endpoint_of(_libp2p.parse_multiaddr(text))
         if parsed is None:
             raise ConfigError(f"--listen needs /ip4/…/tcp/… or /ip4/…/udp/…/quic-v1, got {text!r}")
         kind, endpoint = parsed

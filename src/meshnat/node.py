@@ -214,17 +214,20 @@ class MeshNode:
             raise ConfigError(f"no address known for {peer.peer_id}")
         if self.host.get_network().get_connections(peer.peer_id):
             return
-        last: Exception | None = None
+        last: PeerUnavailable | None = None
+        network = self.host.get_network()
         with _libp2p.map_peer_errors("connect", limit), trio.fail_after(limit):
             for addr in peer.addrs:
                 try:
-                    await self.host.get_network().dial_addr(addr, peer.peer_id)
-                    self.host.get_peerstore().add_addrs(peer.peer_id, peer.addrs, 3600)
-                    return
-                except Exception as exc:  # py-libp2p dial errors have no common base
+                    with _libp2p.map_peer_errors(f"dial {addr}"):
+                        await network.dial_addr(addr, peer.peer_id)
+                except PeerUnavailable as exc:
                     last = exc
-                    log.debug("dial %s failed: %s", addr, exc)
-            raise PeerUnavailable(f"could not dial {peer.peer_id}: {last}")
+                    log.debug("%s", exc)
+                    continue
+                self.host.get_peerstore().add_addrs(peer.peer_id, peer.addrs, 3600)
+                return
+        raise PeerUnavailable(f"could not connect to {peer.peer_id}: {last}")
 
     async def open_stream(
         self, peer: PeerInfo, protocol: TProtocol, *, timeout: float | None = None
@@ -233,12 +236,7 @@ class MeshNode:
         await self.connect(peer, timeout=timeout)
         limit = timeout or self.config.stream_timeout
         with _libp2p.map_peer_errors(f"open {protocol}", limit), trio.fail_after(limit):
-            try:
-                return await self.host.new_stream(peer.peer_id, [protocol])
-            except Exception as exc:  # negotiation failures surface as assorted py-libp2p types
-                if isinstance(exc, trio.TooSlowError):
-                    raise
-                raise PeerUnavailable(f"{peer.peer_id} does not speak {protocol}: {exc}") from exc
+            return await self.host.new_stream(peer.peer_id, [protocol])
 
 
     async def open_stream_from_listen_port(
@@ -257,16 +255,6 @@ class MeshNode:
         with _libp2p.map_peer_errors(f"open {protocol}", limit), trio.fail_after(limit):
             conn = self._listen_port_conns.get(peer.peer_id)
             if conn is None or conn.is_closed:
-                try:
-                    conn = await self.host.get_network().dial_addr(tcp[0], peer.peer_id, source)
-                except Exception as exc:  # py-libp2p dial errors have no common base
-                    if isinstance(exc, trio.TooSlowError):
-                        raise
-                    raise PeerUnavailable(f"could not dial {tcp[0]}: {exc}") from exc
+                conn = await self.host.get_network().dial_addr(tcp[0], peer.peer_id, source)
                 self._listen_port_conns[peer.peer_id] = conn
-            try:
-                return await _libp2p.open_stream_on(self.host, conn, protocol, limit)
-            except Exception as exc:  # negotiation failures surface as assorted types
-                if isinstance(exc, trio.TooSlowError):
-                    raise
-                raise PeerUnavailable(f"{peer.peer_id} does not speak {protocol}: {exc}") from exc
+            return await _libp2p.open_stream_on(self.host, conn, protocol, limit)
