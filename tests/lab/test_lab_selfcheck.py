@@ -67,3 +67,70 @@ def test_public_hosts_reach_each_other_and_sites_have_no_way_out(lab: Lab) -> No
     assert r1["from"] == f"{two.ip}:{PORT}" and r2["from"] == f"{one.ip}:{PORT}"
     routes = subprocess.run(one.cmd(["ip", "route"]), capture_output=True, text=True, timeout=10)
     assert "default" not in routes.stdout  # the internet segment is closed: no route out
+
+
+def test_udp_blocking_firewall_drops_udp_but_lets_tcp_out(lab: Lab) -> None:
+    site = lab.site("office", Nat.UDP_BLOCKED)
+    server = lab.public_host("server")
+    inside = site.hosts[0]
+    punch = _punch_pair(inside, site.public_ip, server, server.ip)
+    assert not punch[0]["received"] and not punch[1]["received"]
+    listener = _tcp_listener(server)
+    connect = inside.run(["python3", "-c", _TCP_CONNECT, server.ip], timeout=15)
+    out, _ = listener.communicate(timeout=15)
+    assert connect.returncode == 0, connect.stderr
+    assert out.strip() == site.public_ip  # the server saw the router's address: NAT on TCP
+
+
+def test_port_forward_lets_an_outsider_in_on_the_forwarded_port_only(lab: Lab) -> None:
+    site = lab.site("home", Nat.PORT_FORWARD, forwarded_port=PORT)
+    outsider = lab.public_host("outsider")
+    inside = site.hosts[0]
+    # the inside host only listens (its peer is a dead end); the outsider sends to the router
+    listener = inside.popen(inside.python(NAIVE_PUNCH, "--bind", str(PORT), "--peer",
+                                          "127.0.0.1:9", "--timeout", "2"))
+    outsider.run(outsider.python(NAIVE_PUNCH, "--bind", str(PORT), "--peer",
+                                 f"{site.public_ip}:{PORT}", "--timeout", "1"), timeout=15)
+    out, _ = listener.communicate(timeout=15)
+    assert json.loads(out)["from"] == f"{outsider.ip}:{PORT}"
+
+
+def test_double_nat_shows_the_outer_router_to_the_internet(lab: Lab) -> None:
+    outer = lab.site("isp", Nat.CONE, hosts=0)
+    inner = lab.site("home", Nat.CONE, behind=outer)
+    server = lab.public_host("server")
+    listener = _tcp_listener(server)
+    connect = inner.hosts[0].run(["python3", "-c", _TCP_CONNECT, server.ip], timeout=15)
+    out, _ = listener.communicate(timeout=15)
+    assert connect.returncode == 0, connect.stderr
+    assert out.strip() == outer.public_ip
+
+
+def test_two_hosts_behind_one_nat_share_its_public_address(lab: Lab) -> None:
+    site = lab.site("flat", Nat.CONE, hosts=2)
+    server = lab.public_host("server")
+    seen = []
+    for host in site.hosts:
+        listener = _tcp_listener(server)
+        assert host.run(["python3", "-c", _TCP_CONNECT, server.ip], timeout=15).returncode == 0
+        seen.append(listener.communicate(timeout=15)[0].strip())
+    assert seen == [site.public_ip, site.public_ip]
+
+
+_TCP_ACCEPT_ONCE = """
+import socket
+s = socket.create_server(("0.0.0.0", 7000)); s.settimeout(10)
+print('{"ready": true}', flush=True)
+conn, addr = s.accept(); print(addr[0]); conn.close()
+"""
+_TCP_CONNECT = """
+import socket, sys
+socket.create_connection((sys.argv[1], 7000), timeout=5).close()
+"""
+
+
+def _tcp_listener(host: Host) -> subprocess.Popen[str]:
+    """A one-shot TCP server on port 7000 that prints the source IP it accepted."""
+    proc, ready = host.start_json(["python3", "-c", _TCP_ACCEPT_ONCE], timeout=10)
+    assert ready == {"ready": True}
+    return proc

@@ -19,7 +19,13 @@ from meshnat.events import AddressConfirmed, AddressDisputed, MeshEvent
 from meshnat.node import MeshNode
 from meshnat.reflection import REFLECT_PROTOCOL, ReflectionConfig, ReflectionService
 from meshnat.reflection.client import observe_over_stream
-from meshnat.reflection.messages import ErrorCode, ObserveRequest, ReflectError
+from meshnat.reflection.messages import (
+    ErrorCode,
+    ObserveRequest,
+    ObserveResponse,
+    ReflectError,
+    Transport,
+)
 from meshnat.wire import decode, encode, new_txid
 from tests.support.fake_reflectors import Behaviour, FakeReflector, nodes
 
@@ -160,3 +166,20 @@ async def test_periodic_rediscovery_runs_in_the_background_and_on_network_change
             while len(events) < 2:           # and one more when told the network changed
                 await trio.testing.wait_all_tasks_blocked()
     assert [type(e) for e in events] == [AddressConfirmed, AddressConfirmed]
+
+
+async def test_stream_reflection_over_quic_reports_the_quic_connection_source() -> None:
+    async with nodes(2) as (reflector, client):
+        await reflector.mount(ReflectionService())
+        quic_only = reflector.peer_info()
+        quic_only.addrs[:] = [a for a in quic_only.addrs if "/quic-v1" in str(a)]
+        with trio.fail_after(10):
+            stream = await client.open_stream(quic_only, REFLECT_PROTOCOL)
+            txid = new_txid()
+            await write_frame(stream, encode(ObserveRequest(txid)))
+            answer = decode(await read_frame(stream), ObserveResponse)
+        assert answer.txid == txid and answer.transport is Transport.UDP
+        # py-libp2p dials QUIC from a fresh socket: the reflector reports that socket's port
+        (conn,) = client.host.get_network().get_connections(reflector.peer_id)
+        local_port = conn.muxed_conn._socket.getsockname()[1]
+        assert answer.observed == Endpoint.parse(f"127.0.0.1:{local_port}")
