@@ -20,13 +20,12 @@ from meshnat.node import MeshNode
 from meshnat.reflection import REFLECT_PROTOCOL, ReflectionConfig, ReflectionService
 from meshnat.reflection.client import observe_over_stream
 from meshnat.reflection.messages import (
-    ErrorCode,
     ObserveRequest,
     ObserveResponse,
-    ReflectError,
     Transport,
 )
 from meshnat.wire import decode, encode, new_txid
+from meshnat.wire.error_response import ErrorCode, ErrorResponse
 from tests.support.fake_reflectors import Behaviour, FakeReflector, nodes
 
 LIE = Endpoint.parse("203.0.113.9:9")
@@ -135,7 +134,7 @@ async def test_reflector_rate_limits_one_peer_with_an_error_and_keeps_serving_ot
                 await observe_over_stream(greedy, target, timeout=5)
             stream = await greedy.open_stream(target, REFLECT_PROTOCOL)
             await write_frame(stream, encode(ObserveRequest(new_txid())))
-            refusal = decode(await read_frame(stream), ReflectError)
+            refusal = decode(await read_frame(stream), ErrorResponse)
             assert refusal.code is ErrorCode.RATE_LIMITED
             assert (await observe_over_stream(polite, target, timeout=5)).observed
     stats = service.statistics()

@@ -21,10 +21,8 @@ from meshnat.errors import (
     UnsupportedVersion,
 )
 from meshnat.reflection.messages import (
-    ErrorCode,
     ObserveRequest,
     ObserveResponse,
-    ReflectError,
     Transport,
 )
 from meshnat.wire import (
@@ -36,11 +34,12 @@ from meshnat.wire import (
     frame_stream,
     unframe_datagram,
 )
+from meshnat.wire.error_response import ErrorCode, ErrorResponse
 from meshnat.wire.frames import encode_uvarint
 
 VECTORS = Path(__file__).parent.parent / "vectors"
 TXID = bytes(range(16))
-ALL = (ObserveRequest, ObserveResponse, ReflectError)
+ALL = (ObserveRequest, ObserveResponse, ErrorResponse)
 
 GOLDEN = {
     "observe_request": ObserveRequest(TXID),
@@ -49,7 +48,7 @@ GOLDEN = {
                                            Transport.UDP),
     "observe_response_v6": ObserveResponse(TXID, Endpoint(ip_address("2001:db8::1"), 443),
                                            Transport.TCP),
-    "reflect_error": ReflectError(TXID, ErrorCode.RATE_LIMITED, "too many requests"),
+    "reflect_error": ErrorResponse(TXID, ErrorCode.RATE_LIMITED, "too many requests"),
 }
 
 

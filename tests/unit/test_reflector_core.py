@@ -9,13 +9,12 @@ from meshnat.ratelimit import RateLimiter
 from meshnat.reflection.core import ReflectorCore
 from meshnat.reflection.messages import (
     REQUEST_PADDING,
-    ErrorCode,
     ObserveRequest,
     ObserveResponse,
-    ReflectError,
     Transport,
 )
 from meshnat.wire import decode, encode, frame_datagram, unframe_datagram
+from meshnat.wire.error_response import ErrorCode, ErrorResponse
 
 TXID = bytes(16)
 V4 = Endpoint(ip_address("198.18.0.30"), 40000)
@@ -70,9 +69,9 @@ def test_stream_answers_errors_when_limited_or_when_there_is_no_transport_addres
     assert c.answer_stream(req, V4, Transport.TCP, "p", 0.0) == ObserveResponse(
         TXID, V4, Transport.TCP)
     relayed = c.answer_stream(req, None, Transport.TCP, "p", 0.0)
-    assert isinstance(relayed, ReflectError) and relayed.code is ErrorCode.NO_OBSERVED_ADDRESS
+    assert isinstance(relayed, ErrorResponse) and relayed.code is ErrorCode.NO_OBSERVED_ADDRESS
     limited = c.answer_stream(req, V4, Transport.TCP, "p", 0.0)
-    assert isinstance(limited, ReflectError) and limited.code is ErrorCode.RATE_LIMITED
+    assert isinstance(limited, ErrorResponse) and limited.code is ErrorCode.RATE_LIMITED
 
 
 def test_rate_limiter_memory_is_bounded() -> None:

@@ -23,11 +23,11 @@ from meshnat.reflection.messages import (
     REQUEST_PADDING,
     ObserveRequest,
     ObserveResponse,
-    ReflectError,
     Transport,
 )
 from meshnat.reflection.service import REFLECT_PROTOCOL
 from meshnat.wire import decode, encode, frame_datagram, new_txid, unframe_datagram
+from meshnat.wire.error_response import ErrorResponse
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +44,10 @@ class Reflection:
     rtt: float
 
 
-def _check(reply: ObserveResponse | ReflectError, txid: bytes) -> ObserveResponse:
+def _check(reply: ObserveResponse | ErrorResponse, txid: bytes) -> ObserveResponse:
     if not hmac.compare_digest(reply.txid, txid):
         raise MalformedMessage("response to a request id this node did not send")
-    if isinstance(reply, ReflectError):
+    if isinstance(reply, ErrorResponse):
         raise PeerRefused(reply.code.name.lower().replace("_", "-"), reply.reason)
     return reply
 
@@ -65,8 +65,8 @@ async def observe_over_stream(node: MeshNode, peer: PeerInfo, *, timeout: float)
             started = trio.current_time()
             await _libp2p.write_frame(stream, encode(ObserveRequest(txid)))
             frame = await _libp2p.read_frame(stream)
-            reply = cast(ObserveResponse | ReflectError,
-                         decode(frame, ObserveResponse, ReflectError))
+            reply = cast(ObserveResponse | ErrorResponse,
+                         decode(frame, ObserveResponse, ErrorResponse))
             rtt = trio.current_time() - started
         finally:
             await _libp2p.reset_quietly(stream)

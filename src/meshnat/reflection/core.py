@@ -3,7 +3,7 @@
 A reflector answers an `ObserveRequest` with the source endpoint it observed, unless the
 requester is over its rate limit. Over UDP the response is never larger than the request
 (no amplification), and a limited or malformed datagram gets silence; over a stream a limited
-requester gets a `ReflectError`.
+requester gets a `ErrorResponse`.
 """
 
 from __future__ import annotations
@@ -14,13 +14,12 @@ from meshnat.endpoint import Endpoint
 from meshnat.errors import RemoteProtocolError, UnexpectedMessage
 from meshnat.ratelimit import RateLimiter
 from meshnat.reflection.messages import (
-    ErrorCode,
     ObserveRequest,
     ObserveResponse,
-    ReflectError,
     Transport,
 )
 from meshnat.wire import decode, encode, frame_datagram, unframe_datagram
+from meshnat.wire.error_response import ErrorCode, ErrorResponse
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,13 +42,13 @@ class ReflectorCore:
     def answer_stream(
         self, request: ObserveRequest, observed: Endpoint | None, transport: Transport,
         peer: str, now: float,
-    ) -> ObserveResponse | ReflectError:
+    ) -> ObserveResponse | ErrorResponse:
         """The response for a request that arrived on a stream from `peer`."""
         if not self._peers.allow(peer, now):
             self.rate_limited += 1
-            return ReflectError(request.txid, ErrorCode.RATE_LIMITED, "too many requests")
+            return ErrorResponse(request.txid, ErrorCode.RATE_LIMITED, "too many requests")
         if observed is None:
-            return ReflectError(request.txid, ErrorCode.NO_OBSERVED_ADDRESS,
+            return ErrorResponse(request.txid, ErrorCode.NO_OBSERVED_ADDRESS,
                                 "no transport address (relayed connection)")
         self.served += 1
         return ObserveResponse(request.txid, observed, transport)

@@ -9,7 +9,7 @@ from typing import ClassVar, Self
 from meshnat.endpoint import Endpoint
 from meshnat.wire.codec import Fields
 
-OBSERVED, TRANSPORT, PADDING, CODE, REASON = 8, 9, 10, 11, 12
+OBSERVED, TRANSPORT, PADDING = 8, 9, 10
 MAX_PADDING = 512
 REQUEST_PADDING = 48
 """Clients pad UDP requests so that any response (even an IPv6 one) is no larger."""
@@ -17,7 +17,6 @@ REQUEST_PADDING = 48
 class MsgType(IntEnum):
     OBSERVE_REQUEST = 1
     OBSERVE_RESPONSE = 2
-    REFLECT_ERROR = 3
 
 class Transport(StrEnum):
     TCP = "tcp"
@@ -25,12 +24,6 @@ class Transport(StrEnum):
 
 _TRANSPORT_CODES = {Transport.TCP: 0, Transport.UDP: 1}
 _TRANSPORTS = {v: k for k, v in _TRANSPORT_CODES.items()}
-
-class ErrorCode(IntEnum):
-    BAD_REQUEST = 1
-    RATE_LIMITED = 2
-    NO_OBSERVED_ADDRESS = 3
-    UNSUPPORTED_VERSION = 4
 
 @dataclass(frozen=True, slots=True)
 class ObserveRequest:
@@ -64,21 +57,3 @@ class ObserveResponse:
     def from_fields(cls, txid: bytes, f: Fields) -> Self:
         observed = Endpoint.from_wire(f.pop(OBSERVED))
         return cls(txid, observed, _TRANSPORTS[f.pop_int(TRANSPORT, lo=0, hi=1)])
-
-@dataclass(frozen=True, slots=True)
-class ReflectError:
-    """The reflector will not answer `txid`: why, as a code and a short reason."""
-
-    TYPE: ClassVar[MsgType] = MsgType.REFLECT_ERROR
-    txid: bytes
-    code: ErrorCode
-    reason: str
-
-    def to_fields(self) -> dict[int, object]:
-        return {CODE: int(self.code), REASON: self.reason[:120]}
-
-    @classmethod
-    def from_fields(cls, txid: bytes, f: Fields) -> Self:
-        code = ErrorCode(f.pop_int(CODE, lo=min(ErrorCode), hi=max(ErrorCode)))
-        return cls(txid, code, f.pop_str(REASON, max_len=120))
-

@@ -14,8 +14,9 @@ from meshnat.errors import ConfigError, MeshNatError, RemoteProtocolError, Unsup
 from meshnat.events import EventSink, StreamRejected, ignore_events
 from meshnat.node import MeshNode
 from meshnat.reflection.core import ReflectionStatistics, ReflectorCore
-from meshnat.reflection.messages import ErrorCode, ObserveRequest, ReflectError, Transport
+from meshnat.reflection.messages import ObserveRequest, Transport
 from meshnat.wire import decode, encode
+from meshnat.wire.error_response import ErrorCode, ErrorResponse
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ class ReflectionService:
                 try:
                     request = decode(await _libp2p.read_frame(stream), ObserveRequest)
                 except UnsupportedVersion as exc:
-                    await _libp2p.write_frame(stream, encode(ReflectError(
+                    await _libp2p.write_frame(stream, encode(ErrorResponse(
                         bytes(16), ErrorCode.UNSUPPORTED_VERSION, str(exc))))
                     raise
                 peer = str(_libp2p.stream_peer(stream))

@@ -1,0 +1,48 @@
+"""`ErrorResponse`: the one refusal message every meshnat stream protocol answers with.
+
+Message type numbers are unique across meshnat protocols (reflection 1-2, this 3,
+classification 16-20), because datagrams of several protocols share one UDP socket.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import ClassVar, Self
+
+from meshnat.wire.codec import Fields
+
+ERROR_TYPE = 3
+CODE, REASON = 11, 12
+MAX_REASON = 120
+
+
+class ErrorCode(IntEnum):
+    BAD_REQUEST = 1
+    RATE_LIMITED = 2
+    NO_OBSERVED_ADDRESS = 3
+    UNSUPPORTED_VERSION = 4
+    FORBIDDEN_TARGET = 5
+    UNAVAILABLE = 6
+
+
+class _ErrorType(IntEnum):
+    ERROR_RESPONSE = ERROR_TYPE
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorResponse:
+    """The peer will not answer `txid`: why, as a code and a short reason."""
+
+    TYPE: ClassVar[IntEnum] = _ErrorType.ERROR_RESPONSE
+    txid: bytes
+    code: ErrorCode
+    reason: str
+
+    def to_fields(self) -> dict[int, object]:
+        return {CODE: int(self.code), REASON: self.reason[:MAX_REASON]}
+
+    @classmethod
+    def from_fields(cls, txid: bytes, f: Fields) -> Self:
+        code = ErrorCode(f.pop_int(CODE, lo=min(ErrorCode), hi=max(ErrorCode)))
+        return cls(txid, code, f.pop_str(REASON, max_len=MAX_REASON))
