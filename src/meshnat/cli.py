@@ -12,12 +12,18 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
-from dataclasses import replace
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import trio
 
 from meshnat import _libp2p
+from meshnat.classify import (
+    NatClassifier,
+    NatReport,
+    ProbeHelperConfig,
+    ProbeHelperService,
+)
 from meshnat.discovery import DiscoveryConfig, PeerAddressDiscovery
 from meshnat.errors import ConfigError, InsufficientResponses, MeshNatError, NoConsensus
 from meshnat.node import MeshNode, NodeConfig
@@ -70,6 +76,7 @@ async def run_reflector(args: argparse.Namespace, out: Output) -> int:
     config = node_config_from_listen(args.listen, args.key_file, DEFAULT_PORT)
     async with MeshNode(config) as node:
         reflection = await node.mount(ReflectionService())
+        await node.mount(ProbeHelperService(ProbeHelperConfig(alt_port=args.alt_port)))
         addrs = [str(a) for a in node.addrs]
         out.emit({"event": "ready", "peer_id": str(node.peer_id), "addrs": addrs},
                  f"reflector {node.peer_id} listening on:\n  " + "\n  ".join(addrs))
@@ -110,35 +117,51 @@ async def run_discover(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+async def run_probe(args: argparse.Namespace, out: Output) -> int:
+    reflectors = _libp2p.merge_peer_addrs(args.reflector)
+    node_config = NodeConfig(tcp_port=args.port, udp_port=args.port, key_file=args.key_file)
+    async with MeshNode(node_config) as node:
+        classifier = await node.mount(NatClassifier(reflectors))
+        report = await classifier.classify()
+    out.emit(report.to_json(), format_report(report))
+    return 0
+
+
+def format_report(report: NatReport) -> str:
+    """A readable table of a NatReport."""
+    facts = report.to_json()
+    lines = [f"{key:<16}{'?' if facts[key] is None else facts[key]}" for key in (
+        "nat_type", "mapping", "filtering", "port_allocation", "hairpin", "udp_blocked",
+        "behind_nat", "local")]
+    lines.append(f"{'public_addrs':<16}{', '.join(map(str, report.public_addrs)) or '?'}")
+    lines += [f"  {e.test:<10}{e.target:<26}{e.result} ({e.elapsed_ms:.1f} ms)"
+              for e in report.evidence]
+    lines += [f"note: {n}" for n in report.notes]
+    return "\n".join(lines)
+
+
 async def run_demo(args: argparse.Namespace, out: Output) -> int:
-    """Three reflectors and a client on loopback: discover, report, connect."""
+    """Three reflectors on 127.0.0.2-4 and a client on 127.0.0.1: discover, classify, connect."""
     from meshnat.echo import EchoService, echo
 
-    loopback = NodeConfig(listen_ip="127.0.0.1")
-    async with (MeshNode(loopback) as r1, MeshNode(loopback) as r2, MeshNode(loopback) as r3,
-                MeshNode(loopback) as client):
+    async with AsyncExitStack() as stack:
         reflectors = []
-        for r in (r1, r2, r3):
-            await r.mount(ReflectionService())
-            await r.mount(EchoService())
-            reflectors.append(r.peer_info())
-        out.emit({"event": "reflectors", "count": 3}, "started 3 reflectors on 127.0.0.1")
-        # every reflector shares 127.0.0.1 here, so each peer id votes on its own
-        discovery = await client.mount(PeerAddressDiscovery(
-            reflectors, replace(DiscoveryConfig(), group_by_network=False)))
-        report: dict[str, object] = {}
+        for i in range(3):
+            config = NodeConfig(listen_ip=f"127.0.0.{i + 2}")
+            node = await stack.enter_async_context(MeshNode(config))
+            for service in (ReflectionService(), ProbeHelperService(), EchoService()):
+                await node.mount(service)
+            reflectors.append(node.peer_info())
+        out.emit({"event": "reflectors", "count": 3}, "started 3 reflectors on 127.0.0.2-4")
+        client = await stack.enter_async_context(MeshNode(NodeConfig(listen_ip="127.0.0.1")))
+        discovery = await client.mount(PeerAddressDiscovery(reflectors))
         for transport in ("udp", "tcp"):
             consensus = await discovery.discover(transport)
-            local = client.listen_endpoint(transport)
-            report[transport] = {"public": str(consensus.address), "local": str(local),
-                                 "behind_nat": consensus.address != local}
             out.emit({"event": "address", **consensus.to_json()},
-                     f"{transport}: public {consensus.address} "
-                     f"({consensus.votes}/{consensus.voters} votes), local {local}")
-        out.emit({"event": "nat-report", **report},
-                 "nat report: " + ", ".join(
-                     f"{t} {'behind NAT' if v['behind_nat'] else 'no NAT'}"  # type: ignore[index]
-                     for t, v in report.items()))
+                     f"{transport} address: {consensus.address} "
+                     f"({consensus.votes}/{consensus.voters} observer groups agree)")
+        report = await (await client.mount(NatClassifier(reflectors))).classify()
+        out.emit({"event": "nat-report", **report.to_json()}, format_report(report))
         started = trio.current_time()
         answer = await echo(client, reflectors[0], b"hello mesh")
         elapsed = (trio.current_time() - started) * 1e3
@@ -161,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reflector", help="run a node that reflects addresses to its peers")
     p.add_argument("--listen", action="append", default=[], metavar="MULTIADDR",
                    help=f"listen address (default TCP and QUIC on 0.0.0.0:{DEFAULT_PORT})")
+    p.add_argument("--alt-port", type=int, default=DEFAULT_PORT + 1,
+                   help="second UDP port for NAT classification (default %(default)s; 0: any)")
     common(p)
     p.set_defaults(run=run_reflector)
 
@@ -175,6 +200,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="count every reflector's vote even when they share an IP (loopback)")
     common(p)
     p.set_defaults(run=run_discover)
+
+    p = sub.add_parser("probe", help="classify this node's NAT through mesh reflectors")
+    p.add_argument("--reflector", action="append", default=[], metavar="MULTIADDR",
+                   help="a reflector's multiaddr ending in /p2p/<peer id> (repeat; two IPs "
+                        "needed for a full report)")
+    p.add_argument("--port", type=int, default=0, help="local TCP and UDP port (default any)")
+    common(p)
+    p.set_defaults(run=run_probe)
 
     p = sub.add_parser("demo", help="three reflectors and a client on loopback")
     common(p)

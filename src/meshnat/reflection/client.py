@@ -5,7 +5,6 @@ from __future__ import annotations
 import hmac
 import logging
 from dataclasses import dataclass
-from typing import cast
 
 import trio
 
@@ -65,8 +64,7 @@ async def observe_over_stream(node: MeshNode, peer: PeerInfo, *, timeout: float)
             started = trio.current_time()
             await _libp2p.write_frame(stream, encode(ObserveRequest(txid)))
             frame = await _libp2p.read_frame(stream)
-            reply = cast(ObserveResponse | ErrorResponse,
-                         decode(frame, ObserveResponse, ErrorResponse))
+            reply = decode(frame, ObserveResponse, ErrorResponse)
             rtt = trio.current_time() - started
         finally:
             await _libp2p.reset_quietly(stream)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import secrets
-from typing import Protocol, Self, TypeVar
+from typing import Protocol, Self, TypeVar, overload
 
 import cbor2
 
@@ -106,6 +106,9 @@ class Message(Protocol):
 
 
 M = TypeVar("M", bound=Message)
+A = TypeVar("A", bound=Message)
+B = TypeVar("B", bound=Message)
+C = TypeVar("C", bound=Message)
 
 
 def encode(msg: Message) -> bytes:
@@ -120,7 +123,16 @@ def encode(msg: Message) -> bytes:
     return data
 
 
-def decode(data: bytes, *expected: type[M], limit: int = MAX_MESSAGE_SIZE) -> M:
+@overload
+def decode(data: bytes, a: type[A], /, *, limit: int = ...) -> A: ...
+@overload
+def decode(data: bytes, a: type[A], b: type[B], /, *, limit: int = ...) -> A | B: ...
+@overload
+def decode(data: bytes, a: type[A], b: type[B], c: type[C], /, *,
+           limit: int = ...) -> A | B | C: ...
+
+
+def decode(data: bytes, *expected: type[Message], limit: int = MAX_MESSAGE_SIZE) -> Message:
     """Decode exactly one message of one of the `expected` types.
 
     Raises a `RemoteProtocolError` subclass for any input that is not such a message.

@@ -1,0 +1,152 @@
+"""`ProbeHelperService`: what a reflector offers classifying nodes.
+
+A second UDP socket that answers observe requests (so a client can test mapping across two
+ports of one IP), and `/meshnat/classify/1.0.0`: tell the second port, and send probe
+datagrams into a requester's mapping (filtering tests). Probes only ever go to the requester's
+own IP address, at most `probe_copies` tiny datagrams per request, rate-limited per peer: the
+service cannot be used to send traffic at a third party.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from dataclasses import dataclass
+
+import trio
+
+from meshnat import _libp2p
+from meshnat._libp2p import INetStream, TaskStatus, TProtocol
+from meshnat.classify.messages import (
+    InfoRequest,
+    InfoResponse,
+    ProbeAck,
+    ProbeDatagram,
+    ProbeRequest,
+    ProbeSource,
+)
+from meshnat.endpoint import Endpoint
+from meshnat.errors import ConfigError, MeshNatError, RemoteProtocolError
+from meshnat.node import MeshNode
+from meshnat.ratelimit import RateLimiter
+from meshnat.reflection.core import ReflectorCore
+from meshnat.wire import MAX_DATAGRAM_SIZE, decode, encode, frame_datagram
+from meshnat.wire.error_response import ErrorCode, ErrorResponse
+
+log = logging.getLogger(__name__)
+
+CLASSIFY_PROTOCOL = TProtocol("/meshnat/classify/1.0.0")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProbeHelperConfig:
+    """Limits of the probe helper a reflector mounts."""
+
+    alt_port: int = 0
+    """The second UDP port (0: any free port)."""
+
+    probe_rate: float = 2.0
+    """Probe requests per second allowed per peer."""
+
+    probe_burst: int = 10
+    """Probe requests a peer may make at once."""
+
+    probe_copies: int = 2
+    """Datagrams sent per probe request (a lost one must not fake a filtering verdict)."""
+
+    stream_timeout: float = 5.0
+    """Seconds a requester has to send its request."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.alt_port < 65536:
+            raise ConfigError(f"alt_port must be in [0, 65535], got {self.alt_port!r}")
+        if not self.probe_rate > 0 or self.probe_burst < 1:
+            raise ConfigError("probe_rate must be > 0 and probe_burst >= 1")
+        if not 1 <= self.probe_copies <= 4:
+            raise ConfigError(f"probe_copies must be in [1, 4], got {self.probe_copies!r}")
+        if not self.stream_timeout > 0:
+            raise ConfigError(f"stream_timeout must be > 0, got {self.stream_timeout!r}")
+
+
+class ProbeHelperService:
+    """Mount on reflectors so that nodes can classify their NAT through them."""
+
+    protocol_id = CLASSIFY_PROTOCOL
+
+    def __init__(self, config: ProbeHelperConfig | None = None) -> None:
+        self.config = config or ProbeHelperConfig()
+        self._limiter = RateLimiter(rate=self.config.probe_rate, burst=self.config.probe_burst)
+        self._alt_core = ReflectorCore(rate=10.0, burst=20, max_keys=10_000)
+        self._alt: trio.socket.SocketType | None = None
+        self._node: MeshNode | None = None
+        self.probes_sent = self.refused = 0
+
+    async def serve(self, node: MeshNode, *, task_status: TaskStatus[None]) -> None:
+        primary = node.listen_endpoint("udp")
+        family = socket.AF_INET if primary.ip.version == 4 else socket.AF_INET6
+        with trio.socket.socket(family, socket.SOCK_DGRAM) as alt:
+            await alt.bind((str(primary.ip), self.config.alt_port))
+            self._alt, self._node = alt, node
+            node.host.set_stream_handler(
+                self.protocol_id, _libp2p.guarded_handler("classify", self._handle))
+            try:
+                task_status.started()
+                while True:  # answer observe requests on the second port
+                    data, addr = await alt.recvfrom(MAX_DATAGRAM_SIZE + 1)
+                    src = Endpoint.from_sockaddr(addr)
+                    reply = self._alt_core.answer_datagram(data, src, trio.current_time())
+                    if reply is not None:
+                        try:
+                            await alt.sendto(reply, src.to_sockaddr())
+                        except OSError as exc:
+                            log.debug("classify: reply to %s failed: %s", src, exc)
+            finally:
+                node.host.remove_stream_handler(self.protocol_id)
+                self._alt = self._node = None
+
+    @property
+    def alt_port(self) -> int:
+        if self._alt is None:
+            raise ConfigError("the probe helper is not mounted")
+        port: int = self._alt.getsockname()[1]
+        return port
+
+    async def _handle(self, stream: INetStream) -> None:
+        timeout = self.config.stream_timeout
+        try:
+            with _libp2p.map_peer_errors("classify", timeout), trio.fail_after(timeout):
+                request = decode(await _libp2p.read_frame(stream), InfoRequest, ProbeRequest)
+                if isinstance(request, InfoRequest):
+                    reply: InfoResponse | ProbeAck | ErrorResponse = InfoResponse(
+                        request.txid, self.alt_port)
+                else:
+                    reply = await self._probe(request, stream)
+                await _libp2p.write_frame(stream, encode(reply))
+                await stream.close()
+        except (RemoteProtocolError, MeshNatError) as exc:
+            log.debug("classify: dropped stream: %s", exc)
+            await _libp2p.reset_quietly(stream)
+
+    async def _probe(self, request: ProbeRequest, stream: INetStream) -> ProbeAck | ErrorResponse:
+        requester = _libp2p.remote_endpoint(stream)
+        peer = str(_libp2p.stream_peer(stream))
+        if requester is None or requester.ip != request.target.ip:
+            self.refused += 1
+            return ErrorResponse(request.txid, ErrorCode.FORBIDDEN_TARGET,
+                                 "probes go only to the requester's own address")
+        if not self._limiter.allow(peer, trio.current_time()):
+            self.refused += 1
+            return ErrorResponse(request.txid, ErrorCode.RATE_LIMITED, "too many probes")
+        assert self._node is not None and self._alt is not None
+        datagram = frame_datagram(encode(ProbeDatagram(request.txid)))
+        for _ in range(self.config.probe_copies):
+            try:
+                if request.source is ProbeSource.ALT:
+                    await self._alt.sendto(datagram, request.target.to_sockaddr())
+                else:
+                    await self._node.udp.sendto(datagram, request.target)
+            except OSError as exc:
+                log.debug("classify: probe to %s failed: %s", request.target, exc)
+        self.probes_sent += 1
+        log.debug("classify: probe to %s from %s", request.target, request.source.name.lower())
+        return ProbeAck(request.txid)

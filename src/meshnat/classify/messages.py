@@ -1,0 +1,102 @@
+"""Wire messages of `/meshnat/classify/1.0.0` (docs/protocols/classify.md).
+
+Over a stream a classifying node asks a reflector for its second UDP port (`InfoRequest`) or
+to send a `ProbeDatagram` into the node's UDP mapping from a chosen source (`ProbeRequest`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import ClassVar, Self
+
+from meshnat.endpoint import Endpoint
+from meshnat.wire.codec import Fields
+
+ALT_PORT, TARGET, SOURCE = 8, 9, 10
+
+
+class MsgType(IntEnum):
+    INFO_REQUEST = 16
+    INFO_RESPONSE = 17
+    PROBE_REQUEST = 18
+    PROBE_ACK = 19
+    PROBE_DATAGRAM = 20
+
+
+class ProbeSource(IntEnum):
+    """Which of the reflector's UDP sockets sends the probe."""
+
+    PRIMARY = 0
+    ALT = 1
+
+
+@dataclass(frozen=True, slots=True)
+class _TxidOnly:
+    """A message with no fields of its own."""
+
+    txid: bytes
+
+    def to_fields(self) -> dict[int, object]:
+        return {}
+
+    @classmethod
+    def from_fields(cls, txid: bytes, f: Fields) -> Self:
+        return cls(txid)
+
+
+@dataclass(frozen=True, slots=True)
+class InfoRequest(_TxidOnly):
+    """Which second UDP port do you answer observe requests on?"""
+
+    TYPE: ClassVar[MsgType] = MsgType.INFO_REQUEST
+
+
+@dataclass(frozen=True, slots=True)
+class InfoResponse:
+    """The reflector's second UDP port, on the same IP as its primary one."""
+
+    TYPE: ClassVar[MsgType] = MsgType.INFO_RESPONSE
+    txid: bytes
+    alt_port: int
+
+    def to_fields(self) -> dict[int, object]:
+        return {ALT_PORT: self.alt_port}
+
+    @classmethod
+    def from_fields(cls, txid: bytes, f: Fields) -> Self:
+        return cls(txid, f.pop_int(ALT_PORT, lo=1, hi=65535))
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeRequest:
+    """Send a ProbeDatagram carrying `txid` to `target` from `source`.
+
+    A reflector honours it only when `target` has the requester's own IP address."""
+
+    TYPE: ClassVar[MsgType] = MsgType.PROBE_REQUEST
+    txid: bytes
+    target: Endpoint
+    source: ProbeSource
+
+    def to_fields(self) -> dict[int, object]:
+        return {TARGET: self.target.to_wire(), SOURCE: int(self.source)}
+
+    @classmethod
+    def from_fields(cls, txid: bytes, f: Fields) -> Self:
+        target = Endpoint.from_wire(f.pop(TARGET))
+        return cls(txid, target, ProbeSource(f.pop_int(SOURCE, lo=0, hi=1)))
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeAck(_TxidOnly):
+    """The probe datagrams for `txid` were sent."""
+
+    TYPE: ClassVar[MsgType] = MsgType.PROBE_ACK
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeDatagram(_TxidOnly):
+    """An unsolicited datagram (filtering test) or one sent to oneself (hairpin test)."""
+
+    TYPE: ClassVar[MsgType] = MsgType.PROBE_DATAGRAM

@@ -1,0 +1,292 @@
+"""`NatClassifier`: runs a probe plan through mesh reflectors and folds it into a NatReport."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TypeVar
+
+import trio
+
+from meshnat import _libp2p
+from meshnat._libp2p import PeerInfo, TaskStatus, endpoint_of
+from meshnat.classify.classifier import (
+    MappingObservation,
+    classify_filtering,
+    classify_mapping,
+    classify_port_allocation,
+)
+from meshnat.classify.helper import CLASSIFY_PROTOCOL
+from meshnat.classify.messages import (
+    InfoRequest,
+    InfoResponse,
+    ProbeAck,
+    ProbeDatagram,
+    ProbeRequest,
+    ProbeSource,
+)
+from meshnat.classify.plan import ProbePlan, ReflectorPorts, make_probe_plan
+from meshnat.classify.report import Evidence, NatReport
+from meshnat.endpoint import Endpoint
+from meshnat.errors import (
+    ConfigError,
+    InsufficientResponses,
+    MalformedMessage,
+    MeshNatError,
+    NotMounted,
+    PeerRefused,
+    RemoteProtocolError,
+)
+from meshnat.node import MeshNode
+from meshnat.reflection.client import observe_over_udp
+from meshnat.wire import Message, decode, encode, frame_datagram, new_txid, unframe_datagram
+from meshnat.wire.error_response import ErrorResponse
+
+log = logging.getLogger(__name__)
+M = TypeVar("M", bound=Message)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClassifierConfig:
+    """How NatClassifier probes."""
+
+    query_timeout: float = 1.5
+    """Seconds for one observe query (with retransmissions) or one stream request."""
+
+    probe_wait: float = 1.0
+    """Seconds to wait for an unsolicited probe or a hairpinned datagram to arrive."""
+
+    max_reflectors: int = 8
+    """Reflectors asked for their second port; the plan uses at most two."""
+
+    def __post_init__(self) -> None:
+        for name in ("query_timeout", "probe_wait"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                raise ConfigError(f"{name} must be a positive number, got {value!r}")
+        if self.max_reflectors < 1:
+            raise ConfigError(f"max_reflectors must be >= 1, got {self.max_reflectors!r}")
+
+
+class NatClassifier:
+    """Classifies this node's UDP NAT (RFC 4787) with mesh reflectors only.
+
+    Reflectors should mount ReflectionService and ProbeHelperService (`meshnat reflector`
+    does); two of them on distinct IPs are needed for a full report.
+    """
+
+    def __init__(self, reflectors: Sequence[PeerInfo], config: ClassifierConfig | None = None
+                 ) -> None:
+        self.config = config or ClassifierConfig()
+        self.reflectors = list(reflectors)
+        self._node: MeshNode | None = None
+
+    async def serve(self, node: MeshNode, *, task_status: TaskStatus[None]) -> None:
+        self._node = node
+        try:
+            task_status.started()
+            await trio.sleep_forever()
+        finally:
+            self._node = None
+
+    async def classify(self) -> NatReport:
+        """Run every test the reflectors allow; facts that could not be measured stay None.
+
+        Raises InsufficientResponses when no reflector could be reached at all.
+        """
+        if self._node is None:
+            raise NotMounted("mount NatClassifier on a running MeshNode first")
+        run = _Run(self._node, self.config)
+        return await run.execute(self.reflectors[: self.config.max_reflectors])
+
+
+class _Run:
+    """One classification: the probes in RFC 5780 order, with their evidence."""
+
+    def __init__(self, node: MeshNode, config: ClassifierConfig) -> None:
+        self.node, self.config = node, config
+        self.evidence: list[Evidence] = []
+        self.local = node.listen_endpoint("udp")
+        self.started = trio.current_time()
+
+    def note(self, test: str, target: str, result: str, since: float) -> None:
+        self.evidence.append(Evidence(test, target, result, (trio.current_time() - since) * 1e3))
+
+    async def execute(self, reflectors: Sequence[PeerInfo]) -> NatReport:
+        ports = await self.reflector_ports(reflectors)
+        plan = make_probe_plan(ports)
+        if plan is None:
+            raise InsufficientResponses(0, 1, len(reflectors))
+        first = await self.first_mapping(ports)
+        local_eps = self.node.local_endpoints("udp")
+        if first is None:
+            reachable = any(p.alt is not None for p in ports)  # streams worked, UDP did not
+            return self.report(plan, udp_blocked=True if reachable else None)
+        mapped, first_dest = first
+        behind_nat = mapped not in local_eps
+        if first_dest != plan.a.primary:  # A did not answer over UDP: B-first plan is moot
+            plan = ProbePlan(next(p for p in ports if p.primary == first_dest), None,
+                             (*plan.notes, "first reflector gave no UDP answer"))
+        from_alt, from_other_ip = await self.filtering(plan, mapped, reflectors)
+        observations = [MappingObservation(first_dest, mapped)]
+        for destination in plan.mapping_destinations():
+            since = trio.current_time()
+            try:
+                seen = (await observe_over_udp(self.node, destination,
+                                               timeout=self.config.query_timeout)).observed
+            except MeshNatError:
+                self.note("mapping", str(destination), "no answer", since)
+                continue
+            self.note("mapping", str(destination), str(seen), since)
+            observations.append(MappingObservation(destination, seen))
+        allocation, delta = classify_port_allocation(
+            self.local.port, [o.mapped.port for o in observations])
+        hairpin = await self.hairpin(mapped) if behind_nat else None
+        public = tuple(dict.fromkeys(o.mapped for o in observations))
+        return self.report(
+            plan, udp_blocked=False, behind_nat=behind_nat,
+            mapping=classify_mapping(observations),
+            filtering=classify_filtering(from_alt, from_other_ip),
+            port_allocation=allocation, port_delta=delta, hairpin=hairpin, public_addrs=public)
+
+    def report(self, plan: ProbePlan | None, **facts: object) -> NatReport:
+        local = next(iter(self.node.local_endpoints("udp")), self.local)
+        notes = plan.notes if plan else ()
+        report = NatReport(local=local, evidence=tuple(self.evidence), notes=notes,
+                           **facts)  # type: ignore[arg-type]
+        log.info("classify: %s (%.0f ms)", report, (trio.current_time() - self.started) * 1e3)
+        return report
+
+    async def reflector_ports(self, reflectors: Sequence[PeerInfo]) -> list[ReflectorPorts]:
+        """Each reflector's primary UDP endpoint and, if it says, its second port."""
+        found: dict[int, ReflectorPorts] = {}
+
+        async def ask(index: int, peer: PeerInfo) -> None:
+            primary = next((p[1] for a in peer.addrs if (p := endpoint_of(a)) and p[0] == "udp"),
+                           None)
+            if primary is None:
+                return
+            since = trio.current_time()
+            try:
+                info = await self.request(peer, InfoRequest(new_txid()), InfoResponse)
+                alt: Endpoint | None = Endpoint(primary.ip, info.alt_port)
+            except MeshNatError as exc:
+                log.debug("classify: %s has no probe helper: %s", peer.peer_id, exc)
+                alt = None
+            self.note("info", f"…{str(peer.peer_id)[-6:]}", f"alt {alt}" if alt else "no helper",
+                      since)
+            found[index] = ReflectorPorts(str(peer.peer_id), primary, alt)
+
+        async with trio.open_nursery() as nursery:
+            for index, peer in enumerate(reflectors):
+                nursery.start_soon(ask, index, peer)
+        return [found[i] for i in sorted(found)]
+
+    async def first_mapping(self, ports: Sequence[ReflectorPorts]
+                            ) -> tuple[Endpoint, Endpoint] | None:
+        """S's mapping as seen by the first reflector that answers over UDP (at most 3 asked)."""
+        for target in ports[:3]:
+            since = trio.current_time()
+            try:
+                seen = await observe_over_udp(self.node, target.primary,
+                                              timeout=self.config.query_timeout)
+            except MeshNatError:
+                self.note("udp", str(target.primary), "no answer", since)
+                continue
+            self.note("mapping", str(target.primary), str(seen.observed), since)
+            return seen.observed, target.primary
+        return None
+
+    async def filtering(self, plan: ProbePlan, mapped: Endpoint, reflectors: Sequence[PeerInfo]
+                        ) -> tuple[bool | None, bool | None]:
+        """(arrived from A's other port, arrived from B) — both before S contacts either."""
+        peers = {str(p.peer_id): p for p in reflectors}
+        results: dict[str, bool | None] = {"alt": None, "ip": None}
+
+        async def probe(key: str, who: ReflectorPorts, source: ProbeSource) -> None:
+            results[key] = await self.unsolicited(peers[who.name], mapped, source)
+
+        async with trio.open_nursery() as nursery:
+            if plan.a.alt is not None:
+                nursery.start_soon(probe, "alt", plan.a, ProbeSource.ALT)
+            if plan.b is not None:
+                nursery.start_soon(probe, "ip", plan.b, ProbeSource.PRIMARY)
+        return results["alt"], results["ip"]
+
+    async def unsolicited(self, peer: PeerInfo, mapped: Endpoint, source: ProbeSource
+                          ) -> bool | None:
+        """Ask `peer` to send into `mapped`; None if it would not, else whether it arrived."""
+        txid = new_txid()
+        since = trio.current_time()
+        target = f"…{str(peer.peer_id)[-6:]} {source.name.lower()} port"
+        with self.watch_for(txid) as arrived:
+            try:
+                await self.request(peer, ProbeRequest(txid, mapped, source), ProbeAck)
+            except MeshNatError as exc:
+                self.note("filtering", target, f"refused: {exc}", since)
+                return None
+            with trio.move_on_after(self.config.probe_wait):
+                await arrived.wait()
+        self.note("filtering", target, "received" if arrived.is_set() else "not received", since)
+        return arrived.is_set()
+
+    async def hairpin(self, mapped: Endpoint) -> bool:
+        """Send to our own mapping from S; does the NAT turn it around?"""
+        txid = new_txid()
+        since = trio.current_time()
+        with self.watch_for(txid) as arrived:
+            datagram = frame_datagram(encode(ProbeDatagram(txid)))
+            with trio.move_on_after(self.config.probe_wait):
+                for _ in range(2):  # one loss must not read as "no hairpin"
+                    try:
+                        await self.node.udp.sendto(datagram, mapped)
+                    except OSError as exc:
+                        log.debug("classify: hairpin send failed: %s", exc)
+                await arrived.wait()
+        self.note("hairpin", str(mapped), "received" if arrived.is_set() else "not received",
+                  since)
+        return arrived.is_set()
+
+    @contextmanager
+    def watch_for(self, txid: bytes) -> Iterator[trio.Event]:
+        """An Event set when a ProbeDatagram carrying `txid` reaches the node's UDP socket."""
+        arrived = trio.Event()
+
+        def on_datagram(data: bytes, src: Endpoint) -> None:
+            payload = unframe_datagram(data)
+            if payload is None or arrived.is_set():
+                return
+            try:
+                probe = decode(payload, ProbeDatagram)
+            except RemoteProtocolError:
+                return
+            if hmac.compare_digest(probe.txid, txid):
+                arrived.set()
+
+        unsubscribe = self.node.udp.subscribe(on_datagram)
+        try:
+            yield arrived
+        finally:
+            unsubscribe()
+
+    async def request(self, peer: PeerInfo, message: Message, expected: type[M]) -> M:
+        """One request/response over a fresh `/meshnat/classify/1.0.0` stream."""
+        timeout = self.config.query_timeout
+        # TCP first: where UDP is blocked a QUIC dial would spend the whole timeout
+        tcp_first = PeerInfo(peer.peer_id, sorted(peer.addrs, key=lambda a: "/tcp/" not in str(a)))
+        stream = await self.node.open_stream(tcp_first, CLASSIFY_PROTOCOL, timeout=timeout)
+        with _libp2p.map_peer_errors("classify", timeout), trio.fail_after(timeout):
+            try:
+                await _libp2p.write_frame(stream, encode(message))
+                reply = decode(await _libp2p.read_frame(stream), expected, ErrorResponse)
+            finally:
+                await _libp2p.reset_quietly(stream)
+        if not hmac.compare_digest(reply.txid, message.txid):
+            raise MalformedMessage("reply to a request id this node did not send")
+        if isinstance(reply, ErrorResponse):
+            raise PeerRefused(reply.code.name.lower().replace("_", "-"), reply.reason)
+        return reply
