@@ -136,6 +136,7 @@ class Lab:
         self.inet = self._namespace("inet")
         _run("ip", "-n", self.inet, "link", "add", "name", "br0", "type", "bridge")
         _run("ip", "-n", self.inet, "link", "set", "br0", "up")
+        _plain_bridges(self.inet)
 
     # --- building ----------------------------------------------------------------------------
 
@@ -166,9 +167,12 @@ class Lab:
 
     def site(
         self, name: str, nat: Nat, *, hosts: int = 1, behind: Site | None = None,
-        forwarded_port: int = 4001,
+        forwarded_port: int = 4001, hairpin: bool = False,
     ) -> Site:
-        """A router of kind `nat` with `hosts` hosts behind it; `behind` nests it (double NAT)."""
+        """A router of kind `nat` with `hosts` hosts behind it; `behind` nests it (double NAT).
+
+        With `hairpin` (PORT_FORWARD only) the forwarded port also works from inside the LAN.
+        """
         n = next(self._site_numbers)
         router_ns = self._namespace(f"{name}-r")
         if behind is None:
@@ -182,6 +186,7 @@ class Lab:
             _run("ip", "-n", router_ns, "route", "add", "default", "via", behind.lan_gateway)
         _run("ip", "-n", router_ns, "link", "add", "name", "lanbr", "type", "bridge")
         _run("ip", "-n", router_ns, "link", "set", "lanbr", "up")
+        _plain_bridges(router_ns)
         lan = f"10.{n}.0"
         _run("ip", "-n", router_ns, "addr", "add", f"{lan}.1/24", "dev", "lanbr")
         _run("ip", "netns", "exec", router_ns, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
@@ -194,7 +199,8 @@ class Lab:
             _run("ip", "-n", ns, "route", "add", "default", "via", f"{lan}.1")
             site.hosts.append(Host(ns, ip, self))
         _run("ip", "netns", "exec", router_ns, "nft", "-f", "-",
-             input=_ruleset(nat, site.hosts[0].ip if site.hosts else None, forwarded_port))
+             input=_ruleset(nat, site.hosts[0].ip if site.hosts else None, forwarded_port,
+                            wan_ip, lan if hairpin else None))
         return site
 
     # --- teardown ----------------------------------------------------------------------------
@@ -219,22 +225,41 @@ class Lab:
         self.close()
 
 
-def _ruleset(nat: Nat, first_host: str | None, forwarded_port: int) -> str:
+def _plain_bridges(ns: str) -> None:
+    """Keep bridged frames out of iptables/nftables hooks (br_netfilter), as on a real switch.
+
+    Where the br_netfilter module is loaded, a routed packet sent back out of the bridge it came
+    in on (a hairpin) would be filtered a second time as a bridged frame and lost. Where it is
+    not loaded these keys do not exist, which is the behaviour wanted anyway.
+    """
+    for key in ("bridge-nf-call-iptables", "bridge-nf-call-ip6tables", "bridge-nf-call-arptables"):
+        subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", f"net.bridge.{key}=0"],
+                       capture_output=True, timeout=10)
+
+
+def _ruleset(nat: Nat, first_host: str | None, forwarded_port: int, wan_ip: str,
+             hairpin_lan: str | None) -> str:
     masquerade = "masquerade random,fully-random" if nat is Nat.SYMMETRIC else "masquerade"
     block_udp = 'iifname "lanbr" meta l4proto udp drop' if nat is Nat.UDP_BLOCKED else ""
-    dnat = allow_fwd = ""
+    dnat = allow_fwd = hairpin_snat = ""
     if nat is Nat.PORT_FORWARD and first_host is not None:
+        # without hairpin only packets arriving on the WAN are forwarded
+        match = f"ip daddr {wan_ip}" if hairpin_lan else 'iifname "wan"'
         dnat = f"""
   chain prerouting {{
     type nat hook prerouting priority dstnat; policy accept;
-    iifname "wan" meta l4proto {{ tcp, udp }} th dport {forwarded_port} dnat to {first_host}
+    {match} meta l4proto {{ tcp, udp }} th dport {forwarded_port} dnat to {first_host}
   }}"""
         allow_fwd = "ct status dnat accept"
+        if hairpin_lan:  # hairpinned replies must come back through the router
+            hairpin_snat = (f'oifname "lanbr" ip saddr {hairpin_lan}.0/24 ct status dnat '
+                            "masquerade")
     return f"""
 table ip nat {{{dnat}
   chain postrouting {{
     type nat hook postrouting priority srcnat; policy accept;
     oifname "wan" {masquerade}
+    {hairpin_snat}
   }}
 }}
 table inet fw {{
