@@ -1,0 +1,103 @@
+"""NatClassifier and ProbeHelperService on loopback (reflectors on 127.0.0.2 and .3)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import pytest
+import trio
+
+from meshnat import InsufficientResponses, MeshNode, NodeConfig
+from meshnat._libp2p import PeerInfo, read_frame, write_frame
+from meshnat.classify import (
+    CLASSIFY_PROTOCOL,
+    NatClassifier,
+    NatType,
+    ProbeHelperConfig,
+    ProbeHelperService,
+)
+from meshnat.classify.messages import ProbeAck, ProbeRequest, ProbeSource
+from meshnat.endpoint import Endpoint
+from meshnat.errors import NotMounted
+from meshnat.reflection import ReflectionService
+from meshnat.wire import decode, encode, new_txid
+from meshnat.wire.error_response import ErrorCode, ErrorResponse
+
+
+@asynccontextmanager
+async def reflectors(count: int, *, helper: bool = True,
+                     config: ProbeHelperConfig | None = None
+                     ) -> AsyncIterator[tuple[MeshNode, list[MeshNode], list[ProbeHelperService]]]:
+    """A client on 127.0.0.1 and `count` reflectors on 127.0.0.2, .3, …"""
+    async with AsyncExitStack() as stack:
+        client = await stack.enter_async_context(MeshNode(NodeConfig(listen_ip="127.0.0.1")))
+        nodes, helpers = [], []
+        for i in range(count):
+            node = await stack.enter_async_context(
+                MeshNode(NodeConfig(listen_ip=f"127.0.0.{i + 2}")))
+            await node.mount(ReflectionService())
+            if helper:
+                helpers.append(await node.mount(ProbeHelperService(config)))
+            nodes.append(node)
+        yield client, nodes, helpers
+
+
+async def test_a_node_without_nat_is_classified_open_with_every_fact_measured() -> None:
+    async with reflectors(2) as (client, nodes, helpers):
+        classifier = await client.mount(NatClassifier([n.peer_info() for n in nodes]))
+        with trio.fail_after(20):
+            report = await classifier.classify()
+        assert report.nat_type is NatType.OPEN and report.behind_nat is False
+        assert str(report.mapping) == "endpoint-independent"
+        assert str(report.filtering) == "endpoint-independent"
+        assert str(report.port_allocation) == "preserved"
+        assert report.public_addrs == (client.local_endpoints("udp")[0],)
+        assert report.hairpin is None and report.notes == ()
+        assert sum(h.probes_sent for h in helpers) == 2
+        tests = [e.test for e in report.evidence]
+        assert tests.count("mapping") == 4 and tests.count("filtering") == 2
+
+
+async def test_reflectors_without_the_probe_helper_give_a_partial_report() -> None:
+    async with reflectors(2, helper=False) as (client, nodes, _):
+        classifier = await client.mount(NatClassifier([n.peer_info() for n in nodes]))
+        with trio.fail_after(20):
+            report = await classifier.classify()
+    assert report.filtering is None and report.mapping is None  # no second ports anywhere
+    assert report.behind_nat is False
+    assert any("second UDP port" in note for note in report.notes)
+
+
+async def probe_request(client: MeshNode, helper_node: MeshNode, target: Endpoint
+                        ) -> ProbeAck | ErrorResponse:
+    stream = await client.open_stream(helper_node.peer_info(), CLASSIFY_PROTOCOL)
+    await write_frame(stream, encode(ProbeRequest(new_txid(), target, ProbeSource.ALT)))
+    return decode(await read_frame(stream), ProbeAck, ErrorResponse)
+
+
+async def test_the_helper_only_probes_the_requesters_own_address_and_rate_limits() -> None:
+    config = ProbeHelperConfig(probe_rate=0.001, probe_burst=1)
+    async with reflectors(1, config=config) as (client, nodes, (helper,)):
+        with trio.fail_after(10):
+            third_party = await probe_request(client, nodes[0], Endpoint.parse("127.0.0.9:53"))
+            own = await probe_request(client, nodes[0], Endpoint.parse("127.0.0.1:9"))
+            again = await probe_request(client, nodes[0], Endpoint.parse("127.0.0.1:9"))
+        assert isinstance(third_party, ErrorResponse)
+        assert third_party.code is ErrorCode.FORBIDDEN_TARGET
+        assert isinstance(own, ProbeAck)
+        assert isinstance(again, ErrorResponse) and again.code is ErrorCode.RATE_LIMITED
+        assert (helper.probes_sent, helper.refused) == (1, 2)
+
+
+async def test_classifier_errors_are_clear() -> None:
+    with pytest.raises(NotMounted):
+        await NatClassifier([]).classify()
+    async with reflectors(0) as (client, _, _):
+        classifier = await client.mount(NatClassifier([]))
+        with pytest.raises(InsufficientResponses):
+            await classifier.classify()
+        unreachable = PeerInfo(client.peer_id, [])  # a reflector with no UDP address at all
+        classifier = await client.mount(NatClassifier([unreachable]))
+        with pytest.raises(InsufficientResponses):
+            await classifier.classify()
