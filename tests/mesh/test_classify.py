@@ -17,7 +17,7 @@ from meshnat.classify import (
     ProbeHelperConfig,
     ProbeHelperService,
 )
-from meshnat.classify.messages import ProbeAck, ProbeRequest, ProbeSource
+from meshnat.classify.messages import ProbeAck, ProbeRequest
 from meshnat.endpoint import Endpoint
 from meshnat.errors import NotMounted
 from meshnat.reflection import ReflectionService
@@ -44,7 +44,7 @@ async def reflectors(count: int, *, helper: bool = True,
 
 
 async def test_a_node_without_nat_is_classified_open_with_every_fact_measured() -> None:
-    async with reflectors(2) as (client, nodes, helpers):
+    async with reflectors(3) as (client, nodes, helpers):
         classifier = await client.mount(NatClassifier([n.peer_info() for n in nodes]))
         with trio.fail_after(20):
             report = await classifier.classify()
@@ -72,7 +72,7 @@ async def test_reflectors_without_the_probe_helper_give_a_partial_report() -> No
 async def probe_request(client: MeshNode, helper_node: MeshNode, target: Endpoint
                         ) -> ProbeAck | ErrorResponse:
     stream = await client.open_stream(helper_node.peer_info(), CLASSIFY_PROTOCOL)
-    await write_frame(stream, encode(ProbeRequest(new_txid(), target, ProbeSource.ALT)))
+    await write_frame(stream, encode(ProbeRequest(new_txid(), target)))
     return decode(await read_frame(stream), ProbeAck, ErrorResponse)
 
 

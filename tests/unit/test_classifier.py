@@ -121,7 +121,11 @@ def test_plan_prefers_a_reflector_with_a_second_port_and_a_b_on_another_ip() -> 
     plan = make_probe_plan([ports("x", A1, None), ports("y", E("198.18.0.10:5001"), A2),
                             ports("z", B1, B2)])
     assert plan is not None and plan.a.name == "y" and plan.b is not None and plan.b.name == "z"
-    assert plan.mapping_destinations() == [A2, B1, B2] and plan.notes == ()
+    assert plan.mapping_destinations() == [A2, B1, B2]
+    assert plan.c == plan.b and any("no third reflector IP" in n for n in plan.notes)
+    third = ports("w", E("198.18.0.12:4001"), None)
+    plan = make_probe_plan([ports("y", A1, A2), ports("z", B1, B2), third])
+    assert plan is not None and plan.c == third and plan.notes == ()
 
 
 def test_plan_with_one_ip_says_what_cannot_be_measured() -> None:

@@ -17,7 +17,6 @@ from meshnat.classify.messages import (
     ProbeAck,
     ProbeDatagram,
     ProbeRequest,
-    ProbeSource,
 )
 from meshnat.endpoint import Endpoint
 from meshnat.errors import (
@@ -60,8 +59,7 @@ GOLDEN = {
     "reflect_error": ErrorResponse(TXID, ErrorCode.RATE_LIMITED, "too many requests"),
     "classify_info_request": InfoRequest(TXID),
     "classify_info_response": InfoResponse(TXID, 4002),
-    "classify_probe_request": ProbeRequest(TXID, Endpoint(ip_address("198.18.0.20"), 4001),
-                                           ProbeSource.ALT),
+    "classify_probe_request": ProbeRequest(TXID, Endpoint(ip_address("198.18.0.20"), 4001)),
     "classify_probe_ack": ProbeAck(TXID),
     "classify_probe_datagram": ProbeDatagram(TXID),
 }

@@ -2,9 +2,9 @@
 
 A second UDP socket that answers observe requests (so a client can test mapping across two
 ports of one IP), and `/meshnat/classify/1.0.0`: tell the second port, and send probe
-datagrams into a requester's mapping (filtering tests). Probes only ever go to the requester's
-own IP address, at most `probe_copies` tiny datagrams per request, rate-limited per peer: the
-service cannot be used to send traffic at a third party.
+datagrams into a requester's mapping from a fresh port (filtering tests). Probes only ever
+go to the requester's own IP address, at most `probe_copies` tiny datagrams per request,
+rate-limited per peer: the service cannot be used to send traffic at a third party.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from meshnat.classify.messages import (
     ProbeAck,
     ProbeDatagram,
     ProbeRequest,
-    ProbeSource,
 )
 from meshnat.endpoint import Endpoint
 from meshnat.errors import ConfigError, MeshNatError, RemoteProtocolError
@@ -137,16 +136,18 @@ class ProbeHelperService:
         if not self._limiter.allow(peer, trio.current_time()):
             self.refused += 1
             return ErrorResponse(request.txid, ErrorCode.RATE_LIMITED, "too many probes")
-        assert self._node is not None and self._alt is not None
+        assert self._node is not None
         datagram = frame_datagram(encode(ProbeDatagram(request.txid)))
-        for _ in range(self.config.probe_copies):
+        primary = self._node.listen_endpoint("udp")
+        family = socket.AF_INET if primary.ip.version == 4 else socket.AF_INET6
+        with trio.socket.socket(family, socket.SOCK_DGRAM) as fresh:
             try:
-                if request.source is ProbeSource.ALT:
-                    await self._alt.sendto(datagram, request.target.to_sockaddr())
-                else:
-                    await self._node.udp.sendto(datagram, request.target)
+                await fresh.bind((str(primary.ip), 0))
+                for _ in range(self.config.probe_copies):
+                    await fresh.sendto(datagram, request.target.to_sockaddr())
             except OSError as exc:
                 log.debug("classify: probe to %s failed: %s", request.target, exc)
+                return ErrorResponse(request.txid, ErrorCode.UNAVAILABLE, "probe not sent")
         self.probes_sent += 1
-        log.debug("classify: probe to %s from %s", request.target, request.source.name.lower())
+        log.debug("classify: probe sent to %s", request.target)
         return ProbeAck(request.txid)

@@ -1,7 +1,7 @@
 """Wire messages of `/meshnat/classify/1.0.0` (docs/protocols/classify.md).
 
 Over a stream a classifying node asks a reflector for its second UDP port (`InfoRequest`) or
-to send a `ProbeDatagram` into the node's UDP mapping from a chosen source (`ProbeRequest`).
+to send a `ProbeDatagram` into the node's UDP mapping from a fresh port (`ProbeRequest`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import ClassVar, Self
 from meshnat.endpoint import Endpoint
 from meshnat.wire.codec import Fields
 
-ALT_PORT, TARGET, SOURCE = 8, 9, 10
+ALT_PORT, TARGET = 8, 9
 
 
 class MsgType(IntEnum):
@@ -22,13 +22,6 @@ class MsgType(IntEnum):
     PROBE_REQUEST = 18
     PROBE_ACK = 19
     PROBE_DATAGRAM = 20
-
-
-class ProbeSource(IntEnum):
-    """Which of the reflector's UDP sockets sends the probe."""
-
-    PRIMARY = 0
-    ALT = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,22 +63,22 @@ class InfoResponse:
 
 @dataclass(frozen=True, slots=True)
 class ProbeRequest:
-    """Send a ProbeDatagram carrying `txid` to `target` from `source`.
+    """Send a ProbeDatagram carrying `txid` to `target`, from a port never used before.
 
-    A reflector honours it only when `target` has the requester's own IP address."""
+    A fresh source port cannot have been contacted by the target's socket, even in an earlier
+    run, so its arrival measures filtering and nothing else. A reflector honours the request
+    only when `target` has the requester's own IP address."""
 
     TYPE: ClassVar[MsgType] = MsgType.PROBE_REQUEST
     txid: bytes
     target: Endpoint
-    source: ProbeSource
 
     def to_fields(self) -> dict[int, object]:
-        return {TARGET: self.target.to_wire(), SOURCE: int(self.source)}
+        return {TARGET: self.target.to_wire()}
 
     @classmethod
     def from_fields(cls, txid: bytes, f: Fields) -> Self:
-        target = Endpoint.from_wire(f.pop(TARGET))
-        return cls(txid, target, ProbeSource(f.pop_int(SOURCE, lo=0, hi=1)))
+        return cls(txid, Endpoint.from_wire(f.pop(TARGET)))
 
 
 @dataclass(frozen=True, slots=True)

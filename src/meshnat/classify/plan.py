@@ -19,10 +19,12 @@ class ReflectorPorts:
 
 @dataclass(frozen=True, slots=True)
 class ProbePlan:
-    """A: asked first, and sends the other-port filtering probe; B: another IP."""
+    """A: asked first, sends the same-IP filtering probe; B: another IP, for mapping;
+    C: the other-IP filtering probe, on an IP the socket never sends to when one exists."""
 
     a: ReflectorPorts
     b: ReflectorPorts | None
+    c: ReflectorPorts | None
     notes: tuple[str, ...]
 
     def mapping_destinations(self) -> list[Endpoint]:
@@ -34,9 +36,11 @@ class ProbePlan:
 
 
 def make_probe_plan(reflectors: Sequence[ReflectorPorts]) -> ProbePlan | None:
-    """Pick A (preferring one with a second port) and B on a different IP; None if empty.
+    """Pick A (preferring one with a second port), B and C on other IPs; None if empty.
 
-    Mapping needs two IPs and two ports on one of them; filtering needs A's second port and B.
+    Mapping needs two IPs and two ports on one of them. Filtering needs A and a second IP; a
+    third IP (C) keeps the other-IP probe clean of any earlier traffic to B (a run repeated
+    within the NAT's timeout would otherwise read an address-dependent filter as open).
     What cannot be measured with these reflectors is said in `notes`.
     """
     if not reflectors:
@@ -45,11 +49,16 @@ def make_probe_plan(reflectors: Sequence[ReflectorPorts]) -> ProbePlan | None:
     a = ordered[0]
     others = [r for r in ordered if r.primary.ip != a.primary.ip]
     b = others[0] if others else None
+    thirds = [r for r in others if b is not None and r.primary.ip != b.primary.ip]
+    c = thirds[0] if thirds else b
     notes = []
     if b is None:
         notes.append("need reflectors on two distinct IP addresses for mapping and "
                      "endpoint-independent filtering; have only "
                      f"{a.primary.ip}")
+    elif not thirds:
+        notes.append("no third reflector IP: the other-IP filtering probe reuses B, so a run "
+                     "repeated within the NAT's timeout may read address-dependent as open")
     if a.alt is None and (b is None or b.alt is None):
         notes.append("no reflector offers a second UDP port (ProbeHelperService)")
-    return ProbePlan(a, b, tuple(notes))
+    return ProbePlan(a, b, c, tuple(notes))

@@ -79,6 +79,8 @@ class NatReport:
     evidence: tuple[Evidence, ...] = field(default=())
     notes: tuple[str, ...] = ()
     """Why a fact could not be measured (e.g. too few reflectors)."""
+    elapsed: float = 0.0
+    """Seconds the classification took."""
 
     @property
     def nat_type(self) -> NatType:
@@ -123,4 +125,5 @@ class NatReport:
                  "elapsed_ms": round(e.elapsed_ms, 3)} for e in self.evidence
             ],
             "notes": list(self.notes),
+            "elapsed_ms": round(self.elapsed * 1e3, 3),
         }

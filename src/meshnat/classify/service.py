@@ -27,7 +27,6 @@ from meshnat.classify.messages import (
     ProbeAck,
     ProbeDatagram,
     ProbeRequest,
-    ProbeSource,
 )
 from meshnat.classify.plan import ProbePlan, ReflectorPorts, make_probe_plan
 from meshnat.classify.report import Evidence, NatReport
@@ -54,11 +53,12 @@ M = TypeVar("M", bound=Message)
 class ClassifierConfig:
     """How NatClassifier probes."""
 
-    query_timeout: float = 1.5
+    query_timeout: float = 1.0
     """Seconds for one observe query (with retransmissions) or one stream request."""
 
-    probe_wait: float = 1.0
-    """Seconds to wait for an unsolicited probe or a hairpinned datagram to arrive."""
+    probe_wait: float = 0.3
+    """Seconds to wait for an unsolicited probe or a hairpinned datagram, on top of twice the
+    round trip its request took (the probe is sent before the request is acknowledged)."""
 
     max_reflectors: int = 8
     """Reflectors asked for their second port; the plan uses at most two."""
@@ -129,20 +129,14 @@ class _Run:
         mapped, first_dest = first
         behind_nat = mapped not in local_eps
         if first_dest != plan.a.primary:  # A did not answer over UDP: B-first plan is moot
-            plan = ProbePlan(next(p for p in ports if p.primary == first_dest), None,
+            plan = ProbePlan(next(p for p in ports if p.primary == first_dest), None, None,
                              (*plan.notes, "first reflector gave no UDP answer"))
-        from_alt, from_other_ip = await self.filtering(plan, mapped, reflectors)
+        from_same_ip, from_other_ip = await self.filtering(plan, mapped, reflectors)
         observations = [MappingObservation(first_dest, mapped)]
         for destination in plan.mapping_destinations():
-            since = trio.current_time()
-            try:
-                seen = (await observe_over_udp(self.node, destination,
-                                               timeout=self.config.query_timeout)).observed
-            except MeshNatError:
-                self.note("mapping", str(destination), "no answer", since)
-                continue
-            self.note("mapping", str(destination), str(seen), since)
-            observations.append(MappingObservation(destination, seen))
+            seen = await self.observe(destination, "mapping")
+            if seen is not None:
+                observations.append(MappingObservation(destination, seen))
         allocation, delta = classify_port_allocation(
             self.local.port, [o.mapped.port for o in observations])
         hairpin = await self.hairpin(mapped) if behind_nat else None
@@ -150,15 +144,16 @@ class _Run:
         return self.report(
             plan, udp_blocked=False, behind_nat=behind_nat,
             mapping=classify_mapping(observations),
-            filtering=classify_filtering(from_alt, from_other_ip),
+            filtering=classify_filtering(from_same_ip, from_other_ip),
             port_allocation=allocation, port_delta=delta, hairpin=hairpin, public_addrs=public)
 
     def report(self, plan: ProbePlan | None, **facts: object) -> NatReport:
         local = next(iter(self.node.local_endpoints("udp")), self.local)
         notes = plan.notes if plan else ()
+        elapsed = trio.current_time() - self.started
         report = NatReport(local=local, evidence=tuple(self.evidence), notes=notes,
-                           **facts)  # type: ignore[arg-type]
-        log.info("classify: %s (%.0f ms)", report, (trio.current_time() - self.started) * 1e3)
+                           elapsed=elapsed, **facts)  # type: ignore[arg-type]
+        log.info("classify: %s (%.0f ms)", report, elapsed * 1e3)
         return report
 
     async def reflector_ports(self, reflectors: Sequence[PeerInfo]) -> list[ReflectorPorts]:
@@ -188,48 +183,66 @@ class _Run:
 
     async def first_mapping(self, ports: Sequence[ReflectorPorts]
                             ) -> tuple[Endpoint, Endpoint] | None:
-        """S's mapping as seen by the first reflector that answers over UDP (at most 3 asked)."""
-        for target in ports[:3]:
-            since = trio.current_time()
-            try:
-                seen = await observe_over_udp(self.node, target.primary,
-                                              timeout=self.config.query_timeout)
-            except MeshNatError:
-                self.note("udp", str(target.primary), "no answer", since)
-                continue
-            self.note("mapping", str(target.primary), str(seen.observed), since)
-            return seen.observed, target.primary
-        return None
+        """S's mapping seen by A; if A is silent over UDP, by whichever other answers first.
+
+        Only A is asked at first, so that the filtering probes from other IPs stay unsolicited.
+        """
+        answer = await self.observe(ports[0].primary, "mapping")
+        if answer is not None:
+            return answer, ports[0].primary
+        found: list[tuple[Endpoint, Endpoint]] = []
+        async with trio.open_nursery() as nursery:
+
+            async def ask(target: Endpoint) -> None:
+                seen = await self.observe(target, "mapping")
+                if seen is not None and not found:
+                    found.append((seen, target))
+                    nursery.cancel_scope.cancel()
+
+            for other in ports[1:3]:
+                nursery.start_soon(ask, other.primary)
+        return found[0] if found else None
+
+    async def observe(self, destination: Endpoint, test: str) -> Endpoint | None:
+        """S's mapping as seen at `destination`, recorded as evidence; None if it is silent."""
+        since = trio.current_time()
+        try:
+            reflection = await observe_over_udp(self.node, destination,
+                                                timeout=self.config.query_timeout)
+        except MeshNatError:
+            self.note(test, str(destination), "no answer", since)
+            return None
+        self.note(test, str(destination), str(reflection.observed), since)
+        return reflection.observed
 
     async def filtering(self, plan: ProbePlan, mapped: Endpoint, reflectors: Sequence[PeerInfo]
                         ) -> tuple[bool | None, bool | None]:
-        """(arrived from A's other port, arrived from B) — both before S contacts either."""
+        """(arrived from A's IP on a new port, arrived from C's IP), before S sends to B or C."""
         peers = {str(p.peer_id): p for p in reflectors}
-        results: dict[str, bool | None] = {"alt": None, "ip": None}
+        results: dict[str, bool | None] = {"same-ip": None, "other-ip": None}
 
-        async def probe(key: str, who: ReflectorPorts, source: ProbeSource) -> None:
-            results[key] = await self.unsolicited(peers[who.name], mapped, source)
+        async def probe(key: str, who: ReflectorPorts) -> None:
+            results[key] = await self.unsolicited(peers[who.name], mapped, key)
 
         async with trio.open_nursery() as nursery:
-            if plan.a.alt is not None:
-                nursery.start_soon(probe, "alt", plan.a, ProbeSource.ALT)
-            if plan.b is not None:
-                nursery.start_soon(probe, "ip", plan.b, ProbeSource.PRIMARY)
-        return results["alt"], results["ip"]
+            nursery.start_soon(probe, "same-ip", plan.a)
+            if plan.c is not None:
+                nursery.start_soon(probe, "other-ip", plan.c)
+        return results["same-ip"], results["other-ip"]
 
-    async def unsolicited(self, peer: PeerInfo, mapped: Endpoint, source: ProbeSource
-                          ) -> bool | None:
+    async def unsolicited(self, peer: PeerInfo, mapped: Endpoint, kind: str) -> bool | None:
         """Ask `peer` to send into `mapped`; None if it would not, else whether it arrived."""
         txid = new_txid()
         since = trio.current_time()
-        target = f"…{str(peer.peer_id)[-6:]} {source.name.lower()} port"
+        target = f"…{str(peer.peer_id)[-6:]} {kind} new port"
         with self.watch_for(txid) as arrived:
             try:
-                await self.request(peer, ProbeRequest(txid, mapped, source), ProbeAck)
+                await self.request(peer, ProbeRequest(txid, mapped), ProbeAck)
             except MeshNatError as exc:
                 self.note("filtering", target, f"refused: {exc}", since)
                 return None
-            with trio.move_on_after(self.config.probe_wait):
+            rtt = trio.current_time() - since
+            with trio.move_on_after(self.config.probe_wait + 2 * rtt):
                 await arrived.wait()
         self.note("filtering", target, "received" if arrived.is_set() else "not received", since)
         return arrived.is_set()
