@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -80,6 +81,7 @@ __all__ = [
     "TProtocol",
     "TaskStatus",
     "concrete_addrs",
+    "ensure_ports_free",
     "guarded_handler",
     "load_or_create_key",
     "map_peer_errors",
@@ -152,6 +154,25 @@ async def close_connections(host: IHost, *, timeout: float = 5.0) -> None:
         await host.get_network().close()
 
 
+def ensure_ports_free(ip: str, tcp_port: int, udp_port: int) -> None:
+    """Raise ConfigError if a fixed listen port is taken.
+
+    py-libp2p binds its listeners with SO_REUSEPORT, so a second node on a taken port would
+    start without error and the kernel would split the traffic between the two. A probe bind
+    without SO_REUSEPORT fails on any port already bound.
+    """
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    for kind, port in ((socket.SOCK_STREAM, tcp_port), (socket.SOCK_DGRAM, udp_port)):
+        if port == 0:
+            continue
+        with socket.socket(family, kind) as probe:
+            try:
+                probe.bind((ip, port))
+            except OSError as exc:
+                name = "tcp" if kind == socket.SOCK_STREAM else "udp"
+                raise ConfigError(f"{name} port {port} on {ip} is not free: {exc}") from exc
+
+
 def concrete_addrs(host: IHost) -> list[multiaddr.Multiaddr]:
     """The host's listen addresses with wildcards expanded, each ending in /p2p/<id>."""
     suffix = multiaddr.Multiaddr(f"/p2p/{host.get_id()}")
@@ -196,14 +217,23 @@ def merge_peer_addrs(addrs: Sequence[multiaddr.Multiaddr | str]) -> list[PeerInf
     return list(merged.values())
 
 
-def endpoint_of(addr: multiaddr.Multiaddr) -> tuple[str, Endpoint] | None:
-    """(`tcp`|`udp`, endpoint) of an /ip4|ip6/…/tcp|udp/… multiaddr, or None."""
+def listen_parts(addr: multiaddr.Multiaddr) -> tuple[str, str, int] | None:
+    """(`tcp`|`udp`, ip, port) of an /ip4|ip6/…/tcp|udp/… multiaddr (port may be 0), or None."""
     parts = {proto.name: value for proto, value in addr.items()}
     ip = parts.get("ip4") or parts.get("ip6")
     transport = "tcp" if "tcp" in parts else "udp" if "udp" in parts else None
     if ip is None or transport is None:
         return None
-    return transport, Endpoint.parse(f"[{ip}]:{parts[transport]}")
+    return transport, str(ip), int(parts[transport])
+
+
+def endpoint_of(addr: multiaddr.Multiaddr) -> tuple[str, Endpoint] | None:
+    """(`tcp`|`udp`, endpoint) of an /ip4|ip6/…/tcp|udp/… multiaddr with a real port, or None."""
+    parts = listen_parts(addr)
+    if parts is None or parts[2] == 0:
+        return None
+    transport, ip, port = parts
+    return transport, Endpoint.parse(f"[{ip}]:{port}")
 
 
 @contextmanager

@@ -51,15 +51,15 @@ def node_config_from_listen(listen: Sequence[str], key_file: Path | None,
         return NodeConfig(tcp_port=default_port, udp_port=default_port, key_file=key_file)
     ips, tcp, udp = set(), None, None
     for text in listen:
-        parsed = _libp2p.endpoint_of(_libp2p.parse_multiaddr(text))
+        parsed = _libp2p.listen_parts(_libp2p.parse_multiaddr(text))
         if parsed is None:
             raise ConfigError(f"--listen needs /ip4/…/tcp/… or /ip4/…/udp/…/quic-v1, got {text!r}")
-        kind, endpoint = parsed
-        ips.add(str(endpoint.ip))
+        kind, ip, port = parsed
+        ips.add(ip)
         if kind == "tcp":
-            tcp = endpoint.port
+            tcp = port
         else:
-            udp = endpoint.port
+            udp = port
     if len(ips) != 1:
         raise ConfigError(f"--listen addresses must share one IP, got {sorted(ips)}")
     return NodeConfig(listen_ip=ips.pop(), tcp_port=tcp or 0, udp_port=udp or 0,
@@ -210,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=run_probe)
 
     p = sub.add_parser("demo", help="three reflectors and a client on loopback")
-    common(p)
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(run=run_demo)
     return parser
 

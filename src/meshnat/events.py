@@ -32,7 +32,7 @@ class AddressDisputed:
 
 @dataclass(frozen=True, slots=True)
 class StreamRejected:
-    """A service refused an inbound stream or datagram (busy, rate limited, malformed)."""
+    """A service refused an inbound stream: `busy`, `malformed`, or an ErrorResponse code."""
 
     protocol: str
     reason: str

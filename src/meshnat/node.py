@@ -108,6 +108,8 @@ class MeshNode:
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
+        _libp2p.ensure_ports_free(self.config.listen_ip, self.config.tcp_port,
+                                  self.config.udp_port)
         key_pair = _libp2p.load_or_create_key(self.config.key_file)
         listen = self.config.listen_addrs()
         host = _libp2p.new_libp2p_host(key_pair, listen)

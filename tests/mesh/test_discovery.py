@@ -15,7 +15,7 @@ from meshnat._libp2p import read_frame, write_frame
 from meshnat.discovery import DiscoveryConfig, PeerAddressDiscovery
 from meshnat.endpoint import Endpoint
 from meshnat.errors import ConfigError, NotMounted
-from meshnat.events import AddressConfirmed, AddressDisputed, MeshEvent
+from meshnat.events import AddressConfirmed, AddressDisputed, MeshEvent, StreamRejected
 from meshnat.node import MeshNode
 from meshnat.reflection import REFLECT_PROTOCOL, ReflectionConfig, ReflectionService
 from meshnat.reflection.client import observe_over_stream
@@ -26,6 +26,7 @@ from meshnat.reflection.messages import (
 )
 from meshnat.wire import decode, encode, new_txid
 from meshnat.wire.error_response import ErrorCode, ErrorResponse
+from meshnat.wire.frames import encode_uvarint
 from tests.support.fake_reflectors import Behaviour, FakeReflector, nodes
 
 LIE = Endpoint.parse("203.0.113.9:9")
@@ -141,17 +142,19 @@ async def test_reflector_rate_limits_one_peer_with_an_error_and_keeps_serving_ot
     assert (stats.served, stats.rate_limited) == (3, 1)
 
 
-async def test_malformed_stream_requests_are_counted_and_the_reflector_keeps_working() -> None:
+async def test_malformed_requests_are_refused_counted_and_the_reflector_keeps_working() -> None:
+    events: list[MeshEvent] = []
     async with nodes(2) as (reflector, client):
-        service = await reflector.mount(ReflectionService())
+        service = await reflector.mount(ReflectionService(events=events.append))
         with trio.fail_after(10):
             stream = await client.open_stream(reflector.peer_info(), REFLECT_PROTOCOL)
-            await stream.write(b"\x05garbage")
-            with pytest.raises(Exception):  # noqa: B017  reset by the reflector
-                await stream.read(10)
+            await write_frame(stream, b"\xa1\x00\x01")  # valid CBOR, not a message
+            refusal = decode(await read_frame(stream), ErrorResponse)
             ok = await observe_over_stream(client, reflector.peer_info(), timeout=5)
+        assert refusal.code is ErrorCode.BAD_REQUEST
         assert ok.observed == client.listen_endpoint("tcp")
         assert service.statistics().malformed == 1
+    assert events == [StreamRejected(REFLECT_PROTOCOL, "bad_request")]
 
 
 async def test_periodic_rediscovery_runs_in_the_background_and_on_network_change() -> None:
@@ -182,3 +185,14 @@ async def test_stream_reflection_over_quic_reports_the_quic_connection_source() 
         (conn,) = client.host.get_network().get_connections(reflector.peer_id)
         local_port = conn.muxed_conn._socket.getsockname()[1]
         assert answer.observed == Endpoint.parse(f"127.0.0.1:{local_port}")
+
+
+async def test_an_oversized_frame_is_refused_before_its_body_is_read() -> None:
+    async with nodes(2) as (reflector, client):
+        service = await reflector.mount(ReflectionService())
+        with trio.fail_after(10):
+            stream = await client.open_stream(reflector.peer_info(), REFLECT_PROTOCOL)
+            await stream.write(encode_uvarint(1 << 30))  # claims a 1 GiB message, sends none
+            with pytest.raises(Exception):  # noqa: B017  reset by the reflector
+                await stream.read(10)
+        assert service.statistics().malformed == 1

@@ -88,3 +88,11 @@ def test_bad_node_config_is_rejected(bad: dict[str, object]) -> None:
 async def test_a_node_must_be_running_to_mount() -> None:
     with pytest.raises(LocalProtocolError):
         await MeshNode(LOOPBACK).mount(EchoService())
+
+
+async def test_a_fixed_port_already_in_use_is_refused_not_shared() -> None:
+    async with MeshNode(LOOPBACK) as first:
+        taken = NodeConfig(listen_ip="127.0.0.1", tcp_port=first.listen_endpoint("tcp").port)
+        with pytest.raises(ConfigError, match="not free"):
+            async with MeshNode(taken):
+                pass

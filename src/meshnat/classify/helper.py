@@ -30,7 +30,7 @@ from meshnat.node import MeshNode
 from meshnat.ratelimit import RateLimiter
 from meshnat.reflection.core import ReflectorCore
 from meshnat.wire import MAX_DATAGRAM_SIZE, decode, encode, frame_datagram
-from meshnat.wire.error_response import ErrorCode, ErrorResponse
+from meshnat.wire.error_response import ErrorCode, ErrorResponse, refusal_for
 
 log = logging.getLogger(__name__)
 
@@ -114,15 +114,20 @@ class ProbeHelperService:
         timeout = self.config.stream_timeout
         try:
             with _libp2p.map_peer_errors("classify", timeout), trio.fail_after(timeout):
-                request = decode(await _libp2p.read_frame(stream), InfoRequest, ProbeRequest)
-                if isinstance(request, InfoRequest):
-                    reply: InfoResponse | ProbeAck | ErrorResponse = InfoResponse(
-                        request.txid, self.alt_port)
+                frame = await _libp2p.read_frame(stream)
+                reply: InfoResponse | ProbeAck | ErrorResponse
+                try:
+                    request = decode(frame, InfoRequest, ProbeRequest)
+                except RemoteProtocolError as exc:  # answered, so the peer learns why
+                    reply = refusal_for(exc)
                 else:
-                    reply = await self._probe(request, stream)
+                    if isinstance(request, InfoRequest):
+                        reply = InfoResponse(request.txid, self.alt_port)
+                    else:
+                        reply = await self._probe(request, stream)
                 await _libp2p.write_frame(stream, encode(reply))
                 await stream.close()
-        except (RemoteProtocolError, MeshNatError) as exc:
+        except MeshNatError as exc:
             log.debug("classify: dropped stream: %s", exc)
             await _libp2p.reset_quietly(stream)
 

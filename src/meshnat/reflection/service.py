@@ -10,13 +10,13 @@ import trio
 from meshnat import _libp2p
 from meshnat._libp2p import INetStream, TaskStatus, TProtocol
 from meshnat.endpoint import Endpoint
-from meshnat.errors import ConfigError, MeshNatError, RemoteProtocolError, UnsupportedVersion
+from meshnat.errors import ConfigError, MeshNatError, RemoteProtocolError
 from meshnat.events import EventSink, StreamRejected, ignore_events
 from meshnat.node import MeshNode
 from meshnat.reflection.core import ReflectionStatistics, ReflectorCore
-from meshnat.reflection.messages import ObserveRequest, Transport
+from meshnat.reflection.messages import ObserveRequest, ObserveResponse, Transport
 from meshnat.wire import decode, encode
-from meshnat.wire.error_response import ErrorCode, ErrorResponse
+from meshnat.wire.error_response import ErrorResponse, refusal_for
 
 log = logging.getLogger(__name__)
 
@@ -111,22 +111,27 @@ class ReflectionService:
         try:
             timeout = self.config.stream_timeout
             with _libp2p.map_peer_errors("reflect", timeout), trio.fail_after(timeout):
+                frame = await _libp2p.read_frame(stream)
                 try:
-                    request = decode(await _libp2p.read_frame(stream), ObserveRequest)
-                except UnsupportedVersion as exc:
-                    await _libp2p.write_frame(stream, encode(ErrorResponse(
-                        bytes(16), ErrorCode.UNSUPPORTED_VERSION, str(exc))))
-                    raise
-                peer = str(_libp2p.stream_peer(stream))
-                response = self._core.answer_stream(
-                    request, _libp2p.remote_endpoint(stream),
-                    Transport(_libp2p.transport_of(stream)), peer, trio.current_time(),
-                )
+                    request = decode(frame, ObserveRequest)
+                except RemoteProtocolError as exc:  # answered, so the peer learns why
+                    self._core.note_malformed()
+                    log.debug("reflect: bad request: %s", exc)
+                    response: ObserveResponse | ErrorResponse = refusal_for(exc)
+                else:
+                    response = self._core.answer_stream(
+                        request, _libp2p.remote_endpoint(stream),
+                        Transport(_libp2p.transport_of(stream)),
+                        str(_libp2p.stream_peer(stream)), trio.current_time(),
+                    )
                 await _libp2p.write_frame(stream, encode(response))
                 await stream.close()
-        except RemoteProtocolError as exc:
+            if isinstance(response, ErrorResponse):
+                self._events(StreamRejected(self.protocol_id, response.code.name.lower()))
+        except RemoteProtocolError as exc:  # an unreadable frame: nothing to answer
             self._core.note_malformed()
-            log.debug("reflect: bad request: %s", exc)
+            self._events(StreamRejected(self.protocol_id, "malformed"))
+            log.debug("reflect: bad frame: %s", exc)
             await _libp2p.reset_quietly(stream)
         except MeshNatError as exc:
             self._core.note_dropped()

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import ClassVar, Self
 
-from meshnat.wire.codec import Fields
+from meshnat.errors import RemoteProtocolError, UnsupportedVersion
+from meshnat.wire.codec import TXID_SIZE, Fields
 
 ERROR_TYPE = 3
 CODE, REASON = 11, 12
@@ -46,3 +47,10 @@ class ErrorResponse:
     def from_fields(cls, txid: bytes, f: Fields) -> Self:
         code = ErrorCode(f.pop_int(CODE, lo=min(ErrorCode), hi=max(ErrorCode)))
         return cls(txid, code, f.pop_str(REASON, max_len=MAX_REASON))
+
+
+def refusal_for(error: RemoteProtocolError) -> ErrorResponse:
+    """What to tell a peer whose request could not be decoded (its txid is unknown: zeros)."""
+    code = (ErrorCode.UNSUPPORTED_VERSION if isinstance(error, UnsupportedVersion)
+            else ErrorCode.BAD_REQUEST)
+    return ErrorResponse(bytes(TXID_SIZE), code, str(error))
