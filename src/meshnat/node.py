@@ -118,6 +118,7 @@ class MeshNode:
             self._nursery = await stack.enter_async_context(trio.open_nursery())
             stack.callback(self._nursery.cancel_scope.cancel)
             self._host, self._udp = host, DatagramTap(host)
+            _libp2p.enable_quic_dial_with_source(host, self._udp)
             self._stack = stack.pop_all()
         log.info("node up peer=%s addrs=%s", self.peer_id, [str(a) for a in self.addrs])
         return self
