@@ -33,6 +33,7 @@ import trio
 from google.protobuf.message import DecodeError
 from libp2p import new_host
 from libp2p.abc import IHost, INetConn, INetStream
+from libp2p.connection_types import ConnectionType
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.serialization import deserialize_private_key
@@ -312,6 +313,13 @@ def listen_parts(addr: multiaddr.Multiaddr) -> tuple[str, str, int] | None:
     return transport, str(ip), int(parts[transport])
 
 
+def tcp_first(peer: PeerInfo) -> PeerInfo:
+    """The same peer with its TCP addresses first (cheap to try; QUIC may be blocked)."""
+    if not peer.addrs:
+        raise ConfigError(f"no address known for {peer.peer_id}")
+    return PeerInfo(peer.peer_id, sorted(peer.addrs, key=lambda a: "/tcp/" not in str(a)))
+
+
 def endpoint_of(addr: multiaddr.Multiaddr) -> tuple[str, Endpoint] | None:
     """(`tcp`|`udp`, endpoint) of an /ip4|ip6/…/tcp|udp/… multiaddr with a real port, or None."""
     parts = listen_parts(addr)
@@ -403,10 +411,19 @@ async def open_stream_on(host: IHost, conn: INetConn, protocol: TProtocol,
     return stream
 
 
+def is_relayed(stream: INetStream) -> bool:
+    """True for a stream over a circuit relay connection."""
+    kind = getattr(stream.muxed_conn, "get_connection_type", None)
+    return kind is not None and kind() == ConnectionType.RELAYED
+
+
 def remote_endpoint(stream: INetStream) -> Endpoint | None:
-    """The source address of the connection under `stream`, as the transport saw it."""
-    addr = stream.get_remote_address()
-    if addr is None:  # relayed connections have no transport address
+    """The source address of the connection under `stream`, as the transport saw it.
+
+    None over a relay: py-libp2p then reports the relay's address, not the peer's.
+    """
+    addr = None if is_relayed(stream) else stream.get_remote_address()
+    if addr is None:
         return None
     return Endpoint.from_sockaddr(addr)
 

@@ -99,5 +99,9 @@ class NoConsensus(MeshNatError):
         self.consensus = consensus
 
 
+class RelayUnavailable(MeshNatError):
+    """A relay refused or failed a reservation or a circuit."""
+
+
 class NotMounted(LocalProtocolError):
     """A service was used before it was mounted on a running node."""

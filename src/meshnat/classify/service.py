@@ -13,7 +13,7 @@ from typing import TypeVar
 import trio
 
 from meshnat import _libp2p
-from meshnat._libp2p import PeerInfo, TaskStatus, endpoint_of
+from meshnat._libp2p import PeerInfo, TaskStatus, endpoint_of, tcp_first
 from meshnat.classify.classifier import (
     MappingObservation,
     classify_filtering,
@@ -290,8 +290,7 @@ class _Run:
         """One request/response over a fresh `/meshnat/classify/1.0.0` stream."""
         timeout = self.config.query_timeout
         # TCP first: where UDP is blocked a QUIC dial would spend the whole timeout
-        tcp_first = PeerInfo(peer.peer_id, sorted(peer.addrs, key=lambda a: "/tcp/" not in str(a)))
-        stream = await self.node.open_stream(tcp_first, CLASSIFY_PROTOCOL, timeout=timeout)
+        stream = await self.node.open_stream(tcp_first(peer), CLASSIFY_PROTOCOL, timeout=timeout)
         with _libp2p.map_peer_errors("classify", timeout), trio.fail_after(timeout):
             try:
                 await _libp2p.write_frame(stream, encode(message))

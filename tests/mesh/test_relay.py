@@ -1,0 +1,60 @@
+"""Circuit relay v2 on loopback: reserve, dial a circuit, talk through it, and the limits."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from meshnat import EchoService
+from meshnat._libp2p import PeerInfo, read_frame, write_frame
+from meshnat.echo import echo
+from meshnat.errors import ConfigError, NotMounted, PeerUnavailable, RelayUnavailable
+from meshnat.reflection import REFLECT_PROTOCOL, ReflectionService
+from meshnat.reflection.messages import ObserveRequest
+from meshnat.relay import RelayClient, RelayService, RelayServiceConfig
+from meshnat.wire import decode, encode, new_txid
+from meshnat.wire.error_response import ErrorCode, ErrorResponse
+from tests.support.fake_reflectors import nodes
+
+
+async def test_a_peer_reached_only_through_a_relay_answers_over_the_circuit() -> None:
+    async with nodes(3) as (relay, listener, dialer):
+        await relay.mount(RelayService())
+        listener_client = await listener.mount(RelayClient())
+        dialer_client = await dialer.mount(RelayClient())
+        await listener.mount(EchoService())
+        await listener.mount(ReflectionService())
+        with trio.fail_after(15):
+            circuit = await listener_client.reserve(relay.peer_info())
+            assert str(circuit).endswith(f"/p2p-circuit/p2p/{listener.peer_id}")
+            await dialer_client.dial(relay.peer_info(), listener.peer_id)
+            target = PeerInfo(listener.peer_id, [circuit])
+            assert await echo(dialer, target, b"through the relay") == b"through the relay"
+            # over a relay there is no transport address to reflect: an explicit refusal
+            stream = await dialer.open_stream(target, REFLECT_PROTOCOL)
+            await write_frame(stream, encode(ObserveRequest(new_txid())))
+            refusal = decode(await read_frame(stream), ErrorResponse)
+        assert refusal.code is ErrorCode.NO_OBSERVED_ADDRESS
+
+
+async def test_a_circuit_to_a_peer_without_reservation_fails_clearly() -> None:
+    async with nodes(3) as (relay, stranger, dialer):
+        await relay.mount(RelayService())
+        await stranger.mount(RelayClient())
+        client = await dialer.mount(RelayClient())
+        with trio.fail_after(15), pytest.raises((RelayUnavailable, PeerUnavailable)):
+            await client.dial(relay.peer_info(), stranger.peer_id)
+
+
+async def test_reserving_on_a_node_that_is_no_relay_fails_clearly() -> None:
+    async with nodes(2) as (plain, client_node):
+        client = await client_node.mount(RelayClient())
+        with trio.fail_after(15), pytest.raises(PeerUnavailable):
+            await client.reserve(plain.peer_info())
+
+
+async def test_relay_client_must_be_mounted_and_relay_config_is_checked() -> None:
+    with pytest.raises(NotMounted):
+        await RelayClient().reserve(PeerInfo(None, []))  # type: ignore[arg-type]
+    with pytest.raises(ConfigError):
+        RelayServiceConfig(max_circuits=0)
