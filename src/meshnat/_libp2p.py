@@ -32,7 +32,7 @@ import multiaddr
 import trio
 from google.protobuf.message import DecodeError
 from libp2p import new_host
-from libp2p.abc import IHost, INetConn, INetStream
+from libp2p.abc import IHost, INetConn, INetStream, INotifee
 from libp2p.connection_types import ConnectionType
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.keys import KeyPair
@@ -411,10 +411,45 @@ async def open_stream_on(host: IHost, conn: INetConn, protocol: TProtocol,
     return stream
 
 
-def is_relayed(stream: INetStream) -> bool:
-    """True for a stream over a circuit relay connection."""
+def is_relayed(stream: INetStream | INetConn) -> bool:
+    """True for a stream or connection over a circuit relay."""
     kind = getattr(stream.muxed_conn, "get_connection_type", None)
     return kind is not None and kind() == ConnectionType.RELAYED
+
+
+class _DirectConnectionWaiter(INotifee):
+    """Sets `event` when a direct (not relayed) connection to `peer` is added to the swarm."""
+
+    def __init__(self, peer: ID) -> None:
+        self.peer, self.event = peer, trio.Event()
+        self.conn: INetConn | None = None
+
+    async def connected(self, network: Any, conn: INetConn) -> None:
+        if conn.muxed_conn.peer_id == self.peer and not is_relayed(conn):
+            self.conn = conn
+            self.event.set()
+
+    async def disconnected(self, network: Any, conn: INetConn) -> None: ...
+    async def opened_stream(self, network: Any, stream: INetStream) -> None: ...
+    async def closed_stream(self, network: Any, stream: INetStream) -> None: ...
+    async def listen(self, network: Any, multiaddr: multiaddr.Multiaddr) -> None: ...
+    async def listen_close(self, network: Any, multiaddr: multiaddr.Multiaddr) -> None: ...
+
+
+async def wait_direct_connection(host: IHost, peer: ID) -> INetConn:
+    """The first direct connection to `peer`: an existing one, or the next one added."""
+    network = cast(Any, host.get_network())
+    waiter = _DirectConnectionWaiter(peer)
+    network.register_notifee(waiter)
+    try:
+        for conn in network.get_connections(peer):
+            if not is_relayed(conn):
+                return cast(INetConn, conn)
+        await waiter.event.wait()
+        assert waiter.conn is not None
+        return waiter.conn
+    finally:
+        network.remove_notifee(waiter)
 
 
 def remote_endpoint(stream: INetStream) -> Endpoint | None:

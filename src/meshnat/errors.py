@@ -99,6 +99,15 @@ class NoConsensus(MeshNatError):
         self.consensus = consensus
 
 
+class PunchFailed(MeshNatError):
+    """No direct path could be opened; carries why and what was tried."""
+
+    def __init__(self, reason: str, *, probes_sent: int = 0,
+                 candidates: tuple[str, ...] = ()) -> None:
+        super().__init__(f"hole punch failed: {reason}")
+        self.reason, self.probes_sent, self.candidates = reason, probes_sent, candidates
+
+
 class RelayUnavailable(MeshNatError):
     """A relay refused or failed a reservation or a circuit."""
 

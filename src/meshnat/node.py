@@ -213,10 +213,10 @@ class MeshNode:
     async def connect(self, peer: PeerInfo, *, timeout: float | None = None) -> None:
         """Connect to `peer` at its known addresses (reusing an existing connection)."""
         limit = timeout or self.config.dial_timeout
-        if not peer.addrs:
-            raise ConfigError(f"no address known for {peer.peer_id}")
         if self.host.get_network().get_connections(peer.peer_id):
             return
+        if not peer.addrs:
+            raise ConfigError(f"no address known for {peer.peer_id}")
         last: PeerUnavailable | None = None
         network = self.host.get_network()
         with _libp2p.map_peer_errors("connect", limit), trio.fail_after(limit):

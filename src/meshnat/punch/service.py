@@ -1,0 +1,267 @@
+"""`HolePuncher`: coordinate over an existing connection, punch UDP and TCP, keep the winner.
+
+Coordination follows libp2p DCUtR's timing: the initiator sends its Offer, measures the round
+trip to the responder's Offer, sends Sync and punches RTT/2 later; the responder punches as
+soon as Sync arrives, so both start at about the same moment. The UDP path runs over the
+node's QUIC port: the initiator then dials QUIC from that very port (TLS binds the connection to
+the peer id). The TCP path is a simultaneous open from both TCP listen ports, upgraded by Noise
+with fixed roles. Both run at once and the first direct connection wins.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import multiaddr
+import trio
+
+from meshnat import _libp2p
+from meshnat._libp2p import ID, INetConn, INetStream, PeerInfo, TaskStatus, TProtocol
+from meshnat.discovery import PeerAddressDiscovery
+from meshnat.endpoint import Endpoint
+from meshnat.errors import (
+    ConfigError,
+    MeshNatError,
+    NotMounted,
+    PunchFailed,
+    RemoteProtocolError,
+)
+from meshnat.node import MeshNode
+from meshnat.punch.core import UdpPunchSession
+from meshnat.punch.messages import MappingHint, Offer, Sync
+from meshnat.punch.udp import punch_udp
+from meshnat.wire import decode, encode, new_txid
+from meshnat.wire.error_response import refusal_for
+
+log = logging.getLogger(__name__)
+
+PUNCH_PROTOCOL = TProtocol("/meshnat/punch/1.0.0")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PunchConfig:
+    """How HolePuncher coordinates and punches."""
+
+    probe_interval: float = 0.05
+    """Seconds between UDP probe rounds (ICE's Ta is 50 ms)."""
+
+    punch_timeout: float = 3.0
+    """Seconds each path (UDP, TCP) may take after Sync before it counts as failed."""
+
+    stream_timeout: float = 5.0
+    """Seconds for the coordination exchange (Offer, Offer, Sync)."""
+
+    mapping: MappingHint = MappingHint.UNKNOWN
+    """This node's mapping behaviour, from its NatReport; two endpoint-dependent sides give up
+    at once instead of punching (their chance is nil without birthday probing)."""
+
+    def __post_init__(self) -> None:
+        for name in ("probe_interval", "punch_timeout", "stream_timeout"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                raise ConfigError(f"{name} must be a positive number, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Punched:
+    """A direct connection opened through the NATs, and how."""
+
+    peer: ID
+    transport: str
+    """`udp` (QUIC over the punched UDP path) or `tcp` (simultaneous open)."""
+    local: Endpoint
+    remote: Endpoint
+    rtt: float
+    """Round trip of the coordination exchange, seconds."""
+    elapsed: float
+    """Seconds from punch() to the direct connection."""
+    probes_sent: int
+    connection: INetConn
+
+    def to_json(self) -> dict[str, object]:
+        return {"peer": str(self.peer), "path": "punched", "transport": self.transport,
+                "local": str(self.local), "remote": str(self.remote),
+                "rtt_ms": round(self.rtt * 1e3, 3), "time_ms": round(self.elapsed * 1e3, 3),
+                "probes_sent": self.probes_sent}
+
+
+class HolePuncher:
+    """Opens direct connections to peers this node can already talk to (e.g. via a relay)."""
+
+    protocol_id = PUNCH_PROTOCOL
+
+    def __init__(self, config: PunchConfig | None = None, *,
+                 discovery: PeerAddressDiscovery | None = None) -> None:
+        self.config = config or PunchConfig()
+        self._discovery = discovery
+        self._node: MeshNode | None = None
+
+    async def serve(self, node: MeshNode, *, task_status: TaskStatus[None]) -> None:
+        self._node = node
+        node.host.set_stream_handler(self.protocol_id,
+                                     _libp2p.guarded_handler("punch", self._respond))
+        try:
+            task_status.started()
+            await trio.sleep_forever()
+        finally:
+            node.host.remove_stream_handler(self.protocol_id)
+            self._node = None
+
+    # --- initiator ---------------------------------------------------------------------------
+
+    async def punch(self, peer: ID) -> Punched:
+        """Open a direct connection to `peer` over an existing (e.g. relayed) connection.
+
+        Raises PunchFailed (no path; the existing connection stays usable), PeerUnavailable or
+        PeerTimeout (coordination failed) or a RemoteProtocolError subclass.
+        """
+        node = self._mounted()
+        started = trio.current_time()
+        limit = self.config.stream_timeout
+        stream = await node.open_stream(PeerInfo(peer, []), self.protocol_id, timeout=limit)
+        try:
+            with _libp2p.map_peer_errors("punch coordination", limit), trio.fail_after(limit):
+                offer = self._offer(new_txid())
+                sent_at = trio.current_time()
+                await _libp2p.write_frame(stream, encode(offer))
+                theirs = decode(await _libp2p.read_frame(stream), Offer)
+                rtt = trio.current_time() - sent_at
+                if theirs.txid != offer.txid:
+                    raise PunchFailed("the peer answered another punch")
+                self._check_strategy(offer, theirs)
+                await _libp2p.write_frame(stream, encode(Sync(offer.txid)))
+            await trio.sleep(rtt / 2)  # DCUtR: the initiator punches RTT/2 after Sync
+            return await self._race(node, peer, offer, theirs, rtt, started, initiator=True)
+        finally:
+            await _libp2p.reset_quietly(stream)
+
+    # --- responder ---------------------------------------------------------------------------
+
+    async def _respond(self, stream: INetStream) -> None:
+        node = self._mounted()
+        peer = _libp2p.stream_peer(stream)
+        limit = self.config.stream_timeout
+        try:
+            with _libp2p.map_peer_errors("punch coordination", limit), trio.fail_after(limit):
+                frame = await _libp2p.read_frame(stream)
+                try:
+                    theirs = decode(frame, Offer)
+                except RemoteProtocolError as exc:
+                    await _libp2p.write_frame(stream, encode(refusal_for(exc)))
+                    raise
+                offer = self._offer(theirs.txid)
+                await _libp2p.write_frame(stream, encode(offer))
+                self._check_strategy(offer, theirs)
+                sync = decode(await _libp2p.read_frame(stream), Sync)
+                if sync.txid != offer.txid:
+                    raise PunchFailed("sync for another punch")
+            result = await self._race(node, peer, offer, theirs, 0.0, trio.current_time(),
+                                      initiator=False)
+            log.info("punch: responded to %s: %s path %s", peer, result.transport, result.remote)
+        except MeshNatError as exc:
+            log.info("punch: responding to %s ended: %s", peer, exc)
+        finally:
+            await _libp2p.reset_quietly(stream)
+
+    # --- both sides --------------------------------------------------------------------------
+
+    def _mounted(self) -> MeshNode:
+        if self._node is None:
+            raise NotMounted("mount HolePuncher on a running MeshNode first")
+        return self._node
+
+    def _offer(self, txid: bytes) -> Offer:
+        node = self._mounted()
+        candidates: dict[str, list[Endpoint]] = {}
+        for transport in ("udp", "tcp"):
+            known = self._discovery.latest(transport) if self._discovery else None
+            public = [known.address] if known and known.address else []
+            candidates[transport] = list(dict.fromkeys(public + node.local_endpoints(transport)))
+        return Offer(txid, tuple(candidates["udp"]), tuple(candidates["tcp"]),
+                     self.config.mapping)
+
+    @staticmethod
+    def _check_strategy(ours: Offer, theirs: Offer) -> None:
+        hard = MappingHint.ENDPOINT_DEPENDENT
+        if ours.mapping is hard and theirs.mapping is hard:
+            raise PunchFailed("both sides have endpoint-dependent mapping: stay on the relay")
+        if not theirs.udp and not theirs.tcp:
+            raise PunchFailed("the peer offered no candidate address")
+
+    async def _race(self, node: MeshNode, peer: ID, ours: Offer, theirs: Offer, rtt: float,
+                    started: float, *, initiator: bool) -> Punched:
+        """Punch UDP and TCP at once; the first direct connection wins, the other is cancelled."""
+        won: list[Punched] = []
+        failures: list[PunchFailed] = []
+
+        async def attempt(path: str) -> None:
+            try:
+                with trio.fail_after(self.config.punch_timeout + 1.0):
+                    if path == "udp":
+                        result = await self._udp(node, peer, ours, theirs, initiator)
+                    else:
+                        result = await self._tcp(node, peer, theirs, initiator)
+            except trio.TooSlowError:
+                failures.append(PunchFailed(f"{path}: timed out"))
+                return
+            except PunchFailed as exc:
+                failures.append(PunchFailed(f"{path}: {exc.reason}",
+                                            probes_sent=exc.probes_sent))
+                return
+            except MeshNatError as exc:
+                failures.append(PunchFailed(f"{path}: {exc}"))
+                return
+            if not won:
+                won.append(Punched(peer, path, result[0], result[1], rtt,
+                                   trio.current_time() - started, result[2], result[3]))
+                nursery.cancel_scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            if theirs.udp:
+                nursery.start_soon(attempt, "udp")
+            if theirs.tcp:
+                nursery.start_soon(attempt, "tcp")
+        if won:
+            return won[0]
+        reasons = "; ".join(f.reason for f in failures) or "no path attempted"
+        raise PunchFailed(reasons, probes_sent=sum(f.probes_sent for f in failures),
+                          candidates=tuple(map(str, theirs.udp + theirs.tcp)))
+
+    async def _udp(self, node: MeshNode, peer: ID, ours: Offer, theirs: Offer,
+                   initiator: bool) -> tuple[Endpoint, Endpoint, int, INetConn]:
+        session = UdpPunchSession(ours.txid, theirs.udp, probe_interval=self.config.probe_interval,
+                                  timeout=self.config.punch_timeout)
+        heard = await punch_udp(node, session)
+        local = node.listen_endpoint("udp")
+        if not initiator:  # the initiator dials; the responder's listener accepts
+            conn = await _libp2p.wait_direct_connection(node.host, peer)
+            return local, heard.remote, heard.probes_sent, conn
+        address = multiaddr.Multiaddr(
+            f"/ip{heard.remote.ip.version}/{heard.remote.ip}/udp/{heard.remote.port}"
+            f"/quic-v1/p2p/{peer}")
+        with _libp2p.map_peer_errors("quic over the punched path"):
+            conn = await node.host.get_network().dial_addr(address, peer, local.to_sockaddr())
+        return local, heard.remote, session.probes_sent, conn
+
+    async def _tcp(self, node: MeshNode, peer: ID, theirs: Offer,
+                   initiator: bool) -> tuple[Endpoint, Endpoint, int, INetConn]:
+        local = node.listen_endpoint("tcp")
+        network = node.host.get_network()
+        errors: list[str] = []
+        for remote in theirs.tcp:
+            address = multiaddr.Multiaddr(
+                f"/ip{remote.ip.version}/{remote.ip}/tcp/{remote.port}/p2p/{peer}")
+            try:
+                with _libp2p.map_peer_errors(f"tcp open to {remote}"):
+                    if initiator:
+                        conn = await network.dial_addr(address, peer, local.to_sockaddr())
+                    else:
+                        conn = await network.dial_addr_as_responder(address, peer,
+                                                                    local.to_sockaddr())
+            except MeshNatError as exc:
+                errors.append(str(exc))
+                continue
+            return local, remote, 0, conn
+        raise PunchFailed("; ".join(errors) or "no TCP candidate")
