@@ -417,17 +417,14 @@ def is_relayed(stream: INetStream | INetConn) -> bool:
     return kind is not None and kind() == ConnectionType.RELAYED
 
 
-class _DirectConnectionWaiter(INotifee):
-    """Sets `event` when a direct (not relayed) connection to `peer` is added to the swarm."""
+class _ConnectionWatcher(INotifee):
+    """Calls `on_connected(conn)` for every connection the swarm adds."""
 
-    def __init__(self, peer: ID) -> None:
-        self.peer, self.event = peer, trio.Event()
-        self.conn: INetConn | None = None
+    def __init__(self, on_connected: Callable[[INetConn], None]) -> None:
+        self._on_connected = on_connected
 
     async def connected(self, network: Any, conn: INetConn) -> None:
-        if conn.muxed_conn.peer_id == self.peer and not is_relayed(conn):
-            self.conn = conn
-            self.event.set()
+        self._on_connected(conn)
 
     async def disconnected(self, network: Any, conn: INetConn) -> None: ...
     async def opened_stream(self, network: Any, stream: INetStream) -> None: ...
@@ -436,20 +433,34 @@ class _DirectConnectionWaiter(INotifee):
     async def listen_close(self, network: Any, multiaddr: multiaddr.Multiaddr) -> None: ...
 
 
+@contextmanager
+def watch_connections(host: IHost, on_connected: Callable[[INetConn], None]) -> Iterator[None]:
+    """Call `on_connected` (which must not block) for each new connection while inside."""
+    network = cast(Any, host.get_network())
+    watcher = _ConnectionWatcher(on_connected)
+    network.register_notifee(watcher)
+    try:
+        yield
+    finally:
+        network.remove_notifee(watcher)
+
+
 async def wait_direct_connection(host: IHost, peer: ID) -> INetConn:
     """The first direct connection to `peer`: an existing one, or the next one added."""
-    network = cast(Any, host.get_network())
-    waiter = _DirectConnectionWaiter(peer)
-    network.register_notifee(waiter)
-    try:
-        for conn in network.get_connections(peer):
+    found: list[INetConn] = []
+    arrived = trio.Event()
+
+    def on_connected(conn: INetConn) -> None:
+        if conn.muxed_conn.peer_id == peer and not is_relayed(conn):
+            found.append(conn)
+            arrived.set()
+
+    with watch_connections(host, on_connected):
+        for conn in host.get_network().get_connections(peer):
             if not is_relayed(conn):
-                return cast(INetConn, conn)
-        await waiter.event.wait()
-        assert waiter.conn is not None
-        return waiter.conn
-    finally:
-        network.remove_notifee(waiter)
+                return conn
+        await arrived.wait()
+    return found[0]
 
 
 def remote_endpoint(stream: INetStream) -> Endpoint | None:
@@ -463,9 +474,15 @@ def remote_endpoint(stream: INetStream) -> Endpoint | None:
     return Endpoint.from_sockaddr(addr)
 
 
-def transport_of(stream: INetStream) -> str:
+def transport_of(stream: INetStream | INetConn) -> str:
     """`udp` for a QUIC connection, `tcp` otherwise."""
-    return "udp" if "QUIC" in type(stream.muxed_conn).__name__ else "tcp"
+    return "udp" if isinstance(stream.muxed_conn, QUICConnection) else "tcp"
+
+
+def connection_remote(conn: INetConn) -> Endpoint | None:
+    """The transport address of the peer on a direct connection."""
+    addr = cast(Any, conn.muxed_conn).get_remote_address()
+    return Endpoint.from_sockaddr(addr) if addr else None
 
 
 def stream_peer(stream: INetStream) -> ID:

@@ -51,10 +51,15 @@ class EchoService:
 
 
 async def echo(
-    node: MeshNode, peer: _libp2p.PeerInfo, data: bytes, *, timeout: float = 10.0
+    node: MeshNode, peer: _libp2p.PeerInfo, data: bytes, *, timeout: float = 10.0,
+    connection: _libp2p.INetConn | None = None,
 ) -> bytes:
-    """Send `data` to `peer`'s echo service and return the answer."""
-    stream = await node.open_stream(peer, ECHO_PROTOCOL, timeout=timeout)
+    """Send `data` to `peer`'s echo service (over `connection` if given) and return the answer."""
+    if connection is None:
+        stream = await node.open_stream(peer, ECHO_PROTOCOL, timeout=timeout)
+    else:
+        with _libp2p.map_peer_errors("open echo", timeout), trio.fail_after(timeout):
+            stream = await _libp2p.open_stream_on(node.host, connection, ECHO_PROTOCOL, timeout)
     with _libp2p.map_peer_errors("echo", timeout), trio.fail_after(timeout):
         await stream.write(data)
         answer = await stream.read(MAX_ECHO)

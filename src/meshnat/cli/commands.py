@@ -1,8 +1,4 @@
-"""The `meshnat` command: run a reflector, discover this node's address, run the demo.
-
-Every subcommand takes `--json` (one JSON object per line on stdout) and exits 0 on success,
-1 when the network gave no answer it could trust, 2 on bad arguments.
-"""
+"""`meshnat reflector`, `discover`, `probe` and `demo`, and what every subcommand shares."""
 
 from __future__ import annotations
 
@@ -10,7 +6,6 @@ import argparse
 import json
 import logging
 import signal
-import sys
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -25,9 +20,10 @@ from meshnat.classify import (
     ProbeHelperService,
 )
 from meshnat.discovery import DiscoveryConfig, PeerAddressDiscovery
-from meshnat.errors import ConfigError, InsufficientResponses, MeshNatError, NoConsensus
+from meshnat.errors import ConfigError, InsufficientResponses, NoConsensus
 from meshnat.node import MeshNode, NodeConfig
 from meshnat.reflection import ReflectionService
+from meshnat.relay import RelayService
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +62,8 @@ def node_config_from_listen(listen: Sequence[str], key_file: Path | None,
                       key_file=key_file)
 
 
-async def _wait_for_signal() -> None:
+async def wait_for_signal() -> None:
+    """Return on SIGINT or SIGTERM."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for _ in signals:
             return
@@ -77,10 +74,12 @@ async def run_reflector(args: argparse.Namespace, out: Output) -> int:
     async with MeshNode(config) as node:
         reflection = await node.mount(ReflectionService())
         await node.mount(ProbeHelperService(ProbeHelperConfig(alt_port=args.alt_port)))
+        if args.relay:
+            await node.mount(RelayService())
         addrs = [str(a) for a in node.addrs]
         out.emit({"event": "ready", "peer_id": str(node.peer_id), "addrs": addrs},
                  f"reflector {node.peer_id} listening on:\n  " + "\n  ".join(addrs))
-        await _wait_for_signal()
+        await wait_for_signal()
         stats = reflection.statistics()
         out.emit({"event": "stopped", "served": stats.served, "rate_limited": stats.rate_limited,
                   "malformed": stats.malformed},
@@ -169,66 +168,3 @@ async def run_demo(args: argparse.Namespace, out: Output) -> int:
                   "echo_ok": answer == b"hello mesh", "time_ms": round(elapsed, 2)},
                  f"path to {reflectors[0].peer_id}: direct, echo in {elapsed:.1f} ms")
     return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="meshnat", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="count", default=0,
-                        help="log INFO (-v) or DEBUG (-vv) to stderr")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--json", action="store_true", help="one JSON object per line")
-        p.add_argument("--key-file", type=Path, help="Ed25519 identity file (created if absent)")
-
-    p = sub.add_parser("reflector", help="run a node that reflects addresses to its peers")
-    p.add_argument("--listen", action="append", default=[], metavar="MULTIADDR",
-                   help=f"listen address (default TCP and QUIC on 0.0.0.0:{DEFAULT_PORT})")
-    p.add_argument("--alt-port", type=int, default=DEFAULT_PORT + 1,
-                   help="second UDP port for NAT classification (default %(default)s; 0: any)")
-    common(p)
-    p.set_defaults(run=run_reflector)
-
-    p = sub.add_parser("discover", help="learn this node's public address from reflectors")
-    p.add_argument("--reflector", action="append", default=[], metavar="MULTIADDR",
-                   help="a reflector's multiaddr ending in /p2p/<peer id> (repeat)")
-    p.add_argument("--transport", choices=("udp", "tcp"), default="udp")
-    p.add_argument("--min-responses", type=int, default=3)
-    p.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
-    p.add_argument("--port", type=int, default=0, help="local TCP and UDP port (default any)")
-    p.add_argument("--no-group", action="store_true",
-                   help="count every reflector's vote even when they share an IP (loopback)")
-    common(p)
-    p.set_defaults(run=run_discover)
-
-    p = sub.add_parser("probe", help="classify this node's NAT through mesh reflectors")
-    p.add_argument("--reflector", action="append", default=[], metavar="MULTIADDR",
-                   help="a reflector's multiaddr ending in /p2p/<peer id> (repeat; two IPs "
-                        "needed for a full report)")
-    p.add_argument("--port", type=int, default=0, help="local TCP and UDP port (default any)")
-    common(p)
-    p.set_defaults(run=run_probe)
-
-    p = sub.add_parser("demo", help="three reflectors and a client on loopback")
-    p.add_argument("--json", action="store_true", help="one JSON object per line")
-    p.set_defaults(run=run_demo)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    out = Output(args.json)
-    try:
-        code: int = trio.run(args.run, args, out)
-    except ConfigError as exc:
-        out.emit({"error": "bad-argument", "message": str(exc)}, f"error: {exc}")
-        return 2
-    except MeshNatError as exc:
-        out.emit({"error": type(exc).__name__, "message": str(exc)}, f"error: {exc}")
-        return 1
-    except KeyboardInterrupt:
-        return 0
-    return code

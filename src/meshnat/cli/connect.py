@@ -1,0 +1,148 @@
+"""`meshnat relay`, `listen` and `connect`: reach a peer behind a NAT, relayed then punched."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import trio
+
+from meshnat import _libp2p
+from meshnat._libp2p import ID, INetConn, PeerInfo
+from meshnat.classify import ProbeHelperConfig, ProbeHelperService
+from meshnat.cli.commands import DEFAULT_PORT, Output, node_config_from_listen, wait_for_signal
+from meshnat.discovery import DiscoveryConfig, PeerAddressDiscovery
+from meshnat.echo import EchoService, echo
+from meshnat.errors import ConfigError, MeshNatError, NoConsensus, PunchFailed
+from meshnat.node import MeshNode, NodeConfig
+from meshnat.punch import HolePuncher, PunchConfig
+from meshnat.punch.messages import MappingHint
+from meshnat.reflection import ReflectionService
+from meshnat.relay import RelayClient, RelayService
+
+log = logging.getLogger(__name__)
+
+
+async def run_relay(args: argparse.Namespace, out: Output) -> int:
+    """A public node that relays circuits, reflects addresses and helps classification."""
+    config = node_config_from_listen(args.listen, args.key_file, DEFAULT_PORT)
+    async with MeshNode(config) as node:
+        for service in (RelayService(), ReflectionService(),
+                        ProbeHelperService(ProbeHelperConfig(alt_port=args.alt_port))):
+            await node.mount(service)
+        addrs = [str(a) for a in node.addrs]
+        out.emit({"event": "ready", "peer_id": str(node.peer_id), "addrs": addrs},
+                 f"relay {node.peer_id} listening on:\n  " + "\n  ".join(addrs))
+        await wait_for_signal()
+        out.emit({"event": "stopped"}, "stopped")
+    return 0
+
+
+def _relay(args: argparse.Namespace) -> PeerInfo:
+    (relay,) = _libp2p.merge_peer_addrs([args.relay])
+    return relay
+
+
+async def _mount_mesh(node: MeshNode, args: argparse.Namespace
+                      ) -> tuple[RelayClient, HolePuncher]:
+    """Discover this node's addresses (best effort), then mount the relay client and puncher."""
+    reflectors = _libp2p.merge_peer_addrs(args.reflector)
+    config = DiscoveryConfig(min_responses=max(1, min(3, len(reflectors))))
+    discovery = await node.mount(PeerAddressDiscovery(reflectors, config))
+    mapping = MappingHint.UNKNOWN
+    for transport in ("udp", "tcp") if reflectors else ():
+        try:
+            consensus = await discovery.discover(transport)
+        except NoConsensus as exc:
+            if transport == "udp" and exc.consensus.endpoint_dependent:
+                mapping = MappingHint.ENDPOINT_DEPENDENT
+            continue
+        except MeshNatError as exc:
+            log.info("connect: %s discovery failed: %s", transport, exc)
+            continue
+        if transport == "udp" and consensus.address is not None:
+            mapping = MappingHint.ENDPOINT_INDEPENDENT  # one mapping seen by all
+    puncher = await node.mount(HolePuncher(PunchConfig(mapping=mapping), discovery=discovery))
+    return await node.mount(RelayClient()), puncher
+
+
+def _describe(conn: INetConn) -> dict[str, object]:
+    relayed = _libp2p.is_relayed(conn)
+    remote = None if relayed else _libp2p.connection_remote(conn)
+    return {"peer": str(conn.muxed_conn.peer_id), "path": "relayed" if relayed else "direct",
+            "transport": _libp2p.transport_of(conn), "remote": str(remote) if remote else None}
+
+
+async def run_listen(args: argparse.Namespace, out: Output) -> int:
+    """Reserve on the relay, serve echo, print one line per inbound connection."""
+    config = NodeConfig(tcp_port=args.port, udp_port=args.port, key_file=args.key_file)
+    async with MeshNode(config) as node:
+        relay_client, _ = await _mount_mesh(node, args)
+        await node.mount(EchoService())
+        send, receive = trio.open_memory_channel[INetConn](64)
+
+        def on_connected(conn: INetConn) -> None:
+            try:
+                send.send_nowait(conn)
+            except trio.WouldBlock:
+                log.debug("listen: connection report dropped")
+
+        with _libp2p.watch_connections(node.host, on_connected):
+            circuit = await relay_client.reserve(_relay(args))
+            addrs = [str(circuit), *(str(a) for a in node.addrs)]
+            out.emit({"event": "ready", "peer_id": str(node.peer_id), "addrs": addrs},
+                     f"listening as {node.peer_id} via {circuit}")
+            async with trio.open_nursery() as nursery:
+
+                async def stop_on_signal() -> None:
+                    await wait_for_signal()
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(stop_on_signal)
+                async for conn in receive:
+                    if conn.muxed_conn.peer_id != _relay(args).peer_id:
+                        facts = _describe(conn)
+                        out.emit({"event": "connection", **facts},
+                                 f"{facts['peer']} connected, {facts['path']} "
+                                 f"over {facts['transport']}")
+    return 0
+
+
+async def run_connect(args: argparse.Namespace, out: Output) -> int:
+    """Relay first (always works), then punch a direct path; echo over the final one."""
+    try:
+        peer = ID.from_base58(args.peer_id)
+    except ValueError as exc:
+        raise ConfigError(f"not a peer id: {args.peer_id!r}") from exc
+    config = NodeConfig(tcp_port=args.port, udp_port=args.port, key_file=args.key_file)
+    async with MeshNode(config) as node:
+        relay_client, puncher = await _mount_mesh(node, args)
+        started = trio.current_time()
+        conn = await relay_client.dial(_relay(args), peer)
+        result: dict[str, object] = {"time_to_path_ms": _ms(trio.current_time() - started)}
+        punch_error = None
+        if args.wait_direct > 0:
+            with trio.move_on_after(args.wait_direct):
+                try:
+                    punched = await puncher.punch(peer)
+                except PunchFailed as exc:
+                    punch_error = exc.reason
+                else:
+                    await conn.close()  # new streams now take the direct path
+                    conn = punched.connection
+                    result["time_to_direct_ms"] = _ms(punched.elapsed)
+                    result["punch"] = punched.to_json()
+        echo_started = trio.current_time()
+        answer = await echo(node, PeerInfo(peer, []), b"meshnat echo", connection=conn)
+        result.update(_describe(conn), rtt_ms=_ms(trio.current_time() - echo_started),
+                      echo_ok=answer == b"meshnat echo", punch_error=punch_error)
+        if result["path"] == "direct":
+            result["path"] = "punched"
+        out.emit(result, f"{peer}: {result['path']} over {result['transport']}, "
+                         f"echo {'ok' if result['echo_ok'] else 'FAILED'} "
+                         f"in {result['rtt_ms']} ms")
+        return 0 if result["echo_ok"] else 1
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1e3, 3)

@@ -1,0 +1,82 @@
+"""Connecting through real NATs: relayed first, then punched where the NATs allow it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.lab.test_discovery_lab import start_reflectors
+from tests.support.netlab import Host, Lab, Nat
+
+pytestmark = pytest.mark.lab
+
+PORT = 4001
+
+
+def start_relay(lab: Lab) -> tuple[str, list[str]]:
+    """A public relay (also a reflector) and two more reflectors: (relay tcp addr, reflectors)."""
+    host = lab.public_host("relay")
+    _, ready = host.start_json(host.python("-m", "meshnat", "relay", "--json"), timeout=30)
+    relay_tcp = next(a for a in ready["addrs"] if "/tcp/" in a)
+    return relay_tcp, [*ready["addrs"], *start_reflectors(lab, count=2)]
+
+
+def mesh_args(relay: str, reflectors: list[str]) -> list[str]:
+    args = ["--relay", relay, "--port", str(PORT), "--json"]
+    for addr in reflectors:
+        args += ["--reflector", addr]
+    return args
+
+
+def listen(host: Host, relay: str, reflectors: list[str]) -> str:
+    _, ready = host.start_json(
+        host.python("-m", "meshnat", "listen", *mesh_args(relay, reflectors)), timeout=60)
+    assert ready["event"] == "ready" and any("/p2p-circuit/" in a for a in ready["addrs"])
+    return str(ready["peer_id"])
+
+
+def connect(host: Host, peer: str, relay: str, reflectors: list[str]) -> dict:
+    proc = host.run(host.python("-m", "meshnat", "connect", peer, "--wait-direct", "5",
+                                *mesh_args(relay, reflectors)), timeout=90)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result: dict = json.loads(proc.stdout.splitlines()[-1])
+    assert result["echo_ok"] is True
+    return result
+
+
+@pytest.mark.parametrize(("left", "right", "transport"), [
+    (Nat.CONE, Nat.CONE, "udp"),
+    (Nat.UDP_BLOCKED, Nat.CONE, "tcp"),
+])
+def test_two_nats_that_allow_it_end_up_on_a_punched_path(
+    lab: Lab, left: Nat, right: Nat, transport: str
+) -> None:
+    relay, reflectors = start_relay(lab)
+    a, b = lab.site("left", left), lab.site("right", right)
+    peer = listen(b.hosts[0], relay, reflectors)
+    result = connect(a.hosts[0], peer, relay, reflectors)
+    assert result["path"] == "punched", result
+    assert result["transport"] == transport
+    assert result["remote"] == f"{b.public_ip}:{PORT}"  # the NAT kept the port
+    assert result["time_to_direct_ms"] < 3000
+
+
+@pytest.mark.parametrize("public_side", ["dialer", "listener"])
+def test_a_public_peer_and_a_cone_peer_connect_directly(lab: Lab, public_side: str) -> None:
+    relay, reflectors = start_relay(lab)
+    public, home = lab.public_host("server"), lab.site("home", Nat.CONE).hosts[0]
+    dialer, listener = (public, home) if public_side == "dialer" else (home, public)
+    peer = listen(listener, relay, reflectors)
+    result = connect(dialer, peer, relay, reflectors)
+    assert result["path"] == "punched", result
+
+
+def test_two_symmetric_nats_stay_on_the_relay_and_say_why_quickly(lab: Lab) -> None:
+    relay, reflectors = start_relay(lab)
+    a, b = lab.site("left", Nat.SYMMETRIC), lab.site("right", Nat.SYMMETRIC)
+    peer = listen(b.hosts[0], relay, reflectors)
+    result = connect(a.hosts[0], peer, relay, reflectors)
+    assert result["path"] == "relayed", result
+    assert "endpoint-dependent" in result["punch_error"]
+    assert "time_to_direct_ms" not in result
