@@ -245,13 +245,16 @@ def ensure_ports_free(ip: str, tcp_port: int, udp_port: int) -> None:
 
     py-libp2p binds its listeners with SO_REUSEPORT, so a second node on a taken port would
     start without error and the kernel would split the traffic between the two. A probe bind
-    without SO_REUSEPORT fails on any port already bound.
+    without SO_REUSEPORT fails on a port already bound (for TCP, SO_REUSEADDR lets it ignore
+    TIME_WAIT leftovers of an earlier run while still failing on a listener).
     """
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET
     for kind, port in ((socket.SOCK_STREAM, tcp_port), (socket.SOCK_DGRAM, udp_port)):
         if port == 0:
             continue
         with socket.socket(family, kind) as probe:
+            if kind == socket.SOCK_STREAM:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind((ip, port))
             except OSError as exc:

@@ -55,11 +55,12 @@ def test_two_nats_that_allow_it_end_up_on_a_punched_path(
     relay, reflectors = start_relay(lab)
     a, b = lab.site("left", left), lab.site("right", right)
     peer = listen(b.hosts[0], relay, reflectors)
-    result = connect(a.hosts[0], peer, relay, reflectors)
-    assert result["path"] == "punched", result
-    assert result["transport"] == transport
-    assert result["remote"] == f"{b.public_ip}:{PORT}"  # the NAT kept the port
-    assert result["time_to_direct_ms"] < 3000
+    for _ in range(2):  # a second run reuses the ports the first one punched and left
+        result = connect(a.hosts[0], peer, relay, reflectors)
+        assert result["path"] == "punched", result
+        assert result["transport"] == transport
+        assert result["remote"] == f"{b.public_ip}:{PORT}"  # the NAT kept the port
+        assert result["time_to_direct_ms"] < 3000
 
 
 @pytest.mark.parametrize("public_side", ["dialer", "listener"])
