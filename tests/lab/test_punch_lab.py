@@ -81,3 +81,25 @@ def test_two_symmetric_nats_stay_on_the_relay_and_say_why_quickly(lab: Lab) -> N
     assert result["path"] == "relayed", result
     assert "endpoint-dependent" in result["punch_error"]
     assert "time_to_direct_ms" not in result
+
+
+def test_cone_and_symmetric_meet_by_birthday_probing_nearly_every_time(lab: Lab) -> None:
+    relay, reflectors = start_relay(lab)
+    easy, hard = lab.site("cone", Nat.CONE), lab.site("carrier", Nat.SYMMETRIC)
+    peer = listen(hard.hosts[0], relay, reflectors)
+    outcomes = [connect(easy.hosts[0], peer, relay, reflectors) for _ in range(20)]
+    punched = [r for r in outcomes if r["path"] == "punched"]
+    assert len(punched) >= 19, [r.get("punch_error") for r in outcomes]
+    # the hard side answered from a fresh public port each time, never its listen port
+    assert all(r["remote"].split(":")[0] == hard.public_ip for r in punched)
+    assert all(r["punch"]["probes_sent"] <= 2048 + 1 for r in punched)
+
+
+def test_symmetric_dialer_reaches_a_cone_listener_by_birthday_probing(lab: Lab) -> None:
+    relay, reflectors = start_relay(lab)
+    easy, hard = lab.site("cone", Nat.CONE), lab.site("carrier", Nat.SYMMETRIC)
+    peer = listen(easy.hosts[0], relay, reflectors)
+    result = connect(hard.hosts[0], peer, relay, reflectors)
+    assert result["path"] == "punched" and result["transport"] == "udp", result
+    assert result["remote"] == f"{easy.public_ip}:{PORT}"
+    assert result["punch"]["probes_sent"] == 256 + 1  # one per socket, and the answer

@@ -27,6 +27,7 @@ from meshnat.errors import (
     UnexpectedMessage,
     UnsupportedVersion,
 )
+from meshnat.punch.messages import MappingHint, Offer, Probe, Sync
 from meshnat.reflection.messages import (
     ObserveRequest,
     ObserveResponse,
@@ -47,7 +48,7 @@ from meshnat.wire.frames import encode_uvarint
 VECTORS = Path(__file__).parent.parent / "vectors"
 TXID = bytes(range(16))
 ALL = (ObserveRequest, ObserveResponse, ErrorResponse, InfoRequest, InfoResponse, ProbeRequest,
-       ProbeAck, ProbeDatagram)
+       ProbeAck, ProbeDatagram, Offer, Sync, Probe)
 
 GOLDEN = {
     "observe_request": ObserveRequest(TXID),
@@ -62,6 +63,11 @@ GOLDEN = {
     "classify_probe_request": ProbeRequest(TXID, Endpoint(ip_address("198.18.0.20"), 4001)),
     "classify_probe_ack": ProbeAck(TXID),
     "classify_probe_datagram": ProbeDatagram(TXID),
+    "punch_offer": Offer(TXID, (Endpoint(ip_address("198.18.0.20"), 4001),),
+                         (Endpoint(ip_address("10.1.0.10"), 4001),),
+                         MappingHint.ENDPOINT_INDEPENDENT),
+    "punch_sync": Sync(TXID),
+    "punch_probe": Probe(TXID, ack=True),
 }
 
 
@@ -130,7 +136,7 @@ def test_uvarint_matches_the_multiformats_spec(value: int, encoded: str) -> None
 # --- the fuzz invariant -----------------------------------------------------------------------
 
 def _must_only_raise_remote_errors(data: bytes) -> None:
-    for expected in (ALL[:3], ALL[3:6], ALL[6:]):  # decode() takes at most three types
+    for expected in (ALL[:3], ALL[3:6], ALL[6:9], ALL[9:]):  # decode() takes at most three
         with contextlib.suppress(RemoteProtocolError):
             decode(data, *expected)
 

@@ -87,11 +87,17 @@ class PeerAddressDiscovery:
         self._events = events
         self._node: MeshNode | None = None
         self._latest: dict[str, Consensus] = {}
+        self._last_round: dict[str, Consensus] = {}
         self._wake = trio.Event()
 
     def latest(self, transport: str = "udp") -> Consensus | None:
         """The last successful round for `transport`; None means the address is unknown."""
         return self._latest.get(transport)
+
+    def last_round(self, transport: str = "udp") -> Consensus | None:
+        """The last round that got enough answers, agreed or not (its `ip` may be known
+        even when no port won, as behind an endpoint-dependent NAT)."""
+        return self._last_round.get(transport)
 
     def network_changed(self) -> None:
         """Ask the background loop to rediscover now (after an interface or route change)."""
@@ -153,6 +159,7 @@ class PeerAddressDiscovery:
         if len(observations) < self.config.min_responses:
             raise InsufficientResponses(len(observations), self.config.min_responses, len(asked))
         consensus = decide(transport, observations)
+        self._last_round[transport] = consensus
         if consensus.address is None:
             self._events(AddressDisputed(transport, consensus.voters, consensus.endpoint_dependent))
             raise NoConsensus(consensus)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 from dataclasses import dataclass
 
 import multiaddr
@@ -29,9 +30,10 @@ from meshnat.errors import (
     RemoteProtocolError,
 )
 from meshnat.node import MeshNode
+from meshnat.punch.birthday import EasySideSession, HardSideSession
 from meshnat.punch.core import UdpPunchSession
 from meshnat.punch.messages import MappingHint, Offer, Sync
-from meshnat.punch.udp import punch_udp
+from meshnat.punch.udp import punch_udp, punch_udp_many
 from meshnat.wire import decode, encode, new_txid
 from meshnat.wire.error_response import refusal_for
 
@@ -54,10 +56,22 @@ class PunchConfig:
     """Seconds for the coordination exchange (Offer, Offer, Sync)."""
 
     mapping: MappingHint = MappingHint.UNKNOWN
-    """This node's mapping behaviour, from its NatReport; two endpoint-dependent sides give up
-    at once instead of punching (their chance is nil without birthday probing)."""
+    """This node's mapping behaviour (from discovery or its NatReport). One endpoint-dependent
+    side against an endpoint-independent one means birthday probing; two give up at once."""
+
+    birthday_sockets: int = 256
+    """Sockets the endpoint-dependent side opens for birthday probing."""
+
+    birthday_max_probes: int = 2048
+    """Probes the endpoint-independent side sends at most (2048 ~ 99.9% with 256 sockets)."""
+
+    birthday_probes_per_tick: int = 20
+    """Probes sent every 10 ms by the endpoint-independent side (2,000 per second)."""
 
     def __post_init__(self) -> None:
+        for name in ("birthday_sockets", "birthday_max_probes", "birthday_probes_per_tick"):
+            if not 1 <= getattr(self, name) <= 65535:
+                raise ConfigError(f"{name} must be in [1, 65535], got {getattr(self, name)!r}")
         for name in ("probe_interval", "punch_timeout", "stream_timeout"):
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):
@@ -176,9 +190,15 @@ class HolePuncher:
         node = self._mounted()
         candidates: dict[str, list[Endpoint]] = {}
         for transport in ("udp", "tcp"):
-            known = self._discovery.latest(transport) if self._discovery else None
-            public = [known.address] if known and known.address else []
-            candidates[transport] = list(dict.fromkeys(public + node.local_endpoints(transport)))
+            local = node.local_endpoints(transport)
+            public: list[Endpoint] = []
+            seen = self._discovery.last_round(transport) if self._discovery else None
+            if seen is not None and seen.address is not None:
+                public = [seen.address]
+            elif seen is not None and seen.ip is not None and local:
+                # no port won (endpoint-dependent mapping): the IP is what birthday probing needs
+                public = [Endpoint(seen.ip, local[0].port)]
+            candidates[transport] = list(dict.fromkeys(public + local))
         return Offer(txid, tuple(candidates["udp"]), tuple(candidates["tcp"]),
                      self.config.mapping)
 
@@ -231,6 +251,11 @@ class HolePuncher:
 
     async def _udp(self, node: MeshNode, peer: ID, ours: Offer, theirs: Offer,
                    initiator: bool) -> tuple[Endpoint, Endpoint, int, INetConn]:
+        hard, easy = MappingHint.ENDPOINT_DEPENDENT, MappingHint.ENDPOINT_INDEPENDENT
+        if ours.mapping is hard and theirs.mapping is easy:
+            return await self._birthday_hard(node, peer, ours, theirs)
+        if ours.mapping is easy and theirs.mapping is hard:
+            return await self._birthday_easy(node, peer, ours, theirs)
         session = UdpPunchSession(ours.txid, theirs.udp, probe_interval=self.config.probe_interval,
                                   timeout=self.config.punch_timeout)
         heard = await punch_udp(node, session)
@@ -244,6 +269,34 @@ class HolePuncher:
         with _libp2p.map_peer_errors("quic over the punched path"):
             conn = await node.host.get_network().dial_addr(address, peer, local.to_sockaddr())
         return local, heard.remote, session.probes_sent, conn
+
+    async def _birthday_hard(self, node: MeshNode, peer: ID, ours: Offer, theirs: Offer
+                             ) -> tuple[Endpoint, Endpoint, int, INetConn]:
+        """Open many mappings towards the easy side; dial QUIC from the socket it reached."""
+        cfg = self.config
+        # only the easy side's public endpoint: its LAN addresses cannot be reached from here
+        session = HardSideSession(ours.txid, theirs.udp[:1], sockets=cfg.birthday_sockets,
+                                  refresh_interval=1.0, timeout=cfg.punch_timeout)
+        heard, port = await punch_udp_many(session, cfg.birthday_sockets)
+        source = Endpoint(node.listen_endpoint("udp").ip, port)
+        address = multiaddr.Multiaddr(
+            f"/ip{heard.remote.ip.version}/{heard.remote.ip}/udp/{heard.remote.port}"
+            f"/quic-v1/p2p/{peer}")
+        with _libp2p.map_peer_errors("quic over the birthday path"):
+            conn = await node.host.get_network().dial_addr(address, peer, source.to_sockaddr())
+        return source, heard.remote, heard.probes_sent, conn
+
+    async def _birthday_easy(self, node: MeshNode, peer: ID, ours: Offer, theirs: Offer
+                             ) -> tuple[Endpoint, Endpoint, int, INetConn]:
+        """Probe random ports of the hard side's IP; it dials back over the port that worked."""
+        cfg = self.config
+        session = EasySideSession(
+            ours.txid, theirs.udp[0].ip, rng=random.SystemRandom(),
+            max_probes=cfg.birthday_max_probes, probes_per_tick=cfg.birthday_probes_per_tick,
+            tick=0.01, timeout=cfg.punch_timeout)
+        heard = await punch_udp(node, session)
+        conn = await _libp2p.wait_direct_connection(node.host, peer)
+        return node.listen_endpoint("udp"), heard.remote, session.probes_sent, conn
 
     async def _tcp(self, node: MeshNode, peer: ID, theirs: Offer,
                    initiator: bool) -> tuple[Endpoint, Endpoint, int, INetConn]:
