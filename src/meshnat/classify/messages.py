@@ -11,7 +11,7 @@ from enum import IntEnum
 from typing import ClassVar, Self
 
 from meshnat.endpoint import Endpoint
-from meshnat.wire.codec import Fields
+from meshnat.wire.codec import Fields, TxidOnly
 
 ALT_PORT, TARGET = 8, 9
 
@@ -25,21 +25,7 @@ class MsgType(IntEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class _TxidOnly:
-    """A message with no fields of its own."""
-
-    txid: bytes
-
-    def to_fields(self) -> dict[int, object]:
-        return {}
-
-    @classmethod
-    def from_fields(cls, txid: bytes, f: Fields) -> Self:
-        return cls(txid)
-
-
-@dataclass(frozen=True, slots=True)
-class InfoRequest(_TxidOnly):
+class InfoRequest(TxidOnly):
     """Which second UDP port do you answer observe requests on?"""
 
     TYPE: ClassVar[MsgType] = MsgType.INFO_REQUEST
@@ -82,14 +68,14 @@ class ProbeRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class ProbeAck(_TxidOnly):
+class ProbeAck(TxidOnly):
     """The probe datagrams for `txid` were sent."""
 
     TYPE: ClassVar[MsgType] = MsgType.PROBE_ACK
 
 
 @dataclass(frozen=True, slots=True)
-class ProbeDatagram(_TxidOnly):
+class ProbeDatagram(TxidOnly):
     """An unsolicited datagram (filtering test) or one sent to oneself (hairpin test)."""
 
     TYPE: ClassVar[MsgType] = MsgType.PROBE_DATAGRAM

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import hmac
 import random
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 
 from meshnat.endpoint import Endpoint
 from meshnat.errors import LocalProtocolError
-from meshnat.punch.core import GaveUp, Heard, SendProbe
+from meshnat.punch.core import DeadlineSession, GaveUp, Heard, SendProbe
 from meshnat.punch.messages import Probe
 
 
@@ -43,7 +42,7 @@ class HeardOn:
     probes_sent: int
 
 
-class EasySideSession:
+class EasySideSession(DeadlineSession[SendProbe | Heard]):
     """Probes random ports of the hard side's IP; same actions as UdpPunchSession."""
 
     def __init__(self, txid: bytes, ip: IPv4Address | IPv6Address, *, rng: random.Random,
@@ -51,22 +50,14 @@ class EasySideSession:
                  port_range: tuple[int, int] = (1024, 65535)) -> None:
         if max_probes < 1 or probes_per_tick < 1:
             raise LocalProtocolError("birthday probing needs a positive probe budget")
+        super().__init__(interval=tick, timeout=timeout)
         self._txid, self._ip, self._rng = txid, ip, rng
-        self._max, self._per_tick, self._tick, self._timeout = (
-            max_probes, probes_per_tick, tick, timeout)
-        self._ports = port_range
+        self._max, self._per_tick, self._ports = max_probes, probes_per_tick, port_range
         self._tried: set[int] = set()
-        self._actions: deque[SendProbe | Heard | GaveUp] = deque()
-        self._started_at = self._next_tick = self._deadline = 0.0
-        self._done = False
 
     @property
     def probes_sent(self) -> int:
         return len(self._tried)
-
-    def start(self, now: float) -> None:
-        self._started_at, self._deadline = now, now + self._timeout
-        self._send_tick(now)
 
     def receive_probe(self, probe: Probe, src: Endpoint, now: float) -> None:
         if self._done or src.ip != self._ip or not hmac.compare_digest(probe.txid, self._txid):
@@ -74,63 +65,41 @@ class EasySideSession:
         self._actions.append(SendProbe(src, Probe(self._txid, ack=True)))
         self._finish(Heard(src, now - self._started_at, self.probes_sent + 1))
 
-    def handle_timer(self, now: float) -> None:
-        if self._done:
-            return
-        if now >= self._deadline:
-            self._finish(GaveUp(f"birthday probing: no port of {self._ip} answered "
-                                f"{self.probes_sent} probes", self.probes_sent))
-        elif now >= self._next_tick:
-            self._send_tick(now)
-
     def get_timer(self) -> float | None:
-        if self._done:
-            return None
-        if len(self._tried) >= self._max:
+        if not self._done and len(self._tried) >= self._max:
             return self._deadline  # budget spent: only wait for a late answer
-        return min(self._next_tick, self._deadline)
+        return super().get_timer()
 
-    def next_action(self) -> SendProbe | Heard | GaveUp | None:
-        return self._actions.popleft() if self._actions else None
+    def _give_up(self) -> GaveUp:
+        return GaveUp(f"birthday probing: no port of {self._ip} answered "
+                      f"{self.probes_sent} probes", self.probes_sent)
 
-    def _send_tick(self, now: float) -> None:
+    def _tick(self, now: float) -> None:
         low, high = self._ports
-        budget = min(self._per_tick, self._max - len(self._tried), high - low + 1 -
-                     len(self._tried))
+        budget = min(self._per_tick, self._max - len(self._tried),
+                     high - low + 1 - len(self._tried))
         for _ in range(budget):
             port = self._rng.randint(low, high)
             while port in self._tried:  # each port once: bounded since budget <= free ports
                 port = self._rng.randint(low, high)
             self._tried.add(port)
             self._actions.append(SendProbe(Endpoint(self._ip, port), Probe(self._txid)))
-        self._next_tick = now + self._tick
-
-    def _finish(self, outcome: Heard | GaveUp) -> None:
-        self._done = True
-        self._actions.append(outcome)
 
 
-class HardSideSession:
+class HardSideSession(DeadlineSession[SendFrom | HeardOn]):
     """Sends one probe from each of `sockets` sockets to the easy side's endpoints."""
 
     def __init__(self, txid: bytes, targets: Sequence[Endpoint], *, sockets: int,
                  refresh_interval: float, timeout: float) -> None:
         if not targets or sockets < 1:
             raise LocalProtocolError("birthday probing needs targets and sockets")
+        super().__init__(interval=refresh_interval, timeout=timeout)
         self._txid, self._targets, self._sockets = txid, tuple(targets), sockets
-        self._interval, self._timeout = refresh_interval, timeout
-        self._actions: deque[SendFrom | HeardOn | GaveUp] = deque()
-        self._started_at = self._next_round = self._deadline = 0.0
         self._probes_sent = 0
-        self._done = False
 
     @property
     def probes_sent(self) -> int:
         return self._probes_sent
-
-    def start(self, now: float) -> None:
-        self._started_at, self._deadline = now, now + self._timeout
-        self._send_round(now)
 
     def receive_probe(self, socket: int, probe: Probe, src: Endpoint, now: float) -> None:
         if self._done or not hmac.compare_digest(probe.txid, self._txid):
@@ -139,28 +108,12 @@ class HardSideSession:
         self._probes_sent += 1
         self._finish(HeardOn(socket, src, now - self._started_at, self._probes_sent))
 
-    def handle_timer(self, now: float) -> None:
-        if self._done:
-            return
-        if now >= self._deadline:
-            self._finish(GaveUp("birthday probing: no probe reached any of "
-                                f"{self._sockets} sockets", self._probes_sent))
-        elif now >= self._next_round:
-            self._send_round(now)
+    def _give_up(self) -> GaveUp:
+        return GaveUp(f"birthday probing: no probe reached any of {self._sockets} sockets",
+                      self._probes_sent)
 
-    def get_timer(self) -> float | None:
-        return None if self._done else min(self._next_round, self._deadline)
-
-    def next_action(self) -> SendFrom | HeardOn | GaveUp | None:
-        return self._actions.popleft() if self._actions else None
-
-    def _send_round(self, now: float) -> None:
+    def _tick(self, now: float) -> None:
         for socket in range(self._sockets):
             for dst in self._targets:
                 self._actions.append(SendFrom(socket, dst, Probe(self._txid)))
                 self._probes_sent += 1
-        self._next_round = now + self._interval
-
-    def _finish(self, outcome: HeardOn | GaveUp) -> None:
-        self._done = True
-        self._actions.append(outcome)

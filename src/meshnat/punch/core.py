@@ -16,6 +16,7 @@ import hmac
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from meshnat.endpoint import Endpoint
 from meshnat.errors import LocalProtocolError
@@ -44,30 +45,66 @@ class GaveUp:
 
 
 Action = SendProbe | Heard | GaveUp
+A = TypeVar("A")
 
 
-class UdpPunchSession:
+class DeadlineSession(Generic[A]):
+    """Clockwork shared by the punch sessions: a queue of actions, a tick every `interval`,
+    a deadline, and exactly one final outcome. Subclasses say what a tick sends (`_tick`) and
+    how giving up reads (`_give_up`)."""
+
+    def __init__(self, *, interval: float, timeout: float) -> None:
+        self._interval, self._timeout = interval, timeout
+        self._actions: deque[A | GaveUp] = deque()
+        self._started_at = self._next_tick = self._deadline = 0.0
+        self._done = False
+
+    def start(self, now: float) -> None:
+        self._started_at, self._deadline = now, now + self._timeout
+        self._tick(now)
+        self._next_tick = now + self._interval
+
+    def handle_timer(self, now: float) -> None:
+        if self._done:
+            return
+        if now >= self._deadline:
+            self._finish(self._give_up())
+        elif now >= self._next_tick:
+            self._tick(now)
+            self._next_tick = now + self._interval
+
+    def get_timer(self) -> float | None:
+        return None if self._done else min(self._next_tick, self._deadline)
+
+    def next_action(self) -> A | GaveUp | None:
+        return self._actions.popleft() if self._actions else None
+
+    def _finish(self, outcome: A | GaveUp) -> None:
+        self._done = True
+        self._actions.append(outcome)
+
+    def _tick(self, now: float) -> None:
+        raise NotImplementedError
+
+    def _give_up(self) -> GaveUp:
+        raise NotImplementedError
+
+
+class UdpPunchSession(DeadlineSession[SendProbe | Heard]):
     """Driven by start(), receive_probe() and handle_timer(); every call takes `now`."""
 
     def __init__(self, txid: bytes, candidates: Sequence[Endpoint], *, probe_interval: float,
                  timeout: float, max_candidates: int = 8) -> None:
         if not candidates:
             raise LocalProtocolError("a punch needs at least one candidate endpoint")
+        super().__init__(interval=probe_interval, timeout=timeout)
         self._txid = txid
         self._candidates = tuple(dict.fromkeys(candidates))[:max_candidates]
-        self._interval, self._timeout = probe_interval, timeout
-        self._actions: deque[Action] = deque()
-        self._started_at = self._next_round_at = self._deadline = 0.0
         self._probes_sent = 0
-        self._done = False
 
     @property
     def probes_sent(self) -> int:
         return self._probes_sent
-
-    def start(self, now: float) -> None:
-        self._started_at, self._deadline = now, now + self._timeout
-        self._send_round(now)
 
     def receive_probe(self, probe: Probe, src: Endpoint, now: float) -> None:
         if self._done or not hmac.compare_digest(probe.txid, self._txid):
@@ -75,30 +112,13 @@ class UdpPunchSession:
         self._send(src, ack=True)
         self._finish(Heard(src, now - self._started_at, self._probes_sent))
 
-    def handle_timer(self, now: float) -> None:
-        if self._done:
-            return
-        if now >= self._deadline:
-            self._finish(GaveUp(f"no probe from the peer within {self._timeout:.1f}s",
-                                self._probes_sent))
-        elif now >= self._next_round_at:
-            self._send_round(now)
-
-    def get_timer(self) -> float | None:
-        return None if self._done else min(self._next_round_at, self._deadline)
-
-    def next_action(self) -> Action | None:
-        return self._actions.popleft() if self._actions else None
-
-    def _send_round(self, now: float) -> None:
+    def _tick(self, now: float) -> None:
         for dst in self._candidates:
             self._send(dst, ack=False)
-        self._next_round_at = now + self._interval
+
+    def _give_up(self) -> GaveUp:
+        return GaveUp(f"no probe from the peer within {self._timeout:.1f}s", self._probes_sent)
 
     def _send(self, dst: Endpoint, *, ack: bool) -> None:
         self._actions.append(SendProbe(dst, Probe(self._txid, ack)))
         self._probes_sent += 1
-
-    def _finish(self, outcome: Heard | GaveUp) -> None:
-        self._done = True
-        self._actions.append(outcome)

@@ -12,7 +12,7 @@ from enum import IntEnum
 from typing import ClassVar, Self
 
 from meshnat.endpoint import Endpoint
-from meshnat.wire.codec import Fields
+from meshnat.wire.codec import Fields, TxidOnly
 
 UDP, TCP, MAPPING, ACK = 8, 9, 10, 11
 MAX_CANDIDATES = 8
@@ -58,18 +58,10 @@ class Offer:
 
 
 @dataclass(frozen=True, slots=True)
-class Sync:
+class Sync(TxidOnly):
     """The initiator's signal: the responder punches on receipt, the initiator RTT/2 later."""
 
     TYPE: ClassVar[MsgType] = MsgType.SYNC
-    txid: bytes
-
-    def to_fields(self) -> dict[int, object]:
-        return {}
-
-    @classmethod
-    def from_fields(cls, txid: bytes, f: Fields) -> Self:
-        return cls(txid)
 
 
 @dataclass(frozen=True, slots=True)

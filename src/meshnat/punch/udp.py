@@ -6,6 +6,8 @@ import contextlib
 import logging
 import math
 import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import trio
 
@@ -37,29 +39,16 @@ async def punch_udp(node: MeshNode, session: UdpPunchSession | EasySideSession) 
         except trio.WouldBlock:
             log.debug("punch: probe queue full, dropped one from %s", src)
 
+    async def send_probe(action: SendProbe) -> None:
+        await node.udp.sendto(frame_datagram(encode(action.probe)), action.dst)
+
     unsubscribe = node.udp.subscribe(on_datagram)
     try:
-        session.start(trio.current_time())
-        while True:
-            while (action := session.next_action()) is not None:
-                match action:
-                    case SendProbe(dst=dst, probe=probe):
-                        try:
-                            await node.udp.sendto(frame_datagram(encode(probe)), dst)
-                        except OSError as exc:  # one bad candidate must not end the punch
-                            log.debug("punch: probe to %s failed: %s", dst, exc)
-                    case Heard():
-                        return action
-                    case GaveUp(reason=reason, probes_sent=sent):
-                        raise PunchFailed(reason, probes_sent=sent)
-            timer = session.get_timer()
-            with trio.move_on_at(math.inf if timer is None else timer):
-                probe, src = await receive.receive()
-                session.receive_probe(probe, src, trio.current_time())
-                continue
-            session.handle_timer(trio.current_time())
+        heard = await _drive(session, receive, send_probe)
     finally:
         unsubscribe()
+    assert isinstance(heard, Heard)
+    return heard
 
 
 async def punch_udp_many(session: HardSideSession, sockets: int) -> tuple[HeardOn, int]:
@@ -92,7 +81,12 @@ async def punch_udp_many(session: HardSideSession, sockets: int) -> tuple[HeardO
 
             for index, sock in enumerate(socks):
                 nursery.start_soon(listen, index, sock)
-            heard = await _drive_many(session, socks, receive)
+            async def send_from(action: SendFrom) -> None:
+                await socks[action.socket].sendto(frame_datagram(encode(action.probe)),
+                                                  action.dst.to_sockaddr())
+
+            heard = await _drive(session, receive, send_from)
+            assert isinstance(heard, HeardOn)
             nursery.cancel_scope.cancel()
         return heard, socks[heard.socket].getsockname()[1]
     finally:
@@ -100,26 +94,25 @@ async def punch_udp_many(session: HardSideSession, sockets: int) -> tuple[HeardO
             sock.close()
 
 
-async def _drive_many(session: HardSideSession, socks: list[trio.socket.SocketType],
-                      receive: trio.MemoryReceiveChannel[tuple[int, Probe, Endpoint]]
-                      ) -> HeardOn:
+async def _drive(session: Any, receive: trio.MemoryReceiveChannel[Any],
+                 send: Callable[[Any], Awaitable[None]]) -> Heard | HeardOn:
+    """The one loop for every punch session: drain actions, wait for a probe or the timer."""
     session.start(trio.current_time())
     while True:
         while (action := session.next_action()) is not None:
             match action:
-                case SendFrom(socket=index, dst=dst, probe=probe):
-                    try:
-                        await socks[index].sendto(frame_datagram(encode(probe)),
-                                                  dst.to_sockaddr())
-                    except OSError as exc:
-                        log.debug("punch: birthday probe to %s failed: %s", dst, exc)
-                case HeardOn():
+                case Heard() | HeardOn():
                     return action
                 case GaveUp(reason=reason, probes_sent=sent):
                     raise PunchFailed(reason, probes_sent=sent)
+                case _:
+                    try:
+                        await send(action)
+                    except OSError as exc:  # one bad candidate must not end the punch
+                        log.debug("punch: probe to %s failed: %s", action.dst, exc)
         timer = session.get_timer()
         with trio.move_on_at(math.inf if timer is None else timer):
-            index, probe, src = await receive.receive()
-            session.receive_probe(index, probe, src, trio.current_time())
+            item = await receive.receive()
+            session.receive_probe(*item, trio.current_time())
             continue
         session.handle_timer(trio.current_time())

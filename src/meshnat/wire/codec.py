@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import secrets
+from dataclasses import dataclass
 from typing import Protocol, Self, TypeVar, overload
 
 import cbor2
@@ -161,3 +162,17 @@ def decode(data: bytes, *expected: type[Message], limit: int = MAX_MESSAGE_SIZE)
             fields.ensure_consumed()
             return msg
     raise UnexpectedMessage(kind, types)
+
+
+@dataclass(frozen=True, slots=True)
+class TxidOnly:
+    """Base of messages with no fields of their own (subclasses set `TYPE`)."""
+
+    txid: bytes
+
+    def to_fields(self) -> dict[int, object]:
+        return {}
+
+    @classmethod
+    def from_fields(cls, txid: bytes, f: Fields) -> Self:
+        return cls(txid)
