@@ -103,3 +103,13 @@ def test_symmetric_dialer_reaches_a_cone_listener_by_birthday_probing(lab: Lab) 
     assert result["path"] == "punched" and result["transport"] == "udp", result
     assert result["remote"] == f"{easy.public_ip}:{PORT}"
     assert result["punch"]["probes_sent"] == 256 + 1  # one per socket, and the answer
+
+
+def test_two_hosts_behind_one_nat_connect_over_their_lan(lab: Lab) -> None:
+    relay, reflectors = start_relay(lab)
+    flat = lab.site("flat", Nat.CONE, hosts=2)
+    peer = listen(flat.hosts[1], relay, reflectors)
+    result = connect(flat.hosts[0], peer, relay, reflectors)
+    assert result["path"] == "punched", result
+    # the NAT does not hairpin, so the path that works is the LAN one
+    assert result["remote"] == f"{flat.hosts[1].ip}:{PORT}"
