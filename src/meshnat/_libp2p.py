@@ -39,6 +39,8 @@ from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.serialization import deserialize_private_key
 from libp2p.custom_types import TProtocol
 from libp2p.exceptions import BaseLibp2pError, ParseError
+from libp2p.host.ping import ID as PING_PROTOCOL
+from libp2p.host.ping import perform_ping_roundtrip
 from libp2p.io.exceptions import IncompleteReadError, IOException
 from libp2p.io.exceptions import MessageTooLarge as Libp2pMessageTooLarge
 from libp2p.network.config import ConnectionConfig
@@ -49,6 +51,7 @@ from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.protocol_muxer.multiselect_communicator import MultiselectCommunicator
 from libp2p.stream_muxer.exceptions import MuxedStreamError
 from libp2p.transport.quic.connection import QUICConnection
+from libp2p.transport.quic.exceptions import QUICError
 from libp2p.transport.quic.listener import QUICListener
 from libp2p.transport.quic.transport import QUICTransport
 from libp2p.utils.address_validation import expand_wildcard_address
@@ -383,6 +386,7 @@ def map_peer_errors(stage: str, timeout: float | None = None) -> Iterator[None]:
         trio.ClosedResourceError,
         OSError,
         BaseLibp2pError,  # dial, security and protocol negotiation failures
+        QUICError,  # py-libp2p's QUIC errors have their own root
     ) as exc:
         raise PeerUnavailable(f"{stage}: {type(exc).__name__}: {exc}") from exc
 
@@ -464,6 +468,18 @@ async def wait_direct_connection(host: IHost, peer: ID) -> INetConn:
                 return conn
         await arrived.wait()
     return found[0]
+
+
+async def ping_over(host: IHost, conn: INetConn, timeout: float) -> None:
+    """One libp2p ping round trip over exactly `conn` (every py-libp2p host answers ping)."""
+    with map_peer_errors("ping", timeout), trio.fail_after(timeout):
+        stream = await open_stream_on(host, conn, PING_PROTOCOL, timeout)
+        try:
+            await perform_ping_roundtrip(stream)
+        except ValueError as exc:  # a pong that does not match the ping
+            raise MalformedMessage(f"ping: {exc}") from exc
+        finally:
+            await reset_quietly(stream)
 
 
 def remote_endpoint(stream: INetStream) -> Endpoint | None:

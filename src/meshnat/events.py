@@ -38,7 +38,34 @@ class StreamRejected:
     reason: str
 
 
-MeshEvent = AddressConfirmed | AddressDisputed | StreamRejected
+@dataclass(frozen=True, slots=True)
+class PunchSucceeded:
+    """A direct connection to `peer` was opened through the NATs."""
+
+    peer: str
+    transport: str
+    remote: Endpoint
+    elapsed: float
+
+
+@dataclass(frozen=True, slots=True)
+class PunchAbandoned:
+    """No direct path to `peer` this time; the existing (relayed) connection stays."""
+
+    peer: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PathLost:
+    """A punched connection stopped answering keepalives."""
+
+    peer: str
+    reason: str
+
+
+MeshEvent = (AddressConfirmed | AddressDisputed | StreamRejected | PunchSucceeded
+             | PunchAbandoned | PathLost)
 EventSink = Callable[[MeshEvent], None]
 
 

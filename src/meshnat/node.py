@@ -83,6 +83,17 @@ class Service(Protocol):
 S = TypeVar("S", bound=Service)
 
 
+class _StartedFlag:
+    """A task_status that remembers whether started() was called."""
+
+    def __init__(self, inner: TaskStatus[None]) -> None:
+        self._inner, self.is_set = inner, False
+
+    def started(self, value: None = None) -> None:
+        self.is_set = True
+        self._inner.started(value)
+
+
 @dataclass(slots=True)
 class _Mounted:
     scope: trio.CancelScope
@@ -189,9 +200,15 @@ class MeshNode:
         entry = _Mounted(trio.CancelScope())
 
         async def run(task_status: TaskStatus[None]) -> None:
+            started = _StartedFlag(task_status)
             try:
                 with entry.scope:
-                    await service.serve(self, task_status=task_status)
+                    await service.serve(self, task_status=started)
+            except Exception:
+                if not started.is_set:
+                    raise  # mount() reports it to the caller
+                # a running service failed: our bug; it stops, the node and others go on
+                log.error("service %s crashed; unmounted", type(service).__name__, exc_info=True)
             finally:
                 self._mounted.pop(id(service), None)
                 entry.done.set()

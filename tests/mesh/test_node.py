@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from meshnat import EchoService, MeshNode, NodeConfig
-from meshnat._libp2p import INetStream, PeerInfo, TProtocol, guarded_handler
+from meshnat._libp2p import INetStream, PeerInfo, TaskStatus, TProtocol, guarded_handler
 from meshnat.echo import echo
 from meshnat.errors import ConfigError, LocalProtocolError, PeerUnavailable
 from tests.support.fake_reflectors import LOOPBACK, nodes
@@ -96,3 +97,25 @@ async def test_a_fixed_port_already_in_use_is_refused_not_shared() -> None:
         with pytest.raises(ConfigError, match="not free"):
             async with MeshNode(taken):
                 pass
+
+
+class _CrashesAfterStart:
+    def __init__(self) -> None:
+        self.go = trio.Event()
+
+    async def serve(self, node: MeshNode, *, task_status: TaskStatus[None]) -> None:
+        task_status.started()
+        await self.go.wait()
+        raise RuntimeError("a bug in a running service")
+
+
+async def test_a_running_service_that_crashes_is_unmounted_and_the_node_goes_on() -> None:
+    async with nodes(2) as (a, b):
+        crashing = await a.mount(_CrashesAfterStart())
+        await a.mount(EchoService())
+        crashing.go.set()
+        with trio.fail_after(10):
+            await trio.testing.wait_all_tasks_blocked()
+            assert await echo(b, a.peer_info(), b"alive") == b"alive"
+        with pytest.raises(LocalProtocolError):
+            await a.unmount(crashing)

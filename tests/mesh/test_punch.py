@@ -11,6 +11,7 @@ from meshnat import EchoService, MeshNode
 from meshnat._libp2p import PeerInfo, close_connections, is_relayed
 from meshnat.echo import ECHO_PROTOCOL
 from meshnat.errors import NotMounted, PunchFailed
+from meshnat.events import EventSink, MeshEvent, PathLost, PunchSucceeded, ignore_events
 from meshnat.punch import HolePuncher, PunchConfig
 from meshnat.punch.messages import MappingHint
 from meshnat.relay import RelayClient, RelayService
@@ -18,7 +19,7 @@ from tests.support.fake_reflectors import LOOPBACK
 
 
 async def relayed_pair(stack: AsyncExitStack, a_config: PunchConfig | None = None,
-                       b_config: PunchConfig | None = None
+                       b_config: PunchConfig | None = None, a_events: EventSink = ignore_events,
                        ) -> tuple[MeshNode, MeshNode, MeshNode, HolePuncher]:
     """A relay, and A connected to B only through it; both run a HolePuncher."""
     relay = await stack.enter_async_context(MeshNode(LOOPBACK))
@@ -29,7 +30,7 @@ async def relayed_pair(stack: AsyncExitStack, a_config: PunchConfig | None = Non
     await b_relay.reserve(relay.peer_info())
     await b.mount(EchoService())
     await b.mount(HolePuncher(b_config))
-    puncher = await a.mount(HolePuncher(a_config))
+    puncher = await a.mount(HolePuncher(a_config, events=a_events))
     await a_relay.dial(relay.peer_info(), b.peer_id)
     (conn,) = a.host.get_network().get_connections(b.peer_id)
     assert is_relayed(conn)
@@ -66,3 +67,26 @@ async def test_two_endpoint_dependent_sides_give_up_at_once() -> None:
 async def test_puncher_must_be_mounted() -> None:
     with pytest.raises(NotMounted):
         await HolePuncher().punch(PeerInfo(None, []).peer_id)  # type: ignore[arg-type]
+
+
+async def test_a_dead_direct_path_is_noticed_by_keepalives_and_punched_again() -> None:
+    events: list[MeshEvent] = []
+    repunched = trio.Event()
+
+    def sink(event: MeshEvent) -> None:
+        events.append(event)
+        if sum(isinstance(e, PunchSucceeded) for e in events) == 2:
+            repunched.set()
+
+    fast = PunchConfig(keepalive_interval=0.05, repunch_attempts=1)
+    with trio.fail_after(20):
+        async with AsyncExitStack() as stack:
+            _, a, b, puncher = await relayed_pair(stack, fast, a_events=sink)
+            first = await puncher.punch(b.peer_id)
+            await first.connection.close()  # the direct path dies; the relay still works
+            await repunched.wait()
+            assert [type(e) for e in events] == [PunchSucceeded, PathLost, PunchSucceeded]
+            assert (puncher.paths_lost, puncher.repunches) == (1, 1)
+            direct = [c for c in a.host.get_network().get_connections(b.peer_id)
+                      if not is_relayed(c)]
+            assert direct and first.connection not in direct

@@ -41,3 +41,10 @@ def test_one_real_error_is_unwrapped_from_nested_groups() -> None:
     assert caught.value is inner
     with pytest.raises(ExceptionGroup), _libp2p.single_exception():
         raise ExceptionGroup("two", [ValueError(), KeyError()])
+
+
+def test_quic_errors_have_their_own_root_and_are_mapped_too() -> None:
+    from libp2p.transport.quic.exceptions import QUICConnectionClosedError
+
+    with pytest.raises(PeerUnavailable), _libp2p.map_peer_errors("stage"):
+        raise QUICConnectionClosedError("Connection is closed")

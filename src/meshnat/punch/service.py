@@ -29,6 +29,13 @@ from meshnat.errors import (
     PunchFailed,
     RemoteProtocolError,
 )
+from meshnat.events import (
+    EventSink,
+    PathLost,
+    PunchAbandoned,
+    PunchSucceeded,
+    ignore_events,
+)
 from meshnat.node import MeshNode
 from meshnat.punch.birthday import EasySideSession, HardSideSession
 from meshnat.punch.core import UdpPunchSession
@@ -59,6 +66,13 @@ class PunchConfig:
     """This node's mapping behaviour (from discovery or its NatReport). One endpoint-dependent
     side against an endpoint-independent one means birthday probing; two give up at once."""
 
+    keepalive_interval: float = 25.0
+    """Seconds between pings over a punched connection, to hold its NAT mappings (Linux
+    conntrack drops a UDP mapping after 30 s of one-exchange flows; Tailscale uses 27 s)."""
+
+    repunch_attempts: int = 2
+    """Times the initiator punches again after a punched connection dies (0: never)."""
+
     birthday_sockets: int = 256
     """Sockets the endpoint-dependent side opens for birthday probing."""
 
@@ -72,7 +86,9 @@ class PunchConfig:
         for name in ("birthday_sockets", "birthday_max_probes", "birthday_probes_per_tick"):
             if not 1 <= getattr(self, name) <= 65535:
                 raise ConfigError(f"{name} must be in [1, 65535], got {getattr(self, name)!r}")
-        for name in ("probe_interval", "punch_timeout", "stream_timeout"):
+        if not 0 <= self.repunch_attempts <= 10:
+            raise ConfigError(f"repunch_attempts must be in [0, 10], got {self.repunch_attempts}")
+        for name in ("probe_interval", "punch_timeout", "stream_timeout", "keepalive_interval"):
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):
                 raise ConfigError(f"{name} must be a positive number, got {value!r}")
@@ -107,30 +123,51 @@ class HolePuncher:
     protocol_id = PUNCH_PROTOCOL
 
     def __init__(self, config: PunchConfig | None = None, *,
-                 discovery: PeerAddressDiscovery | None = None) -> None:
+                 discovery: PeerAddressDiscovery | None = None,
+                 events: EventSink = ignore_events) -> None:
         self.config = config or PunchConfig()
         self._discovery = discovery
+        self._events = events
         self._node: MeshNode | None = None
+        self._nursery: trio.Nursery | None = None
+        self.keepalives_sent = self.paths_lost = self.repunches = 0
 
     async def serve(self, node: MeshNode, *, task_status: TaskStatus[None]) -> None:
         self._node = node
         node.host.set_stream_handler(self.protocol_id,
                                      _libp2p.guarded_handler("punch", self._respond))
         try:
-            task_status.started()
-            await trio.sleep_forever()
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await trio.sleep_forever()
         finally:
             node.host.remove_stream_handler(self.protocol_id)
-            self._node = None
+            self._node = self._nursery = None
 
     # --- initiator ---------------------------------------------------------------------------
 
     async def punch(self, peer: ID) -> Punched:
         """Open a direct connection to `peer` over an existing (e.g. relayed) connection.
 
+        The connection is then kept alive with pings and punched again (up to
+        `repunch_attempts` times) if it dies while another connection still reaches the peer.
         Raises PunchFailed (no path; the existing connection stays usable), PeerUnavailable or
         PeerTimeout (coordination failed) or a RemoteProtocolError subclass.
         """
+        return await self._punch_and_keep(peer, self.config.repunch_attempts)
+
+    async def _punch_and_keep(self, peer: ID, repunches_left: int) -> Punched:
+        try:
+            result = await self._punch(peer)
+        except PunchFailed as exc:
+            self._events(PunchAbandoned(str(peer), exc.reason))
+            raise
+        self._events(PunchSucceeded(str(peer), result.transport, result.remote, result.elapsed))
+        self._keep(result, repunches_left=repunches_left)
+        return result
+
+    async def _punch(self, peer: ID) -> Punched:
         node = self._mounted()
         started = trio.current_time()
         limit = self.config.stream_timeout
@@ -147,9 +184,10 @@ class HolePuncher:
                 self._check_strategy(offer, theirs)
                 await _libp2p.write_frame(stream, encode(Sync(offer.txid)))
             await trio.sleep(rtt / 2)  # DCUtR: the initiator punches RTT/2 after Sync
-            return await self._race(node, peer, offer, theirs, rtt, started, initiator=True)
+            result = await self._race(node, peer, offer, theirs, rtt, started, initiator=True)
         finally:
             await _libp2p.reset_quietly(stream)
+        return result
 
     # --- responder ---------------------------------------------------------------------------
 
@@ -174,10 +212,41 @@ class HolePuncher:
             result = await self._race(node, peer, offer, theirs, 0.0, trio.current_time(),
                                       initiator=False)
             log.info("punch: responded to %s: %s path %s", peer, result.transport, result.remote)
+            self._keep(result, repunches_left=0)  # re-punching is the initiator's job
         except MeshNatError as exc:
             log.info("punch: responding to %s ended: %s", peer, exc)
         finally:
             await _libp2p.reset_quietly(stream)
+
+    # --- keeping the path ----------------------------------------------------------------------
+
+    def _keep(self, result: Punched, *, repunches_left: int) -> None:
+        if self._nursery is not None:
+            self._nursery.start_soon(self._keepalive, result, repunches_left)
+
+    async def _keepalive(self, result: Punched, repunches_left: int) -> None:
+        """Ping over the punched connection so its NAT mappings stay; re-punch if it dies."""
+        node = self._mounted()
+        while True:
+            await trio.sleep(self.config.keepalive_interval)  # the keepalive period itself
+            try:
+                await _libp2p.ping_over(node.host, result.connection,
+                                        timeout=self.config.stream_timeout)
+            except MeshNatError as exc:
+                self.paths_lost += 1
+                self._events(PathLost(str(result.peer), str(exc)))
+                log.info("punch: direct path to %s lost: %s", result.peer, exc)
+                break
+            self.keepalives_sent += 1
+        if repunches_left <= 0:
+            return
+        self.repunches += 1
+        try:  # only works while another connection (e.g. the relay) still reaches the peer
+            again = await self._punch_and_keep(result.peer, repunches_left - 1)
+        except MeshNatError as exc:
+            log.info("punch: re-punch to %s failed: %s", result.peer, exc)
+            return
+        log.info("punch: re-punched %s over %s", again.peer, again.transport)
 
     # --- both sides --------------------------------------------------------------------------
 
