@@ -24,8 +24,9 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_codec
 	$(BIN)/python -m benchmarks.bench_reflection
 	$(BIN)/python -m benchmarks.bench_discovery
-	@if [ "$$(id -u)" = 0 ]; then $(BIN)/python -m benchmarks.bench_classify_lab; \
-	else echo "bench_classify_lab skipped: needs root for the NAT lab"; fi
+	@if [ "$$(id -u)" = 0 ]; then $(BIN)/python -m benchmarks.bench_classify_lab && \
+	$(BIN)/python -m benchmarks.bench_punch_lab; \
+	else echo "lab benchmarks skipped: they need root for the NAT lab"; fi
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

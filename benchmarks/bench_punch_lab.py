@@ -1,10 +1,13 @@
-"""Hole punching in the lab: time from punch() to the first byte over the direct path.
+"""Hole punching in the lab: time from punch() to the first byte over the direct path,
+against py-libp2p 0.8.1's own DCUtR in the same lab and run.
 
 Needs root (network namespaces). Per NAT pair, `meshnat connect` runs ROUNDS times against a
 `meshnat listen` peer behind the other NAT; each run reaches the peer over a relay circuit,
 punches, and echoes over the final path. Printed: median and p90 of punch-to-first-byte
 (time to the direct connection plus the first echo over it), probes sent by the dialer, and the
 ratio to the same run's relayed baseline (circuit dial plus first echo through the relay).
+Then py-libp2p's DCUtR as shipped (benchmarks/dcutr_node.py, TCP: its QUIC cannot punch) runs
+cone -> cone ROUNDS times in its own lab, and the meshnat/py-libp2p ratio is printed.
 
 Run: sudo .venv/bin/python -m benchmarks.bench_punch_lab
 """
@@ -12,6 +15,7 @@ Run: sudo .venv/bin/python -m benchmarks.bench_punch_lab
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from tests.lab.test_punch_lab import listen, mesh_args, start_relay
 from tests.support.netlab import Lab, Nat, lab_available
@@ -19,14 +23,35 @@ from tests.support.netlab import Lab, Nat, lab_available
 from benchmarks._stats import median_p, row
 
 ROUNDS = 10
+DCUTR_NODE = str(Path(__file__).with_name("dcutr_node.py"))
 WIDTHS = (24, 12, 10, 10, 10, 12, 10)
 PAIRS = [(Nat.CONE, Nat.CONE), (Nat.CONE, Nat.SYMMETRIC), (Nat.SYMMETRIC, Nat.CONE),
          (Nat.UDP_BLOCKED, Nat.CONE), (None, Nat.CONE)]
 
 
+def dcutr_baseline() -> list[float]:
+    """py-libp2p's DCUtR, cone -> cone: initiate_hole_punch() to the first echo byte, ms."""
+    times = []
+    with Lab("mnbenchdcutr") as lab:
+        relay = lab.public_host("relay")
+        _, ready = relay.start_json(relay.python(DCUTR_NODE, "relay", "--ip", relay.ip),
+                                    timeout=30)
+        dialer, listener = lab.site("a", Nat.CONE).hosts[0], lab.site("b", Nat.CONE).hosts[0]
+        _, peer = listener.start_json(listener.python(DCUTR_NODE, "listener", "--relay",
+                                                      str(ready["addr"])), timeout=30)
+        for _ in range(ROUNDS):
+            proc = dialer.run(dialer.python(DCUTR_NODE, "dialer", "--relay", str(ready["addr"]),
+                                            "--peer", str(peer["peer_id"])), timeout=90)
+            result = json.loads(proc.stdout.splitlines()[-1])
+            if result["direct"] and result["echo_ok"]:
+                times.append(result["first_byte_ms"])
+    return times
+
+
 def main() -> None:
     if (reason := lab_available()) is not None:
         raise SystemExit(reason)
+    cone_cone: list[float] = []
     print(row("dialer -> listener", "direct", "median ms", "p90 ms", "probes", "relayed ms",
               "ratio", widths=WIDTHS))
     for n, (left, right) in enumerate(PAIRS):
@@ -53,9 +78,19 @@ def main() -> None:
                 continue
             med, p90 = median_p(direct, 90)
             base = median_p(relayed, 50)[0]
+            if (left, right) == (Nat.CONE, Nat.CONE):
+                cone_cone = direct
             print(row(name, f"{len(direct)}/{ROUNDS}", f"{med:.1f}", f"{p90:.1f}",
                       f"{median_p([float(p) for p in probes], 50)[0]:.0f}", f"{base:.1f}",
                       f"{med / base:.2f}", widths=WIDTHS))
+    baseline = dcutr_baseline()
+    if baseline and cone_cone:
+        ours, theirs = median_p(cone_cone, 50)[0], median_p(baseline, 50)[0]
+        print(f"py-libp2p 0.8.1 DCUtR, cone -> cone, TCP: {len(baseline)}/{ROUNDS} direct, "
+              f"median {theirs:.1f} ms, p90 {median_p(baseline, 90)[1]:.1f} ms; "
+              f"meshnat/py-libp2p = {ours / theirs:.2f}")
+    else:
+        print(f"py-libp2p 0.8.1 DCUtR, cone -> cone: {len(baseline)}/{ROUNDS} direct")
     print("direct: punch() to the first echo byte over the punched path; relayed: circuit dial "
           "to the first echo byte through the relay (same lab, same run); probes: UDP probes "
           "the dialer sent (birthday pairs: 256 sockets on the hard side, <= 2048 probes on "
