@@ -58,3 +58,29 @@ async def test_relay_client_must_be_mounted_and_relay_config_is_checked() -> Non
         await RelayClient().reserve(PeerInfo(None, []))  # type: ignore[arg-type]
     with pytest.raises(ConfigError):
         RelayServiceConfig(max_circuits=0)
+
+
+async def test_a_full_relay_refuses_further_reservations_clearly() -> None:
+    async with nodes(3) as (relay, first, second):
+        await relay.mount(RelayService(RelayServiceConfig(max_reservations=1)))
+        one, two = await first.mount(RelayClient()), await second.mount(RelayClient())
+        with trio.fail_after(15):
+            await one.reserve(relay.peer_info())
+            with pytest.raises(RelayUnavailable, match="refused"):
+                await two.reserve(relay.peer_info())
+
+
+async def test_a_circuit_over_its_byte_limit_is_cut_and_the_caller_is_told() -> None:
+    async with nodes(3) as (relay, listener, dialer):
+        await relay.mount(RelayService(RelayServiceConfig(circuit_bytes=32 * 1024)))
+        listener_client, dialer_client = await listener.mount(RelayClient()), \
+            await dialer.mount(RelayClient())
+        await listener.mount(EchoService())
+        with trio.fail_after(15):
+            circuit = await listener_client.reserve(relay.peer_info())
+            await dialer_client.dial(relay.peer_info(), listener.peer_id)
+            target = PeerInfo(listener.peer_id, [circuit])
+            assert await echo(dialer, target, b"small") == b"small"
+            with pytest.raises(PeerUnavailable):
+                for _ in range(8):  # 8 x 16 KiB > 32 KiB: the relay must cut the circuit
+                    await echo(dialer, target, bytes(16 * 1024), timeout=5)
