@@ -64,8 +64,27 @@ class PathLost:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class PathEstablished:
+    """Connector reached `peer`: `kind` is `direct`, `punched` or `relayed`."""
+
+    peer: str
+    kind: str
+    transport: str
+
+
+@dataclass(frozen=True, slots=True)
+class PathUpgraded:
+    """A relayed peer is now reached directly; the relayed connection was closed."""
+
+    peer: str
+    transport: str
+    remote: Endpoint
+    elapsed: float
+
+
 MeshEvent = (AddressConfirmed | AddressDisputed | StreamRejected | PunchSucceeded
-             | PunchAbandoned | PathLost)
+             | PunchAbandoned | PathLost | PathEstablished | PathUpgraded)
 EventSink = Callable[[MeshEvent], None]
 
 

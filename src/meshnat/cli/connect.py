@@ -11,9 +11,11 @@ from meshnat import _libp2p
 from meshnat._libp2p import ID, INetConn, PeerInfo
 from meshnat.classify import ProbeHelperConfig, ProbeHelperService
 from meshnat.cli.commands import DEFAULT_PORT, Output, node_config_from_listen, wait_for_signal
+from meshnat.connect import Connector
 from meshnat.discovery import DiscoveryConfig, PeerAddressDiscovery
 from meshnat.echo import EchoService, echo
-from meshnat.errors import ConfigError, MeshNatError, NoConsensus, PunchFailed
+from meshnat.errors import ConfigError, MeshNatError, NoConsensus
+from meshnat.events import EventSink, MeshEvent, PunchAbandoned, ignore_events
 from meshnat.node import MeshNode, NodeConfig
 from meshnat.punch import HolePuncher, PunchConfig
 from meshnat.punch.messages import MappingHint
@@ -43,8 +45,8 @@ def _relay(args: argparse.Namespace) -> PeerInfo:
     return relay
 
 
-async def _mount_mesh(node: MeshNode, args: argparse.Namespace
-                      ) -> tuple[RelayClient, HolePuncher]:
+async def _mount_mesh(node: MeshNode, args: argparse.Namespace,
+                      events: EventSink = ignore_events) -> tuple[RelayClient, HolePuncher]:
     """Discover this node's addresses (best effort), then mount the relay client and puncher."""
     reflectors = _libp2p.merge_peer_addrs(args.reflector)
     config = DiscoveryConfig(min_responses=max(1, min(3, len(reflectors))))
@@ -62,7 +64,8 @@ async def _mount_mesh(node: MeshNode, args: argparse.Namespace
             continue
         if transport == "udp" and consensus.address is not None:
             mapping = MappingHint.ENDPOINT_INDEPENDENT  # one mapping seen by all
-    puncher = await node.mount(HolePuncher(PunchConfig(mapping=mapping), discovery=discovery))
+    puncher = await node.mount(HolePuncher(PunchConfig(mapping=mapping), discovery=discovery,
+                                           events=events))
     return await node.mount(RelayClient()), puncher
 
 
@@ -115,29 +118,32 @@ async def run_connect(args: argparse.Namespace, out: Output) -> int:
     except ValueError as exc:
         raise ConfigError(f"not a peer id: {args.peer_id!r}") from exc
     config = NodeConfig(tcp_port=args.port, udp_port=args.port, key_file=args.key_file)
+    abandoned: list[PunchAbandoned] = []
+
+    def on_event(event: MeshEvent) -> None:
+        if isinstance(event, PunchAbandoned):
+            abandoned.append(event)
+
     async with MeshNode(config) as node:
-        relay_client, puncher = await _mount_mesh(node, args)
-        started = trio.current_time()
-        conn = await relay_client.dial(_relay(args), peer)
-        result: dict[str, object] = {"time_to_path_ms": _ms(trio.current_time() - started)}
-        punch_error = None
-        if args.wait_direct > 0:
-            with trio.move_on_after(args.wait_direct):
-                try:
-                    punched = await puncher.punch(peer)
-                except PunchFailed as exc:
-                    punch_error = exc.reason
-                else:
-                    await conn.close()  # new streams now take the direct path
-                    conn = punched.connection
-                    result["time_to_direct_ms"] = _ms(punched.elapsed)
-                    result["punch"] = punched.to_json()
+        relay_client, puncher = await _mount_mesh(node, args, events=on_event)
+        connector = await node.mount(Connector(
+            relays=[_relay(args)], relay_client=relay_client,
+            puncher=puncher if args.wait_direct > 0 else None, events=on_event))
+        path = await connector.connect(PeerInfo(peer, []))
+        result: dict[str, object] = {"time_to_path_ms": _ms(path.time_to_path)}
+        punched = None
+        if args.wait_direct > 0 and await connector.wait_direct(peer, args.wait_direct):
+            punched = connector.last_punch(peer)
+            path = await connector.connect(PeerInfo(peer, []))  # the direct one now
         echo_started = trio.current_time()
-        answer = await echo(node, PeerInfo(peer, []), b"meshnat echo", connection=conn)
-        result.update(_describe(conn), rtt_ms=_ms(trio.current_time() - echo_started),
-                      echo_ok=answer == b"meshnat echo", punch_error=punch_error)
-        if result["path"] == "direct":
-            result["path"] = "punched"
+        answer = await echo(node, PeerInfo(peer, []), b"meshnat echo", connection=path.connection)
+        result.update({k: v for k, v in path.to_json().items() if k != "time_to_path_ms"},
+                      rtt_ms=_ms(trio.current_time() - echo_started),
+                      echo_ok=answer == b"meshnat echo",
+                      punch_error=abandoned[-1].reason if abandoned else None)
+        if punched is not None:
+            result.update(path="punched", time_to_direct_ms=_ms(punched.elapsed),
+                          punch=punched.to_json())
         out.emit(result, f"{peer}: {result['path']} over {result['transport']}, "
                          f"echo {'ok' if result['echo_ok'] else 'FAILED'} "
                          f"in {result['rtt_ms']} ms")

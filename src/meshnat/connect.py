@@ -1,0 +1,169 @@
+"""`Connector`: one call to reach a peer, on the best path available now, upgraded in place.
+
+The ladder: an existing connection, then the peer's direct addresses, then a relay circuit;
+with a HolePuncher, a relayed path is punched in the background and, when a direct connection
+opens, the relayed one is closed so that new streams take the direct path (open streams on
+the relay end with it).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import trio
+
+from meshnat import _libp2p
+from meshnat._libp2p import ID, INetConn, PeerInfo, TaskStatus
+from meshnat.endpoint import Endpoint
+from meshnat.errors import ConfigError, MeshNatError, NotMounted, PeerUnavailable
+from meshnat.events import EventSink, PathEstablished, PathUpgraded, ignore_events
+from meshnat.node import MeshNode
+from meshnat.punch import HolePuncher, Punched
+from meshnat.relay import RelayClient
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConnectConfig:
+    """How Connector climbs the ladder."""
+
+    direct_timeout: float = 3.0
+    """Seconds for dialling the peer's own addresses before trying relays."""
+
+    relay_timeout: float = 10.0
+    """Seconds for one relay circuit."""
+
+    def __post_init__(self) -> None:
+        for name in ("direct_timeout", "relay_timeout"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                raise ConfigError(f"{name} must be a positive number, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Path:
+    """How this node reaches a peer right now."""
+
+    peer: ID
+    kind: str
+    """`direct` (dialled), `punched` (through the NATs) or `relayed` (circuit)."""
+    transport: str
+    remote: Endpoint | None
+    """The peer's address on a direct path; None through a relay."""
+    time_to_path: float
+    connection: INetConn
+
+    def to_json(self) -> dict[str, object]:
+        return {"peer": str(self.peer), "path": self.kind, "transport": self.transport,
+                "remote": str(self.remote) if self.remote else None,
+                "time_to_path_ms": round(self.time_to_path * 1e3, 3)}
+
+
+class Connector:
+    """Reaches peers: direct if possible, relayed otherwise, punched to direct when it can."""
+
+    def __init__(self, *, relays: Sequence[PeerInfo] = (), relay_client: RelayClient | None = None,
+                 puncher: HolePuncher | None = None, config: ConnectConfig | None = None,
+                 events: EventSink = ignore_events) -> None:
+        if relays and relay_client is None:
+            raise ConfigError("relays need a RelayClient to dial them")
+        self.config = config or ConnectConfig()
+        self._relays, self._relay_client, self._puncher = list(relays), relay_client, puncher
+        self._events = events
+        self._node: MeshNode | None = None
+        self._nursery: trio.Nursery | None = None
+        self._upgraded: dict[ID, trio.Event] = {}
+        self._punched: dict[ID, Punched] = {}
+
+    async def serve(self, node: MeshNode, *, task_status: TaskStatus[None]) -> None:
+        async with trio.open_nursery() as nursery:
+            self._node, self._nursery = node, nursery
+            try:
+                task_status.started()
+                await trio.sleep_forever()
+            finally:
+                self._node = self._nursery = None
+
+    def _mounted(self) -> tuple[MeshNode, trio.Nursery]:
+        if self._node is None or self._nursery is None:
+            raise NotMounted("mount Connector on a running MeshNode first")
+        return self._node, self._nursery
+
+    async def connect(self, peer: PeerInfo) -> Path:
+        """The best path to `peer` available now (existing, direct, relayed).
+
+        A relayed path is punched in the background; `wait_direct()` waits for that.
+        Raises PeerUnavailable when no rung of the ladder reaches the peer.
+        """
+        node, nursery = self._mounted()
+        started = trio.current_time()
+        existing = node.host.get_network().get_connections(peer.peer_id)
+        if existing:
+            return self._found(peer.peer_id, existing[0], started, kind=None)
+        direct = [a for a in peer.addrs if "/p2p-circuit" not in str(a)]
+        if direct:
+            try:
+                await node.connect(PeerInfo(peer.peer_id, direct),
+                                   timeout=self.config.direct_timeout)
+            except MeshNatError as exc:
+                log.debug("connect: %s not reachable directly: %s", peer.peer_id, exc)
+            else:
+                (conn, *_) = node.host.get_network().get_connections(peer.peer_id)
+                return self._found(peer.peer_id, conn, started, kind="direct")
+        errors = []
+        for relay in self._relays:
+            assert self._relay_client is not None
+            try:
+                with trio.fail_after(self.config.relay_timeout):
+                    conn = await self._relay_client.dial(relay, peer.peer_id)
+            except (MeshNatError, trio.TooSlowError) as exc:
+                errors.append(f"via {relay.peer_id}: {exc}")
+                continue
+            path = self._found(peer.peer_id, conn, started, kind="relayed")
+            if self._puncher is not None:
+                self._upgraded[peer.peer_id] = trio.Event()
+                nursery.start_soon(self._upgrade, peer.peer_id, conn)
+            return path
+        raise PeerUnavailable(f"no path to {peer.peer_id}: " + ("; ".join(errors) or
+                                                                "no direct address, no relay"))
+
+    def last_punch(self, peer: ID) -> Punched | None:
+        """The punch that upgraded `peer`'s relayed path, if one did."""
+        return self._punched.get(peer)
+
+    async def wait_direct(self, peer: ID, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for the background punch to `peer`; True if it worked."""
+        event = self._upgraded.get(peer)
+        if event is None:
+            return False
+        with trio.move_on_after(timeout):
+            await event.wait()
+        return any(not _libp2p.is_relayed(c)
+                   for c in self._mounted()[0].host.get_network().get_connections(peer))
+
+    async def _upgrade(self, peer: ID, relayed: INetConn) -> None:
+        assert self._puncher is not None
+        try:
+            punched = await self._puncher.punch(peer)
+        except MeshNatError as exc:
+            log.info("connect: %s stays relayed: %s", peer, exc)
+        else:
+            self._punched[peer] = punched
+            await relayed.close()  # new streams now take the direct path
+            self._events(PathUpgraded(str(peer), punched.transport, punched.remote,
+                                      punched.elapsed))
+        finally:
+            self._upgraded[peer].set()
+
+    def _found(self, peer: ID, conn: INetConn, started: float, *, kind: str | None) -> Path:
+        relayed = _libp2p.is_relayed(conn)
+        path = Path(peer, kind or ("relayed" if relayed else "direct"),
+                    _libp2p.transport_of(conn),
+                    None if relayed else _libp2p.connection_remote(conn),
+                    trio.current_time() - started, conn)
+        self._events(PathEstablished(str(peer), path.kind, path.transport))
+        return path

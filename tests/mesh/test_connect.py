@@ -1,0 +1,62 @@
+"""Connector on loopback: the ladder (existing, direct, relayed) and the upgrade to direct."""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+
+import pytest
+import trio
+
+from meshnat import EchoService, MeshNode
+from meshnat._libp2p import PeerInfo, is_relayed
+from meshnat.connect import Connector
+from meshnat.echo import echo
+from meshnat.errors import ConfigError, PeerUnavailable
+from meshnat.events import MeshEvent, PathEstablished, PathUpgraded, PunchSucceeded
+from meshnat.punch import HolePuncher
+from meshnat.relay import RelayClient, RelayService
+from tests.support.fake_reflectors import LOOPBACK, nodes
+
+
+async def test_a_peer_known_only_through_a_relay_is_relayed_then_upgraded() -> None:
+    events: list[MeshEvent] = []
+    with trio.fail_after(20):
+        async with AsyncExitStack() as stack:
+            relay, a, b = [await stack.enter_async_context(MeshNode(LOOPBACK)) for _ in range(3)]
+            await relay.mount(RelayService())
+            await (await b.mount(RelayClient())).reserve(relay.peer_info())
+            await b.mount(HolePuncher())
+            await b.mount(EchoService())
+            connector = await a.mount(Connector(
+                relays=[relay.peer_info()], relay_client=await a.mount(RelayClient()),
+                puncher=await a.mount(HolePuncher(events=events.append)),
+                events=events.append))
+            path = await connector.connect(PeerInfo(b.peer_id, []))
+            assert path.kind == "relayed" and path.remote is None
+            assert await connector.wait_direct(b.peer_id, 10)
+            upgraded = await connector.connect(PeerInfo(b.peer_id, []))
+            assert upgraded.kind == "direct" and not is_relayed(upgraded.connection)
+            assert await echo(a, PeerInfo(b.peer_id, []), b"hi") == b"hi"  # new streams: direct
+            assert all(not is_relayed(c) for c in a.host.get_network().get_connections(b.peer_id))
+            punched = connector.last_punch(b.peer_id)
+            assert punched is not None and punched.connection is upgraded.connection
+    kinds = [type(e) for e in events]
+    assert kinds[0] is PathEstablished and PunchSucceeded in kinds and PathUpgraded in kinds
+
+
+async def test_a_peer_with_direct_addresses_is_dialled_directly() -> None:
+    async with nodes(2) as (a, b):
+        connector = await a.mount(Connector())
+        with trio.fail_after(10):
+            path = await connector.connect(b.peer_info())
+        assert path.kind == "direct" and path.remote is not None
+        assert await connector.wait_direct(b.peer_id, 0.01) is False  # nothing to upgrade
+
+
+async def test_no_rung_of_the_ladder_reaches_the_peer() -> None:
+    async with nodes(2) as (a, b):
+        connector = await a.mount(Connector())
+        with trio.fail_after(10), pytest.raises(PeerUnavailable, match="no path"):
+            await connector.connect(PeerInfo(b.peer_id, []))
+        with pytest.raises(ConfigError):
+            Connector(relays=[b.peer_info()])  # relays without a RelayClient
