@@ -1,12 +1,23 @@
 """meshnat: NAT traversal for libp2p meshes, with no external STUN server.
 
 The mesh reflects addresses (`ReflectionService`), votes on them (`PeerAddressDiscovery`),
-and later classifies NATs, punches holes and relays. Every capability is a service mounted
-on a `MeshNode`.
+classifies NATs (`NatClassifier`), punches holes (`HolePuncher`), relays (`RelayService`,
+`RelayClient`) and puts it together in one call (`Connector`). Every capability is a service
+mounted on a `MeshNode`.
 """
 
 import logging
 
+from meshnat.classify import (
+    ClassifierConfig,
+    NatClassifier,
+    NatReport,
+    NatType,
+    ProbeHelperConfig,
+    ProbeHelperService,
+)
+from meshnat.connect import ConnectConfig, Connector, Path
+from meshnat.discovery import Consensus, DiscoveryConfig, PeerAddressDiscovery
 from meshnat.echo import EchoService
 from meshnat.endpoint import Endpoint
 from meshnat.errors import (
@@ -18,27 +29,54 @@ from meshnat.errors import (
     PeerTimeout,
     PeerUnavailable,
     ProtocolError,
+    PunchFailed,
+    RelayUnavailable,
     RemoteProtocolError,
 )
 from meshnat.node import MeshNode, NodeConfig, Service
+from meshnat.punch import HolePuncher, PunchConfig, Punched
+from meshnat.reflection import ReflectionConfig, ReflectionService
+from meshnat.relay import RelayClient, RelayService, RelayServiceConfig
 
 __version__ = "0.1.0"
 
 logging.getLogger("meshnat").addHandler(logging.NullHandler())
 
 __all__ = [
+    "ClassifierConfig",
     "ConfigError",
+    "ConnectConfig",
+    "Connector",
+    "Consensus",
+    "DiscoveryConfig",
     "EchoService",
     "Endpoint",
+    "HolePuncher",
     "InsufficientResponses",
     "LocalProtocolError",
     "MeshNatError",
     "MeshNode",
+    "NatClassifier",
+    "NatReport",
+    "NatType",
     "NoConsensus",
     "NodeConfig",
+    "Path",
+    "PeerAddressDiscovery",
     "PeerTimeout",
     "PeerUnavailable",
+    "ProbeHelperConfig",
+    "ProbeHelperService",
     "ProtocolError",
+    "PunchConfig",
+    "PunchFailed",
+    "Punched",
+    "ReflectionConfig",
+    "ReflectionService",
+    "RelayClient",
+    "RelayService",
+    "RelayServiceConfig",
+    "RelayUnavailable",
     "RemoteProtocolError",
     "Service",
     "__version__",
