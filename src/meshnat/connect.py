@@ -9,7 +9,6 @@ the relay end with it).
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -17,6 +16,7 @@ import trio
 
 from meshnat import _libp2p
 from meshnat._libp2p import ID, INetConn, PeerInfo, TaskStatus
+from meshnat.config import require_positive
 from meshnat.endpoint import Endpoint
 from meshnat.errors import ConfigError, MeshNatError, NotMounted, PeerUnavailable
 from meshnat.events import EventSink, PathEstablished, PathUpgraded, ignore_events
@@ -38,10 +38,7 @@ class ConnectConfig:
     """Seconds for one relay circuit."""
 
     def __post_init__(self) -> None:
-        for name in ("direct_timeout", "relay_timeout"):
-            value = getattr(self, name)
-            if not (value > 0 and math.isfinite(value)):
-                raise ConfigError(f"{name} must be a positive number, got {value!r}")
+        require_positive(self, "direct_timeout", "relay_timeout")
 
 
 @dataclass(frozen=True, slots=True)

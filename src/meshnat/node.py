@@ -23,6 +23,7 @@ from meshnat._libp2p import (
     TaskStatus,
     TProtocol,
 )
+from meshnat.config import require_in_range, require_positive
 from meshnat.endpoint import Endpoint
 from meshnat.errors import ConfigError, LocalProtocolError, NotMounted, PeerUnavailable
 
@@ -56,13 +57,8 @@ class NodeConfig:
             ip_address(self.listen_ip)
         except ValueError:
             raise ConfigError(f"listen_ip must be an IP address, got {self.listen_ip!r}") from None
-        for name in ("tcp_port", "udp_port"):
-            port = getattr(self, name)
-            if type(port) is not int or not 0 <= port < 65536:
-                raise ConfigError(f"{name} must be in [0, 65535], got {port!r}")
-        for name in ("dial_timeout", "stream_timeout"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        require_in_range(self, 0, 65535, "tcp_port", "udp_port")
+        require_positive(self, "dial_timeout", "stream_timeout")
 
     def listen_addrs(self) -> list[multiaddr.Multiaddr]:
         ip = ip_address(self.listen_ip)

@@ -24,6 +24,7 @@ from meshnat.classify.messages import (
     ProbeDatagram,
     ProbeRequest,
 )
+from meshnat.config import require_in_range, require_positive
 from meshnat.endpoint import Endpoint
 from meshnat.errors import ConfigError, MeshNatError, RemoteProtocolError
 from meshnat.node import MeshNode
@@ -57,14 +58,10 @@ class ProbeHelperConfig:
     """Seconds a requester has to send its request."""
 
     def __post_init__(self) -> None:
-        if not 0 <= self.alt_port < 65536:
-            raise ConfigError(f"alt_port must be in [0, 65535], got {self.alt_port!r}")
-        if not self.probe_rate > 0 or self.probe_burst < 1:
-            raise ConfigError("probe_rate must be > 0 and probe_burst >= 1")
-        if not 1 <= self.probe_copies <= 4:
-            raise ConfigError(f"probe_copies must be in [1, 4], got {self.probe_copies!r}")
-        if not self.stream_timeout > 0:
-            raise ConfigError(f"stream_timeout must be > 0, got {self.stream_timeout!r}")
+        require_in_range(self, 0, 65535, "alt_port")
+        require_in_range(self, 1, 10**6, "probe_burst")
+        require_in_range(self, 1, 4, "probe_copies")
+        require_positive(self, "probe_rate", "stream_timeout")
 
 
 class ProbeHelperService:

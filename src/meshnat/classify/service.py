@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,9 +29,9 @@ from meshnat.classify.messages import (
 )
 from meshnat.classify.plan import ProbePlan, ReflectorPorts, make_probe_plan
 from meshnat.classify.report import Evidence, NatReport
+from meshnat.config import require_in_range, require_positive
 from meshnat.endpoint import Endpoint
 from meshnat.errors import (
-    ConfigError,
     InsufficientResponses,
     MalformedMessage,
     MeshNatError,
@@ -64,12 +63,8 @@ class ClassifierConfig:
     """Reflectors asked for their second port; the plan uses at most two."""
 
     def __post_init__(self) -> None:
-        for name in ("query_timeout", "probe_wait"):
-            value = getattr(self, name)
-            if not (value > 0 and math.isfinite(value)):
-                raise ConfigError(f"{name} must be a positive number, got {value!r}")
-        if self.max_reflectors < 1:
-            raise ConfigError(f"max_reflectors must be >= 1, got {self.max_reflectors!r}")
+        require_positive(self, "query_timeout", "probe_wait")
+        require_in_range(self, 1, 64, "max_reflectors")
 
 
 class NatClassifier:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import trio
 
 from meshnat._libp2p import PeerInfo, TaskStatus, endpoint_of
+from meshnat.config import require_in_range, require_positive
 from meshnat.discovery.consensus import Consensus, Observation, decide
 from meshnat.endpoint import Endpoint
 from meshnat.errors import (
@@ -52,12 +53,10 @@ class DiscoveryConfig:
     """Transports rediscovered in the background."""
 
     def __post_init__(self) -> None:
-        if self.min_responses < 1:
-            raise ConfigError(f"min_responses must be >= 1, got {self.min_responses!r}")
+        require_in_range(self, 1, 1024, "min_responses", "max_reflectors")
         if self.max_reflectors < self.min_responses:
             raise ConfigError("max_reflectors must be >= min_responses")
-        if not self.timeout > 0:
-            raise ConfigError(f"timeout must be > 0, got {self.timeout!r}")
+        require_positive(self, "timeout")
         if self.interval < 0 or not math.isfinite(self.interval):
             raise ConfigError(f"interval must be >= 0, got {self.interval!r}")
         if not set(self.transports) <= set(TRANSPORTS):

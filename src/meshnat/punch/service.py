@@ -11,7 +11,6 @@ with fixed roles. Both run at once and the first direct connection wins.
 from __future__ import annotations
 
 import logging
-import math
 import random
 from dataclasses import dataclass
 
@@ -20,10 +19,10 @@ import trio
 
 from meshnat import _libp2p
 from meshnat._libp2p import ID, INetConn, INetStream, PeerInfo, TaskStatus, TProtocol
+from meshnat.config import require_in_range, require_positive
 from meshnat.discovery import PeerAddressDiscovery
 from meshnat.endpoint import Endpoint
 from meshnat.errors import (
-    ConfigError,
     MeshNatError,
     NotMounted,
     PunchFailed,
@@ -83,15 +82,11 @@ class PunchConfig:
     """Probes sent every 10 ms by the endpoint-independent side (2,000 per second)."""
 
     def __post_init__(self) -> None:
-        for name in ("birthday_sockets", "birthday_max_probes", "birthday_probes_per_tick"):
-            if not 1 <= getattr(self, name) <= 65535:
-                raise ConfigError(f"{name} must be in [1, 65535], got {getattr(self, name)!r}")
-        if not 0 <= self.repunch_attempts <= 10:
-            raise ConfigError(f"repunch_attempts must be in [0, 10], got {self.repunch_attempts}")
-        for name in ("probe_interval", "punch_timeout", "stream_timeout", "keepalive_interval"):
-            value = getattr(self, name)
-            if not (value > 0 and math.isfinite(value)):
-                raise ConfigError(f"{name} must be a positive number, got {value!r}")
+        require_in_range(self, 1, 65535, "birthday_sockets", "birthday_max_probes",
+                         "birthday_probes_per_tick")
+        require_in_range(self, 0, 10, "repunch_attempts")
+        require_positive(self, "probe_interval", "punch_timeout", "stream_timeout",
+                         "keepalive_interval")
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,8 +9,9 @@ import trio
 
 from meshnat import _libp2p
 from meshnat._libp2p import INetStream, TaskStatus, TProtocol
+from meshnat.config import require_in_range, require_positive
 from meshnat.endpoint import Endpoint
-from meshnat.errors import ConfigError, MeshNatError, RemoteProtocolError
+from meshnat.errors import MeshNatError, RemoteProtocolError
 from meshnat.events import EventSink, StreamRejected, ignore_events
 from meshnat.node import MeshNode
 from meshnat.reflection.core import ReflectionStatistics, ReflectorCore
@@ -46,13 +47,9 @@ class ReflectionConfig:
     """Datagrams queued for answering; more are dropped."""
 
     def __post_init__(self) -> None:
-        if not self.rate > 0:
-            raise ConfigError(f"rate must be > 0, got {self.rate!r}")
-        for name in ("burst", "max_tracked", "max_concurrent_streams", "udp_queue"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        if not self.stream_timeout > 0:
-            raise ConfigError(f"stream_timeout must be > 0, got {self.stream_timeout!r}")
+        require_positive(self, "rate", "stream_timeout")
+        require_in_range(self, 1, 10**9, "burst", "max_tracked", "max_concurrent_streams",
+                         "udp_queue")
 
 
 class ReflectionService:

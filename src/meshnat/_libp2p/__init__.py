@@ -1,0 +1,104 @@
+"""The one place that knows py-libp2p 0.8.1: host construction, stream I/O, error mapping.
+
+Workarounds for py-libp2p pitfalls live here and only here (see docs/design.md):
+
+- `new_libp2p_host`: the default ConnectionConfig auto-dials every known peer (min 50
+  connections); meshnat nodes dial only what they are asked to.
+- `concrete_addrs`: py-libp2p advertises wildcard listen addresses verbatim (`0.0.0.0`), so
+  peers would dial themselves; we expand them to interface addresses.
+- `DatagramTap`: py-libp2p's QUIC listener owns the node's UDP socket and hands every datagram
+  to aioquic. The tap diverts meshnat datagrams (magic prefix) before QUIC sees them, so
+  reflection and punch probes share the QUIC port and therefore its NAT mapping.
+- `read_frame`: `stream.read()` raises StreamEOF and never returns b""; the length prefix is
+  checked before the body is read (`read_varint_prefixed_bytes_limited`).
+- `map_peer_errors`: py-libp2p and trio exceptions become meshnat's typed errors.
+- An exception escaping a stream handler kills py-libp2p's swarm, so every handler meshnat
+  registers goes through `guarded_handler`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import trio
+from libp2p.abc import IHost, INetConn, INetStream
+from libp2p.crypto.keys import KeyPair
+from libp2p.custom_types import TProtocol
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo
+
+from meshnat._libp2p.connections import ping_over, wait_direct_connection, watch_connections
+from meshnat._libp2p.host import (
+    close_connections,
+    concrete_addrs,
+    endpoint_of,
+    ensure_ports_free,
+    listen_parts,
+    load_or_create_key,
+    merge_peer_addrs,
+    new_libp2p_host,
+    parse_multiaddr,
+    parse_peer_addr,
+    single_exception,
+    tcp_first,
+)
+from meshnat._libp2p.streams import (
+    connection_remote,
+    guarded_handler,
+    is_relayed,
+    map_peer_errors,
+    open_stream_on,
+    read_frame,
+    remote_endpoint,
+    reset_quietly,
+    stream_peer,
+    transport_of,
+    write_frame,
+)
+from meshnat._libp2p.udp import DatagramTap, enable_quic_dial_with_source
+
+if TYPE_CHECKING:
+    # py-libp2p pulls in trio-typing, whose `trio-stubs` shadow trio's own annotations for
+    # mypy; its TaskStatus is the one mypy then knows.
+    from trio_typing import TaskStatus
+else:
+    TaskStatus = trio.TaskStatus
+
+__all__ = [
+    "ID",
+    "DatagramTap",
+    "IHost",
+    "INetConn",
+    "INetStream",
+    "KeyPair",
+    "PeerInfo",
+    "TProtocol",
+    "TaskStatus",
+    "close_connections",
+    "concrete_addrs",
+    "connection_remote",
+    "enable_quic_dial_with_source",
+    "endpoint_of",
+    "ensure_ports_free",
+    "guarded_handler",
+    "is_relayed",
+    "listen_parts",
+    "load_or_create_key",
+    "map_peer_errors",
+    "merge_peer_addrs",
+    "new_libp2p_host",
+    "open_stream_on",
+    "parse_multiaddr",
+    "parse_peer_addr",
+    "ping_over",
+    "read_frame",
+    "remote_endpoint",
+    "reset_quietly",
+    "single_exception",
+    "stream_peer",
+    "tcp_first",
+    "transport_of",
+    "wait_direct_connection",
+    "watch_connections",
+    "write_frame",
+]

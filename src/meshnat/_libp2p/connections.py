@@ -1,0 +1,80 @@
+"""py-libp2p connections: watching them come and go, waiting for a direct one, pinging."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, cast
+
+import multiaddr
+import trio
+from libp2p.abc import IHost, INetConn, INetStream, INotifee
+from libp2p.host.ping import ID as PING_PROTOCOL
+from libp2p.host.ping import perform_ping_roundtrip
+from libp2p.peer.id import ID
+
+from meshnat._libp2p.streams import is_relayed, map_peer_errors, open_stream_on, reset_quietly
+from meshnat.errors import (
+    MalformedMessage,
+)
+
+log = logging.getLogger(__name__)
+
+
+class _ConnectionWatcher(INotifee):
+    """Calls `on_connected(conn)` for every connection the swarm adds."""
+
+    def __init__(self, on_connected: Callable[[INetConn], None]) -> None:
+        self._on_connected = on_connected
+
+    async def connected(self, network: Any, conn: INetConn) -> None:
+        self._on_connected(conn)
+
+    async def disconnected(self, network: Any, conn: INetConn) -> None: ...
+    async def opened_stream(self, network: Any, stream: INetStream) -> None: ...
+    async def closed_stream(self, network: Any, stream: INetStream) -> None: ...
+    async def listen(self, network: Any, multiaddr: multiaddr.Multiaddr) -> None: ...
+    async def listen_close(self, network: Any, multiaddr: multiaddr.Multiaddr) -> None: ...
+
+
+@contextmanager
+def watch_connections(host: IHost, on_connected: Callable[[INetConn], None]) -> Iterator[None]:
+    """Call `on_connected` (which must not block) for each new connection while inside."""
+    network = cast(Any, host.get_network())
+    watcher = _ConnectionWatcher(on_connected)
+    network.register_notifee(watcher)
+    try:
+        yield
+    finally:
+        network.remove_notifee(watcher)
+
+
+async def wait_direct_connection(host: IHost, peer: ID) -> INetConn:
+    """The first direct connection to `peer`: an existing one, or the next one added."""
+    found: list[INetConn] = []
+    arrived = trio.Event()
+
+    def on_connected(conn: INetConn) -> None:
+        if conn.muxed_conn.peer_id == peer and not is_relayed(conn):
+            found.append(conn)
+            arrived.set()
+
+    with watch_connections(host, on_connected):
+        for conn in host.get_network().get_connections(peer):
+            if not is_relayed(conn):
+                return conn
+        await arrived.wait()
+    return found[0]
+
+
+async def ping_over(host: IHost, conn: INetConn, timeout: float) -> None:
+    """One libp2p ping round trip over exactly `conn` (every py-libp2p host answers ping)."""
+    with map_peer_errors("ping", timeout), trio.fail_after(timeout):
+        stream = await open_stream_on(host, conn, PING_PROTOCOL, timeout)
+        try:
+            await perform_ping_roundtrip(stream)
+        except ValueError as exc:  # a pong that does not match the ping
+            raise MalformedMessage(f"ping: {exc}") from exc
+        finally:
+            await reset_quietly(stream)

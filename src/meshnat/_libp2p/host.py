@@ -1,0 +1,208 @@
+"""py-libp2p hosts: identity, construction, addresses, ports, shutdown."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, cast
+
+import multiaddr
+import trio
+from google.protobuf.message import DecodeError
+from libp2p import new_host
+from libp2p.abc import IHost
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.crypto.keys import KeyPair
+from libp2p.crypto.serialization import deserialize_private_key
+from libp2p.exceptions import BaseLibp2pError
+from libp2p.network.config import ConnectionConfig
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.utils.address_validation import expand_wildcard_address
+from multiaddr.exceptions import Error as MultiaddrError
+
+from meshnat.endpoint import Endpoint
+from meshnat.errors import (
+    ConfigError,
+)
+
+log = logging.getLogger(__name__)
+
+
+# --- identity -------------------------------------------------------------------------------
+
+
+def load_or_create_key(path: Path | None) -> KeyPair:
+    """Load an Ed25519 identity from `path` (libp2p protobuf form), creating it if absent.
+
+    A new key file is written with owner-only permissions. `None` gives an ephemeral identity.
+    """
+    if path is None:
+        return create_new_key_pair()
+    if path.exists():
+        try:
+            private = deserialize_private_key(path.read_bytes())
+        except (BaseLibp2pError, DecodeError, ValueError) as exc:
+            raise ConfigError(f"key file {path} is not a libp2p private key: {exc}") from exc
+        return KeyPair(private, private.get_public_key())
+    pair = create_new_key_pair()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pair.private_key.serialize())
+    return pair
+
+
+# --- host -----------------------------------------------------------------------------------
+
+
+def new_libp2p_host(key_pair: KeyPair, listen: Sequence[multiaddr.Multiaddr]) -> IHost:
+    """A py-libp2p host with TCP (Noise, Yamux) and, for /quic-v1 addresses, QUIC.
+
+    Auto-dialling is off: a meshnat node connects only where it is told to.
+    """
+    quiet = ConnectionConfig(min_connections=0, low_watermark=0, high_watermark=300)
+    enable_quic = any("quic-v1" in str(a) for a in listen)
+    host = new_host(
+        key_pair=key_pair,
+        listen_addrs=list(listen),
+        enable_quic=enable_quic,
+        connection_config=quiet,
+    )
+
+    async def no_auto_dial() -> None:
+        """Even at low_watermark=0 the AutoConnector aims for (low+high)/2 connections."""
+
+    cast(Any, host.get_network()).auto_connector.maybe_connect = no_auto_dial
+    return host
+
+
+
+async def close_connections(host: IHost, *, timeout: float = 5.0) -> None:
+    """Close every connection and listener before the host's services are cancelled.
+
+    Cancelling py-libp2p's swarm service alone leaves QUIC dial sockets open; its own
+    `close()` tears them down deterministically.
+    """
+    with trio.move_on_after(timeout):
+        await host.get_network().close()
+
+
+def ensure_ports_free(ip: str, tcp_port: int, udp_port: int) -> None:
+    """Raise ConfigError if a fixed listen port is taken.
+
+    py-libp2p binds its listeners with SO_REUSEPORT, so a second node on a taken port would
+    start without error and the kernel would split the traffic between the two. A probe bind
+    without SO_REUSEPORT fails on a port already bound (for TCP, SO_REUSEADDR lets it ignore
+    TIME_WAIT leftovers of an earlier run while still failing on a listener).
+    """
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    for kind, port in ((socket.SOCK_STREAM, tcp_port), (socket.SOCK_DGRAM, udp_port)):
+        if port == 0:
+            continue
+        with socket.socket(family, kind) as probe:
+            if kind == socket.SOCK_STREAM:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((ip, port))
+            except OSError as exc:
+                name = "tcp" if kind == socket.SOCK_STREAM else "udp"
+                raise ConfigError(f"{name} port {port} on {ip} is not free: {exc}") from exc
+
+
+def concrete_addrs(host: IHost) -> list[multiaddr.Multiaddr]:
+    """The host's listen addresses with wildcards expanded, each ending in /p2p/<id>."""
+    suffix = multiaddr.Multiaddr(f"/p2p/{host.get_id()}")
+    out: list[multiaddr.Multiaddr] = []
+    for addr in host.get_network().listeners.values():
+        for bound in addr.get_addrs():
+            expanded = expand_wildcard_address(bound) if _is_wildcard(bound) else [bound]
+            out.extend(a.encapsulate(suffix) for a in expanded if a not in out)
+    return sorted(set(out), key=str)
+
+
+def _is_wildcard(addr: multiaddr.Multiaddr) -> bool:
+    return any(str(addr).startswith(p) for p in ("/ip4/0.0.0.0/", "/ip6/::/"))
+
+
+def parse_multiaddr(text: str) -> multiaddr.Multiaddr:
+    """Parse a multiaddr; raises ConfigError with the reason."""
+    try:
+        return multiaddr.Multiaddr(text)
+    except (MultiaddrError, ValueError) as exc:
+        raise ConfigError(f"not a multiaddr: {text!r}: {exc}") from exc
+
+
+def parse_peer_addr(text: str) -> PeerInfo:
+    """Parse a full multiaddr ending in /p2p/<peer id>; raises ConfigError otherwise."""
+    try:
+        return info_from_p2p_addr(multiaddr.Multiaddr(text))
+    except (MultiaddrError, BaseLibp2pError, ValueError) as exc:
+        raise ConfigError(f"not a peer multiaddr (…/p2p/<peer id>): {text!r}") from exc
+
+
+def merge_peer_addrs(addrs: Sequence[multiaddr.Multiaddr | str]) -> list[PeerInfo]:
+    """One PeerInfo per peer id from multiaddrs ending in /p2p/<id>, in first-seen order."""
+    merged: dict[ID, PeerInfo] = {}
+    for addr in addrs:
+        info = parse_peer_addr(str(addr))
+        if info.peer_id in merged:
+            merged[info.peer_id].addrs.extend(a for a in info.addrs
+                                              if a not in merged[info.peer_id].addrs)
+        else:
+            merged[info.peer_id] = info
+    return list(merged.values())
+
+
+def listen_parts(addr: multiaddr.Multiaddr) -> tuple[str, str, int] | None:
+    """(`tcp`|`udp`, ip, port) of an /ip4|ip6/…/tcp|udp/… multiaddr (port may be 0), or None."""
+    parts = {proto.name: value for proto, value in addr.items()}
+    ip = parts.get("ip4") or parts.get("ip6")
+    transport = "tcp" if "tcp" in parts else "udp" if "udp" in parts else None
+    if ip is None or transport is None:
+        return None
+    return transport, str(ip), int(parts[transport])
+
+
+def tcp_first(peer: PeerInfo) -> PeerInfo:
+    """The same peer with its TCP addresses first (cheap to try; QUIC may be blocked)."""
+    if not peer.addrs:
+        raise ConfigError(f"no address known for {peer.peer_id}")
+    return PeerInfo(peer.peer_id, sorted(peer.addrs, key=lambda a: "/tcp/" not in str(a)))
+
+
+def endpoint_of(addr: multiaddr.Multiaddr) -> tuple[str, Endpoint] | None:
+    """(`tcp`|`udp`, endpoint) of an /ip4|ip6/…/tcp|udp/… multiaddr with a real port, or None."""
+    parts = listen_parts(addr)
+    if parts is None or parts[2] == 0:
+        return None
+    transport, ip, port = parts
+    return transport, Endpoint.parse(f"[{ip}]:{port}")
+
+
+@contextmanager
+def single_exception() -> Iterator[None]:
+    """Unwrap the ExceptionGroups py-libp2p's nested nurseries build around one real error.
+
+    A group whose leaves (other than trio.Cancelled) are all one exception is replaced by that
+    exception; anything else is re-raised as it is.
+    """
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        leaves = {id(e): e for e in _leaves(group) if not isinstance(e, trio.Cancelled)}
+        if len(leaves) == 1:
+            (only,) = leaves.values()
+            raise only from only.__cause__
+        raise
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc

@@ -1,0 +1,150 @@
+"""py-libp2p streams: framing, exactly-one-connection streams, error mapping, guarded handlers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, cast
+
+import trio
+from libp2p.abc import IHost, INetConn, INetStream
+from libp2p.connection_types import ConnectionType
+from libp2p.custom_types import TProtocol
+from libp2p.exceptions import BaseLibp2pError, ParseError
+from libp2p.io.exceptions import IncompleteReadError, IOException
+from libp2p.io.exceptions import MessageTooLarge as Libp2pMessageTooLarge
+from libp2p.network.exceptions import SwarmException
+from libp2p.network.stream.exceptions import StreamError
+from libp2p.peer.id import ID
+from libp2p.protocol_muxer.multiselect_communicator import MultiselectCommunicator
+from libp2p.stream_muxer.exceptions import MuxedStreamError
+from libp2p.transport.quic.connection import QUICConnection
+from libp2p.transport.quic.exceptions import QUICError
+from libp2p.utils.varint import read_varint_prefixed_bytes_limited
+
+from meshnat.endpoint import Endpoint
+from meshnat.errors import (
+    MalformedMessage,
+    MeshNatError,
+    MessageTooLarge,
+    PeerTimeout,
+    PeerUnavailable,
+)
+from meshnat.wire import MAX_MESSAGE_SIZE, frame_stream
+
+log = logging.getLogger(__name__)
+
+
+def is_relayed(stream: INetStream | INetConn) -> bool:
+    """True for a stream or connection over a circuit relay."""
+    kind = getattr(stream.muxed_conn, "get_connection_type", None)
+    return kind is not None and kind() == ConnectionType.RELAYED
+
+
+# --- streams --------------------------------------------------------------------------------
+
+
+@contextmanager
+def map_peer_errors(stage: str, timeout: float | None = None) -> Iterator[None]:
+    """Map py-libp2p and trio failures of one peer interaction onto meshnat's errors."""
+    try:
+        yield
+    except MeshNatError:
+        raise  # already mapped (PeerTimeout is an OSError too)
+    except trio.TooSlowError as exc:
+        raise PeerTimeout(stage, timeout) from exc
+    except Libp2pMessageTooLarge as exc:
+        raise MessageTooLarge(MAX_MESSAGE_SIZE + 1, MAX_MESSAGE_SIZE) from exc
+    except ParseError as exc:
+        raise MalformedMessage(f"{stage}: bad length prefix: {exc}") from exc
+    except (
+        StreamError,
+        MuxedStreamError,
+        IncompleteReadError,
+        IOException,
+        SwarmException,
+        trio.BrokenResourceError,
+        trio.ClosedResourceError,
+        OSError,
+        BaseLibp2pError,  # dial, security and protocol negotiation failures
+        QUICError,  # py-libp2p's QUIC errors have their own root
+    ) as exc:
+        raise PeerUnavailable(f"{stage}: {type(exc).__name__}: {exc}") from exc
+
+
+async def read_frame(stream: INetStream) -> bytes:
+    """Read one uvarint-prefixed frame, rejecting a prefix over MAX_MESSAGE_SIZE before reading."""
+    return await read_varint_prefixed_bytes_limited(stream, MAX_MESSAGE_SIZE)
+
+
+async def write_frame(stream: INetStream, payload: bytes) -> None:
+    await stream.write(frame_stream(payload))
+
+
+async def open_stream_on(host: IHost, conn: INetConn, protocol: TProtocol,
+                         timeout: float) -> INetStream:
+    """Open a `protocol` stream on exactly `conn` (host.new_stream picks a connection itself)."""
+    stream = await conn.new_stream()
+    negotiated = False
+    try:
+        selected = await cast(Any, host).multiselect_client.select_one_of(
+            [protocol], MultiselectCommunicator(stream), max(1, int(timeout))
+        )
+        negotiated = True
+    finally:
+        if not negotiated:
+            with trio.CancelScope(shield=True):
+                await reset_quietly(stream)
+    stream.set_protocol(selected)
+    return stream
+
+
+
+def remote_endpoint(stream: INetStream) -> Endpoint | None:
+    """The source address of the connection under `stream`, as the transport saw it.
+
+    None over a relay: py-libp2p then reports the relay's address, not the peer's.
+    """
+    addr = None if is_relayed(stream) else stream.get_remote_address()
+    if addr is None:
+        return None
+    return Endpoint.from_sockaddr(addr)
+
+
+def transport_of(stream: INetStream | INetConn) -> str:
+    """`udp` for a QUIC connection, `tcp` otherwise."""
+    return "udp" if isinstance(stream.muxed_conn, QUICConnection) else "tcp"
+
+
+def connection_remote(conn: INetConn) -> Endpoint | None:
+    """The transport address of the peer on a direct connection."""
+    addr = cast(Any, conn.muxed_conn).get_remote_address()
+    return Endpoint.from_sockaddr(addr) if addr else None
+
+
+def stream_peer(stream: INetStream) -> ID:
+    return stream.muxed_conn.peer_id
+
+
+async def reset_quietly(stream: INetStream) -> None:
+    with trio.move_on_after(1):
+        try:
+            await stream.reset()
+        except Exception as exc:  # the stream is being discarded; any failure is moot
+            log.debug("reset failed: %s", exc)
+
+
+def guarded_handler(
+    name: str, handler: Callable[[INetStream], Awaitable[None]]
+) -> Callable[[INetStream], Awaitable[None]]:
+    """Wrap a stream handler so nothing escapes into py-libp2p (which would kill the swarm)."""
+
+    async def run(stream: INetStream) -> None:
+        try:
+            await handler(stream)
+        except Exception:  # reaching this is a meshnat bug: log it, keep the node alive
+            log.error("%s: handler bug", name, exc_info=True)
+            await reset_quietly(stream)
+
+    return run

@@ -1,0 +1,161 @@
+"""The node's UDP socket, shared with py-libp2p's QUIC: the datagram tap and QUIC dials from it."""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import socket
+import time
+from collections.abc import Callable
+from typing import Any, cast
+
+import multiaddr
+import trio
+from libp2p.abc import IHost
+from libp2p.transport.quic.connection import QUICConnection
+from libp2p.transport.quic.listener import QUICListener
+from libp2p.transport.quic.transport import QUICTransport
+
+from meshnat._libp2p.host import listen_parts
+from meshnat.endpoint import Endpoint
+from meshnat.errors import (
+    ConfigError,
+    PeerUnavailable,
+)
+from meshnat.wire import is_meshnat_datagram
+
+log = logging.getLogger(__name__)
+
+
+_dial_socket: contextvars.ContextVar[trio.socket.SocketType | None] = contextvars.ContextVar(
+    "meshnat_quic_dial_socket", default=None)
+_original_initiate = QUICConnection._initiate_connection
+
+
+async def _initiate_from_bound_socket(self: Any) -> None:
+    """QUICConnection._initiate_connection, but on a socket meshnat bound beforehand.
+
+    py-libp2p always dials QUIC from a fresh port-0 socket (and its `listener_socket` path is
+    broken), so the NAT mapping a peer punched is never used. Inside `quic_dial_with_source`
+    the connection gets the prepared socket: bound to the listen port (SO_REUSEPORT) and
+    connected to the peer, so the kernel hands the peer's packets to it, not the listener.
+    """
+    prepared = _dial_socket.get()
+    if prepared is None or self._socket is not None:
+        await _original_initiate(self)
+        return
+    self._socket = prepared
+    self._quic.connect(self._remote_addr, now=time.time())
+    await self._transmit()
+
+
+setattr(QUICConnection, "_initiate_connection", _initiate_from_bound_socket)  # noqa: B010
+
+
+class _TappedSocket:
+    """A dial socket that hands meshnat datagrams to the node's tap instead of to QUIC.
+
+    A socket connected to a peer receives everything that peer sends to the listen port,
+    meshnat probes included; QUIC would drop them as garbage.
+    """
+
+    def __init__(self, sock: trio.socket.SocketType, tap: DatagramTap) -> None:
+        self._sock, self._tap = sock, tap
+
+    async def recvfrom(self, size: int) -> tuple[bytes, Any]:
+        while True:
+            data, addr = await self._sock.recvfrom(size)
+            if not is_meshnat_datagram(data):
+                return data, addr
+            self._tap.dispatch(data, addr)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+async def quic_dial_with_source(transport: Any, tap: DatagramTap, maddr: multiaddr.Multiaddr,
+                                source: tuple[str, int]) -> Any:
+    """Dial QUIC from `source` (the UDP listen endpoint): the `dial_with_source` hook the
+    swarm calls for TCP, provided for QUIC."""
+    parts = listen_parts(maddr)
+    if parts is None:
+        raise ConfigError(f"not a QUIC address: {maddr}")
+    family = socket.AF_INET6 if ":" in parts[1] else socket.AF_INET
+    sock = trio.socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        await sock.bind(source)
+        await sock.connect((parts[1], parts[2]))
+    except OSError:
+        sock.close()
+        raise
+    token = _dial_socket.set(cast(trio.socket.SocketType, _TappedSocket(sock, tap)))
+    try:
+        return await transport.dial(maddr)
+    finally:
+        _dial_socket.reset(token)
+
+
+def enable_quic_dial_with_source(host: IHost, tap: DatagramTap) -> None:
+    """Let `network.dial_addr(quic_addr, peer, source)` dial from the UDP listen port."""
+    for transport in cast(Any, host.get_network()).transport_manager.get_transports():
+        if isinstance(transport, QUICTransport):
+            async def dial_with_source(maddr: multiaddr.Multiaddr, source: tuple[str, int],
+                                       transport: Any = transport) -> Any:
+                return await quic_dial_with_source(transport, tap, maddr, source)
+
+            setattr(transport, "dial_with_source", dial_with_source)  # noqa: B010
+
+
+
+# --- UDP ------------------------------------------------------------------------------------
+
+DatagramHandler = Callable[[bytes, Endpoint], None]
+
+
+class DatagramTap:
+    """Meshnat datagrams on the UDP socket of py-libp2p's QUIC listener.
+
+    Incoming datagrams with the meshnat magic are handed to every subscriber (without blocking:
+    subscribers queue and drop); everything else goes on to QUIC untouched.
+    """
+
+    def __init__(self, host: IHost) -> None:
+        listeners = [
+            lst for lst in host.get_network().listeners.values() if isinstance(lst, QUICListener)
+        ]
+        if not listeners:
+            raise ConfigError("the node has no QUIC (UDP) listener to share")
+        self._listener: Any = listeners[0]
+        self._handlers: list[DatagramHandler] = []
+        original = self._listener._process_packet
+
+        async def process_packet(data: bytes, addr: tuple[str, int]) -> None:
+            if is_meshnat_datagram(data):
+                self.dispatch(data, addr)
+            else:
+                await original(data, addr)
+
+        setattr(self._listener, "_process_packet", process_packet)  # noqa: B010
+
+    @property
+    def local_endpoint(self) -> Endpoint:
+        return Endpoint.from_sockaddr(self._listener._socket.getsockname())
+
+    def subscribe(self, handler: DatagramHandler) -> Callable[[], None]:
+        """Call `handler(data, src)` for each meshnat datagram; returns the unsubscribe call."""
+        self._handlers.append(handler)
+        return lambda: self._handlers.remove(handler)
+
+    async def sendto(self, data: bytes, dst: Endpoint) -> None:
+        sock = self._listener._socket
+        if sock is None:
+            raise PeerUnavailable("the node's UDP socket is closed")
+        await sock.sendto(data, dst.to_sockaddr())
+
+    def dispatch(self, data: bytes, addr: tuple[str, int]) -> None:
+        """Hand one meshnat datagram to every subscriber."""
+        src = Endpoint.from_sockaddr(addr)
+        for handler in tuple(self._handlers):
+            handler(data, src)
