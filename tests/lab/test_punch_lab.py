@@ -113,3 +113,27 @@ def test_two_hosts_behind_one_nat_connect_over_their_lan(lab: Lab) -> None:
     assert result["path"] == "punched", result
     # the NAT does not hairpin, so the path that works is the LAN one
     assert result["remote"] == f"{flat.hosts[1].ip}:{PORT}"
+
+
+def test_a_punched_connection_keeps_working_after_the_relay_dies(lab: Lab) -> None:
+    relay_host = lab.public_host("relay")
+    relay_proc, ready = relay_host.start_json(
+        relay_host.python("-m", "meshnat", "relay", "--json"), timeout=30)
+    relay = next(a for a in ready["addrs"] if "/tcp/" in a)
+    reflectors = [*ready["addrs"], *start_reflectors(lab, count=2)]
+    a, b = lab.site("left", Nat.CONE), lab.site("right", Nat.CONE)
+    peer = listen(b.hosts[0], relay, reflectors)
+    host = a.hosts[0]
+    proc = host.popen(host.python("-m", "meshnat", "connect", peer, "--hold",
+                                  *mesh_args(relay, reflectors)), stdin=True)
+    assert proc.stdout is not None and proc.stdin is not None
+    first = json.loads(proc.stdout.readline())
+    assert first["path"] == "punched" and first["echo_ok"], first
+    relay_proc.kill()
+    relay_proc.wait(timeout=10)
+    proc.stdin.write("again\n")
+    proc.stdin.flush()
+    second = json.loads(proc.stdout.readline())
+    proc.stdin.close()
+    assert proc.wait(timeout=30) == 0
+    assert second["echo_ok"] is True and second["path"] == "direct", second

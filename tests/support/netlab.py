@@ -73,10 +73,11 @@ class Host:
         """Run a command in this host's namespace; a hang fails the test after `timeout`."""
         return subprocess.run(self.cmd(args), capture_output=True, text=True, timeout=timeout)
 
-    def popen(self, args: Sequence[str]) -> subprocess.Popen[str]:
+    def popen(self, args: Sequence[str], *, stdin: bool = False) -> subprocess.Popen[str]:
         """Start a background process in this host; the lab kills it on close."""
         proc = subprocess.Popen(
-            self.cmd(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            self.cmd(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
         )
         self.lab.processes.append(proc)
         return proc
@@ -210,7 +211,10 @@ class Lab:
             if proc.poll() is None:
                 proc.kill()
             with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.communicate(timeout=5)
+                proc.wait(timeout=5)
+            for pipe in (proc.stdin, proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
         for ns in reversed(self.namespaces):
             pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
             for pid in pids.stdout.split():

@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("peer_id", help="the peer to reach (it runs `meshnat listen`)")
     p.add_argument("--wait-direct", type=float, default=5.0, metavar="SECONDS",
                    help="seconds to try for a direct path after the relay (0: stay relayed)")
+    p.add_argument("--hold", action="store_true",
+                   help="after the first echo, echo again on each line read from stdin, "
+                        "until end of input (the connection stays open meanwhile)")
     mesh_flags(p)
     p.set_defaults(run=run_connect)
 

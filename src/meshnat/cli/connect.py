@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 import trio
 
@@ -147,7 +148,29 @@ async def run_connect(args: argparse.Namespace, out: Output) -> int:
         out.emit(result, f"{peer}: {result['path']} over {result['transport']}, "
                          f"echo {'ok' if result['echo_ok'] else 'FAILED'} "
                          f"in {result['rtt_ms']} ms")
-        return 0 if result["echo_ok"] else 1
+        ok = bool(result["echo_ok"])
+        if args.hold:
+            ok = await _echo_on_each_line(node, peer, path.connection, out) and ok
+        return 0 if ok else 1
+
+
+async def _echo_on_each_line(node: MeshNode, peer: ID, conn: INetConn, out: Output) -> bool:
+    """Echo over `conn` once per stdin line until end of input; False if any echo failed."""
+    ok = True
+    stdin = trio.wrap_file(sys.stdin)
+    while await stdin.readline():
+        started = trio.current_time()
+        try:
+            answer = await echo(node, PeerInfo(peer, []), b"meshnat echo", connection=conn)
+        except MeshNatError as exc:
+            out.emit({"echo_ok": False, "error": str(exc)}, f"echo failed: {exc}")
+            ok = False
+            continue
+        facts = {"echo_ok": answer == b"meshnat echo", **_describe(conn),
+                 "rtt_ms": _ms(trio.current_time() - started)}
+        ok = ok and bool(facts["echo_ok"])
+        out.emit(facts, f"echo {'ok' if facts['echo_ok'] else 'FAILED'} over {facts['path']}")
+    return ok
 
 
 def _ms(seconds: float) -> float:
