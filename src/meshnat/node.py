@@ -52,12 +52,16 @@ class NodeConfig:
     stream_timeout: float = 10.0
     """Seconds to wait for protocol negotiation of one outbound stream."""
 
+    max_connections: int = 2048
+    """Connections the host keeps at most (a relay holds one per reservation)."""
+
     def __post_init__(self) -> None:
         try:
             ip_address(self.listen_ip)
         except ValueError:
             raise ConfigError(f"listen_ip must be an IP address, got {self.listen_ip!r}") from None
         require_in_range(self, 0, 65535, "tcp_port", "udp_port")
+        require_in_range(self, 1, 1_000_000, "max_connections")
         require_positive(self, "dial_timeout", "stream_timeout")
 
     def listen_addrs(self) -> list[multiaddr.Multiaddr]:
@@ -119,7 +123,8 @@ class MeshNode:
                                   self.config.udp_port)
         key_pair = _libp2p.load_or_create_key(self.config.key_file)
         listen = self.config.listen_addrs()
-        host = _libp2p.new_libp2p_host(key_pair, listen)
+        host = _libp2p.new_libp2p_host(key_pair, listen,
+                                       max_connections=self.config.max_connections)
         async with AsyncExitStack() as stack:
             await stack.enter_async_context(host.run(listen))
             self._nursery = await stack.enter_async_context(trio.open_nursery())

@@ -22,6 +22,8 @@ from libp2p.exceptions import BaseLibp2pError
 from libp2p.network.config import ConnectionConfig
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.rcmgr import new_resource_manager
+from libp2p.rcmgr.connection_limits import ConnectionLimits
 from libp2p.utils.address_validation import expand_wildcard_address
 from multiaddr.exceptions import Error as MultiaddrError
 
@@ -59,18 +61,27 @@ def load_or_create_key(path: Path | None) -> KeyPair:
 # --- host -----------------------------------------------------------------------------------
 
 
-def new_libp2p_host(key_pair: KeyPair, listen: Sequence[multiaddr.Multiaddr]) -> IHost:
+def new_libp2p_host(key_pair: KeyPair, listen: Sequence[multiaddr.Multiaddr], *,
+                    max_connections: int) -> IHost:
     """A py-libp2p host with TCP (Noise, Yamux) and, for /quic-v1 addresses, QUIC.
 
-    Auto-dialling is off: a meshnat node connects only where it is told to.
+    Auto-dialling is off: a meshnat node connects only where it is told to. Pruning starts
+    only at `max_connections`: py-libp2p's defaults prune above 300 connections and its
+    resource manager refuses more than 256 inbound ones, too few for a relay.
     """
-    quiet = ConnectionConfig(min_connections=0, low_watermark=0, high_watermark=300)
+    quiet = ConnectionConfig(min_connections=0, low_watermark=0,
+                             high_watermark=max_connections, max_connections=max_connections)
+    limits = ConnectionLimits(
+        max_pending_inbound=64, max_pending_outbound=64,
+        max_established_inbound=max_connections, max_established_outbound=max_connections,
+        max_established_per_peer=8, max_established_total=max_connections)
     enable_quic = any("quic-v1" in str(a) for a in listen)
     host = new_host(
         key_pair=key_pair,
         listen_addrs=list(listen),
         enable_quic=enable_quic,
         connection_config=quiet,
+        resource_manager=new_resource_manager(connection_limits=limits),
     )
 
     async def no_auto_dial() -> None:

@@ -24,6 +24,7 @@ from meshnat.cli.commands import (
 )
 from meshnat.cli.connect import run_connect, run_listen, run_relay
 from meshnat.errors import ConfigError, MeshNatError
+from meshnat.relay import RelayServiceConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,6 +71,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"listen address (default TCP and QUIC on 0.0.0.0:{DEFAULT_PORT})")
     p.add_argument("--alt-port", type=int, default=DEFAULT_PORT + 1,
                    help="second UDP port for NAT classification (default %(default)s; 0: any)")
+    defaults = RelayServiceConfig()
+    p.add_argument("--max-reservations", type=int, default=defaults.max_reservations,
+                   help="peers holding a reservation at once (default %(default)s)")
+    p.add_argument("--max-circuits", type=int, default=defaults.max_circuits,
+                   help="concurrent circuits (default %(default)s)")
+    p.add_argument("--circuit-bytes", type=int, default=defaults.circuit_bytes,
+                   help="bytes one circuit may carry (default %(default)s)")
+    p.add_argument("--circuit-duration", type=float, default=defaults.circuit_duration,
+                   help="seconds one circuit may last (default %(default)s)")
     common(p)
     p.set_defaults(run=run_relay)
 

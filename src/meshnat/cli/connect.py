@@ -21,7 +21,7 @@ from meshnat.node import MeshNode, NodeConfig
 from meshnat.punch import HolePuncher, PunchConfig
 from meshnat.punch.messages import MappingHint
 from meshnat.reflection import ReflectionService
-from meshnat.relay import RelayClient, RelayService
+from meshnat.relay import RelayClient, RelayService, RelayServiceConfig
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +29,11 @@ log = logging.getLogger(__name__)
 async def run_relay(args: argparse.Namespace, out: Output) -> int:
     """A public node that relays circuits, reflects addresses and helps classification."""
     config = node_config_from_listen(args.listen, args.key_file, DEFAULT_PORT)
+    limits = RelayServiceConfig(
+        max_reservations=args.max_reservations, max_circuits=args.max_circuits,
+        circuit_bytes=args.circuit_bytes, circuit_duration=args.circuit_duration)
     async with MeshNode(config) as node:
-        for service in (RelayService(), ReflectionService(),
+        for service in (RelayService(limits), ReflectionService(),
                         ProbeHelperService(ProbeHelperConfig(alt_port=args.alt_port))):
             await node.mount(service)
         addrs = [str(a) for a in node.addrs]
