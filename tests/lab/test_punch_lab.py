@@ -137,3 +137,30 @@ def test_a_punched_connection_keeps_working_after_the_relay_dies(lab: Lab) -> No
     proc.stdin.close()
     assert proc.wait(timeout=30) == 0
     assert second["echo_ok"] is True and second["path"] == "direct", second
+
+
+KINDS = {"public": None, "cone": Nat.CONE, "symmetric": Nat.SYMMETRIC,
+         "udp-blocked": Nat.UDP_BLOCKED}
+# expected final path per unordered pair (dialer listed first); relayed only where no punch can
+MATRIX = [
+    ("public", "public", "punched"), ("public", "cone", "punched"),
+    ("public", "symmetric", "punched"), ("public", "udp-blocked", "punched"),
+    ("cone", "udp-blocked", "punched"), ("symmetric", "udp-blocked", "relayed"),
+    ("udp-blocked", "udp-blocked", "punched"), ("symmetric", "symmetric", "relayed"),
+]
+
+
+@pytest.mark.parametrize(("left", "right", "expected"), MATRIX)
+def test_every_pair_of_sites_connects_on_the_best_path_it_can(
+    lab: Lab, left: str, right: str, expected: str
+) -> None:
+    relay, reflectors = start_relay(lab)
+
+    def host(name: str, kind: str) -> Host:
+        nat = KINDS[kind]
+        return lab.public_host(name) if nat is None else lab.site(name, nat).hosts[0]
+
+    dialer, listener = host("a", left), host("b", right)
+    peer = listen(listener, relay, reflectors)
+    result = connect(dialer, peer, relay, reflectors)
+    assert result["path"] == expected, result

@@ -65,7 +65,7 @@ GOLDEN = {
     "classify_probe_datagram": ProbeDatagram(TXID),
     "punch_offer": Offer(TXID, (Endpoint(ip_address("198.18.0.20"), 4001),),
                          (Endpoint(ip_address("10.1.0.10"), 4001),),
-                         MappingHint.ENDPOINT_INDEPENDENT),
+                         MappingHint.ENDPOINT_INDEPENDENT, public=True),
     "punch_sync": Sync(TXID),
     "punch_probe": Probe(TXID, ack=True),
 }

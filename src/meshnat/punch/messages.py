@@ -14,7 +14,7 @@ from typing import ClassVar, Self
 from meshnat.endpoint import Endpoint
 from meshnat.wire.codec import Fields, TxidOnly
 
-UDP, TCP, MAPPING, ACK = 8, 9, 10, 11
+UDP, TCP, MAPPING, ACK, PUBLIC = 8, 9, 10, 11, 12
 MAX_CANDIDATES = 8
 
 
@@ -38,23 +38,26 @@ def _endpoints(f: Fields, key: int) -> tuple[Endpoint, ...]:
 
 @dataclass(frozen=True, slots=True)
 class Offer:
-    """Where the sender can be punched to: UDP and TCP candidates, best first."""
+    """Where the sender can be punched to: UDP and TCP candidates, best first; `public` says
+    its TCP listener is reachable as it is (no NAT in front), so it need not dial."""
 
     TYPE: ClassVar[MsgType] = MsgType.OFFER
     txid: bytes
     udp: tuple[Endpoint, ...]
     tcp: tuple[Endpoint, ...]
     mapping: MappingHint = MappingHint.UNKNOWN
+    public: bool = False
 
     def to_fields(self) -> dict[int, object]:
         return {UDP: [e.to_wire() for e in self.udp[:MAX_CANDIDATES]],
                 TCP: [e.to_wire() for e in self.tcp[:MAX_CANDIDATES]],
-                MAPPING: int(self.mapping)}
+                MAPPING: int(self.mapping), PUBLIC: int(self.public)}
 
     @classmethod
     def from_fields(cls, txid: bytes, f: Fields) -> Self:
         udp, tcp = _endpoints(f, UDP), _endpoints(f, TCP)
-        return cls(txid, udp, tcp, MappingHint(f.pop_int(MAPPING, lo=0, hi=2)))
+        mapping = MappingHint(f.pop_int(MAPPING, lo=0, hi=2))
+        return cls(txid, udp, tcp, mapping, bool(f.pop_int(PUBLIC, lo=0, hi=1)))
 
 
 @dataclass(frozen=True, slots=True)

@@ -253,6 +253,9 @@ class HolePuncher:
     def _offer(self, txid: bytes) -> Offer:
         node = self._mounted()
         candidates: dict[str, list[Endpoint]] = {}
+        tcp_seen = self._discovery.last_round("tcp") if self._discovery else None
+        reachable = (tcp_seen is not None and tcp_seen.address is not None
+                     and tcp_seen.address in node.local_endpoints("tcp"))
         for transport in ("udp", "tcp"):
             local = node.local_endpoints(transport)
             public: list[Endpoint] = []
@@ -264,7 +267,7 @@ class HolePuncher:
                 public = [Endpoint(seen.ip, local[0].port)]
             candidates[transport] = list(dict.fromkeys(public + local))
         return Offer(txid, tuple(candidates["udp"]), tuple(candidates["tcp"]),
-                     self.config.mapping)
+                     self.config.mapping, reachable)
 
     @staticmethod
     def _check_strategy(ours: Offer, theirs: Offer) -> None:
@@ -286,7 +289,7 @@ class HolePuncher:
                     if path == "udp":
                         result = await self._udp(node, peer, ours, theirs, initiator)
                     else:
-                        result = await self._tcp(node, peer, theirs, initiator)
+                        result = await self._tcp(node, peer, ours, theirs, initiator)
             except trio.TooSlowError:
                 failures.append(PunchFailed(f"{path}: timed out"))
                 return
@@ -354,9 +357,15 @@ class HolePuncher:
         conn = await _libp2p.wait_direct_connection(node.host, peer)
         return node.listen_endpoint("udp"), heard.remote, session.probes_sent, conn
 
-    async def _tcp(self, node: MeshNode, peer: ID, theirs: Offer,
+    async def _tcp(self, node: MeshNode, peer: ID, ours: Offer, theirs: Offer,
                    initiator: bool) -> tuple[Endpoint, Endpoint, int, INetConn]:
+        """A public side is simply dialled (by the initiator when both are public); two NATed
+        sides open at once from their listen ports, with fixed Noise roles."""
         local = node.listen_endpoint("tcp")
+        if ours.public and (not theirs.public or not initiator):
+            conn = await _libp2p.wait_direct_connection(node.host, peer)  # they dial us
+            return local, theirs.tcp[0], 0, conn
+        simultaneous = not theirs.public
         network = node.host.get_network()
         errors: list[str] = []
         for remote in theirs.tcp:
@@ -364,11 +373,11 @@ class HolePuncher:
                 f"/ip{remote.ip.version}/{remote.ip}/tcp/{remote.port}/p2p/{peer}")
             try:
                 with _libp2p.map_peer_errors(f"tcp open to {remote}"):
-                    if initiator:
-                        conn = await network.dial_addr(address, peer, local.to_sockaddr())
-                    else:
+                    if simultaneous and not initiator:
                         conn = await network.dial_addr_as_responder(address, peer,
                                                                     local.to_sockaddr())
+                    else:
+                        conn = await network.dial_addr(address, peer, local.to_sockaddr())
             except MeshNatError as exc:
                 errors.append(str(exc))
                 continue
