@@ -84,3 +84,17 @@ async def test_a_circuit_over_its_byte_limit_is_cut_and_the_caller_is_told() -> 
             with pytest.raises(PeerUnavailable):
                 for _ in range(8):  # 8 x 16 KiB > 32 KiB: the relay must cut the circuit
                     await echo(dialer, target, bytes(16 * 1024), timeout=5)
+
+
+async def test_reservations_go_to_the_reachable_relays_that_answer() -> None:
+    async with nodes(4) as (good, also_good, not_a_relay, client_node):
+        await good.mount(RelayService())
+        await also_good.mount(RelayService())
+        client = await client_node.mount(RelayClient(timeout=5))
+        relays = [not_a_relay.peer_info(), good.peer_info(), also_good.peer_info()]
+        with trio.fail_after(30):
+            addrs = await client.reserve_best(relays, count=2)
+        used = {str(a).split("/p2p/")[1].split("/")[0] for a in addrs}
+        assert used == {str(good.peer_id), str(also_good.peer_id)}
+        with trio.fail_after(30), pytest.raises(RelayUnavailable):
+            await client.reserve_best([not_a_relay.peer_info()])

@@ -8,6 +8,7 @@ and typed errors.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import multiaddr
@@ -19,6 +20,7 @@ from meshnat._libp2p.relay import HOP_PROTOCOL, CircuitRelay
 from meshnat.config import require_in_range, require_positive
 from meshnat.errors import MeshNatError, NotMounted, RelayUnavailable
 from meshnat.node import MeshNode
+from meshnat.relay.policy import RelayCandidate, rank_relays
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +105,43 @@ class RelayClient:
             raise RelayUnavailable(f"relay {relay.peer_id} refused the reservation")
         log.info("relay: reserved on %s", relay.peer_id)
         return self.circuit_addr(relay, node.peer_id)
+
+    async def reserve_best(self, relays: Sequence[PeerInfo], *, count: int = 1
+                           ) -> list[multiaddr.Multiaddr]:
+        """Reserve on the `count` best of `relays` (reachable, then lowest ping RTT).
+
+        Returns this node's circuit addresses; raises RelayUnavailable if none could be had.
+        """
+        node, _, _ = self._mounted()
+        measured: list[RelayCandidate] = []
+
+        async def measure(index: int, relay: PeerInfo) -> None:
+            started = trio.current_time()
+            try:
+                await node.connect(tcp_first(relay), timeout=self._timeout)
+                (conn, *_) = node.host.get_network().get_connections(relay.peer_id)
+                await _libp2p.ping_over(node.host, conn, timeout=self._timeout)
+                rtt: float | None = trio.current_time() - started
+            except MeshNatError as exc:
+                log.info("relay: %s unreachable: %s", relay.peer_id, exc)
+                rtt = None
+            measured.append(RelayCandidate(str(index), rtt))
+
+        async with trio.open_nursery() as nursery:
+            for index, relay in enumerate(relays):
+                nursery.start_soon(measure, index, relay)
+        addrs: list[multiaddr.Multiaddr] = []
+        for candidate in rank_relays(measured):
+            if len(addrs) >= count:
+                break
+            try:
+                addrs.append(await self.reserve(relays[int(candidate.name)]))
+            except MeshNatError as exc:
+                log.info("relay: reservation on %s failed: %s",
+                         relays[int(candidate.name)].peer_id, exc)
+        if not addrs:
+            raise RelayUnavailable(f"no reservation on any of {len(relays)} relays")
+        return addrs
 
     async def dial(self, relay: PeerInfo, target: ID) -> INetConn:
         """Open a relayed connection to `target` through `relay` (authenticated end to end)."""
