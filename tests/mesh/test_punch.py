@@ -90,3 +90,13 @@ async def test_a_dead_direct_path_is_noticed_by_keepalives_and_punched_again() -
             direct = [c for c in a.host.get_network().get_connections(b.peer_id)
                       if not is_relayed(c)]
             assert direct and first.connection not in direct
+
+
+async def test_a_peer_asking_for_too_many_punches_is_refused() -> None:
+    stingy = PunchConfig(responder_rate=0.001, responder_burst=1)
+    with trio.fail_after(20):
+        async with AsyncExitStack() as stack:
+            _, _, b, puncher = await relayed_pair(stack, b_config=stingy)
+            await puncher.punch(b.peer_id)
+            with pytest.raises(PunchFailed, match="rate_limited"):
+                await puncher.punch(b.peer_id)

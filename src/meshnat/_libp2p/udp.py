@@ -139,10 +139,6 @@ class DatagramTap:
 
         setattr(self._listener, "_process_packet", process_packet)  # noqa: B010
 
-    @property
-    def local_endpoint(self) -> Endpoint:
-        return Endpoint.from_sockaddr(self._listener._socket.getsockname())
-
     def subscribe(self, handler: DatagramHandler) -> Callable[[], None]:
         """Call `handler(data, src)` for each meshnat datagram; returns the unsubscribe call."""
         self._handlers.append(handler)

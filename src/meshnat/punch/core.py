@@ -44,7 +44,6 @@ class GaveUp:
     probes_sent: int
 
 
-Action = SendProbe | Heard | GaveUp
 A = TypeVar("A")
 
 

@@ -40,8 +40,9 @@ from meshnat.punch.birthday import EasySideSession, HardSideSession
 from meshnat.punch.core import UdpPunchSession
 from meshnat.punch.messages import MappingHint, Offer, Sync
 from meshnat.punch.udp import punch_udp, punch_udp_many
-from meshnat.wire import decode, encode, new_txid
-from meshnat.wire.error_response import refusal_for
+from meshnat.ratelimit import RateLimiter
+from meshnat.wire import TXID_SIZE, decode, encode, new_txid
+from meshnat.wire.error_response import ErrorCode, ErrorResponse, refusal_for
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,13 @@ class PunchConfig:
     repunch_attempts: int = 2
     """Times the initiator punches again after a punched connection dies (0: never)."""
 
+    responder_rate: float = 0.2
+    """Punches per second a peer may ask of this node (one every 5 s), so a peer cannot turn
+    the responder's probes (up to 2048 for birthday probing) into a stream of traffic."""
+
+    responder_burst: int = 3
+    """Punches a peer may ask for at once before `responder_rate` applies."""
+
     birthday_sockets: int = 256
     """Sockets the endpoint-dependent side opens for birthday probing."""
 
@@ -85,8 +93,9 @@ class PunchConfig:
         require_in_range(self, 1, 65535, "birthday_sockets", "birthday_max_probes",
                          "birthday_probes_per_tick")
         require_in_range(self, 0, 10, "repunch_attempts")
+        require_in_range(self, 1, 100, "responder_burst")
         require_positive(self, "probe_interval", "punch_timeout", "stream_timeout",
-                         "keepalive_interval")
+                         "keepalive_interval", "responder_rate")
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +135,9 @@ class HolePuncher:
         self._node: MeshNode | None = None
         self._nursery: trio.Nursery | None = None
         self.keepalives_sent = self.paths_lost = self.repunches = 0
+        self._limiter = RateLimiter(rate=self.config.responder_rate,
+                                    burst=self.config.responder_burst, max_keys=10_000)
+        self._responding: set[ID] = set()
 
     async def serve(self, node: MeshNode, *, task_status: TaskStatus[None]) -> None:
         self._node = node
@@ -172,7 +184,11 @@ class HolePuncher:
                 offer = self._offer(new_txid())
                 sent_at = trio.current_time()
                 await _libp2p.write_frame(stream, encode(offer))
-                theirs = decode(await _libp2p.read_frame(stream), Offer)
+                reply = decode(await _libp2p.read_frame(stream), Offer, ErrorResponse)
+                if isinstance(reply, ErrorResponse):
+                    raise PunchFailed(f"the peer refused: {reply.code.name.lower()}: "
+                                      f"{reply.reason}")
+                theirs = reply
                 rtt = trio.current_time() - sent_at
                 if theirs.txid != offer.txid:
                     raise PunchFailed("the peer answered another punch")
@@ -190,6 +206,15 @@ class HolePuncher:
         node = self._mounted()
         peer = _libp2p.stream_peer(stream)
         limit = self.config.stream_timeout
+        busy = peer in self._responding
+        if busy or not self._limiter.allow(str(peer), trio.current_time()):
+            log.debug("punch: refused %s: %s", peer, "busy" if busy else "rate limited")
+            with _libp2p.map_peer_errors("punch refusal", limit), trio.fail_after(limit):
+                await _libp2p.write_frame(stream, encode(ErrorResponse(
+                    bytes(TXID_SIZE), ErrorCode.RATE_LIMITED, "too many punches")))
+                await stream.close()
+            return
+        self._responding.add(peer)
         try:
             with _libp2p.map_peer_errors("punch coordination", limit), trio.fail_after(limit):
                 frame = await _libp2p.read_frame(stream)
@@ -211,6 +236,7 @@ class HolePuncher:
         except MeshNatError as exc:
             log.info("punch: responding to %s ended: %s", peer, exc)
         finally:
+            self._responding.discard(peer)
             await _libp2p.reset_quietly(stream)
 
     # --- keeping the path ----------------------------------------------------------------------
