@@ -2,8 +2,8 @@
 
 The ladder: an existing connection, then the peer's direct addresses, then a relay circuit;
 with a HolePuncher, a relayed path is punched in the background and, when a direct connection
-opens, the relayed one is closed so that new streams take the direct path (open streams on
-the relay end with it).
+opens, new streams take it and the relayed connection is closed once the streams still open
+on it have finished (or after `ConnectConfig.drain_timeout`).
 """
 
 from __future__ import annotations
@@ -37,8 +37,13 @@ class ConnectConfig:
     relay_timeout: float = 10.0
     """Seconds for one relay circuit."""
 
+    drain_timeout: float = 120.0
+    """Seconds streams already open on a relayed connection may run on after the upgrade;
+    the relayed connection is closed when they are done or this runs out (default: the
+    circuit relay reference limit of 2 minutes)."""
+
     def __post_init__(self) -> None:
-        require_positive(self, "direct_timeout", "relay_timeout")
+        require_positive(self, "direct_timeout", "relay_timeout", "drain_timeout")
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,8 +104,9 @@ class Connector:
         node, nursery = self._mounted()
         started = trio.current_time()
         existing = node.host.get_network().get_connections(peer.peer_id)
-        if existing:
-            return self._found(peer.peer_id, existing[0], started, kind=None)
+        if existing:  # direct first, as py-libp2p does for new streams
+            best = min(existing, key=_libp2p.is_relayed)
+            return self._found(peer.peer_id, best, started, kind=None)
         direct = [a for a in peer.addrs if "/p2p-circuit" not in str(a)]
         if direct:
             try:
@@ -150,11 +156,23 @@ class Connector:
             log.info("connect: %s stays relayed: %s", peer, exc)
         else:
             self._punched[peer] = punched
-            await relayed.close()  # new streams now take the direct path
             self._events(PathUpgraded(str(peer), punched.transport, punched.remote,
                                       punched.elapsed))
+            self._mounted()[1].start_soon(self._retire, peer, relayed)
         finally:
             self._upgraded[peer].set()
+
+    async def _retire(self, peer: ID, relayed: INetConn) -> None:
+        """Close the relayed connection once its open streams are done.
+
+        New streams already prefer the direct connection (py-libp2p picks direct over relayed).
+        """
+        cut = await _libp2p.close_when_idle(relayed, grace=self.config.drain_timeout)
+        if cut:
+            log.warning("connect: %d stream(s) to %s still on the relay after %.0f s, cut",
+                        cut, peer, self.config.drain_timeout)
+        else:
+            log.info("connect: relayed connection to %s closed, its streams done", peer)
 
     def _found(self, peer: ID, conn: INetConn, started: float, *, kind: str | None) -> Path:
         relayed = _libp2p.is_relayed(conn)

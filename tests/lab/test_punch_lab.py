@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
 
@@ -137,6 +138,30 @@ def test_a_punched_connection_keeps_working_after_the_relay_dies(lab: Lab) -> No
     proc.stdin.close()
     assert proc.wait(timeout=30) == 0
     assert second["echo_ok"] is True and second["path"] == "direct", second
+
+
+def test_a_listener_on_two_relays_stays_reachable_when_one_dies(lab: Lab) -> None:
+    (first, first_addr), (_, second_addr) = [
+        _relay_process(lab.public_host(name)) for name in ("relay1", "relay2")]
+    a, b = lab.site("left", Nat.SYMMETRIC), lab.site("right", Nat.SYMMETRIC)
+    args = ["--relay", first_addr, "--relay", second_addr, "--json"]
+    listener = b.hosts[0]
+    _, ready = listener.start_json(listener.python("-m", "meshnat", "listen", *args), timeout=60)
+    circuits = [a for a in ready["addrs"] if "/p2p-circuit" in a]
+    assert len(circuits) == 2, ready  # --keep-relays defaults to 2
+    first.kill()
+    first.wait(timeout=10)
+    dialer = a.hosts[0]
+    proc = dialer.run(dialer.python("-m", "meshnat", "connect", ready["peer_id"],
+                                    "--wait-direct", "0", *args), timeout=60)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.splitlines()[-1])
+    assert result["path"] == "relayed" and result["echo_ok"] is True, result
+
+
+def _relay_process(host: Host) -> tuple[subprocess.Popen[str], str]:
+    proc, ready = host.start_json(host.python("-m", "meshnat", "relay", "--json"), timeout=30)
+    return proc, next(a for a in ready["addrs"] if "/tcp/" in a)
 
 
 KINDS = {"public": None, "cone": Nat.CONE, "symmetric": Nat.SYMMETRIC,

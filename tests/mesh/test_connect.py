@@ -8,9 +8,9 @@ import pytest
 import trio
 
 from meshnat import EchoService, MeshNode
-from meshnat._libp2p import PeerInfo, is_relayed
-from meshnat.connect import Connector
-from meshnat.echo import echo
+from meshnat._libp2p import PeerInfo, is_relayed, open_stream_on, reset_quietly, wait_closed
+from meshnat.connect import ConnectConfig, Connector
+from meshnat.echo import ECHO_PROTOCOL, echo
 from meshnat.errors import ConfigError, PeerUnavailable
 from meshnat.events import MeshEvent, PathEstablished, PathUpgraded, PunchSucceeded
 from meshnat.punch import HolePuncher
@@ -37,11 +37,51 @@ async def test_a_peer_known_only_through_a_relay_is_relayed_then_upgraded() -> N
             upgraded = await connector.connect(PeerInfo(b.peer_id, []))
             assert upgraded.kind == "direct" and not is_relayed(upgraded.connection)
             assert await echo(a, PeerInfo(b.peer_id, []), b"hi") == b"hi"  # new streams: direct
-            assert all(not is_relayed(c) for c in a.host.get_network().get_connections(b.peer_id))
+            await wait_closed(path.connection)  # the relayed one, once idle
             punched = connector.last_punch(b.peer_id)
             assert punched is not None and punched.connection is upgraded.connection
     kinds = [type(e) for e in events]
     assert kinds[0] is PathEstablished and PunchSucceeded in kinds and PathUpgraded in kinds
+
+
+async def _relayed_pair(stack: AsyncExitStack, config: ConnectConfig
+                        ) -> tuple[MeshNode, MeshNode, Connector]:
+    relay, a, b = [await stack.enter_async_context(MeshNode(LOOPBACK)) for _ in range(3)]
+    await relay.mount(RelayService())
+    await (await b.mount(RelayClient())).reserve(relay.peer_info())
+    await b.mount(HolePuncher())
+    await b.mount(EchoService())
+    connector = await a.mount(Connector(
+        relays=[relay.peer_info()], relay_client=await a.mount(RelayClient()),
+        puncher=await a.mount(HolePuncher()), config=config))
+    return a, b, connector
+
+
+async def test_a_stream_open_on_the_relay_finishes_there_after_the_upgrade() -> None:
+    with trio.fail_after(30):
+        async with AsyncExitStack() as stack:
+            a, b, connector = await _relayed_pair(stack, ConnectConfig())
+            relayed = (await connector.connect(PeerInfo(b.peer_id, []))).connection
+            old = await open_stream_on(a.host, relayed, ECHO_PROTOCOL, 5)
+            assert await connector.wait_direct(b.peer_id, 10)
+            new = await a.open_stream(PeerInfo(b.peer_id, []), ECHO_PROTOCOL)
+            assert not is_relayed(new) and not relayed.is_closed  # new streams: direct
+            await reset_quietly(new)
+            await old.write(b"still relayed")
+            assert await old.read(100) == b"still relayed"
+            await old.close()
+            await wait_closed(relayed)  # closed once its last stream is done
+
+
+async def test_a_relayed_stream_outliving_the_drain_timeout_is_cut() -> None:
+    with trio.fail_after(30):
+        async with AsyncExitStack() as stack:
+            a, b, connector = await _relayed_pair(stack, ConnectConfig(drain_timeout=0.5))
+            relayed = (await connector.connect(PeerInfo(b.peer_id, []))).connection
+            await open_stream_on(a.host, relayed, ECHO_PROTOCOL, 5)  # never finished
+            assert await connector.wait_direct(b.peer_id, 10)
+            await wait_closed(relayed)
+            assert await echo(a, PeerInfo(b.peer_id, []), b"hi") == b"hi"
 
 
 async def test_a_peer_with_direct_addresses_is_dialled_directly() -> None:

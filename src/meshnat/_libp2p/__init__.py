@@ -27,7 +27,13 @@ from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
-from meshnat._libp2p.connections import ping_over, wait_direct_connection, watch_connections
+from meshnat._libp2p.connections import (
+    close_when_idle,
+    ping_over,
+    wait_closed,
+    wait_direct_connection,
+    watch_connections,
+)
 from meshnat._libp2p.host import (
     close_connections,
     concrete_addrs,
@@ -75,6 +81,7 @@ __all__ = [
     "TProtocol",
     "TaskStatus",
     "close_connections",
+    "close_when_idle",
     "concrete_addrs",
     "connection_remote",
     "enable_quic_dial_with_source",
@@ -98,6 +105,7 @@ __all__ = [
     "stream_peer",
     "tcp_first",
     "transport_of",
+    "wait_closed",
     "wait_direct_connection",
     "watch_connections",
     "write_frame",

@@ -78,3 +78,22 @@ async def ping_over(host: IHost, conn: INetConn, timeout: float) -> None:
             raise MalformedMessage(f"ping: {exc}") from exc
         finally:
             await reset_quietly(stream)
+
+
+async def close_when_idle(conn: INetConn, *, grace: float, poll: float = 0.25) -> int:
+    """Close `conn` once it carries no streams, or after `grace` seconds at the latest.
+
+    py-libp2p signals no "last stream closed" event, so this looks every `poll` seconds.
+    Returns how many streams were still open (and so were cut) when it closed.
+    """
+    with trio.move_on_after(grace):
+        while conn.get_streams() and not conn.is_closed:  # noqa: ASYNC110 (no event to wait on)
+            await trio.sleep(poll)
+    cut = len(conn.get_streams())
+    await conn.close()
+    return cut
+
+
+async def wait_closed(conn: INetConn) -> None:
+    """Return once `conn` is closed (by either side)."""
+    await cast(Any, conn).event_closed.wait()

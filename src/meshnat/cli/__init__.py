@@ -84,14 +84,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=run_relay)
 
     def mesh_flags(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--relay", required=True, metavar="MULTIADDR",
-                       help="a relay's multiaddr ending in /p2p/<peer id>")
+        p.add_argument("--relay", action="append", required=True, metavar="MULTIADDR",
+                       help="a relay's multiaddr ending in /p2p/<peer id> (repeat: tried "
+                            "in order by connect, ranked by listen)")
         p.add_argument("--reflector", action="append", default=[], metavar="MULTIADDR",
                        help="reflectors for address discovery before punching (repeat)")
         p.add_argument("--port", type=int, default=0, help="local TCP and UDP port")
         common(p)
 
     p = sub.add_parser("listen", help="reserve on a relay and accept connections (echo)")
+    p.add_argument("--keep-relays", type=int, default=2, metavar="N",
+                   help="hold reservations on the N best relays: reachable, public first, "
+                        "lowest RTT (default %(default)s)")
     mesh_flags(p)
     p.set_defaults(run=run_listen)
 

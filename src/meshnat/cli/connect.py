@@ -44,9 +44,9 @@ async def run_relay(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
-def _relay(args: argparse.Namespace) -> PeerInfo:
-    (relay,) = _libp2p.merge_peer_addrs([args.relay])
-    return relay
+def _relays(args: argparse.Namespace) -> list[PeerInfo]:
+    """The `--relay` multiaddrs, one PeerInfo per relay."""
+    return _libp2p.merge_peer_addrs(args.relay)
 
 
 async def _mount_mesh(node: MeshNode, args: argparse.Namespace,
@@ -94,11 +94,13 @@ async def run_listen(args: argparse.Namespace, out: Output) -> int:
             except trio.WouldBlock:
                 log.debug("listen: connection report dropped")
 
+        relays = _relays(args)
+        relay_ids = {relay.peer_id for relay in relays}
         with _libp2p.watch_connections(node.host, on_connected):
-            circuit = await relay_client.reserve(_relay(args))
-            addrs = [str(circuit), *(str(a) for a in node.addrs)]
+            circuits = await relay_client.reserve_best(relays, count=args.keep_relays)
+            addrs = [*(str(c) for c in circuits), *(str(a) for a in node.addrs)]
             out.emit({"event": "ready", "peer_id": str(node.peer_id), "addrs": addrs},
-                     f"listening as {node.peer_id} via {circuit}")
+                     f"listening as {node.peer_id} via " + ", ".join(map(str, circuits)))
             async with trio.open_nursery() as nursery:
 
                 async def stop_on_signal() -> None:
@@ -107,7 +109,7 @@ async def run_listen(args: argparse.Namespace, out: Output) -> int:
 
                 nursery.start_soon(stop_on_signal)
                 async for conn in receive:
-                    if conn.muxed_conn.peer_id != _relay(args).peer_id:
+                    if conn.muxed_conn.peer_id not in relay_ids:
                         facts = _describe(conn)
                         out.emit({"event": "connection", **facts},
                                  f"{facts['peer']} connected, {facts['path']} "
@@ -131,7 +133,7 @@ async def run_connect(args: argparse.Namespace, out: Output) -> int:
     async with MeshNode(config) as node:
         relay_client, puncher = await _mount_mesh(node, args, events=on_event)
         connector = await node.mount(Connector(
-            relays=[_relay(args)], relay_client=relay_client,
+            relays=_relays(args), relay_client=relay_client,
             puncher=puncher if args.wait_direct > 0 else None, events=on_event))
         path = await connector.connect(PeerInfo(peer, []))
         result: dict[str, object] = {"time_to_path_ms": _ms(path.time_to_path)}

@@ -18,7 +18,7 @@ from meshnat import _libp2p
 from meshnat._libp2p import ID, INetConn, PeerInfo, TaskStatus, tcp_first
 from meshnat._libp2p.relay import HOP_PROTOCOL, CircuitRelay
 from meshnat.config import require_in_range, require_positive
-from meshnat.errors import MeshNatError, NotMounted, RelayUnavailable
+from meshnat.errors import ConfigError, MeshNatError, NotMounted, RelayUnavailable
 from meshnat.node import MeshNode
 from meshnat.relay.policy import RelayCandidate, rank_relays
 
@@ -112,6 +112,8 @@ class RelayClient:
 
         Returns this node's circuit addresses; raises RelayUnavailable if none could be had.
         """
+        if count < 1:
+            raise ConfigError(f"count must be at least 1, got {count}")
         node, _, _ = self._mounted()
         measured: list[RelayCandidate] = []
 
