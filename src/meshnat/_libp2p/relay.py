@@ -3,6 +3,11 @@
 Reservations are explicit (its `RelayRole.CLIENT` reserves on every relay it sees, once at start
 and then every 300 s), circuits are dialled through its transport (`host.connect` drops
 `/p2p-circuit` addresses), and its stream handlers are guarded.
+
+Conformance: against js-libp2p 2.10's circuit relay v2 server (tests/interop) py-libp2p's client
+needs no workaround: reservation, STATUS codes and circuits work as the spec says. The `limit` a
+relay sends (js: duration in milliseconds, not the spec's seconds) is ignored by py-libp2p; the
+relay itself enforces it.
 """
 
 from __future__ import annotations
