@@ -121,12 +121,19 @@ class RelayClient:
             started = trio.current_time()
             try:
                 await node.connect(tcp_first(relay), timeout=self._timeout)
-                (conn, *_) = node.host.get_network().get_connections(relay.peer_id)
-                await _libp2p.ping_over(node.host, conn, timeout=self._timeout)
-                rtt: float | None = trio.current_time() - started
             except MeshNatError as exc:
                 log.info("relay: %s unreachable: %s", relay.peer_id, exc)
-                rtt = None
+                measured.append(RelayCandidate(str(index), None))
+                return
+            rtt = trio.current_time() - started  # the handshake: a few RTTs, an upper bound
+            (conn, *_) = node.host.get_network().get_connections(relay.peer_id)
+            pinged = trio.current_time()
+            try:
+                await _libp2p.ping_over(node.host, conn, timeout=self._timeout)
+                rtt = trio.current_time() - pinged
+            except MeshNatError as exc:  # not every relay answers libp2p ping
+                log.info("relay: %s did not answer ping (%s), ranked by handshake time",
+                         relay.peer_id, exc)
             measured.append(RelayCandidate(str(index), rtt))
 
         async with trio.open_nursery() as nursery:
