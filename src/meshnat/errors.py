@@ -114,3 +114,27 @@ class RelayUnavailable(MeshNatError):
 
 class NotMounted(LocalProtocolError):
     """A service was used before it was mounted on a running node."""
+
+
+class TraversalError(MeshNatError):
+    """Abstract: a traversal session or one of its port pairs could not do what was asked."""
+
+
+class UnknownPair(TraversalError, LookupError):
+    """No traversal or port pair has that id."""
+
+
+class PairExpired(TraversalError):
+    """The pair is not alive any more (silent too long, or taken and not used in time)."""
+
+
+class PairTaken(TraversalError):
+    """The pair was already taken; a pair is handed to the transport once."""
+
+
+class ListenerMissing(TraversalError):
+    """The peer has no listener on its end of the pair (it expired or was never made)."""
+
+
+class PortInUse(TraversalError):
+    """The pair's local port is held by another socket, so the NAT mapping cannot be reused."""

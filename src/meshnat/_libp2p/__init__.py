@@ -61,7 +61,14 @@ from meshnat._libp2p.streams import (
     transport_of,
     write_frame,
 )
-from meshnat._libp2p.udp import DatagramTap, enable_quic_dial_with_source
+from meshnat._libp2p.udp import (
+    DatagramTap,
+    close_listener,
+    dial_quic_from,
+    enable_quic_dial_with_source,
+    listen_quic,
+    local_port,
+)
 
 if TYPE_CHECKING:
     # py-libp2p pulls in trio-typing, whose `trio-stubs` shadow trio's own annotations for
@@ -81,16 +88,20 @@ __all__ = [
     "TProtocol",
     "TaskStatus",
     "close_connections",
+    "close_listener",
     "close_when_idle",
     "concrete_addrs",
     "connection_remote",
+    "dial_quic_from",
     "enable_quic_dial_with_source",
     "endpoint_of",
     "ensure_ports_free",
     "guarded_handler",
     "is_relayed",
     "listen_parts",
+    "listen_quic",
     "load_or_create_key",
+    "local_port",
     "map_peer_errors",
     "merge_peer_addrs",
     "new_libp2p_host",

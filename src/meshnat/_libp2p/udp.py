@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import contextvars
+import errno
 import logging
 import socket
 import time
 from collections.abc import Callable
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any, cast
 
 import multiaddr
 import trio
-from libp2p.abc import IHost
+from libp2p.abc import IHost, INetConn
+from libp2p.peer.id import ID
 from libp2p.transport.quic.connection import QUICConnection
 from libp2p.transport.quic.listener import QUICListener
 from libp2p.transport.quic.transport import QUICTransport
 
 from meshnat._libp2p.host import listen_parts
+from meshnat._libp2p.streams import map_peer_errors
 from meshnat.endpoint import Endpoint
 from meshnat.errors import (
     ConfigError,
@@ -107,6 +111,41 @@ def enable_quic_dial_with_source(host: IHost, tap: DatagramTap) -> None:
 
             setattr(transport, "dial_with_source", dial_with_source)  # noqa: B010
 
+
+
+async def dial_quic_from(host: IHost, peer: ID, remote: Endpoint, source: Endpoint) -> INetConn:
+    """QUIC to `remote` from the local `source` endpoint (whose NAT mapping was punched);
+    TLS checks that the other end is `peer`."""
+    address = multiaddr.Multiaddr(
+        f"/ip{remote.ip.version}/{remote.ip}/udp/{remote.port}/quic-v1/p2p/{peer}")
+    with map_peer_errors(f"quic from {source} to {remote}"):
+        conn: INetConn = await host.get_network().dial_addr(address, peer, source.to_sockaddr())
+    return conn
+
+
+async def listen_quic(host: IHost, ip: IPv4Address | IPv6Address, port: int) -> str:
+    """Add a QUIC listener on `ip:port` next to the node's own; returns its key for
+    `close_listener`. Raises OSError(EADDRINUSE) when the port is taken."""
+    address = multiaddr.Multiaddr(f"/ip{ip.version}/{ip}/udp/{port}/quic-v1")
+    network = cast(Any, host.get_network())
+    before = set(network.listeners)
+    if not await network.listen(address):
+        raise OSError(errno.EADDRINUSE, f"cannot listen on {address}")
+    (key,) = set(network.listeners) - before
+    return cast(str, key)
+
+
+async def close_listener(host: IHost, key: str) -> None:
+    """Close a listener `listen_quic` added (its connections close with it)."""
+    listener = cast(Any, host.get_network()).listeners.pop(key, None)
+    if listener is not None:
+        await listener.close()
+
+
+def local_port(conn: INetConn) -> int | None:
+    """The local UDP port of a QUIC connection (None for other transports)."""
+    sock = getattr(conn.muxed_conn, "_socket", None)
+    return None if sock is None else int(sock.getsockname()[1])
 
 
 # --- UDP ------------------------------------------------------------------------------------

@@ -356,7 +356,7 @@ class HolePuncher:
         if not initiator:  # the initiator dials; the responder's listener accepts
             conn = await _libp2p.wait_direct_connection(node.host, peer)
             return local, heard.remote, heard.probes_sent, conn
-        conn = await _dial_quic(node, peer, heard.remote, local)
+        conn = await _libp2p.dial_quic_from(node.host, peer, heard.remote, local)
         return local, heard.remote, session.probes_sent, conn
 
     async def _birthday_hard(self, node: MeshNode, peer: ID, ours: Offer, theirs: Offer
@@ -368,7 +368,7 @@ class HolePuncher:
                                   refresh_interval=1.0, timeout=cfg.punch_timeout)
         heard, port = await punch_udp_many(session, cfg.birthday_sockets)
         source = Endpoint(node.listen_endpoint("udp").ip, port)
-        conn = await _dial_quic(node, peer, heard.remote, source)
+        conn = await _libp2p.dial_quic_from(node.host, peer, heard.remote, source)
         return source, heard.remote, heard.probes_sent, conn
 
     async def _birthday_easy(self, node: MeshNode, peer: ID, ours: Offer, theirs: Offer
@@ -410,13 +410,3 @@ class HolePuncher:
             return local, remote, 0, conn
         raise PunchFailed("; ".join(errors) or "no TCP candidate")
 
-
-async def _dial_quic(node: MeshNode, peer: ID, remote: Endpoint, source: Endpoint) -> INetConn:
-    """QUIC to `remote` from `source`, the local port whose NAT mapping was punched; TLS checks
-    that the other end is `peer`."""
-    address = multiaddr.Multiaddr(
-        f"/ip{remote.ip.version}/{remote.ip}/udp/{remote.port}/quic-v1/p2p/{peer}")
-    with _libp2p.map_peer_errors(f"quic over the punched path to {remote}"):
-        conn: INetConn = await node.host.get_network().dial_addr(address, peer,
-                                                                 source.to_sockaddr())
-    return conn

@@ -1,0 +1,525 @@
+"""`TraversalService`: explicit traversal sessions, step by step, for applications that drive
+NAT traversal themselves.
+
+`start(peer)` opens a fresh UDP socket on each side, exchanges candidates over any existing
+connection (a relay circuit included) and probes; every pair that answers is kept alive with
+keepalives. `take(pair_id)` stops the traversal, frees the pair's local port and tells the
+peer, which frees its end and either listens there (QUIC) or dials from it. `open_stream()`
+then runs the authenticated QUIC connection on exactly that pair: same local port, so the NAT
+mappings the probes made are reused, and TLS binds the connection to the peer id.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from dataclasses import dataclass, field
+
+import trio
+
+from meshnat import _libp2p
+from meshnat._libp2p import ID, INetConn, INetStream, PeerInfo, TaskStatus, TProtocol
+from meshnat.config import require_positive
+from meshnat.discovery import PeerAddressDiscovery
+from meshnat.endpoint import Endpoint
+from meshnat.errors import (
+    ListenerMissing,
+    MeshNatError,
+    NotMounted,
+    PairExpired,
+    PeerRefused,
+    PeerTimeout,
+    PortInUse,
+    RemoteProtocolError,
+    UnknownPair,
+)
+from meshnat.node import MeshNode
+from meshnat.traversal.messages import Offer, Probe, Take, TakeAccept
+from meshnat.traversal.pairs import PairState, PairTable, PortPair
+from meshnat.wire import (
+    MAX_DATAGRAM_SIZE,
+    decode,
+    encode,
+    frame_datagram,
+    new_txid,
+    unframe_datagram,
+)
+from meshnat.wire.error_response import ErrorCode, ErrorResponse, refusal_for
+
+log = logging.getLogger(__name__)
+
+TRAVERSAL_PROTOCOL = TProtocol("/meshnat/traversal/1.0.0")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TraversalConfig:
+    """How traversals probe, keep pairs alive and hand them over."""
+
+    probe_interval: float = 0.05
+    """Seconds between probes to candidates that have not answered (ICE's Ta)."""
+    probe_timeout: float = 10.0
+    """Seconds a candidate is probed before it is given up."""
+    keepalive_interval: float = 5.0
+    """Seconds between keepalives on an alive pair (well under NAT UDP timeouts of 30 s+)."""
+    pair_timeout: float = 20.0
+    """Seconds without hearing the peer on a pair before it is reported expired."""
+    take_deadline: float = 10.0
+    """Seconds a taken pair may wait for the transport before it is reported expired."""
+    stream_timeout: float = 5.0
+    """Seconds for each coordination exchange and for the QUIC handshake on a pair."""
+    max_traversals: int = 16
+    """Traversals open at once (both directions); more are refused."""
+
+    def __post_init__(self) -> None:
+        require_positive(self, "probe_interval", "probe_timeout", "keepalive_interval",
+                         "pair_timeout", "take_deadline", "stream_timeout", "max_traversals")
+
+
+@dataclass(eq=False)
+class Traversal:
+    """One traversal toward a peer: its socket, its pairs, and what was taken."""
+
+    id: str
+    txid: bytes
+    peer: ID
+    table: PairTable
+    started: float
+    socket: trio.socket.SocketType | None
+    probing: trio.CancelScope = field(default_factory=trio.CancelScope)
+    keepalives_sent: int = 0
+    probes_sent: int = 0
+    listener: str | None = None
+    """The ephemeral QUIC listen address on a taken pair's local port, while it exists."""
+    connection: INetConn | None = None
+    connected: trio.Event = field(default_factory=trio.Event)
+    changed: trio.Event = field(default_factory=trio.Event)
+    """Set (and replaced) whenever a pair changes state."""
+
+    def notify(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
+    @property
+    def closed(self) -> bool:
+        return self.socket is None
+
+    def to_json(self, now: float) -> dict[str, object]:
+        return {"traversal": self.id, "peer": str(self.peer), "local_port": self.table.local_port,
+                "probing": not self.closed, "keepalives_sent": self.keepalives_sent,
+                "probes_sent": self.probes_sent,
+                "pairs": [p.to_json(now) for p in self.table.pairs()]}
+
+
+@dataclass(frozen=True, slots=True)
+class PairStream:
+    """A stream opened over a taken pair, and the path it runs on."""
+
+    pair: PortPair
+    stream: INetStream
+    connection: INetConn
+    local_port: int
+    remote: Endpoint
+
+
+class TraversalService:
+    """Explicit traversals: start, watch pairs, take one, open a stream on it."""
+
+    protocol_id = TRAVERSAL_PROTOCOL
+
+    def __init__(self, config: TraversalConfig | None = None, *,
+                 discovery: PeerAddressDiscovery | None = None) -> None:
+        self.config = config or TraversalConfig()
+        self._discovery = discovery
+        self._node: MeshNode | None = None
+        self._nursery: trio.Nursery | None = None
+        self._traversals: dict[bytes, Traversal] = {}
+
+    async def serve(self, node: MeshNode, *, task_status: TaskStatus[None]) -> None:
+        node.host.set_stream_handler(self.protocol_id,
+                                     _libp2p.guarded_handler("traversal", self._respond))
+        try:
+            async with trio.open_nursery() as nursery:
+                self._node, self._nursery = node, nursery
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            node.host.remove_stream_handler(self.protocol_id)
+            for traversal in self._traversals.values():
+                await self._stop(traversal)
+            self._node = self._nursery = None
+
+    # --- public API ------------------------------------------------------------------------
+
+    def traversals(self) -> list[Traversal]:
+        return list(self._traversals.values())
+
+    def pair(self, pair_id: str) -> tuple[Traversal, PortPair]:
+        """The traversal holding `pair_id` and the pair; raises UnknownPair."""
+        traversal = self._find(pair_id.partition(".")[0])
+        self._expire(traversal)
+        return traversal, traversal.table.get(pair_id)
+
+    def _find(self, traversal_id: str) -> Traversal:
+        for traversal in self._traversals.values():
+            if traversal.id == traversal_id:
+                return traversal
+        raise UnknownPair(f"no traversal {traversal_id!r}")
+
+    async def wait_for(self, ref: str, state: PairState, timeout: float) -> PortPair:
+        """The first pair of traversal (or pair) `ref` in `state`, waiting up to `timeout`
+        seconds; raises PeerTimeout, or UnknownPair."""
+        traversal_id, _, pair_id = ref.partition(".")
+        with trio.move_on_after(timeout):
+            while True:
+                traversal = self._find(traversal_id)
+                self._expire(traversal)
+                for pair in traversal.table.pairs():
+                    if pair.state is state and pair_id in ("", pair.id.partition(".")[2]):
+                        return pair
+                await traversal.changed.wait()
+        raise PeerTimeout(f"no pair of {ref} became {state.value} within {timeout} s")
+
+    async def start(self, peer: ID) -> Traversal:
+        """Start a traversal toward `peer`, reached over a connection the node already has."""
+        node, _ = self._mounted()
+        traversal = await self._open(new_txid(), peer)
+        limit = self.config.stream_timeout
+        try:
+            stream = await node.open_stream(PeerInfo(peer, []), self.protocol_id, timeout=limit)
+            try:
+                with _libp2p.map_peer_errors("traversal offer", limit), trio.fail_after(limit):
+                    await _libp2p.write_frame(stream, encode(self._offer(traversal)))
+                    reply = decode(await _libp2p.read_frame(stream), Offer, ErrorResponse)
+            finally:
+                await _libp2p.reset_quietly(stream)
+            if isinstance(reply, ErrorResponse):
+                raise PeerRefused(reply.code.name.lower(), reply.reason)
+            if reply.txid != traversal.txid:
+                raise PeerRefused("bad-request", "answer for another traversal")
+        except BaseException:
+            await self._stop(traversal)
+            del self._traversals[traversal.txid]
+            raise
+        self._probe(traversal, reply.candidates)
+        return traversal
+
+    async def take(self, pair_id: str, *, initiate: bool = True,
+                   deadline: float | None = None) -> PortPair:
+        """Hand `pair_id` to the transport; it must be used within `deadline` seconds.
+
+        `initiate`: this node will dial (`open_stream`) and the peer listens on its end;
+        otherwise this node listens and the peer dials now. Raises UnknownPair, PairExpired,
+        PairTaken, PortInUse or PeerRefused (the peer did not accept).
+        """
+        traversal, _ = self.pair(pair_id)
+        use_within = deadline or self.config.take_deadline
+        pair = traversal.table.take(pair_id, trio.current_time(), use_within=use_within)
+        traversal.notify()
+        await self._stop(traversal)  # keepalives end here; the local port is free again
+        if not initiate:
+            await self._listen(traversal, pair)
+        node, _ = self._mounted()
+        limit = self.config.stream_timeout
+        try:
+            stream = await node.open_stream(PeerInfo(traversal.peer, []), self.protocol_id,
+                                            timeout=limit)
+            try:
+                with _libp2p.map_peer_errors("traversal take", limit), trio.fail_after(limit):
+                    request = Take(traversal.txid, pair.remote, pair.local, dial=not initiate)
+                    await _libp2p.write_frame(stream, encode(request))
+                    reply = decode(await _libp2p.read_frame(stream), TakeAccept, ErrorResponse)
+            finally:
+                await _libp2p.reset_quietly(stream)
+            if isinstance(reply, ErrorResponse):
+                raise PeerRefused(reply.code.name.lower(), reply.reason)
+        except MeshNatError:
+            traversal.table.expire(pair_id)
+            await self._close_listener(traversal)
+            raise
+        self._watch_deadline(traversal, pair)
+        log.info("traversal %s: took pair %s (%s -> %s), %s", traversal.id, pair.id,
+                 pair.local_port, pair.remote, "dialling" if initiate else "listening")
+        return pair
+
+    async def open_stream(self, pair_id: str, protocol: TProtocol) -> PairStream:
+        """A stream speaking `protocol` over the QUIC connection on taken pair `pair_id`."""
+        traversal, pair = self.pair(pair_id)
+        if pair.state is not PairState.TAKEN:
+            raise PairExpired(f"pair {pair_id} is {pair.state.value}, not taken")
+        assert pair.deadline is not None
+        node, _ = self._mounted()
+        limit = self.config.stream_timeout
+        conn = traversal.connection
+        if conn is None and traversal.listener is None:  # this side dials
+            conn = await self._dial(traversal, pair)
+        elif conn is None:
+            with trio.move_on_at(pair.deadline):
+                await traversal.connected.wait()
+            conn = traversal.connection
+            if conn is None:
+                raise PairExpired(f"pair {pair_id}: the peer did not dial before the deadline")
+        with _libp2p.map_peer_errors(f"open {protocol}", limit), trio.fail_after(limit):
+            stream = await _libp2p.open_stream_on(node.host, conn, protocol, limit)
+        return PairStream(pair, stream, conn, pair.local_port, pair.remote)
+
+    async def close(self, traversal_id: str) -> None:
+        """Stop a traversal and forget it (a connection made on one of its pairs stays)."""
+        traversal = self._find(traversal_id)
+        await self._stop(traversal)
+        await self._close_listener(traversal)
+        del self._traversals[traversal.txid]
+
+    # --- responder ---------------------------------------------------------------------------
+
+    async def _respond(self, stream: INetStream) -> None:
+        peer = _libp2p.stream_peer(stream)
+        limit = self.config.stream_timeout
+        with _libp2p.map_peer_errors("traversal request", limit), trio.fail_after(limit):
+            request: Offer | Take | None = None
+            try:
+                request = decode(await _libp2p.read_frame(stream), Offer, Take)
+                reply: Offer | TakeAccept | ErrorResponse = await self._answer(peer, request)
+            except RemoteProtocolError as exc:
+                reply = refusal_for(exc)
+            except MeshNatError as exc:
+                assert request is not None
+                reply = ErrorResponse(request.txid, ErrorCode.UNAVAILABLE, str(exc)[:120])
+            await _libp2p.write_frame(stream, encode(reply))
+            await stream.close()
+        if isinstance(request, Take) and request.dial and isinstance(reply, TakeAccept):
+            await self._dial_taken(peer, request)
+
+    async def _answer(self, peer: ID, request: Offer | Take) -> Offer | TakeAccept:
+        if isinstance(request, Offer):
+            started = await self._open(request.txid, peer)
+            self._probe(started, request.candidates)
+            log.info("traversal %s: started by %s", started.id, peer)
+            return self._offer(started)
+        traversal = self._traversals.get(request.txid)
+        if traversal is None or traversal.peer != peer:
+            raise UnknownPair("no such traversal with this peer")
+        pair = self._their_pair(traversal, request)
+        taken = traversal.table.take(pair.id, trio.current_time(),
+                                     use_within=self.config.take_deadline)
+        traversal.notify()
+        await self._stop(traversal)
+        if not request.dial:
+            await self._listen(traversal, taken)
+        self._watch_deadline(traversal, taken)
+        log.info("traversal %s: peer took pair %s, %s", traversal.id, taken.id,
+                 "dialling" if request.dial else "listening")
+        return TakeAccept(request.txid)
+
+    async def _dial_taken(self, peer: ID, request: Take) -> None:
+        traversal = self._traversals[request.txid]
+        pair = next(p for p in traversal.table.pairs() if p.state is PairState.TAKEN)
+        try:
+            await self._dial(traversal, pair)
+        except MeshNatError as exc:
+            log.info("traversal %s: dialling %s on pair %s failed: %s", traversal.id, peer,
+                     pair.id, exc)
+
+    @staticmethod
+    def _their_pair(traversal: Traversal, request: Take) -> PortPair:
+        """Our pair toward the taker's endpoint `mine`; with no match, the only alive pair."""
+        alive = [p for p in traversal.table.pairs() if p.state is PairState.ALIVE]
+        for pair in alive:
+            if pair.remote == request.mine:
+                return pair
+        if len(alive) == 1:
+            return alive[0]
+        raise PairExpired("no alive pair matches the one taken")
+
+    # --- both sides --------------------------------------------------------------------------
+
+    def _mounted(self) -> tuple[MeshNode, trio.Nursery]:
+        if self._node is None or self._nursery is None:
+            raise NotMounted("mount TraversalService on a running MeshNode first")
+        return self._node, self._nursery
+
+    async def _open(self, txid: bytes, peer: ID) -> Traversal:
+        node, _ = self._mounted()
+        if len(self._traversals) >= self.config.max_traversals:
+            raise PeerRefused("rate-limited", "too many traversals open")
+        if txid in self._traversals:
+            raise PeerRefused("bad-request", "traversal id in use")
+        ip = node.listen_endpoint("udp").ip
+        sock = trio.socket.socket(socket.AF_INET6 if ip.version == 6 else socket.AF_INET,
+                                  socket.SOCK_DGRAM)
+        await sock.bind((str(ip), 0))
+        port = sock.getsockname()[1]
+        traversal = Traversal(txid.hex()[:8], txid, peer,
+                              PairTable(txid.hex()[:8], port,
+                                        pair_timeout=self.config.pair_timeout),
+                              trio.current_time(), sock)
+        self._traversals[txid] = traversal
+        return traversal
+
+    def _offer(self, traversal: Traversal) -> Offer:
+        """Candidates: the public IP discovery confirmed (NATs that keep ports map the socket
+        there), then the node's own addresses, all with the traversal socket's port."""
+        node, _ = self._mounted()
+        port = traversal.table.local_port
+        ips = [e.ip for e in node.local_endpoints("udp")]
+        seen = self._discovery.last_round("udp") if self._discovery else None
+        if seen is not None and seen.ip is not None:
+            ips.insert(0, seen.ip)
+        return Offer(traversal.txid, tuple(dict.fromkeys(Endpoint(ip, port) for ip in ips)))
+
+    def _probe(self, traversal: Traversal, candidates: tuple[Endpoint, ...]) -> None:
+        now = trio.current_time()
+        for candidate in candidates:
+            traversal.table.add_candidate(candidate, now)
+        self._mounted()[1].start_soon(self._run_probing, traversal)
+
+    async def _run_probing(self, traversal: Traversal) -> None:
+        """Probe candidates, answer the peer's probes, keep alive pairs alive; until stopped."""
+        sock = traversal.socket
+        if sock is None:
+            return
+        cfg = self.config
+        last_keepalive: dict[Endpoint, float] = {}
+
+        async def send(probe: Probe, dst: Endpoint) -> None:
+            try:
+                await sock.sendto(frame_datagram(encode(probe)), dst.to_sockaddr())
+            except OSError as exc:
+                log.debug("traversal %s: probe to %s failed: %s", traversal.id, dst, exc)
+
+        async def receive() -> None:
+            while True:
+                data, addr = await sock.recvfrom(MAX_DATAGRAM_SIZE + 1)
+                payload = unframe_datagram(data)
+                if payload is None:
+                    continue
+                try:
+                    probe = decode(payload, Probe)
+                except RemoteProtocolError:
+                    continue
+                if probe.txid != traversal.txid:
+                    continue
+                src = Endpoint.from_sockaddr(addr)
+                traversal.table.heard(src, trio.current_time(), ack=probe.ack,
+                                      observed=probe.observed)
+                traversal.notify()
+                if not probe.ack:
+                    await send(Probe(traversal.txid, ack=True, observed=src), src)
+
+        with traversal.probing:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(receive)
+                while True:
+                    now = trio.current_time()
+                    probing = now - traversal.started < cfg.probe_timeout
+                    for pair in traversal.table.pairs():
+                        if pair.state is PairState.PROBING and probing:
+                            traversal.probes_sent += 1
+                        elif pair.state is PairState.ALIVE and \
+                                now - last_keepalive.get(pair.remote, 0.0) >= \
+                                cfg.keepalive_interval:
+                            last_keepalive[pair.remote] = now
+                            traversal.keepalives_sent += 1
+                        else:
+                            continue
+                        traversal.table.sent(pair.remote, now)
+                        await send(Probe(traversal.txid), pair.remote)
+                    self._expire(traversal)
+                    await trio.sleep(cfg.probe_interval)  # the probe clock itself
+
+    def _expire(self, traversal: Traversal) -> None:
+        now = trio.current_time()
+        expired = traversal.table.expire_stale(now)
+        for pair in expired:
+            log.info("traversal %s: pair %s expired (silent)", traversal.id, pair.id)
+        for pair in traversal.table.pairs():
+            if pair.state is PairState.TAKEN and pair.deadline is not None and \
+                    now >= pair.deadline and traversal.connection is None:
+                expired.append(traversal.table.expire(pair.id))
+                log.info("traversal %s: pair %s expired unused", traversal.id, pair.id)
+        if expired:
+            traversal.notify()
+
+    async def _stop(self, traversal: Traversal) -> None:
+        """End probing and keepalives and close the socket, freeing the local port."""
+        traversal.probing.cancel()
+        if traversal.socket is not None:
+            traversal.socket.close()
+            traversal.socket = None
+
+    async def _listen(self, traversal: Traversal, pair: PortPair) -> None:
+        """An ephemeral QUIC listener on the pair's local port, until the peer's connection
+        on it closes or the pair's deadline passes unused."""
+        node, nursery = self._mounted()
+        port = pair.local_port
+        try:
+            traversal.listener = await _libp2p.listen_quic(node.host,
+                                                           node.listen_endpoint("udp").ip, port)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUse(f"port {port} is held by another socket") from exc
+            raise
+
+        async def wait() -> None:
+            arrived: list[INetConn] = []
+            got = trio.Event()
+
+            def on_connected(conn: INetConn) -> None:
+                if conn.muxed_conn.peer_id == traversal.peer and \
+                        _libp2p.local_port(conn) == port:
+                    arrived.append(conn)
+                    got.set()
+
+            assert pair.deadline is not None
+            with _libp2p.watch_connections(node.host, on_connected), \
+                    trio.move_on_at(pair.deadline):
+                await got.wait()
+            if arrived:
+                self._connected(traversal, arrived[0])
+
+        nursery.start_soon(wait)
+
+    def _connected(self, traversal: Traversal, conn: INetConn) -> None:
+        traversal.connection = conn
+        traversal.connected.set()
+        self._mounted()[1].start_soon(self._close_listener_after, traversal, conn)
+
+    async def _close_listener_after(self, traversal: Traversal, conn: INetConn) -> None:
+        await _libp2p.wait_closed(conn)
+        await self._close_listener(traversal)
+
+    async def _close_listener(self, traversal: Traversal) -> None:
+        if traversal.listener is not None:
+            node, _ = self._mounted()
+            await _libp2p.close_listener(node.host, traversal.listener)
+            traversal.listener = None
+
+    def _watch_deadline(self, traversal: Traversal, pair: PortPair) -> None:
+        """At the deadline, an unused pair expires and its listener goes."""
+
+        async def watch() -> None:
+            assert pair.deadline is not None
+            await trio.sleep_until(pair.deadline)
+            if traversal.connection is None:
+                self._expire(traversal)
+                await self._close_listener(traversal)
+
+        self._mounted()[1].start_soon(watch)
+
+    async def _dial(self, traversal: Traversal, pair: PortPair) -> INetConn:
+        node, _ = self._mounted()
+        source = Endpoint(node.listen_endpoint("udp").ip, pair.local_port)
+        limit = self.config.stream_timeout
+        try:
+            with trio.fail_after(limit):
+                conn = await _libp2p.dial_quic_from(node.host, traversal.peer, pair.remote,
+                                                    source)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUse(f"port {pair.local_port} is held by another socket") from exc
+            raise ListenerMissing(f"QUIC to {pair.remote} failed: {exc}") from exc
+        except (MeshNatError, trio.TooSlowError) as exc:
+            raise ListenerMissing(f"no QUIC listener answered at {pair.remote}: {exc}") from exc
+        self._connected(traversal, conn)
+        return conn
+

@@ -1,0 +1,75 @@
+"""Explicit traversals on loopback: pairs found and kept alive, taken once, used by a stream."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from meshnat import EchoService
+from meshnat.echo import ECHO_PROTOCOL
+from meshnat.errors import PairExpired, PairTaken, UnknownPair
+from meshnat.traversal import PairState, TraversalConfig, TraversalService
+from tests.support.fake_reflectors import nodes
+
+
+async def test_a_pair_is_found_taken_and_carries_a_stream_from_its_own_port() -> None:
+    async with nodes(2) as (a, b):
+        await a.connect(b.peer_info())
+        ours = await a.mount(TraversalService())
+        theirs = await b.mount(TraversalService())
+        await b.mount(EchoService())
+        with trio.fail_after(20):
+            traversal = await ours.start(b.peer_id)
+            alive = await ours.wait_for(traversal.id, PairState.ALIVE, 5)
+            assert alive.rtt is not None and alive.local is not None
+            assert alive.local.port == alive.local_port == traversal.table.local_port
+            taken = await ours.take(alive.id)
+            assert taken.state is PairState.TAKEN and traversal.closed  # keepalives stopped
+            with pytest.raises(PairTaken):
+                await ours.take(alive.id)
+            opened = await ours.open_stream(alive.id, ECHO_PROTOCOL)
+            await opened.stream.write(b"over the pair")
+            assert await opened.stream.read(100) == b"over the pair"
+            # the QUIC connection runs from the pair's local port to the peer's end of it
+            remote = opened.connection.muxed_conn.get_remote_address()  # type: ignore[attr-defined]
+            assert remote[1] == alive.remote.port
+            assert theirs.traversals()[0].connection is not None
+
+
+async def test_the_listening_side_can_take_and_the_peer_dials() -> None:
+    async with nodes(2) as (a, b):
+        await a.connect(b.peer_info())
+        ours = await a.mount(TraversalService())
+        await b.mount(TraversalService())
+        await b.mount(EchoService())
+        with trio.fail_after(20):
+            traversal = await ours.start(b.peer_id)
+            alive = await ours.wait_for(traversal.id, PairState.ALIVE, 5)
+            await ours.take(alive.id, initiate=False)
+            opened = await ours.open_stream(alive.id, ECHO_PROTOCOL)
+            await opened.stream.write(b"dialled to us")
+            assert await opened.stream.read(100) == b"dialled to us"
+
+
+async def test_a_taken_pair_not_used_before_its_deadline_expires() -> None:
+    async with nodes(2) as (a, b):
+        await a.connect(b.peer_info())
+        ours = await a.mount(TraversalService(TraversalConfig(take_deadline=0.3)))
+        await b.mount(TraversalService())
+        with trio.fail_after(20):
+            traversal = await ours.start(b.peer_id)
+            alive = await ours.wait_for(traversal.id, PairState.ALIVE, 5)
+            await ours.take(alive.id)
+            expired = await ours.wait_for(alive.id, PairState.EXPIRED, 5)
+            assert expired.id == alive.id
+            with pytest.raises(PairExpired):
+                await ours.open_stream(alive.id, ECHO_PROTOCOL)
+
+
+async def test_unknown_pairs_are_named_as_such() -> None:
+    async with nodes(1) as (a,):
+        service = await a.mount(TraversalService())
+        with pytest.raises(UnknownPair):
+            await service.take("deadbeef.1")
+        with pytest.raises(UnknownPair):
+            service.pair("nothing")
