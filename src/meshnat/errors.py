@@ -7,6 +7,7 @@ subclass, never an `ExceptionGroup`.
 
 from __future__ import annotations
 
+from enum import IntEnum
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -114,3 +115,11 @@ class RelayUnavailable(MeshNatError):
 
 class NotMounted(LocalProtocolError):
     """A service was used before it was mounted on a running node."""
+
+
+class TunnelRefused(PeerRefused):
+    """The exposing peer would not open a tunnel; `refusal` is its RefusalCode."""
+
+    def __init__(self, refusal: IntEnum, reason: str) -> None:
+        super().__init__(refusal.name.lower().replace("_", "-"), reason)
+        self.refusal = refusal

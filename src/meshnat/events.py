@@ -83,8 +83,34 @@ class PathUpgraded:
     elapsed: float
 
 
+@dataclass(frozen=True, slots=True)
+class TunnelClosed:
+    """One tunnel ended, or was refused before any byte moved.
+
+    `side` is `expose` (this node served it) or `forward` (a local client of this node used
+    it). `path` is how the peer was reached: `direct`, `punched` or `relayed` (`none` if no
+    path was found). `bytes_out` went from this node into the tunnel, `bytes_in` came out of
+    it. `outcome` is `closed` (both sides finished), `idle-timeout`, `reset` (either side
+    broke off), `unreachable`, or a refusal code such as `not-allowed` or `target-refused`.
+    """
+
+    side: str
+    peer: str
+    service: str
+    path: str
+    bytes_out: int
+    bytes_in: int
+    duration: float
+    outcome: str
+
+    def to_json(self) -> dict[str, object]:
+        return {"peer": self.peer, "service": self.service, "path": self.path,
+                "bytes_out": self.bytes_out, "bytes_in": self.bytes_in,
+                "duration_ms": round(self.duration * 1e3, 3), "outcome": self.outcome}
+
+
 MeshEvent = (AddressConfirmed | AddressDisputed | StreamRejected | PunchSucceeded
-             | PunchAbandoned | PathLost | PathEstablished | PathUpgraded)
+             | PunchAbandoned | PathLost | PathEstablished | PathUpgraded | TunnelClosed)
 EventSink = Callable[[MeshEvent], None]
 
 

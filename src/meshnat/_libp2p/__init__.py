@@ -12,6 +12,8 @@ Workarounds for py-libp2p pitfalls live here and only here (see docs/design.md):
 - `read_frame`: `stream.read()` raises StreamEOF and never returns b""; the length prefix is
   checked before the body is read (`read_varint_prefixed_bytes_limited`).
 - `map_peer_errors`: py-libp2p and trio exceptions become meshnat's typed errors.
+- `StreamBytes`: a stream as a byte stream for tunnels: EOF as b"", half-close with
+  `close_write()`, and Yamux writes that wait for the send window past py-libp2p's 5 s limit.
 - An exception escaping a stream handler kills py-libp2p's swarm, so every handler meshnat
   registers goes through `guarded_handler`.
 """
@@ -27,6 +29,7 @@ from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
+from meshnat._libp2p.bytestream import StreamBytes
 from meshnat._libp2p.connections import ping_over, wait_direct_connection, watch_connections
 from meshnat._libp2p.host import (
     close_connections,
@@ -43,6 +46,7 @@ from meshnat._libp2p.host import (
     tcp_first,
 )
 from meshnat._libp2p.streams import (
+    carried_by,
     connection_remote,
     guarded_handler,
     is_relayed,
@@ -72,8 +76,10 @@ __all__ = [
     "INetStream",
     "KeyPair",
     "PeerInfo",
+    "StreamBytes",
     "TProtocol",
     "TaskStatus",
+    "carried_by",
     "close_connections",
     "concrete_addrs",
     "connection_remote",
