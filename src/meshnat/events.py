@@ -75,7 +75,8 @@ class PathEstablished:
 
 @dataclass(frozen=True, slots=True)
 class PathUpgraded:
-    """A relayed peer is now reached directly; the relayed connection was closed."""
+    """A relayed peer is now reached directly: new streams take the direct connection; the
+    relayed one is closed once the streams still open on it have finished."""
 
     peer: str
     transport: str

@@ -35,7 +35,7 @@ async def test_a_peer_known_only_through_a_relay_is_relayed_then_upgraded() -> N
             assert path.kind == "relayed" and path.remote is None
             assert await connector.wait_direct(b.peer_id, 10)
             upgraded = await connector.connect(PeerInfo(b.peer_id, []))
-            assert upgraded.kind == "direct" and not is_relayed(upgraded.connection)
+            assert upgraded.kind == "punched" and not is_relayed(upgraded.connection)
             assert await echo(a, PeerInfo(b.peer_id, []), b"hi") == b"hi"  # new streams: direct
             assert all(not is_relayed(c) for c in a.host.get_network().get_connections(b.peer_id))
             punched = connector.last_punch(b.peer_id)

@@ -342,3 +342,41 @@ async def test_a_garbage_request_is_refused_and_the_service_keeps_serving() -> N
 def test_config_limits_are_checked() -> None:
     with pytest.raises(ValueError, match="max_tunnels"):
         replace(TunnelConfig(), max_tunnels=0)
+
+
+async def test_a_tunnel_on_the_relay_finishes_there_while_new_ones_take_the_punched_path(
+) -> None:
+    from contextlib import AsyncExitStack
+
+    from meshnat import Connector, HolePuncher, RelayClient, RelayService
+    from meshnat._libp2p import PeerInfo
+    from tests.support.fake_reflectors import LOOPBACK
+
+    with trio.fail_after(30):
+        async with target(echo) as t, AsyncExitStack() as stack:
+            relay, a, b = [await stack.enter_async_context(MeshNode(LOOPBACK)) for _ in range(3)]
+            await relay.mount(RelayService())
+            await (await b.mount(RelayClient())).reserve(relay.peer_info())
+            served = Reports()
+            server = await b.mount(TunnelService(puncher=await b.mount(HolePuncher()),
+                                                 events=served))
+            server.expose("echo", ("127.0.0.1", t.port), allow={a.peer_id})
+            connector = await a.mount(Connector(
+                relays=[relay.peer_info()], relay_client=await a.mount(RelayClient()),
+                puncher=await a.mount(HolePuncher())))
+            client = await a.mount(TunnelService(connector=connector))
+            known_by_id = PeerInfo(b.peer_id, [])
+            first = await client.open(known_by_id, "echo")
+            assert first.path == "relayed"
+            assert await connector.wait_direct(b.peer_id, 10)
+            second = await client.open(known_by_id, "echo")
+            for tunnel, word in ((first, b"still relayed"), (second, b"punched")):
+                await tunnel.send_all(word)
+                assert await tunnel.receive_some(CHUNK) == word
+                await tunnel.send_eof()
+                assert await tunnel.receive_some(CHUNK) == b""
+                await tunnel.aclose()
+            reports = await served.wait(2)
+    assert second.path == "punched"
+    assert sorted((r.path, r.outcome) for r in reports) == [("punched", "closed"),
+                                                            ("relayed", "closed")]

@@ -30,7 +30,13 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
 from meshnat._libp2p.bytestream import StreamBytes
-from meshnat._libp2p.connections import ping_over, wait_direct_connection, watch_connections
+from meshnat._libp2p.connections import (
+    ping_over,
+    stream_count,
+    wait_direct_connection,
+    wait_streams_closed,
+    watch_connections,
+)
 from meshnat._libp2p.host import (
     close_connections,
     concrete_addrs,
@@ -101,10 +107,12 @@ __all__ = [
     "remote_endpoint",
     "reset_quietly",
     "single_exception",
+    "stream_count",
     "stream_peer",
     "tcp_first",
     "transport_of",
     "wait_direct_connection",
+    "wait_streams_closed",
     "watch_connections",
     "write_frame",
 ]

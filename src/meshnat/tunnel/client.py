@@ -107,11 +107,17 @@ async def open_tunnel(node: MeshNode, connector: Connector | None, config: Tunne
                       protocol: TProtocol) -> Tunnel:
     """Open a tunnel to `peer`'s service `name` (see TunnelService.open for what it raises)."""
     check_service_name(name)
-    async with locks.hold(peer.peer_id):
-        conn, kind = await _path(node, connector, peer)
     limit = config.open_timeout
-    with _libp2p.map_peer_errors("open tunnel", limit), trio.fail_after(limit):
-        stream = await _libp2p.open_stream_on(node.host, conn, protocol, limit)
+    for attempt in (1, 2):  # a relayed connection can close under us as a punch lands
+        async with locks.hold(peer.peer_id):
+            conn, kind = await _path(node, connector, peer)
+        try:
+            with _libp2p.map_peer_errors("open tunnel", limit), trio.fail_after(limit):
+                stream = await _libp2p.open_stream_on(node.host, conn, protocol, limit)
+            break
+        except PeerUnavailable:
+            if attempt == 2 or not conn.is_closed:
+                raise
     try:
         with _libp2p.map_peer_errors("tunnel open", limit), trio.fail_after(limit):
             request = OpenTunnel(new_txid(), name)
