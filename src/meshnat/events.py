@@ -92,7 +92,8 @@ class TunnelClosed:
     it). `path` is how the peer was reached: `direct`, `punched` or `relayed` (`none` if no
     path was found). `bytes_out` went from this node into the tunnel, `bytes_in` came out of
     it. `outcome` is `closed` (both sides finished), `idle-timeout`, `reset` (either side
-    broke off), `unreachable`, or a refusal code such as `not-allowed` or `target-refused`.
+    broke off), `unreachable`, or a refusal code such as `not-allowed` or `target-refused`;
+    `error` says what broke or why it was refused.
     """
 
     side: str
@@ -103,11 +104,13 @@ class TunnelClosed:
     bytes_in: int
     duration: float
     outcome: str
+    error: str | None = None
 
     def to_json(self) -> dict[str, object]:
         return {"peer": self.peer, "service": self.service, "path": self.path,
                 "bytes_out": self.bytes_out, "bytes_in": self.bytes_in,
-                "duration_ms": round(self.duration * 1e3, 3), "outcome": self.outcome}
+                "duration_ms": round(self.duration * 1e3, 3), "outcome": self.outcome,
+                "error": self.error}
 
 
 MeshEvent = (AddressConfirmed | AddressDisputed | StreamRejected | PunchSucceeded

@@ -2,6 +2,8 @@
 
 py-libp2p specifics handled here:
 - `read()` raises StreamEOF at the end of the stream; `receive_some()` returns b"" instead.
+  A QUIC stream closed cleanly in both directions answers a read with an error that py-libp2p
+  maps to StreamReset; that is end of stream too.
 - Half-close is `close_write()`: `close()` on a QUIC stream closes both directions, and on any
   stream also unregisters it from its connection.
 - Yamux `write()` gives up (MuxedStreamError) after waiting 5 s for the peer to open its
@@ -16,7 +18,7 @@ from typing import Any, cast
 
 import trio
 from libp2p.abc import INetStream
-from libp2p.network.stream.exceptions import StreamEOF
+from libp2p.network.stream.exceptions import StreamEOF, StreamReset
 
 from meshnat._libp2p.streams import map_peer_errors, reset_quietly
 
@@ -38,6 +40,10 @@ class StreamBytes:
                 return bytes(await self.stream.read(max_bytes))
             except StreamEOF:
                 return b""
+            except StreamReset:
+                if _closed_cleanly(self.stream):
+                    return b""
+                raise
 
     async def send_all(self, data: bytes) -> None:
         view = memoryview(data)
@@ -75,3 +81,10 @@ class StreamBytes:
             if muxed.send_window > 0 or muxed.closed or muxed.send_closed:
                 return max(1, int(muxed.send_window))
             await trio.sleep(_WINDOW_POLL)  # py-libp2p has no event for a window update
+
+
+def _closed_cleanly(stream: INetStream) -> bool:
+    """A QUIC stream whose both sides finished (FIN each way), not one that was reset."""
+    muxed = cast(Any, stream).muxed_stream
+    is_reset = getattr(muxed, "is_reset", None)
+    return callable(is_reset) and not is_reset() and bool(getattr(muxed, "_read_closed", False))

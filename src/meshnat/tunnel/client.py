@@ -158,18 +158,20 @@ async def forward(open_one: Callable[[], Awaitable[Tunnel]], peer: str, service:
     async def serve_one(local: trio.SocketStream) -> None:
         started = trio.current_time()
         path, sent, received, outcome = "none", 0, 0, "reset"
+        error: str | None = None
         try:
             try:
                 tunnel = await open_one()
             except MeshNatError as exc:
                 log.info("forward: no tunnel to %s %s: %s", peer, service, exc)
-                outcome = _outcome_of(exc)
+                outcome, error = _outcome_of(exc), str(exc)
                 return
             path = tunnel.path
             try:
                 result = await pipe(local, tunnel, chunk_size=config.chunk_size,
                                     idle_timeout=config.idle_timeout)
                 sent, received, outcome = result.a_to_b, result.b_to_a, result.outcome
+                error = result.error
             finally:
                 with trio.CancelScope(shield=True):
                     await (tunnel.aclose() if outcome == "closed" else tunnel.reset())
@@ -178,7 +180,7 @@ async def forward(open_one: Callable[[], Awaitable[Tunnel]], peer: str, service:
             with trio.CancelScope(shield=True):
                 await local.aclose()
             events(TunnelClosed("forward", peer, service, path, sent, received,
-                                trio.current_time() - started, outcome))
+                                trio.current_time() - started, outcome, error))
 
     async def accept_loop(listener: trio.SocketListener, nursery: trio.Nursery) -> None:
         async with listener:

@@ -119,7 +119,7 @@ class TunnelService:
         except MeshNatError as exc:
             log.debug("tunnel: no request from %s: %s", peer, exc)
             await _libp2p.reset_quietly(stream)
-            self._report(peer, "", stream, 0, 0, started, "reset")
+            self._report(peer, "", stream, 0, 0, started, "reset", str(exc))
             return
         decision = self._table.authorize(peer, request.service)
         if isinstance(decision, Refusal):
@@ -130,20 +130,22 @@ class TunnelService:
             await self._refuse(stream, request.txid, target, peer, request.service, started)
             return
         tunnel = StreamBytes(stream)
-        outcome, sent, received = "reset", 0, 0
+        outcome, sent, received, error = "reset", 0, 0, None
         try:
             with _libp2p.map_peer_errors("tunnel answer", limit), trio.fail_after(limit):
                 await _libp2p.write_frame(stream, encode(TunnelOpened(request.txid)))
             result = await pipe(tunnel, target, chunk_size=self.config.chunk_size,
                                 idle_timeout=self.config.idle_timeout)
             outcome, sent, received = result.outcome, result.b_to_a, result.a_to_b
+            error = result.error
         except MeshNatError as exc:
             log.debug("tunnel: %s to %s broke while opening: %s", peer, request.service, exc)
+            error = str(exc)
         finally:
             with trio.CancelScope(shield=True):
                 await target.aclose()
                 await (tunnel.aclose() if outcome == "closed" else tunnel.reset())
-        self._report(peer, request.service, stream, sent, received, started, outcome)
+        self._report(peer, request.service, stream, sent, received, started, outcome, error)
 
     async def _connect_target(self, exposed: Exposed) -> trio.SocketStream | Refusal:
         """A fresh TCP connection to the service's target, or the refusal to send instead."""
@@ -173,12 +175,12 @@ class TunnelService:
         except MeshNatError as exc:
             log.debug("tunnel: refusal to %s not delivered: %s", peer, exc)
             await _libp2p.reset_quietly(stream)
-        self._report(peer, service, stream, 0, 0, started, refusal.code.label)
+        self._report(peer, service, stream, 0, 0, started, refusal.code.label, refusal.reason)
 
     def _report(self, peer: str, service: str, stream: INetStream, sent: int, received: int,
-                started: float, outcome: str) -> None:
+                started: float, outcome: str, error: str | None = None) -> None:
         self._events(TunnelClosed("expose", peer, service, self._path_of(stream), sent,
-                                  received, trio.current_time() - started, outcome))
+                                  received, trio.current_time() - started, outcome, error))
 
     def _path_of(self, stream: INetStream) -> str:
         if _libp2p.is_relayed(stream):
