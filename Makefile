@@ -25,6 +25,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_reflection
 	$(BIN)/python -m benchmarks.bench_discovery
 	$(BIN)/python -m benchmarks.bench_relay_throughput
+	$(BIN)/python -m benchmarks.bench_tunnel
 	@if [ "$$(id -u)" = 0 ]; then $(BIN)/python -m benchmarks.bench_classify_lab && \
 	$(BIN)/python -m benchmarks.bench_punch_lab; \
 	else echo "lab benchmarks skipped: they need root for the NAT lab"; fi

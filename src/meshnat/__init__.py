@@ -2,8 +2,8 @@
 
 The mesh reflects addresses (`ReflectionService`), votes on them (`PeerAddressDiscovery`),
 classifies NATs (`NatClassifier`), punches holes (`HolePuncher`), relays (`RelayService`,
-`RelayClient`) and puts it together in one call (`Connector`). Every capability is a service
-mounted on a `MeshNode`.
+`RelayClient`), puts it together in one call (`Connector`) and carries TCP services over it
+(`TunnelService`). Every capability is a service mounted on a `MeshNode`.
 """
 
 import logging
@@ -32,17 +32,21 @@ from meshnat.errors import (
     PunchFailed,
     RelayUnavailable,
     RemoteProtocolError,
+    TunnelRefused,
 )
+from meshnat.events import TunnelClosed
 from meshnat.node import MeshNode, NodeConfig, Service
 from meshnat.punch import HolePuncher, PunchConfig, Punched
 from meshnat.reflection import ReflectionConfig, ReflectionService
 from meshnat.relay import RelayClient, RelayService, RelayServiceConfig
+from meshnat.tunnel import ANY_PEER, RefusalCode, Tunnel, TunnelConfig, TunnelService
 
 __version__ = "0.1.0"
 
 logging.getLogger("meshnat").addHandler(logging.NullHandler())
 
 __all__ = [
+    "ANY_PEER",
     "ClassifierConfig",
     "ConfigError",
     "ConnectConfig",
@@ -73,11 +77,17 @@ __all__ = [
     "Punched",
     "ReflectionConfig",
     "ReflectionService",
+    "RefusalCode",
     "RelayClient",
     "RelayService",
     "RelayServiceConfig",
     "RelayUnavailable",
     "RemoteProtocolError",
     "Service",
+    "Tunnel",
+    "TunnelClosed",
+    "TunnelConfig",
+    "TunnelRefused",
+    "TunnelService",
     "__version__",
 ]

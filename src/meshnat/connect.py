@@ -1,9 +1,9 @@
 """`Connector`: one call to reach a peer, on the best path available now, upgraded in place.
 
-The ladder: an existing connection, then the peer's direct addresses, then a relay circuit;
-with a HolePuncher, a relayed path is punched in the background and, when a direct connection
-opens, new streams take it and the relayed connection is closed once the streams still open
-on it have finished (or after `ConnectConfig.drain_timeout`).
+The ladder: an existing connection (a direct one first), then the peer's direct addresses,
+then a relay circuit; with a HolePuncher, a relayed path is punched in the background. Once a
+direct connection opens, new paths use it; the relayed connection is closed as soon as the
+streams still open on it have finished (at most `relay_drain_timeout` later).
 """
 
 from __future__ import annotations
@@ -37,13 +37,12 @@ class ConnectConfig:
     relay_timeout: float = 10.0
     """Seconds for one relay circuit."""
 
-    drain_timeout: float = 120.0
-    """Seconds streams already open on a relayed connection may run on after the upgrade;
-    the relayed connection is closed when they are done or this runs out (default: the
-    circuit relay reference limit of 2 minutes)."""
+    relay_drain_timeout: float = 120.0
+    """Seconds streams still open on a relayed connection may go on after a punch succeeded,
+    before that connection is closed (the reference relay's circuit lifetime)."""
 
     def __post_init__(self) -> None:
-        require_positive(self, "direct_timeout", "relay_timeout", "drain_timeout")
+        require_positive(self, "direct_timeout", "relay_timeout", "relay_drain_timeout")
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,9 +103,9 @@ class Connector:
         node, nursery = self._mounted()
         started = trio.current_time()
         existing = node.host.get_network().get_connections(peer.peer_id)
-        if existing:  # direct first, as py-libp2p does for new streams
-            best = min(existing, key=_libp2p.is_relayed)
-            return self._found(peer.peer_id, best, started, kind=None)
+        if existing:  # a direct connection if there is one: the relayed one may be draining
+            return self._found(peer.peer_id, min(existing, key=_libp2p.is_relayed), started,
+                               kind=None)
         direct = [a for a in peer.addrs if "/p2p-circuit" not in str(a)]
         if direct:
             try:
@@ -158,25 +157,30 @@ class Connector:
             self._punched[peer] = punched
             self._events(PathUpgraded(str(peer), punched.transport, punched.remote,
                                       punched.elapsed))
-            self._mounted()[1].start_soon(self._retire, peer, relayed)
+            if _libp2p.stream_count(relayed) == 0:
+                await relayed.close()
+            else:  # open streams finish on the relay; new ones take the direct path
+                self._mounted()[1].start_soon(self._close_when_drained, relayed)
         finally:
             self._upgraded[peer].set()
 
-    async def _retire(self, peer: ID, relayed: INetConn) -> None:
-        """Close the relayed connection once its open streams are done.
+    async def _close_when_drained(self, relayed: INetConn) -> None:
+        node, _ = self._mounted()
+        if not await _libp2p.wait_streams_closed(node.host, relayed,
+                                                 self.config.relay_drain_timeout):
+            log.info("connect: closing a relayed connection with %d streams still open",
+                     _libp2p.stream_count(relayed))
+        await relayed.close()
 
-        New streams already prefer the direct connection (py-libp2p picks direct over relayed).
-        """
-        cut = await _libp2p.close_when_idle(relayed, grace=self.config.drain_timeout)
-        if cut:
-            log.warning("connect: %d stream(s) to %s still on the relay after %.0f s, cut",
-                        cut, peer, self.config.drain_timeout)
-        else:
-            log.info("connect: relayed connection to %s closed, its streams done", peer)
+    def _is_punched(self, peer: ID, conn: INetConn) -> bool:
+        kept = self._puncher.punched(peer) if self._puncher is not None else None
+        return kept is not None and kept.connection is conn
 
     def _found(self, peer: ID, conn: INetConn, started: float, *, kind: str | None) -> Path:
         relayed = _libp2p.is_relayed(conn)
-        path = Path(peer, kind or ("relayed" if relayed else "direct"),
+        if kind is None:
+            kind = "relayed" if relayed else "punched" if self._is_punched(peer, conn) else "direct"
+        path = Path(peer, kind,
                     _libp2p.transport_of(conn),
                     None if relayed else _libp2p.connection_remote(conn),
                     trio.current_time() - started, conn)

@@ -7,6 +7,7 @@ subclass, never an `ExceptionGroup`.
 
 from __future__ import annotations
 
+from enum import IntEnum
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -138,3 +139,11 @@ class ListenerMissing(TraversalError):
 
 class PortInUse(TraversalError):
     """The pair's local port is held by another socket, so the NAT mapping cannot be reused."""
+
+
+class TunnelRefused(PeerRefused):
+    """The exposing peer would not open a tunnel; `refusal` is its RefusalCode."""
+
+    def __init__(self, refusal: IntEnum, reason: str) -> None:
+        super().__init__(refusal.name.lower().replace("_", "-"), reason)
+        self.refusal = refusal

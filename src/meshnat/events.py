@@ -75,7 +75,8 @@ class PathEstablished:
 
 @dataclass(frozen=True, slots=True)
 class PathUpgraded:
-    """A relayed peer is now reached directly; the relayed connection was closed."""
+    """A relayed peer is now reached directly: new streams take the direct connection; the
+    relayed one is closed once the streams still open on it have finished."""
 
     peer: str
     transport: str
@@ -83,8 +84,37 @@ class PathUpgraded:
     elapsed: float
 
 
+@dataclass(frozen=True, slots=True)
+class TunnelClosed:
+    """One tunnel ended, or was refused before any byte moved.
+
+    `side` is `expose` (this node served it) or `forward` (a local client of this node used
+    it). `path` is how the peer was reached: `direct`, `punched` or `relayed` (`none` if no
+    path was found). `bytes_out` went from this node into the tunnel, `bytes_in` came out of
+    it. `outcome` is `closed` (both sides finished), `idle-timeout`, `reset` (either side
+    broke off), `unreachable`, or a refusal code such as `not-allowed` or `target-refused`;
+    `error` says what broke or why it was refused.
+    """
+
+    side: str
+    peer: str
+    service: str
+    path: str
+    bytes_out: int
+    bytes_in: int
+    duration: float
+    outcome: str
+    error: str | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return {"peer": self.peer, "service": self.service, "path": self.path,
+                "bytes_out": self.bytes_out, "bytes_in": self.bytes_in,
+                "duration_ms": round(self.duration * 1e3, 3), "outcome": self.outcome,
+                "error": self.error}
+
+
 MeshEvent = (AddressConfirmed | AddressDisputed | StreamRejected | PunchSucceeded
-             | PunchAbandoned | PathLost | PathEstablished | PathUpgraded)
+             | PunchAbandoned | PathLost | PathEstablished | PathUpgraded | TunnelClosed)
 EventSink = Callable[[MeshEvent], None]
 
 

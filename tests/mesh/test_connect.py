@@ -35,7 +35,7 @@ async def test_a_peer_known_only_through_a_relay_is_relayed_then_upgraded() -> N
             assert path.kind == "relayed" and path.remote is None
             assert await connector.wait_direct(b.peer_id, 10)
             upgraded = await connector.connect(PeerInfo(b.peer_id, []))
-            assert upgraded.kind == "direct" and not is_relayed(upgraded.connection)
+            assert upgraded.kind == "punched" and not is_relayed(upgraded.connection)
             assert await echo(a, PeerInfo(b.peer_id, []), b"hi") == b"hi"  # new streams: direct
             await wait_closed(path.connection)  # the relayed one, once idle
             punched = connector.last_punch(b.peer_id)
@@ -76,7 +76,7 @@ async def test_a_stream_open_on_the_relay_finishes_there_after_the_upgrade() -> 
 async def test_a_relayed_stream_outliving_the_drain_timeout_is_cut() -> None:
     with trio.fail_after(30):
         async with AsyncExitStack() as stack:
-            a, b, connector = await _relayed_pair(stack, ConnectConfig(drain_timeout=0.5))
+            a, b, connector = await _relayed_pair(stack, ConnectConfig(relay_drain_timeout=0.5))
             relayed = (await connector.connect(PeerInfo(b.peer_id, []))).connection
             await open_stream_on(a.host, relayed, ECHO_PROTOCOL, 5)  # never finished
             assert await connector.wait_direct(b.peer_id, 10)

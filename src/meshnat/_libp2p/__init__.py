@@ -12,6 +12,8 @@ Workarounds for py-libp2p pitfalls live here and only here (see docs/design.md):
 - `read_frame`: `stream.read()` raises StreamEOF and never returns b""; the length prefix is
   checked before the body is read (`read_varint_prefixed_bytes_limited`).
 - `map_peer_errors`: py-libp2p and trio exceptions become meshnat's typed errors.
+- `StreamBytes`: a stream as a byte stream for tunnels: EOF as b"", half-close with
+  `close_write()`, and Yamux writes that wait for the send window past py-libp2p's 5 s limit.
 - An exception escaping a stream handler kills py-libp2p's swarm, so every handler meshnat
   registers goes through `guarded_handler`.
 """
@@ -27,11 +29,13 @@ from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
+from meshnat._libp2p.bytestream import StreamBytes
 from meshnat._libp2p.connections import (
-    close_when_idle,
     ping_over,
+    stream_count,
     wait_closed,
     wait_direct_connection,
+    wait_streams_closed,
     watch_connections,
 )
 from meshnat._libp2p.host import (
@@ -49,6 +53,7 @@ from meshnat._libp2p.host import (
     tcp_first,
 )
 from meshnat._libp2p.streams import (
+    carried_by,
     connection_remote,
     guarded_handler,
     is_relayed,
@@ -85,11 +90,12 @@ __all__ = [
     "INetStream",
     "KeyPair",
     "PeerInfo",
+    "StreamBytes",
     "TProtocol",
     "TaskStatus",
+    "carried_by",
     "close_connections",
     "close_listener",
-    "close_when_idle",
     "concrete_addrs",
     "connection_remote",
     "dial_quic_from",
@@ -113,11 +119,13 @@ __all__ = [
     "remote_endpoint",
     "reset_quietly",
     "single_exception",
+    "stream_count",
     "stream_peer",
     "tcp_first",
     "transport_of",
     "wait_closed",
     "wait_direct_connection",
+    "wait_streams_closed",
     "watch_connections",
     "write_frame",
 ]

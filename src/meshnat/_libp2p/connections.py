@@ -23,17 +23,24 @@ log = logging.getLogger(__name__)
 
 
 class _ConnectionWatcher(INotifee):
-    """Calls `on_connected(conn)` for every connection the swarm adds."""
+    """Calls `on_connected(conn)` for every connection the swarm adds, and `on_change()` for
+    every stream closed and connection dropped."""
 
-    def __init__(self, on_connected: Callable[[INetConn], None]) -> None:
-        self._on_connected = on_connected
+    def __init__(self, on_connected: Callable[[INetConn], None],
+                 on_change: Callable[[], None] = lambda: None) -> None:
+        self._on_connected, self._on_change = on_connected, on_change
 
     async def connected(self, network: Any, conn: INetConn) -> None:
         self._on_connected(conn)
 
-    async def disconnected(self, network: Any, conn: INetConn) -> None: ...
+    async def disconnected(self, network: Any, conn: INetConn) -> None:
+        self._on_change()
+
     async def opened_stream(self, network: Any, stream: INetStream) -> None: ...
-    async def closed_stream(self, network: Any, stream: INetStream) -> None: ...
+
+    async def closed_stream(self, network: Any, stream: INetStream) -> None:
+        self._on_change()
+
     async def listen(self, network: Any, multiaddr: multiaddr.Multiaddr) -> None: ...
     async def listen_close(self, network: Any, multiaddr: multiaddr.Multiaddr) -> None: ...
 
@@ -48,6 +55,34 @@ def watch_connections(host: IHost, on_connected: Callable[[INetConn], None]) -> 
         yield
     finally:
         network.remove_notifee(watcher)
+
+
+def stream_count(conn: INetConn) -> int:
+    """Streams open on `conn` (0 once it is closed)."""
+    return 0 if conn.is_closed else len(conn.get_streams())
+
+
+async def wait_streams_closed(host: IHost, conn: INetConn, timeout: float) -> bool:
+    """Wait until no stream is open on `conn` (or it closed), at most `timeout` seconds.
+
+    True if it drained. Event-driven: the swarm reports every stream that closes.
+    """
+    drained = trio.Event()
+
+    def check() -> None:
+        if stream_count(conn) == 0:
+            drained.set()
+
+    network = cast(Any, host.get_network())
+    watcher = _ConnectionWatcher(lambda _: None, check)
+    network.register_notifee(watcher)
+    try:
+        check()
+        with trio.move_on_after(timeout):
+            await drained.wait()
+    finally:
+        network.remove_notifee(watcher)
+    return drained.is_set()
 
 
 async def wait_direct_connection(host: IHost, peer: ID) -> INetConn:
@@ -78,20 +113,6 @@ async def ping_over(host: IHost, conn: INetConn, timeout: float) -> None:
             raise MalformedMessage(f"ping: {exc}") from exc
         finally:
             await reset_quietly(stream)
-
-
-async def close_when_idle(conn: INetConn, *, grace: float, poll: float = 0.25) -> int:
-    """Close `conn` once it carries no streams, or after `grace` seconds at the latest.
-
-    py-libp2p signals no "last stream closed" event, so this looks every `poll` seconds.
-    Returns how many streams were still open (and so were cut) when it closed.
-    """
-    with trio.move_on_after(grace):
-        while conn.get_streams() and not conn.is_closed:  # noqa: ASYNC110 (no event to wait on)
-            await trio.sleep(poll)
-    cut = len(conn.get_streams())
-    await conn.close()
-    return cut
 
 
 async def wait_closed(conn: INetConn) -> None:

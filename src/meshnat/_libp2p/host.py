@@ -24,6 +24,7 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.rcmgr import new_resource_manager
 from libp2p.rcmgr.connection_limits import ConnectionLimits
+from libp2p.transport.quic.config import QUICTransportConfig
 from libp2p.utils.address_validation import expand_wildcard_address
 from multiaddr.exceptions import Error as MultiaddrError
 
@@ -33,6 +34,9 @@ from meshnat.errors import (
 )
 
 log = logging.getLogger(__name__)
+
+STREAM_IDLE_LIMIT = 24 * 3600.0
+"""Seconds a QUIC stream read may wait for data; meshnat's callers apply their own timeouts."""
 
 
 # --- identity -------------------------------------------------------------------------------
@@ -76,10 +80,14 @@ def new_libp2p_host(key_pair: KeyPair, listen: Sequence[multiaddr.Multiaddr], *,
         max_established_inbound=max_connections, max_established_outbound=max_connections,
         max_established_per_peer=8, max_established_total=max_connections)
     enable_quic = any("quic-v1" in str(a) for a in listen)
+    # A QUIC stream read that waits 30 s (py-libp2p's default) resets the stream and logs an
+    # ERROR; streams that may rightly sit idle (tunnels) bound their own waits instead.
+    quic = QUICTransportConfig(STREAM_READ_TIMEOUT=STREAM_IDLE_LIMIT)
     host = new_host(
         key_pair=key_pair,
         listen_addrs=list(listen),
         enable_quic=enable_quic,
+        quic_transport_opt=quic,
         connection_config=quiet,
         resource_manager=new_resource_manager(connection_limits=limits),
     )

@@ -124,7 +124,13 @@ def connection_remote(conn: INetConn) -> Endpoint | None:
 
 
 def stream_peer(stream: INetStream) -> ID:
+    """The authenticated peer id of the connection under `stream` (Noise/TLS verified)."""
     return stream.muxed_conn.peer_id
+
+
+def carried_by(stream: INetStream, conn: INetConn) -> bool:
+    """True if `stream` runs over `conn`."""
+    return stream.muxed_conn is conn.muxed_conn
 
 
 async def reset_quietly(stream: INetStream) -> None:

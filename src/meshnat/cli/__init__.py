@@ -1,4 +1,4 @@
-"""The `meshnat` command: reflectors and relays, discovery, NAT probes, connections.
+"""The `meshnat` command: reflectors and relays, discovery, NAT probes, connections, tunnels.
 
 Every subcommand takes `--json` (one JSON object per line on stdout) and exits 0 on success,
 1 when the network gave no answer it could trust, 2 on bad arguments.
@@ -23,6 +23,7 @@ from meshnat.cli.commands import (
     run_reflector,
 )
 from meshnat.cli.connect import run_connect, run_listen, run_relay
+from meshnat.cli.tunnel import add_tunnel_commands
 from meshnat.errors import ConfigError, MeshNatError
 from meshnat.relay import RelayServiceConfig
 
@@ -108,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "until end of input (the connection stays open meanwhile)")
     mesh_flags(p)
     p.set_defaults(run=run_connect)
+
+    add_tunnel_commands(sub)
 
     p = sub.add_parser("demo", help="three reflectors and a client on loopback")
     p.add_argument("--json", action="store_true", help="one JSON object per line")

@@ -138,6 +138,7 @@ class HolePuncher:
         self._limiter = RateLimiter(rate=self.config.responder_rate,
                                     burst=self.config.responder_burst, max_keys=10_000)
         self._responding: set[ID] = set()
+        self._kept: dict[ID, Punched] = {}
 
     async def serve(self, node: MeshNode, *, task_status: TaskStatus[None]) -> None:
         self._node = node
@@ -241,7 +242,12 @@ class HolePuncher:
 
     # --- keeping the path ----------------------------------------------------------------------
 
+    def punched(self, peer: ID) -> Punched | None:
+        """The punched connection to `peer` being kept alive now (either side), if any."""
+        return self._kept.get(peer)
+
     def _keep(self, result: Punched, *, repunches_left: int) -> None:
+        self._kept[result.peer] = result
         if self._nursery is not None:
             self._nursery.start_soon(self._keepalive, result, repunches_left)
 
@@ -255,6 +261,8 @@ class HolePuncher:
                                         timeout=self.config.stream_timeout)
             except MeshNatError as exc:
                 self.paths_lost += 1
+                if self._kept.get(result.peer) is result:
+                    del self._kept[result.peer]
                 self._events(PathLost(str(result.peer), str(exc)))
                 log.info("punch: direct path to %s lost: %s", result.peer, exc)
                 break
