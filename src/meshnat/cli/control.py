@@ -1,0 +1,126 @@
+"""The control socket: a running `meshnat listen` takes JSON requests from local scripts.
+
+A Unix socket, created owner-only (0600), one request per connection: a JSON object with an
+`op` on one line, answered by one JSON line, `{"ok": true, ...}` or `{"ok": false, "error":
+<type>, "message": ...}`. Requests are bounded in size and in time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from meshnat._libp2p import TaskStatus
+from meshnat.errors import ConfigError, MeshNatError, PeerTimeout
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, object]]]
+MAX_REQUEST = 64 * 1024
+READ_TIMEOUT = 10.0
+MAX_OP_TIME = 120.0
+"""No request may run longer (waits in requests are capped below this)."""
+
+
+def default_control_path() -> Path:
+    """`$XDG_RUNTIME_DIR/meshnat.sock`, else `/tmp/meshnat-<uid>.sock`."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        return Path(runtime) / "meshnat.sock"
+    return Path(f"/tmp/meshnat-{os.getuid()}.sock")
+
+
+async def serve_control(path: Path, handlers: Mapping[str, Handler], *,
+                        task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Answer requests on the Unix socket at `path` until cancelled; the file is removed then."""
+    if path.exists():
+        if await _in_use(path):
+            raise ConfigError(f"another node already serves the control socket {path}")
+        path.unlink()
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)  # the socket file is created owner-only, with no window
+    try:
+        await sock.bind(str(path))
+    finally:
+        os.umask(old_umask)
+    try:
+        path.chmod(0o600)
+        sock.listen(16)
+        listener = trio.SocketListener(sock)
+        task_status.started()
+        await trio.serve_listeners(lambda s: _serve_one(s, handlers), [listener])
+    finally:
+        sock.close()
+        path.unlink(missing_ok=True)
+
+
+async def _serve_one(stream: trio.abc.Stream, handlers: Mapping[str, Handler]) -> None:
+    async with stream:
+        op: object = None
+        try:
+            with trio.fail_after(READ_TIMEOUT):
+                request = await _read_json_line(stream)
+            op = request.get("op")
+            handler = handlers.get(op) if isinstance(op, str) else None
+            if handler is None:
+                raise ConfigError(f"unknown op {op!r}; known: {sorted(handlers)}")
+            with trio.fail_after(MAX_OP_TIME):
+                answer: dict[str, object] = {"ok": True, **await handler(request)}
+        except (MeshNatError, trio.TooSlowError) as exc:
+            answer = {"ok": False, "error": type(exc).__name__, "message": str(exc)}
+        log.info("control: %s -> %s", op, "ok" if answer["ok"] else answer["error"])
+        try:
+            with trio.fail_after(READ_TIMEOUT):
+                await stream.send_all(json.dumps(answer).encode() + b"\n")
+        except (trio.BrokenResourceError, trio.TooSlowError):
+            log.debug("control: the client left before the answer")
+
+
+async def control_request(path: Path, request: dict[str, object], *,
+                          timeout: float) -> dict[str, Any]:
+    """Send one request to the node serving `path` and return its answer."""
+    try:
+        with trio.fail_after(timeout):
+            stream = await trio.open_unix_socket(str(path))
+            async with stream:
+                await stream.send_all(json.dumps(request).encode() + b"\n")
+                return await _read_json_line(stream)
+    except trio.TooSlowError as exc:
+        raise PeerTimeout(f"the node at {path} did not answer within {timeout} s") from exc
+    except OSError as exc:
+        raise ConfigError(f"no node serves the control socket {path}: {exc}") from exc
+
+
+async def _read_json_line(stream: trio.abc.Stream) -> dict[str, Any]:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = await stream.receive_some(MAX_REQUEST)
+        if not chunk:
+            break
+        data += chunk
+        if len(data) > MAX_REQUEST:
+            raise ConfigError(f"control message over {MAX_REQUEST} bytes")
+    try:
+        value = json.loads(data)
+    except ValueError as exc:
+        raise ConfigError(f"control message is not JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise ConfigError("control message must be a JSON object")
+    return value
+
+
+async def _in_use(path: Path) -> bool:
+    try:
+        with trio.fail_after(2):
+            stream = await trio.open_unix_socket(str(path))
+    except (OSError, trio.TooSlowError):
+        return False
+    await stream.aclose()
+    return True
