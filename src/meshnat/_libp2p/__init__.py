@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import trio
 from libp2p.abc import IHost, INetConn, INetStream
-from libp2p.crypto.keys import KeyPair
+from libp2p.crypto.keys import KeyPair, PrivateKey
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
@@ -72,6 +72,7 @@ __all__ = [
     "INetStream",
     "KeyPair",
     "PeerInfo",
+    "PrivateKey",
     "TProtocol",
     "TaskStatus",
     "close_connections",
