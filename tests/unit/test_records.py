@@ -28,7 +28,15 @@ from meshnat.errors import (
 from meshnat.punch.messages import MappingHint
 from meshnat.records import AddressRecord, NatSummary, RecordStore, sign_record, verify_record
 from meshnat.records.messages import RecordBody
-from meshnat.wire import decode, encode
+from meshnat.rendezvous.messages import (
+    Discover,
+    Discovered,
+    Register,
+    Registered,
+    Unregister,
+    check_namespace,
+)
+from meshnat.wire import Message, decode, encode
 
 VECTORS = Path(__file__).parent.parent / "vectors"
 NOW = 1_700_000_000
@@ -158,15 +166,40 @@ def test_the_store_is_bounded() -> None:
     assert store.get(str(peer_of(pairs[0])), NOW) is None
 
 
-GOLDEN_BODY = RecordBody(
-    bytes(range(16)), bytes.fromhex("0a0212201801"), 1_700_000_000, 600,
-    NatType.PORT_RESTRICTED_CONE, MappingHint.ENDPOINT_INDEPENDENT, ("chat",), "alice")
+TXID = bytes(range(16))
+GOLDEN: dict[str, Message] = {
+    "record_body": RecordBody(
+        TXID, bytes.fromhex("0a0212201801"), 1_700_000_000, 600,
+        NatType.PORT_RESTRICTED_CONE, MappingHint.ENDPOINT_INDEPENDENT, ("chat",), "alice"),
+    "rendezvous_register": Register(TXID, "my-net", b"signed record", 600),
+    "rendezvous_registered": Registered(TXID, 300),
+    "rendezvous_discover": Discover(TXID, "my-net", bytes(7) + b"\x05"),
+    "rendezvous_discovered": Discovered(TXID, (b"record a", b"record b"), b""),
+    "rendezvous_unregister": Unregister(TXID, "my-net"),
+}
 
 
-def test_the_record_body_golden_vector() -> None:
-    expected = bytes.fromhex((VECTORS / "record_body.hex").read_text().strip())
-    assert encode(GOLDEN_BODY) == expected
-    assert decode(expected, RecordBody) == GOLDEN_BODY
+@pytest.mark.parametrize("name", sorted(GOLDEN))
+def test_golden_vectors(name: str) -> None:
+    expected = bytes.fromhex((VECTORS / f"{name}.hex").read_text().strip())
+    assert encode(GOLDEN[name]) == expected
+    assert decode(expected, type(GOLDEN[name])) == GOLDEN[name]
+
+
+@pytest.mark.parametrize("namespace", ["", "-lead", "has space", "x" * 65, "tab\t", "é"])
+def test_bad_namespaces_are_malformed(namespace: str) -> None:
+    frame = encode(Register(TXID, "placeholder", b"r", 60)).replace(
+        b"kplaceholder", bytes([0x60 + len(namespace.encode())]) + namespace.encode())
+    if len(namespace.encode()) < 24:
+        with pytest.raises(MalformedMessage, match="namespace"):
+            decode(frame, Register)
+    with pytest.raises(MalformedMessage, match="namespace"):
+        check_namespace(namespace)
+
+
+def test_a_short_cookie_is_malformed() -> None:
+    with pytest.raises(MalformedMessage, match="cookie"):
+        decode(encode(Discover(TXID, "n", b"abc")), Discover)
 
 
 @given(st.binary(max_size=envelopes.MAX_ENVELOPE_SIZE + 16))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import multiaddr
 import trio
 
+from meshnat import _libp2p
 from meshnat._libp2p import TaskStatus
 from meshnat._libp2p.records import MAX_RECORD_ADDRS
 from meshnat.config import require_in_range, require_positive
@@ -39,6 +40,10 @@ class RecordConfig:
 
     name: str | None = None
     """Display name put in the record (printable, at most 64 characters)."""
+
+    publish_local: bool = False
+    """Also publish the node's own interface addresses: for peers on one LAN (or loopback).
+    Off by default: a private address means nothing to the rest of the mesh."""
 
     def __post_init__(self) -> None:
         require_in_range(self, 2, MAX_TTL, "ttl")
@@ -132,7 +137,10 @@ class RecordAuthority:
             if consensus is not None and consensus.address is not None:
                 address = consensus.address
                 public.append(endpoint_addr(transport, str(address.ip), address.port))
-        addrs = (*public, *self._relay_addrs)
+        if self.config.publish_local and self._node is not None:
+            local = (_libp2p.listen_parts(a) for a in self._node.addrs)
+            public.extend(endpoint_addr(p[0], p[1], p[2]) for p in local if p is not None)
+        addrs = tuple(dict.fromkeys((*public, *self._relay_addrs)))
         if len(addrs) > MAX_RECORD_ADDRS:
             log.warning("records: %d addresses, only the first %d are published",
                         len(addrs), MAX_RECORD_ADDRS)
