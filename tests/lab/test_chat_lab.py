@@ -4,6 +4,7 @@ or punched paths, and keep talking after the rendezvous point and the relay are 
 from __future__ import annotations
 
 import json
+import os
 import selectors
 import subprocess
 import time
@@ -27,24 +28,34 @@ class Member:
     name: str
     proc: subprocess.Popen[str]
     events: list[dict[str, object]] = field(default_factory=list)
+    pending: bytes = b""
 
     def read_until(self, done: object, timeout: float) -> None:
-        """Collect events until `done(events)` holds; fail after `timeout` seconds."""
+        """Collect events until `done(events)` holds; fail after `timeout` seconds.
+
+        Reads the pipe's file descriptor directly: a buffered readline() can pull several
+        lines out of the pipe at once, and select() then waits for data already read.
+        """
         assert callable(done)
         assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
         deadline = time.monotonic() + timeout
         with selectors.DefaultSelector() as sel:
-            sel.register(self.proc.stdout, selectors.EVENT_READ)
+            sel.register(fd, selectors.EVENT_READ)
             while not done(self.events):
+                if b"\n" in self.pending:
+                    line, self.pending = self.pending.split(b"\n", 1)
+                    self.events.append(json.loads(line))
+                    continue
                 left = deadline - time.monotonic()
                 if left <= 0 or not sel.select(left):
                     raise TimeoutError(f"{self.name}: condition not met in {timeout}s; "
                                        f"events: {self.events}")
-                line = self.proc.stdout.readline()
-                if not line:
+                data = os.read(fd, 65536)
+                if not data:
                     err = self.proc.stderr.read() if self.proc.stderr else ""
                     raise RuntimeError(f"{self.name} exited: {err[-3000:]}")
-                self.events.append(json.loads(line))
+                self.pending += data
 
     def say(self, text: str) -> None:
         assert self.proc.stdin is not None
@@ -74,6 +85,13 @@ def join(host: Host, name: str, network: str, rendezvous: str, relay: str,
     return member
 
 
+def _all_direct(members: list[Member]) -> None:
+    for m in members:
+        others = {o.name for o in members} - {m.name}
+        m.read_until(lambda ev, m=m, others=others: all(
+            m.paths().get(o) in ("direct", "punched") for o in others), timeout=60)
+
+
 def test_three_members_behind_different_nats_chat_on_without_rendezvous_or_relay(
         lab: Lab) -> None:
     rv_host = lab.public_host("rv")
@@ -95,6 +113,13 @@ def test_three_members_behind_different_nats_chat_on_without_rendezvous_or_relay
     outsider = join(lab.public_host("dave"), "dave", "other-net", rendezvous, relay, reflectors)
 
     # every pair ends up on a path that needs neither the rendezvous nor the relay
+    try:
+        _all_direct(members)
+    except TimeoutError:
+        for m in members:
+            m.proc.kill()
+            print(m.name, m.events, (m.proc.stderr.read() if m.proc.stderr else "")[-6000:])
+        raise
     for m in members:
         others = {o.name for o in members} - {m.name}
         m.read_until(lambda ev, m=m, others=others: all(
