@@ -2,12 +2,14 @@
 
 The mesh reflects addresses (`ReflectionService`), votes on them (`PeerAddressDiscovery`),
 classifies NATs (`NatClassifier`), punches holes (`HolePuncher`), relays (`RelayService`,
-`RelayClient`) and puts it together in one call (`Connector`). Every capability is a service
-mounted on a `MeshNode`.
+`RelayClient`), puts it together in one call (`Connector`), publishes signed address records
+(`RecordAuthority`), finds peers by network name (`RendezvousService`) and chats
+(`ChatService`). Every capability is a service mounted on a `MeshNode`.
 """
 
 import logging
 
+from meshnat.chat import ChatConfig, ChatService
 from meshnat.classify import (
     ClassifierConfig,
     NatClassifier,
@@ -22,7 +24,9 @@ from meshnat.echo import EchoService
 from meshnat.endpoint import Endpoint
 from meshnat.errors import (
     ConfigError,
+    ForgedRecord,
     InsufficientResponses,
+    InvalidRecord,
     LocalProtocolError,
     MeshNatError,
     NoConsensus,
@@ -32,17 +36,37 @@ from meshnat.errors import (
     PunchFailed,
     RelayUnavailable,
     RemoteProtocolError,
+    StaleRecord,
 )
 from meshnat.node import MeshNode, NodeConfig, Service
 from meshnat.punch import HolePuncher, PunchConfig, Punched
+from meshnat.records import (
+    AddressRecord,
+    NatSummary,
+    RecordAuthority,
+    RecordConfig,
+    RecordStore,
+    SignedRecord,
+    sign_record,
+    verify_record,
+)
 from meshnat.reflection import ReflectionConfig, ReflectionService
 from meshnat.relay import RelayClient, RelayService, RelayServiceConfig
+from meshnat.rendezvous import (
+    RendezvousClient,
+    RendezvousClientConfig,
+    RendezvousConfig,
+    RendezvousService,
+)
 
 __version__ = "0.1.0"
 
 logging.getLogger("meshnat").addHandler(logging.NullHandler())
 
 __all__ = [
+    "AddressRecord",
+    "ChatConfig",
+    "ChatService",
     "ClassifierConfig",
     "ConfigError",
     "ConnectConfig",
@@ -51,13 +75,16 @@ __all__ = [
     "DiscoveryConfig",
     "EchoService",
     "Endpoint",
+    "ForgedRecord",
     "HolePuncher",
     "InsufficientResponses",
+    "InvalidRecord",
     "LocalProtocolError",
     "MeshNatError",
     "MeshNode",
     "NatClassifier",
     "NatReport",
+    "NatSummary",
     "NatType",
     "NoConsensus",
     "NodeConfig",
@@ -71,6 +98,9 @@ __all__ = [
     "PunchConfig",
     "PunchFailed",
     "Punched",
+    "RecordAuthority",
+    "RecordConfig",
+    "RecordStore",
     "ReflectionConfig",
     "ReflectionService",
     "RelayClient",
@@ -78,6 +108,14 @@ __all__ = [
     "RelayServiceConfig",
     "RelayUnavailable",
     "RemoteProtocolError",
+    "RendezvousClient",
+    "RendezvousClientConfig",
+    "RendezvousConfig",
+    "RendezvousService",
     "Service",
+    "SignedRecord",
+    "StaleRecord",
     "__version__",
+    "sign_record",
+    "verify_record",
 ]
