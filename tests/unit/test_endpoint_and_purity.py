@@ -18,7 +18,7 @@ PURE = ["endpoint.py", "errors.py", "events.py", "ratelimit.py", "wire/codec.py"
         "classify/report.py", "classify/classifier.py", "classify/plan.py",
         "punch/messages.py", "punch/core.py", "punch/birthday.py", "config.py",
         "relay/policy.py", "records/messages.py", "records/store.py",
-        "rendezvous/messages.py", "rendezvous/core.py"]
+        "rendezvous/messages.py", "rendezvous/core.py", "chat/messages.py"]
 
 
 @pytest.mark.parametrize("text", ["1.2.3.4:5", "[2001:db8::1]:443"])

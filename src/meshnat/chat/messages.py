@@ -6,8 +6,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import ClassVar, Self
 
-from meshnat.errors import MalformedMessage
-from meshnat.wire.codec import Fields, TxidOnly
+from meshnat.wire.codec import Fields, TxidOnly, check_printable
 
 TEXT = 8
 MAX_TEXT = 1000
@@ -21,9 +20,7 @@ class MsgType(IntEnum):
 
 def check_text(text: str) -> str:
     """A chat line: 1..MAX_TEXT printable characters (no terminal escapes, no newlines)."""
-    if not 0 < len(text) <= MAX_TEXT or not text.isprintable():
-        raise MalformedMessage(f"a chat line must be 1-{MAX_TEXT} printable characters")
-    return text
+    return check_printable(text, "a chat line", MAX_TEXT)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ from typing import ClassVar, Self
 from meshnat.classify.report import NatType
 from meshnat.errors import MalformedMessage
 from meshnat.punch.messages import MappingHint
-from meshnat.wire.codec import Fields
+from meshnat.wire.codec import Fields, check_printable
 
 PEER_RECORD, ISSUED_AT, TTL, NAT_TYPE, MAPPING, SERVICES, NAME = 8, 9, 10, 11, 12, 13, 14
 MAX_PEER_RECORD = 1536
@@ -32,10 +32,8 @@ class MsgType(IntEnum):
 
 
 def check_label(value: str, what: str) -> str:
-    """A name shown to people: printable (no terminal escapes), 1..MAX_LABEL characters."""
-    if not 0 < len(value) <= MAX_LABEL or not value.isprintable():
-        raise MalformedMessage(f"{what} must be 1-{MAX_LABEL} printable characters")
-    return value
+    """A service or display name: 1..MAX_LABEL printable characters."""
+    return check_printable(value, what, MAX_LABEL)
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 from dataclasses import dataclass
@@ -10,17 +9,16 @@ from typing import NoReturn, TypeVar
 
 import trio
 
-from meshnat import _libp2p
-from meshnat._libp2p import PeerInfo, TaskStatus, tcp_first
+from meshnat._libp2p import PeerInfo, TaskStatus
 from meshnat.config import require_in_range, require_positive
 from meshnat.errors import (
     ConfigError,
     MalformedMessage,
     MeshNatError,
     NotMounted,
-    PeerRefused,
     RemoteProtocolError,
 )
+from meshnat.exchange import request
 from meshnat.node import MeshNode
 from meshnat.records import AddressRecord, RecordAuthority, verify_record
 from meshnat.rendezvous.messages import (
@@ -32,8 +30,7 @@ from meshnat.rendezvous.messages import (
     check_namespace,
 )
 from meshnat.rendezvous.service import RENDEZVOUS_PROTOCOL
-from meshnat.wire import decode, encode, new_txid
-from meshnat.wire.error_response import ErrorResponse
+from meshnat.wire import new_txid
 
 log = logging.getLogger(__name__)
 
@@ -151,20 +148,8 @@ class RendezvousClient:
                 await self.authority.wait_newer(seq)
 
     async def _request(self, rendezvous: PeerInfo,
-                       request: Register | Discover | Unregister, expected: type[A]) -> A:
+                       message: Register | Discover | Unregister, expected: type[A]) -> A:
         if self._node is None:
             raise NotMounted("mount RendezvousClient on a running MeshNode first")
-        timeout = self.config.timeout
-        with _libp2p.map_peer_errors("rendezvous", timeout), trio.fail_after(timeout):
-            stream = await self._node.open_stream(tcp_first(rendezvous), RENDEZVOUS_PROTOCOL,
-                                                  timeout=timeout)
-            try:
-                await _libp2p.write_frame(stream, encode(request))
-                reply = decode(await _libp2p.read_frame(stream), expected, ErrorResponse)
-            finally:
-                await _libp2p.reset_quietly(stream)
-        if not hmac.compare_digest(reply.txid, request.txid):
-            raise MalformedMessage("answer to a request this node did not send")
-        if isinstance(reply, ErrorResponse):
-            raise PeerRefused(reply.code.name.lower().replace("_", "-"), reply.reason)
-        return reply
+        return await request(self._node, rendezvous, RENDEZVOUS_PROTOCOL, message, expected,
+                             timeout=self.config.timeout)
