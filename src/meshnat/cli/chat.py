@@ -205,8 +205,8 @@ class ChatSession:
                 continue
             label = "punched" if path == "direct" and member.path == "punched" else path
             sent.append({**member.facts(), "path": label})
-        self.out.emit({"event": "sent", "text": text, "to": sent},
-                      "" if not self.out.as_json else text)
+        names = ", ".join(str(t["name"]) for t in sent) or "nobody yet"
+        self.out.emit({"event": "sent", "text": text, "to": sent}, f"(sent to {names})")
 
     async def read_lines(self, interactive: bool, done: trio.Event) -> None:
         """Send each stdin line; at end of input, leave only when interactive."""
