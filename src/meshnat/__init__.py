@@ -2,12 +2,15 @@
 
 The mesh reflects addresses (`ReflectionService`), votes on them (`PeerAddressDiscovery`),
 classifies NATs (`NatClassifier`), punches holes (`HolePuncher`), relays (`RelayService`,
-`RelayClient`), puts it together in one call (`Connector`) and carries TCP services over it
-(`TunnelService`). Every capability is a service mounted on a `MeshNode`.
+`RelayClient`), puts it together in one call (`Connector`), carries TCP services over it
+(`TunnelService`), publishes signed address records (`RecordAuthority`), finds peers by
+network name (`RendezvousService`) and chats (`ChatService`). Every capability is a service
+mounted on a `MeshNode`.
 """
 
 import logging
 
+from meshnat.chat import ChatConfig, ChatService
 from meshnat.classify import (
     ClassifierConfig,
     NatClassifier,
@@ -22,7 +25,9 @@ from meshnat.echo import EchoService
 from meshnat.endpoint import Endpoint
 from meshnat.errors import (
     ConfigError,
+    ForgedRecord,
     InsufficientResponses,
+    InvalidRecord,
     LocalProtocolError,
     MeshNatError,
     NoConsensus,
@@ -32,13 +37,30 @@ from meshnat.errors import (
     PunchFailed,
     RelayUnavailable,
     RemoteProtocolError,
+    StaleRecord,
     TunnelRefused,
 )
 from meshnat.events import TunnelClosed
 from meshnat.node import MeshNode, NodeConfig, Service
 from meshnat.punch import HolePuncher, PunchConfig, Punched
+from meshnat.records import (
+    AddressRecord,
+    NatSummary,
+    RecordAuthority,
+    RecordConfig,
+    RecordStore,
+    SignedRecord,
+    sign_record,
+    verify_record,
+)
 from meshnat.reflection import ReflectionConfig, ReflectionService
 from meshnat.relay import RelayClient, RelayService, RelayServiceConfig
+from meshnat.rendezvous import (
+    RendezvousClient,
+    RendezvousClientConfig,
+    RendezvousConfig,
+    RendezvousService,
+)
 from meshnat.tunnel import ANY_PEER, RefusalCode, Tunnel, TunnelConfig, TunnelService
 
 __version__ = "0.1.0"
@@ -47,6 +69,9 @@ logging.getLogger("meshnat").addHandler(logging.NullHandler())
 
 __all__ = [
     "ANY_PEER",
+    "AddressRecord",
+    "ChatConfig",
+    "ChatService",
     "ClassifierConfig",
     "ConfigError",
     "ConnectConfig",
@@ -55,13 +80,16 @@ __all__ = [
     "DiscoveryConfig",
     "EchoService",
     "Endpoint",
+    "ForgedRecord",
     "HolePuncher",
     "InsufficientResponses",
+    "InvalidRecord",
     "LocalProtocolError",
     "MeshNatError",
     "MeshNode",
     "NatClassifier",
     "NatReport",
+    "NatSummary",
     "NatType",
     "NoConsensus",
     "NodeConfig",
@@ -75,6 +103,9 @@ __all__ = [
     "PunchConfig",
     "PunchFailed",
     "Punched",
+    "RecordAuthority",
+    "RecordConfig",
+    "RecordStore",
     "ReflectionConfig",
     "ReflectionService",
     "RefusalCode",
@@ -83,11 +114,19 @@ __all__ = [
     "RelayServiceConfig",
     "RelayUnavailable",
     "RemoteProtocolError",
+    "RendezvousClient",
+    "RendezvousClientConfig",
+    "RendezvousConfig",
+    "RendezvousService",
     "Service",
+    "SignedRecord",
+    "StaleRecord",
     "Tunnel",
     "TunnelClosed",
     "TunnelConfig",
     "TunnelRefused",
     "TunnelService",
     "__version__",
+    "sign_record",
+    "verify_record",
 ]

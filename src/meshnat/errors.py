@@ -70,6 +70,22 @@ class PeerRefused(RemoteProtocolError):
         self.code, self.reason = code, reason
 
 
+class InvalidRecord(RemoteProtocolError):
+    """A signed address record that must not be used; `reason` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ForgedRecord(InvalidRecord):
+    """The signature does not verify, or the signer is not the peer the record names."""
+
+
+class StaleRecord(InvalidRecord):
+    """Expired, or not newer (by sequence number) than a record already seen for that peer."""
+
+
 class PeerUnavailable(MeshNatError):
     """No stream could be opened, or the stream broke: the peer is gone or lacks the protocol."""
 

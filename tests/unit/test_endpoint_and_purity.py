@@ -17,7 +17,8 @@ PURE = ["endpoint.py", "errors.py", "events.py", "ratelimit.py", "wire/codec.py"
         "discovery/consensus.py", "wire/error_response.py", "classify/messages.py",
         "classify/report.py", "classify/classifier.py", "classify/plan.py",
         "punch/messages.py", "punch/core.py", "punch/birthday.py", "config.py",
-        "relay/policy.py", "tunnel/messages.py", "tunnel/core.py"]
+        "relay/policy.py", "tunnel/messages.py", "tunnel/core.py", "records/messages.py",
+        "records/store.py", "rendezvous/messages.py", "rendezvous/core.py", "chat/messages.py"]
 
 
 @pytest.mark.parametrize("text", ["1.2.3.4:5", "[2001:db8::1]:443"])

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import trio
 from libp2p.abc import IHost, INetConn, INetStream
-from libp2p.crypto.keys import KeyPair
+from libp2p.crypto.keys import KeyPair, PrivateKey
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
@@ -90,6 +90,7 @@ __all__ = [
     "INetStream",
     "KeyPair",
     "PeerInfo",
+    "PrivateKey",
     "StreamBytes",
     "TProtocol",
     "TaskStatus",

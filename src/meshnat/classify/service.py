@@ -11,8 +11,7 @@ from typing import TypeVar
 
 import trio
 
-from meshnat import _libp2p
-from meshnat._libp2p import PeerInfo, TaskStatus, endpoint_of, tcp_first
+from meshnat._libp2p import PeerInfo, TaskStatus, endpoint_of
 from meshnat.classify.classifier import (
     MappingObservation,
     classify_filtering,
@@ -33,16 +32,14 @@ from meshnat.config import require_in_range, require_positive
 from meshnat.endpoint import Endpoint
 from meshnat.errors import (
     InsufficientResponses,
-    MalformedMessage,
     MeshNatError,
     NotMounted,
-    PeerRefused,
     RemoteProtocolError,
 )
+from meshnat.exchange import request
 from meshnat.node import MeshNode
 from meshnat.reflection.client import observe_over_udp
 from meshnat.wire import Message, decode, encode, frame_datagram, new_txid, unframe_datagram
-from meshnat.wire.error_response import ErrorResponse
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=Message)
@@ -283,17 +280,5 @@ class _Run:
 
     async def request(self, peer: PeerInfo, message: Message, expected: type[M]) -> M:
         """One request/response over a fresh `/meshnat/classify/1.0.0` stream."""
-        timeout = self.config.query_timeout
-        # TCP first: where UDP is blocked a QUIC dial would spend the whole timeout
-        stream = await self.node.open_stream(tcp_first(peer), CLASSIFY_PROTOCOL, timeout=timeout)
-        with _libp2p.map_peer_errors("classify", timeout), trio.fail_after(timeout):
-            try:
-                await _libp2p.write_frame(stream, encode(message))
-                reply = decode(await _libp2p.read_frame(stream), expected, ErrorResponse)
-            finally:
-                await _libp2p.reset_quietly(stream)
-        if not hmac.compare_digest(reply.txid, message.txid):
-            raise MalformedMessage("reply to a request id this node did not send")
-        if isinstance(reply, ErrorResponse):
-            raise PeerRefused(reply.code.name.lower().replace("_", "-"), reply.reason)
-        return reply
+        return await request(self.node, peer, CLASSIFY_PROTOCOL, message, expected,
+                             timeout=self.config.query_timeout)

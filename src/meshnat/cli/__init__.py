@@ -14,6 +14,7 @@ from pathlib import Path
 
 import trio
 
+from meshnat.cli.chat import add_chat_parser
 from meshnat.cli.commands import (
     DEFAULT_PORT,
     Output,
@@ -44,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alt-port", type=int, default=DEFAULT_PORT + 1,
                    help="second UDP port for NAT classification (default %(default)s; 0: any)")
     p.add_argument("--relay", action="store_true", help="also relay circuits (circuit relay v2)")
+    p.add_argument("--rendezvous", action="store_true",
+                   help="also serve rendezvous by network name (for `meshnat chat`)")
     common(p)
     p.set_defaults(run=run_reflector)
 
@@ -81,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bytes one circuit may carry (default %(default)s)")
     p.add_argument("--circuit-duration", type=float, default=defaults.circuit_duration,
                    help="seconds one circuit may last (default %(default)s)")
+    p.add_argument("--rendezvous", action="store_true",
+                   help="also serve rendezvous by network name (for `meshnat chat`)")
     common(p)
     p.set_defaults(run=run_relay)
 
@@ -111,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=run_connect)
 
     add_tunnel_commands(sub)
+    add_chat_parser(sub, common)
 
     p = sub.add_parser("demo", help="three reflectors and a client on loopback")
     p.add_argument("--json", action="store_true", help="one JSON object per line")

@@ -24,6 +24,7 @@ from meshnat.errors import ConfigError, InsufficientResponses, NoConsensus
 from meshnat.node import MeshNode, NodeConfig
 from meshnat.reflection import ReflectionService
 from meshnat.relay import RelayService
+from meshnat.rendezvous import RendezvousService
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,8 @@ async def run_reflector(args: argparse.Namespace, out: Output) -> int:
         await node.mount(ProbeHelperService(ProbeHelperConfig(alt_port=args.alt_port)))
         if args.relay:
             await node.mount(RelayService())
+        if args.rendezvous:
+            await node.mount(RendezvousService())
         addrs = [str(a) for a in node.addrs]
         out.emit({"event": "ready", "peer_id": str(node.peer_id), "addrs": addrs},
                  f"reflector {node.peer_id} listening on:\n  " + "\n  ".join(addrs))

@@ -22,6 +22,7 @@ from meshnat.punch import HolePuncher, PunchConfig
 from meshnat.punch.messages import MappingHint
 from meshnat.reflection import ReflectionService
 from meshnat.relay import RelayClient, RelayService, RelayServiceConfig
+from meshnat.rendezvous import RendezvousService
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,8 @@ async def run_relay(args: argparse.Namespace, out: Output) -> int:
         for service in (RelayService(limits), ReflectionService(),
                         ProbeHelperService(ProbeHelperConfig(alt_port=args.alt_port))):
             await node.mount(service)
+        if args.rendezvous:
+            await node.mount(RendezvousService())
         addrs = [str(a) for a in node.addrs]
         out.emit({"event": "ready", "peer_id": str(node.peer_id), "addrs": addrs},
                  f"relay {node.peer_id} listening on:\n  " + "\n  ".join(addrs))
@@ -52,6 +55,22 @@ def _relays(args: argparse.Namespace) -> list[PeerInfo]:
 async def _mount_mesh(node: MeshNode, args: argparse.Namespace,
                       events: EventSink = ignore_events) -> tuple[RelayClient, HolePuncher]:
     """Discover this node's addresses (best effort), then mount the relay client and puncher."""
+    discovery, mapping = await mount_discovery(node, args)
+    return await mount_traversal(node, discovery, mapping, events)
+
+
+async def mount_traversal(node: MeshNode, discovery: PeerAddressDiscovery, mapping: MappingHint,
+                          events: EventSink = ignore_events) -> tuple[RelayClient, HolePuncher]:
+    """Mount the relay client and the hole puncher."""
+    puncher = await node.mount(HolePuncher(PunchConfig(mapping=mapping), discovery=discovery,
+                                           events=events))
+    return await node.mount(RelayClient()), puncher
+
+
+async def mount_discovery(node: MeshNode, args: argparse.Namespace
+                          ) -> tuple[PeerAddressDiscovery, MappingHint]:
+    """Mount discovery on `args.reflector` and run one round per transport (best effort):
+    the discovery, and the mapping behaviour that round suggests."""
     reflectors = _libp2p.merge_peer_addrs(args.reflector)
     config = DiscoveryConfig(min_responses=max(1, min(3, len(reflectors))))
     discovery = await node.mount(PeerAddressDiscovery(reflectors, config))
@@ -68,9 +87,7 @@ async def _mount_mesh(node: MeshNode, args: argparse.Namespace,
             continue
         if transport == "udp" and consensus.address is not None:
             mapping = MappingHint.ENDPOINT_INDEPENDENT  # one mapping seen by all
-    puncher = await node.mount(HolePuncher(PunchConfig(mapping=mapping), discovery=discovery,
-                                           events=events))
-    return await node.mount(RelayClient()), puncher
+    return discovery, mapping
 
 
 def _describe(conn: INetConn) -> dict[str, object]:

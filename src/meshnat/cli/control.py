@@ -40,10 +40,11 @@ def default_control_path() -> Path:
 async def serve_control(path: Path, handlers: Mapping[str, Handler], *,
                         task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Answer requests on the Unix socket at `path` until cancelled; the file is removed then."""
-    if path.exists():
+    file = trio.Path(path)
+    if await file.exists():
         if await _in_use(path):
             raise ConfigError(f"another node already serves the control socket {path}")
-        path.unlink()
+        await file.unlink()
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o177)  # the socket file is created owner-only, with no window
     try:
@@ -51,14 +52,16 @@ async def serve_control(path: Path, handlers: Mapping[str, Handler], *,
     finally:
         os.umask(old_umask)
     try:
-        path.chmod(0o600)
+        await file.chmod(0o600)
         sock.listen(16)
         listener = trio.SocketListener(sock)
         task_status.started()
         await trio.serve_listeners(lambda s: _serve_one(s, handlers), [listener])
     finally:
         sock.close()
-        path.unlink(missing_ok=True)
+        with trio.CancelScope(shield=True):
+            if await file.exists():
+                await file.unlink()
 
 
 async def _serve_one(stream: trio.abc.Stream, handlers: Mapping[str, Handler]) -> None:

@@ -38,6 +38,13 @@ def new_txid() -> bytes:
     return secrets.token_bytes(TXID_SIZE)
 
 
+def check_printable(value: str, what: str, max_len: int) -> str:
+    """Text shown to people: 1..max_len printable characters (no terminal escapes or newlines)."""
+    if not 0 < len(value) <= max_len or not value.isprintable():
+        raise MalformedMessage(f"{what} must be 1-{max_len} printable characters")
+    return value
+
+
 class Fields:
     """A consuming reader over a decoded map: each `pop_*` validates and removes one field."""
 

@@ -1,7 +1,8 @@
 """`ErrorResponse`: the one refusal message every meshnat stream protocol answers with.
 
 Message type numbers are unique across meshnat protocols (reflection 1-2, this 3,
-classification 16-20), because datagrams of several protocols share one UDP socket.
+classification 16-20, punch 32-34, records and rendezvous 64-69, chat 72-73), because
+datagrams of several protocols share one UDP socket.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class ErrorCode(IntEnum):
     UNSUPPORTED_VERSION = 4
     FORBIDDEN_TARGET = 5
     UNAVAILABLE = 6
+    INVALID_RECORD = 7
 
 
 class _ErrorType(IntEnum):
