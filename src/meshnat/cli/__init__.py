@@ -24,6 +24,7 @@ from meshnat.cli.commands import (
     run_reflector,
 )
 from meshnat.cli.connect import run_connect, run_listen, run_relay
+from meshnat.cli.traversal import add_traversal_commands
 from meshnat.cli.tunnel import add_tunnel_commands
 from meshnat.errors import ConfigError, MeshNatError
 from meshnat.relay import RelayServiceConfig
@@ -99,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
         common(p)
 
     p = sub.add_parser("listen", help="reserve on a relay and accept connections (echo)")
+    p.add_argument("--control", type=Path, default=None, metavar="PATH",
+                   help="serve a control socket here (owner-only) for `meshnat traversal`")
     p.add_argument("--keep-relays", type=int, default=2, metavar="N",
                    help="hold reservations on the N best relays: reachable, public first, "
                         "lowest RTT (default %(default)s)")
@@ -117,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_tunnel_commands(sub)
     add_chat_parser(sub, common)
+    add_traversal_commands(sub)
 
     p = sub.add_parser("demo", help="three reflectors and a client on loopback")
     p.add_argument("--json", action="store_true", help="one JSON object per line")

@@ -22,7 +22,7 @@ from meshnat import _libp2p
 from meshnat._libp2p import ID, INetConn, PeerInfo
 from meshnat.chat import ChatService, Heard
 from meshnat.cli.commands import Output, wait_for_signal
-from meshnat.cli.connect import mount_discovery, mount_traversal
+from meshnat.cli.connect import mount_discovery, mount_relay_and_puncher
 from meshnat.connect import Connector
 from meshnat.errors import ConfigError, MalformedMessage, MeshNatError, StaleRecord
 from meshnat.node import MeshNode, NodeConfig
@@ -276,7 +276,7 @@ async def run_chat(args: argparse.Namespace, out: Output) -> int:
     config = NodeConfig(tcp_port=args.port, udp_port=args.port, key_file=args.key_file)
     async with MeshNode(config) as node:
         discovery, mapping = await mount_discovery(node, args)
-        relay_client, puncher = await mount_traversal(node, discovery, mapping)
+        relay_client, puncher = await mount_relay_and_puncher(node, discovery, mapping)
         connector = await node.mount(Connector(relays=relays, relay_client=relay_client,
                                                puncher=puncher))
         authority = await node.mount(RecordAuthority(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from functools import partial
 
 import trio
 
@@ -12,6 +13,8 @@ from meshnat import _libp2p
 from meshnat._libp2p import ID, INetConn, PeerInfo
 from meshnat.classify import ProbeHelperConfig, ProbeHelperService
 from meshnat.cli.commands import DEFAULT_PORT, Output, node_config_from_listen, wait_for_signal
+from meshnat.cli.control import serve_control
+from meshnat.cli.traversal import traversal_handlers
 from meshnat.connect import Connector
 from meshnat.discovery import DiscoveryConfig, PeerAddressDiscovery
 from meshnat.echo import EchoService, echo
@@ -23,6 +26,7 @@ from meshnat.punch.messages import MappingHint
 from meshnat.reflection import ReflectionService
 from meshnat.relay import RelayClient, RelayService, RelayServiceConfig
 from meshnat.rendezvous import RendezvousService
+from meshnat.traversal import TraversalService
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +60,12 @@ async def _mount_mesh(node: MeshNode, args: argparse.Namespace,
                       events: EventSink = ignore_events) -> tuple[RelayClient, HolePuncher]:
     """Discover this node's addresses (best effort), then mount the relay client and puncher."""
     discovery, mapping = await mount_discovery(node, args)
-    return await mount_traversal(node, discovery, mapping, events)
+    return await mount_relay_and_puncher(node, discovery, mapping, events)
 
 
-async def mount_traversal(node: MeshNode, discovery: PeerAddressDiscovery, mapping: MappingHint,
-                          events: EventSink = ignore_events) -> tuple[RelayClient, HolePuncher]:
+async def mount_relay_and_puncher(
+        node: MeshNode, discovery: PeerAddressDiscovery, mapping: MappingHint,
+        events: EventSink = ignore_events) -> tuple[RelayClient, HolePuncher]:
     """Mount the relay client and the hole puncher."""
     puncher = await node.mount(HolePuncher(PunchConfig(mapping=mapping), discovery=discovery,
                                            events=events))
@@ -101,8 +106,10 @@ async def run_listen(args: argparse.Namespace, out: Output) -> int:
     """Reserve on the relay, serve echo, print one line per inbound connection."""
     config = NodeConfig(tcp_port=args.port, udp_port=args.port, key_file=args.key_file)
     async with MeshNode(config) as node:
-        relay_client, _ = await _mount_mesh(node, args)
+        discovery, mapping = await mount_discovery(node, args)
+        relay_client, _ = await mount_relay_and_puncher(node, discovery, mapping)
         await node.mount(EchoService())
+        traversals = await node.mount(TraversalService(discovery=discovery))
         send, receive = trio.open_memory_channel[INetConn](64)
 
         def on_connected(conn: INetConn) -> None:
@@ -125,6 +132,12 @@ async def run_listen(args: argparse.Namespace, out: Output) -> int:
                     nursery.cancel_scope.cancel()
 
                 nursery.start_soon(stop_on_signal)
+                if args.control is not None:
+                    connector = await node.mount(Connector(relays=relays,
+                                                           relay_client=relay_client))
+                    await nursery.start(partial(
+                        serve_control, args.control,
+                        traversal_handlers(traversals, connector, relay_client)))
                 async for conn in receive:
                     if conn.muxed_conn.peer_id not in relay_ids:
                         facts = _describe(conn)
