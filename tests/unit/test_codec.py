@@ -33,6 +33,9 @@ from meshnat.reflection.messages import (
     ObserveResponse,
     Transport,
 )
+from meshnat.traversal.messages import Offer as TraversalOffer
+from meshnat.traversal.messages import Probe as TraversalProbe
+from meshnat.traversal.messages import Take, TakeAccept
 from meshnat.tunnel.messages import OpenRefused, OpenTunnel, RefusalCode, TunnelOpened
 from meshnat.wire import (
     MAX_DATAGRAM_SIZE,
@@ -49,7 +52,8 @@ from meshnat.wire.frames import encode_uvarint
 VECTORS = Path(__file__).parent.parent / "vectors"
 TXID = bytes(range(16))
 ALL = (ObserveRequest, ObserveResponse, ErrorResponse, InfoRequest, InfoResponse, ProbeRequest,
-       ProbeAck, ProbeDatagram, Offer, Sync, Probe, OpenTunnel, TunnelOpened, OpenRefused)
+       ProbeAck, ProbeDatagram, Offer, Sync, Probe, OpenTunnel, TunnelOpened, OpenRefused,
+       TraversalOffer, TraversalProbe, Take, TakeAccept)
 
 GOLDEN = {
     "observe_request": ObserveRequest(TXID),
@@ -69,6 +73,13 @@ GOLDEN = {
                          MappingHint.ENDPOINT_INDEPENDENT, public=True),
     "punch_sync": Sync(TXID),
     "punch_probe": Probe(TXID, ack=True),
+    "traversal_offer": TraversalOffer(TXID, (Endpoint(ip_address("198.18.0.20"), 40321),
+                                             Endpoint(ip_address("10.1.0.10"), 40321))),
+    "traversal_probe": TraversalProbe(TXID, ack=True,
+                                      observed=Endpoint(ip_address("198.18.0.21"), 51000)),
+    "traversal_take": Take(TXID, Endpoint(ip_address("198.18.0.21"), 51000),
+                           Endpoint(ip_address("198.18.0.20"), 40321), dial=False),
+    "traversal_take_accept": TakeAccept(TXID),
     "tunnel_open": OpenTunnel(TXID, "web"),
     "tunnel_opened": TunnelOpened(TXID),
     "tunnel_refused": OpenRefused(TXID, RefusalCode.NOT_ALLOWED, "peer 12D3KooW may not use 'web'"),

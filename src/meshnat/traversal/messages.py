@@ -80,9 +80,10 @@ class Take:
     dial: bool = False
 
     def to_fields(self) -> dict[int, object]:
-        fields: dict[int, object] = {YOURS: self.yours.to_wire(), DIAL: int(self.dial)}
+        fields: dict[int, object] = {YOURS: self.yours.to_wire()}
         if self.mine is not None:
             fields[MINE] = self.mine.to_wire()
+        fields[DIAL] = int(self.dial)
         return fields
 
     @classmethod

@@ -1,0 +1,73 @@
+"""PairTable: the pure state of a traversal's port pairs."""
+
+from __future__ import annotations
+
+from ipaddress import ip_address
+
+import pytest
+
+from meshnat.endpoint import Endpoint
+from meshnat.errors import PairExpired, PairTaken, UnknownPair
+from meshnat.traversal.pairs import PairState, PairTable
+
+PEER = Endpoint(ip_address("198.18.0.21"), 51000)
+LAN = Endpoint(ip_address("10.2.0.10"), 51000)
+US = Endpoint(ip_address("198.18.0.20"), 40321)
+
+
+def table() -> PairTable:
+    pairs = PairTable("t1", 40321, pair_timeout=20)
+    pairs.add_candidate(PEER, now=0)
+    pairs.add_candidate(LAN, now=0)
+    return pairs
+
+
+def test_candidates_are_probed_until_an_answer_proves_both_directions() -> None:
+    pairs = table()
+    assert pairs.to_probe() == [PEER, LAN]
+    pairs.sent(PEER, now=1.0)
+    pairs.heard(PEER, now=1.1, ack=False)  # their probe: only their direction works
+    assert pairs.get("t1.1").state is PairState.PROBING
+    pairs.heard(PEER, now=1.25, ack=True, observed=US)  # an answer to ours
+    alive = pairs.get("t1.1")
+    assert alive.state is PairState.ALIVE and alive.local == US
+    assert alive.rtt == pytest.approx(0.25) and alive.last_seen == 1.25
+
+
+def test_an_endpoint_the_peer_did_not_offer_becomes_a_pair_of_its_own() -> None:
+    pairs = table()
+    other = Endpoint(ip_address("198.18.0.21"), 61234)  # an endpoint-dependent mapping
+    pairs.heard(other, now=2, ack=False)
+    assert [p.remote for p in pairs.pairs()] == [PEER, LAN, other]
+    assert other in pairs.to_probe()
+
+
+def test_a_pair_is_taken_once_and_only_while_alive() -> None:
+    pairs = table()
+    with pytest.raises(PairExpired):
+        pairs.take("t1.2", now=1, use_within=10)  # never answered
+    pairs.heard(PEER, now=1, ack=True)
+    taken = pairs.take("t1.1", now=2, use_within=10)
+    assert taken.state is PairState.TAKEN and taken.deadline == 12
+    assert PEER not in pairs.to_probe()  # no more keepalives for it
+    with pytest.raises(PairTaken):
+        pairs.take("t1.1", now=3, use_within=10)
+    with pytest.raises(UnknownPair):
+        pairs.take("t1.9", now=3, use_within=10)
+
+
+def test_silent_alive_pairs_expire_and_stay_expired() -> None:
+    pairs = table()
+    pairs.heard(PEER, now=1, ack=True)
+    assert pairs.expire_stale(now=20) == []
+    (expired,) = pairs.expire_stale(now=21.5)
+    assert expired.state is PairState.EXPIRED
+    pairs.heard(PEER, now=22, ack=True)  # too late: the NAT may have mapped it anew
+    assert pairs.get("t1.1").state is PairState.EXPIRED
+
+
+def test_the_table_is_bounded() -> None:
+    pairs = PairTable("t2", 1, pair_timeout=20, max_pairs=2)
+    for port in range(1, 10):
+        pairs.heard(Endpoint(ip_address("198.18.0.1"), port), now=0, ack=False)
+    assert len(pairs.pairs()) == 2
