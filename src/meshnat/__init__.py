@@ -61,6 +61,7 @@ from meshnat.rendezvous import (
     RendezvousConfig,
     RendezvousService,
 )
+from meshnat.traversal import PairState, PortPair, Traversal, TraversalConfig, TraversalService
 from meshnat.tunnel import ANY_PEER, RefusalCode, Tunnel, TunnelConfig, TunnelService
 
 __version__ = "0.1.0"
@@ -93,10 +94,12 @@ __all__ = [
     "NatType",
     "NoConsensus",
     "NodeConfig",
+    "PairState",
     "Path",
     "PeerAddressDiscovery",
     "PeerTimeout",
     "PeerUnavailable",
+    "PortPair",
     "ProbeHelperConfig",
     "ProbeHelperService",
     "ProtocolError",
@@ -121,6 +124,9 @@ __all__ = [
     "Service",
     "SignedRecord",
     "StaleRecord",
+    "Traversal",
+    "TraversalConfig",
+    "TraversalService",
     "Tunnel",
     "TunnelClosed",
     "TunnelConfig",
