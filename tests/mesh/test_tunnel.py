@@ -17,6 +17,7 @@ import trio
 from meshnat import MeshNode
 from meshnat.errors import PeerUnavailable, TunnelRefused
 from meshnat.events import MeshEvent, TunnelClosed
+from meshnat.records import RecordAuthority
 from meshnat.tunnel import ANY_PEER, RefusalCode, TunnelConfig, TunnelService
 from tests.support.fake_reflectors import nodes
 
@@ -380,3 +381,16 @@ async def test_a_tunnel_on_the_relay_finishes_there_while_new_ones_take_the_punc
     assert second.path == "punched"
     assert sorted((r.path, r.outcome) for r in reports) == [("punched", "closed"),
                                                             ("relayed", "closed")]
+
+
+async def test_exposed_names_are_advertised_in_the_signed_address_record() -> None:
+    async with nodes(1) as (node,):
+        authority = await node.mount(RecordAuthority())
+        tunnels = await node.mount(TunnelService(records=authority))
+        before = authority.current().record.seq
+        tunnels.expose("web", ("127.0.0.1", 8080), allow=ANY_PEER)
+        tunnels.expose("ssh", ("127.0.0.1", 22), allow=ANY_PEER)
+        signed = await authority.wait_newer(before)
+        assert signed.record.services == ("ssh", "web")
+        tunnels.withdraw("ssh")
+        assert authority.current().record.services == ("web",)

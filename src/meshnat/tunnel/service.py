@@ -23,6 +23,7 @@ from meshnat.errors import MeshNatError, NotMounted, RemoteProtocolError
 from meshnat.events import EventSink, TunnelClosed, ignore_events
 from meshnat.node import MeshNode
 from meshnat.punch import HolePuncher
+from meshnat.records import RecordAuthority
 from meshnat.tunnel import client
 from meshnat.tunnel.core import (
     AnyPeer,
@@ -52,8 +53,10 @@ class TunnelService:
     protocol_id = TUNNEL_PROTOCOL
 
     def __init__(self, config: TunnelConfig | None = None, *, connector: Connector | None = None,
-                 puncher: HolePuncher | None = None, events: EventSink = ignore_events) -> None:
+                 puncher: HolePuncher | None = None, records: RecordAuthority | None = None,
+                 events: EventSink = ignore_events) -> None:
         self.config = config or TunnelConfig()
+        self._records = records
         self._table = TunnelTable(self.config)
         self._connector, self._puncher, self._events = connector, puncher, events
         self._node: MeshNode | None = None
@@ -69,11 +72,18 @@ class TunnelService:
         name, target or an empty `allow`.
         """
         self._table.expose(Exposed.create(name, target, allow))
+        self._advertise()
         log.info("tunnel: exposing %s -> %s:%d", name, target[0], target[1])
 
     def withdraw(self, name: str) -> None:
         """Stop accepting tunnels to `name` (open ones go on); LocalProtocolError if unknown."""
         self._table.withdraw(name)
+        self._advertise()
+
+    def _advertise(self) -> None:
+        """Put the service names in the node's signed address record, if it has one."""
+        if self._records is not None:
+            self._records.set_services(self.services())
 
     def services(self) -> tuple[str, ...]:
         """The exposed service names, sorted (for the node's signed address record)."""
