@@ -11,13 +11,14 @@ from typing import Any
 
 import trio
 
+from meshnat.datagrams import parse_datagram, receive_messages
 from meshnat.endpoint import Endpoint
-from meshnat.errors import PunchFailed, RemoteProtocolError
+from meshnat.errors import PunchFailed
 from meshnat.node import MeshNode
 from meshnat.punch.birthday import EasySideSession, HardSideSession, HeardOn, SendFrom
 from meshnat.punch.core import GaveUp, Heard, SendProbe, UdpPunchSession
 from meshnat.punch.messages import Probe
-from meshnat.wire import MAX_DATAGRAM_SIZE, decode, encode, frame_datagram, unframe_datagram
+from meshnat.wire import encode, frame_datagram
 
 log = logging.getLogger(__name__)
 
@@ -27,12 +28,8 @@ async def punch_udp(node: MeshNode, session: UdpPunchSession | EasySideSession) 
     send, receive = trio.open_memory_channel[tuple[Probe, Endpoint]](64)
 
     def on_datagram(data: bytes, src: Endpoint) -> None:
-        payload = unframe_datagram(data)
-        if payload is None:
-            return
-        try:
-            probe = decode(payload, Probe)
-        except RemoteProtocolError:
+        probe = parse_datagram(data, Probe)
+        if probe is None:
             return  # another meshnat message on the shared socket
         try:
             send.send_nowait((probe, src))
@@ -67,17 +64,9 @@ async def punch_udp_many(session: HardSideSession, sockets: int) -> tuple[HeardO
         async with trio.open_nursery() as nursery:
 
             async def listen(index: int, sock: trio.socket.SocketType) -> None:
-                while True:
-                    data, addr = await sock.recvfrom(MAX_DATAGRAM_SIZE + 1)
-                    payload = unframe_datagram(data)
-                    if payload is None:
-                        continue
-                    try:
-                        probe = decode(payload, Probe)
-                    except RemoteProtocolError:
-                        continue
+                async for probe, src in receive_messages(sock, Probe):
                     with contextlib.suppress(trio.WouldBlock):
-                        send.send_nowait((index, probe, Endpoint.from_sockaddr(addr)))
+                        send.send_nowait((index, probe, src))
 
             for index, sock in enumerate(socks):
                 nursery.start_soon(listen, index, sock)

@@ -21,6 +21,7 @@ import trio
 from meshnat import _libp2p
 from meshnat._libp2p import ID, INetConn, INetStream, PeerInfo, TaskStatus, TProtocol
 from meshnat.config import require_positive
+from meshnat.datagrams import receive_messages
 from meshnat.discovery import PeerAddressDiscovery
 from meshnat.endpoint import Endpoint
 from meshnat.errors import (
@@ -38,12 +39,10 @@ from meshnat.node import MeshNode
 from meshnat.traversal.messages import Offer, Probe, Take, TakeAccept
 from meshnat.traversal.pairs import PairState, PairTable, PortPair
 from meshnat.wire import (
-    MAX_DATAGRAM_SIZE,
     decode,
     encode,
     frame_datagram,
     new_txid,
-    unframe_datagram,
 )
 from meshnat.wire.error_response import ErrorCode, ErrorResponse, refusal_for
 
@@ -388,18 +387,9 @@ class TraversalService:
                 log.debug("traversal %s: probe to %s failed: %s", traversal.id, dst, exc)
 
         async def receive() -> None:
-            while True:
-                data, addr = await sock.recvfrom(MAX_DATAGRAM_SIZE + 1)
-                payload = unframe_datagram(data)
-                if payload is None:
-                    continue
-                try:
-                    probe = decode(payload, Probe)
-                except RemoteProtocolError:
-                    continue
+            async for probe, src in receive_messages(sock, Probe):
                 if probe.txid != traversal.txid:
                     continue
-                src = Endpoint.from_sockaddr(addr)
                 traversal.table.heard(src, trio.current_time(), ack=probe.ack,
                                       observed=probe.observed)
                 traversal.notify()
