@@ -73,3 +73,18 @@ async def test_unknown_pairs_are_named_as_such() -> None:
             await service.take("deadbeef.1")
         with pytest.raises(UnknownPair):
             service.pair("nothing")
+
+
+async def test_finished_traversals_make_room_for_new_ones() -> None:
+    async with nodes(2) as (a, b):
+        await a.connect(b.peer_info())
+        ours = await a.mount(TraversalService(TraversalConfig(max_traversals=1,
+                                                              take_deadline=0.2)))
+        await b.mount(TraversalService(TraversalConfig(max_traversals=1)))
+        with trio.fail_after(20):
+            first = await ours.start(b.peer_id)
+            alive = await ours.wait_for(first.id, PairState.ALIVE, 5)
+            await ours.take(alive.id)
+            await ours.wait_for(alive.id, PairState.EXPIRED, 5)  # taken, never used
+            second = await ours.start(b.peer_id)  # the first one is forgotten on both sides
+            assert [t.id for t in ours.traversals()] == [second.id]

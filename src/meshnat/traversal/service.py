@@ -339,6 +339,7 @@ class TraversalService:
 
     async def _open(self, txid: bytes, peer: ID) -> Traversal:
         node, _ = self._mounted()
+        await self._evict_finished()
         if len(self._traversals) >= self.config.max_traversals:
             raise PeerRefused("rate-limited", "too many traversals open")
         if txid in self._traversals:
@@ -354,6 +355,24 @@ class TraversalService:
                               trio.current_time(), sock)
         self._traversals[txid] = traversal
         return traversal
+
+    async def _evict_finished(self) -> None:
+        """Forget traversals that can give nothing more: taken and done with (expired, or its
+        connection closed), or probed to the end without a pair coming alive."""
+        now = trio.current_time()
+        for traversal in list(self._traversals.values()):
+            self._expire(traversal)
+            states = {p.state for p in traversal.table.pairs()}
+            conn = traversal.connection
+            used_up = traversal.closed and (conn.is_closed if conn is not None
+                                            else PairState.TAKEN not in states)
+            fruitless = (now - traversal.started > self.config.probe_timeout
+                         and PairState.ALIVE not in states and PairState.TAKEN not in states)
+            if used_up or fruitless:
+                log.info("traversal %s: finished, forgotten", traversal.id)
+                await self._stop(traversal)
+                await self._close_listener(traversal)
+                del self._traversals[traversal.txid]
 
     def _offer(self, traversal: Traversal) -> Offer:
         """Candidates: the public IP discovery confirmed (NATs that keep ports map the socket
