@@ -80,11 +80,13 @@ async def test_finished_traversals_make_room_for_new_ones() -> None:
         await a.connect(b.peer_info())
         ours = await a.mount(TraversalService(TraversalConfig(max_traversals=1,
                                                               take_deadline=0.2)))
-        await b.mount(TraversalService(TraversalConfig(max_traversals=1)))
+        theirs = await b.mount(TraversalService(TraversalConfig(max_traversals=1,
+                                                                take_deadline=0.2)))
         with trio.fail_after(20):
             first = await ours.start(b.peer_id)
             alive = await ours.wait_for(first.id, PairState.ALIVE, 5)
             await ours.take(alive.id)
             await ours.wait_for(alive.id, PairState.EXPIRED, 5)  # taken, never used
+            await theirs.wait_for(first.id, PairState.EXPIRED, 5)  # the same on their side
             second = await ours.start(b.peer_id)  # the first one is forgotten on both sides
             assert [t.id for t in ours.traversals()] == [second.id]
