@@ -6,6 +6,7 @@ import pytest
 import trio
 
 from meshnat import EchoService
+from meshnat._libp2p import connection_remote, local_port
 from meshnat.echo import ECHO_PROTOCOL
 from meshnat.errors import PairExpired, PairTaken, UnknownPair
 from meshnat.traversal import PairState, TraversalConfig, TraversalService
@@ -90,3 +91,19 @@ async def test_finished_traversals_make_room_for_new_ones() -> None:
             await theirs.wait_for(first.id, PairState.EXPIRED, 5)  # the same on their side
             second = await ours.start(b.peer_id)  # the first one is forgotten on both sides
             assert [t.id for t in ours.traversals()] == [second.id]
+
+
+async def test_a_traversal_on_the_shared_port_runs_quic_from_the_listen_ports() -> None:
+    async with nodes(2) as (a, b):
+        await a.connect(b.peer_info())
+        ours = await a.mount(TraversalService())
+        await b.mount(TraversalService())
+        with trio.fail_after(20):
+            traversal = await ours.start(b.peer_id, shared=True)
+            assert traversal.table.local_port == a.listen_endpoint("udp").port
+            alive = await ours.wait_for(traversal.id, PairState.ALIVE, 5)
+            assert alive.remote.port == b.listen_endpoint("udp").port
+            await ours.take(alive.id)
+            conn = await ours.connect(alive.id)
+            assert local_port(conn) == a.listen_endpoint("udp").port
+            assert connection_remote(conn) == alive.remote

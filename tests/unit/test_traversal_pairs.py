@@ -71,3 +71,14 @@ def test_the_table_is_bounded() -> None:
     for port in range(1, 10):
         pairs.heard(Endpoint(ip_address("198.18.0.1"), port), now=0, ack=False)
     assert len(pairs.pairs()) == 2
+
+
+def test_a_pair_the_peer_took_counts_once_we_heard_it_even_before_our_answer() -> None:
+    pairs = table()
+    pairs.heard(PEER, now=1, ack=False)  # the peer's probe arrived; ours not answered yet
+    with pytest.raises(PairExpired):
+        pairs.take("t1.1", now=1, use_within=10)
+    assert pairs.take("t1.1", now=1, use_within=10, peer_confirmed=True).state \
+        is PairState.TAKEN
+    with pytest.raises(PairExpired):  # never heard: nothing proves their direction
+        pairs.take("t1.2", now=1, use_within=10, peer_confirmed=True)

@@ -16,7 +16,7 @@ from typing import ClassVar, Self
 from meshnat.endpoint import Endpoint
 from meshnat.wire.codec import Fields, TxidOnly
 
-CANDIDATES, ACK, OBSERVED, YOURS, MINE, DIAL = 8, 9, 10, 11, 12, 13
+CANDIDATES, ACK, OBSERVED, YOURS, MINE, DIAL, SHARED = 8, 9, 10, 11, 12, 13, 14
 MAX_CANDIDATES = 8
 
 
@@ -30,19 +30,23 @@ class MsgType(IntEnum):
 @dataclass(frozen=True, slots=True)
 class Offer:
     """Where the sender's traversal socket may be reached, best first. `txid` is the
-    traversal's id on both sides."""
+    traversal's id on both sides; `shared`: both sides probe from their node's UDP listen port
+    (the hole puncher's way) instead of a socket of the traversal's own."""
 
     TYPE: ClassVar[MsgType] = MsgType.OFFER
     txid: bytes
     candidates: tuple[Endpoint, ...]
+    shared: bool = False
 
     def to_fields(self) -> dict[int, object]:
-        return {CANDIDATES: [e.to_wire() for e in self.candidates[:MAX_CANDIDATES]]}
+        return {CANDIDATES: [e.to_wire() for e in self.candidates[:MAX_CANDIDATES]],
+                SHARED: int(self.shared)}
 
     @classmethod
     def from_fields(cls, txid: bytes, f: Fields) -> Self:
-        return cls(txid, tuple(Endpoint.from_wire(v)
-                               for v in f.pop_list(CANDIDATES, max_items=MAX_CANDIDATES)))
+        candidates = tuple(Endpoint.from_wire(v)
+                           for v in f.pop_list(CANDIDATES, max_items=MAX_CANDIDATES))
+        return cls(txid, candidates, bool(f.pop_int(SHARED, lo=0, hi=1)))
 
 
 @dataclass(frozen=True, slots=True)

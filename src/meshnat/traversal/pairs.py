@@ -101,12 +101,18 @@ class PairTable:
             rtt=pair.rtt if sent is None else now - sent,
             local=observed if observed is not None else pair.local)
 
-    def take(self, pair_id: str, now: float, *, use_within: float) -> PortPair:
-        """Hand the pair to the transport: it must be used within `use_within` seconds."""
+    def take(self, pair_id: str, now: float, *, use_within: float,
+             peer_confirmed: bool = False) -> PortPair:
+        """Hand the pair to the transport: it must be used within `use_within` seconds.
+
+        `peer_confirmed`: the peer took it, so its answer proved our direction; a pair we have
+        heard the peer on then counts as alive even before our own probe was answered.
+        """
         pair = self.get(pair_id)
         if pair.state is PairState.TAKEN:
             raise PairTaken(f"pair {pair_id} is already taken")
-        if pair.state is not PairState.ALIVE:
+        heard = pair.state is PairState.PROBING and pair.last_seen is not None
+        if pair.state is not PairState.ALIVE and not (peer_confirmed and heard):
             raise PairExpired(f"pair {pair_id} is {pair.state.value}, not alive")
         taken = replace(pair, state=PairState.TAKEN, deadline=now + use_within)
         self._pairs[pair.remote] = taken

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import socket
 from dataclasses import dataclass, field
 
 import trio
@@ -21,7 +20,6 @@ import trio
 from meshnat import _libp2p
 from meshnat._libp2p import ID, INetConn, INetStream, PeerInfo, TaskStatus, TProtocol
 from meshnat.config import require_positive
-from meshnat.datagrams import receive_messages
 from meshnat.discovery import PeerAddressDiscovery
 from meshnat.endpoint import Endpoint
 from meshnat.errors import (
@@ -36,6 +34,8 @@ from meshnat.errors import (
     UnknownPair,
 )
 from meshnat.node import MeshNode
+from meshnat.ratelimit import RateLimiter
+from meshnat.traversal.carrier import Carrier, OwnSocket, SharedPort
 from meshnat.traversal.messages import Offer, Probe, Take, TakeAccept
 from meshnat.traversal.pairs import PairState, PairTable, PortPair
 from meshnat.wire import (
@@ -69,22 +69,33 @@ class TraversalConfig:
     """Seconds for each coordination exchange and for the QUIC handshake on a pair."""
     max_traversals: int = 16
     """Traversals open at once (both directions); more are refused."""
+    responder_rate: float = 0.5
+    """Traversals per second a peer may start here (each makes this node probe up to 8
+    endpoints of the peer's choosing), so a peer cannot turn it into a traffic source."""
+    responder_burst: int = 8
+    """Traversals a peer may start at once before `responder_rate` applies."""
 
     def __post_init__(self) -> None:
         require_positive(self, "probe_interval", "probe_timeout", "keepalive_interval",
-                         "pair_timeout", "take_deadline", "stream_timeout", "max_traversals")
+                         "pair_timeout", "take_deadline", "stream_timeout", "max_traversals",
+                         "responder_rate", "responder_burst")
 
 
 @dataclass(eq=False)
 class Traversal:
-    """One traversal toward a peer: its socket, its pairs, and what was taken."""
+    """One traversal toward a peer: where it probes from, its pairs, and what was taken."""
 
     id: str
     txid: bytes
     peer: ID
     table: PairTable
     started: float
-    socket: trio.socket.SocketType | None
+    carrier: Carrier | None
+    """None once stopped (a pair was taken, or the traversal closed)."""
+    shared: bool
+    """Probing from the node's UDP listen port rather than a socket of its own."""
+    dialer: bool | None = None
+    """Once a pair is taken: whether this node dials on it (else the peer does)."""
     probing: trio.CancelScope = field(default_factory=trio.CancelScope)
     keepalives_sent: int = 0
     probes_sent: int = 0
@@ -101,7 +112,7 @@ class Traversal:
 
     @property
     def closed(self) -> bool:
-        return self.socket is None
+        return self.carrier is None
 
     def to_json(self, now: float) -> dict[str, object]:
         return {"traversal": self.id, "peer": str(self.peer), "local_port": self.table.local_port,
@@ -133,6 +144,8 @@ class TraversalService:
         self._node: MeshNode | None = None
         self._nursery: trio.Nursery | None = None
         self._traversals: dict[bytes, Traversal] = {}
+        self._limiter = RateLimiter(rate=self.config.responder_rate,
+                                    burst=self.config.responder_burst, max_keys=10_000)
 
     async def serve(self, node: MeshNode, *, task_status: TaskStatus[None]) -> None:
         node.host.set_stream_handler(self.protocol_id,
@@ -179,10 +192,14 @@ class TraversalService:
                 await traversal.changed.wait()
         raise PeerTimeout(f"no pair of {ref} became {state.value} within {timeout} s")
 
-    async def start(self, peer: ID) -> Traversal:
-        """Start a traversal toward `peer`, reached over a connection the node already has."""
+    async def start(self, peer: ID, *, shared: bool = False) -> Traversal:
+        """Start a traversal toward `peer`, reached over a connection the node already has.
+
+        `shared`: probe from the node's UDP listen port (as the hole puncher does) instead of a
+        fresh socket; both sides then use their listen ports and QUIC listeners.
+        """
         node, _ = self._mounted()
-        traversal = await self._open(new_txid(), peer)
+        traversal = await self._open(new_txid(), peer, shared=shared)
         limit = self.config.stream_timeout
         try:
             stream = await node.open_stream(PeerInfo(peer, []), self.protocol_id, timeout=limit)
@@ -214,8 +231,9 @@ class TraversalService:
         traversal, _ = self.pair(pair_id)
         use_within = deadline or self.config.take_deadline
         pair = traversal.table.take(pair_id, trio.current_time(), use_within=use_within)
+        traversal.dialer = initiate
         traversal.notify()
-        await self._stop(traversal)  # keepalives end here; the local port is free again
+        await self._stop(traversal)  # keepalives end here; an own socket frees its port
         if not initiate:
             await self._listen(traversal, pair)
         node, _ = self._mounted()
@@ -241,23 +259,29 @@ class TraversalService:
                  pair.local_port, pair.remote, "dialling" if initiate else "listening")
         return pair
 
-    async def open_stream(self, pair_id: str, protocol: TProtocol) -> PairStream:
-        """A stream speaking `protocol` over the QUIC connection on taken pair `pair_id`."""
+    async def connect(self, pair_id: str) -> INetConn:
+        """The QUIC connection on taken pair `pair_id`: dialled now if this node took it to
+        dial, else the one the peer dials (waited for until the pair's deadline)."""
         traversal, pair = self.pair(pair_id)
         if pair.state is not PairState.TAKEN:
             raise PairExpired(f"pair {pair_id} is {pair.state.value}, not taken")
         assert pair.deadline is not None
+        if traversal.connection is not None:
+            return traversal.connection
+        if traversal.dialer:
+            return await self._dial(traversal, pair)
+        with trio.move_on_at(pair.deadline):
+            await traversal.connected.wait()
+        if traversal.connection is None:
+            raise PairExpired(f"pair {pair_id}: the peer did not dial before the deadline")
+        return traversal.connection
+
+    async def open_stream(self, pair_id: str, protocol: TProtocol) -> PairStream:
+        """A stream speaking `protocol` over the QUIC connection on taken pair `pair_id`."""
+        conn = await self.connect(pair_id)
+        _, pair = self.pair(pair_id)
         node, _ = self._mounted()
         limit = self.config.stream_timeout
-        conn = traversal.connection
-        if conn is None and traversal.listener is None:  # this side dials
-            conn = await self._dial(traversal, pair)
-        elif conn is None:
-            with trio.move_on_at(pair.deadline):
-                await traversal.connected.wait()
-            conn = traversal.connection
-            if conn is None:
-                raise PairExpired(f"pair {pair_id}: the peer did not dial before the deadline")
         with _libp2p.map_peer_errors(f"open {protocol}", limit), trio.fail_after(limit):
             stream = await _libp2p.open_stream_on(node.host, conn, protocol, limit)
         return PairStream(pair, stream, conn, pair.local_port, pair.remote)
@@ -291,7 +315,9 @@ class TraversalService:
 
     async def _answer(self, peer: ID, request: Offer | Take) -> Offer | TakeAccept:
         if isinstance(request, Offer):
-            started = await self._open(request.txid, peer)
+            if not self._limiter.allow(str(peer), trio.current_time()):
+                raise PeerRefused("rate-limited", "too many traversals from this peer")
+            started = await self._open(request.txid, peer, shared=request.shared)
             self._probe(started, request.candidates)
             log.info("traversal %s: started by %s", started.id, peer)
             return self._offer(started)
@@ -300,7 +326,8 @@ class TraversalService:
             raise UnknownPair("no such traversal with this peer")
         pair = self._their_pair(traversal, request)
         taken = traversal.table.take(pair.id, trio.current_time(),
-                                     use_within=self.config.take_deadline)
+                                     use_within=self.config.take_deadline, peer_confirmed=True)
+        traversal.dialer = request.dial
         traversal.notify()
         await self._stop(traversal)
         if not request.dial:
@@ -321,11 +348,14 @@ class TraversalService:
 
     @staticmethod
     def _their_pair(traversal: Traversal, request: Take) -> PortPair:
-        """Our pair toward the taker's endpoint `mine`; with no match, the only alive pair."""
-        alive = [p for p in traversal.table.pairs() if p.state is PairState.ALIVE]
-        for pair in alive:
+        """Our pair toward the taker's endpoint `mine` (alive, or at least heard from: the
+        taker's own check proved the other direction); with no match, the only alive pair."""
+        usable = [p for p in traversal.table.pairs() if p.state is PairState.ALIVE
+                  or (p.state is PairState.PROBING and p.last_seen is not None)]
+        for pair in usable:
             if pair.remote == request.mine:
                 return pair
+        alive = [p for p in usable if p.state is PairState.ALIVE]
         if len(alive) == 1:
             return alive[0]
         raise PairExpired("no alive pair matches the one taken")
@@ -337,22 +367,19 @@ class TraversalService:
             raise NotMounted("mount TraversalService on a running MeshNode first")
         return self._node, self._nursery
 
-    async def _open(self, txid: bytes, peer: ID) -> Traversal:
+    async def _open(self, txid: bytes, peer: ID, *, shared: bool) -> Traversal:
         node, _ = self._mounted()
         await self._evict_finished()
         if len(self._traversals) >= self.config.max_traversals:
             raise PeerRefused("rate-limited", "too many traversals open")
         if txid in self._traversals:
             raise PeerRefused("bad-request", "traversal id in use")
-        ip = node.listen_endpoint("udp").ip
-        sock = trio.socket.socket(socket.AF_INET6 if ip.version == 6 else socket.AF_INET,
-                                  socket.SOCK_DGRAM)
-        await sock.bind((str(ip), 0))
-        port = sock.getsockname()[1]
+        carrier: Carrier = (SharedPort(node) if shared
+                            else await OwnSocket.open(node.listen_endpoint("udp").ip))
         traversal = Traversal(txid.hex()[:8], txid, peer,
-                              PairTable(txid.hex()[:8], port,
+                              PairTable(txid.hex()[:8], carrier.local_port,
                                         pair_timeout=self.config.pair_timeout),
-                              trio.current_time(), sock)
+                              trio.current_time(), carrier, shared)
         self._traversals[txid] = traversal
         return traversal
 
@@ -375,15 +402,18 @@ class TraversalService:
                 del self._traversals[traversal.txid]
 
     def _offer(self, traversal: Traversal) -> Offer:
-        """Candidates: the public IP discovery confirmed (NATs that keep ports map the socket
-        there), then the node's own addresses, all with the traversal socket's port."""
+        """Candidates, best first: on the shared port, the public endpoint discovery confirmed
+        for it; then the public IP discovery saw with our port (NATs that keep ports map it
+        there); then the node's own addresses."""
         node, _ = self._mounted()
         port = traversal.table.local_port
-        ips = [e.ip for e in node.local_endpoints("udp")]
+        candidates = [Endpoint(e.ip, port) for e in node.local_endpoints("udp")]
         seen = self._discovery.last_round("udp") if self._discovery else None
         if seen is not None and seen.ip is not None:
-            ips.insert(0, seen.ip)
-        return Offer(traversal.txid, tuple(dict.fromkeys(Endpoint(ip, port) for ip in ips)))
+            candidates.insert(0, Endpoint(seen.ip, port))
+        if traversal.shared and seen is not None and seen.address is not None:
+            candidates.insert(0, seen.address)
+        return Offer(traversal.txid, tuple(dict.fromkeys(candidates)), traversal.shared)
 
     def _probe(self, traversal: Traversal, candidates: tuple[Endpoint, ...]) -> None:
         now = trio.current_time()
@@ -393,31 +423,30 @@ class TraversalService:
 
     async def _run_probing(self, traversal: Traversal) -> None:
         """Probe candidates, answer the peer's probes, keep alive pairs alive; until stopped."""
-        sock = traversal.socket
-        if sock is None:
+        carrier = traversal.carrier
+        if carrier is None:
             return
         cfg = self.config
         last_keepalive: dict[Endpoint, float] = {}
 
         async def send(probe: Probe, dst: Endpoint) -> None:
             try:
-                await sock.sendto(frame_datagram(encode(probe)), dst.to_sockaddr())
-            except OSError as exc:
+                await carrier.send(frame_datagram(encode(probe)), dst)
+            except (OSError, MeshNatError) as exc:
                 log.debug("traversal %s: probe to %s failed: %s", traversal.id, dst, exc)
 
-        async def receive() -> None:
-            async for probe, src in receive_messages(sock, Probe):
-                if probe.txid != traversal.txid:
-                    continue
-                traversal.table.heard(src, trio.current_time(), ack=probe.ack,
-                                      observed=probe.observed)
-                traversal.notify()
-                if not probe.ack:
-                    await send(Probe(traversal.txid, ack=True, observed=src), src)
+        async def on_probe(probe: Probe, src: Endpoint) -> None:
+            if probe.txid != traversal.txid:
+                return
+            traversal.table.heard(src, trio.current_time(), ack=probe.ack,
+                                  observed=probe.observed)
+            traversal.notify()
+            if not probe.ack:
+                await send(Probe(traversal.txid, ack=True, observed=src), src)
 
         with traversal.probing:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(receive)
+                nursery.start_soon(carrier.run, on_probe)
                 while True:
                     now = trio.current_time()
                     probing = now - traversal.started < cfg.probe_timeout
@@ -450,24 +479,26 @@ class TraversalService:
             traversal.notify()
 
     async def _stop(self, traversal: Traversal) -> None:
-        """End probing and keepalives and close the socket, freeing the local port."""
+        """End probing and keepalives; an own socket is closed, freeing its port."""
         traversal.probing.cancel()
-        if traversal.socket is not None:
-            traversal.socket.close()
-            traversal.socket = None
+        if traversal.carrier is not None:
+            traversal.carrier.close()
+            traversal.carrier = None
 
     async def _listen(self, traversal: Traversal, pair: PortPair) -> None:
-        """An ephemeral QUIC listener on the pair's local port, until the peer's connection
-        on it closes or the pair's deadline passes unused."""
+        """Accept the peer's QUIC connection on the pair's local port: an ephemeral listener
+        there (the node's own one on the shared port), until that connection closes or the
+        pair's deadline passes unused."""
         node, nursery = self._mounted()
         port = pair.local_port
-        try:
-            traversal.listener = await _libp2p.listen_quic(node.host,
-                                                           node.listen_endpoint("udp").ip, port)
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise PortInUse(f"port {port} is held by another socket") from exc
-            raise
+        if not traversal.shared:
+            try:
+                traversal.listener = await _libp2p.listen_quic(
+                    node.host, node.listen_endpoint("udp").ip, port)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise PortInUse(f"port {port} is held by another socket") from exc
+                raise
 
         async def wait() -> None:
             arrived: list[INetConn] = []
