@@ -2,21 +2,19 @@
 
 The relay is `js-relay/relay.mjs` (js-libp2p 2.x on Node.js, TCP + Noise + Yamux, identify,
 `circuitRelayServer()`), a process of its own on 127.0.0.1. Its npm dependencies are installed
-once per session with `npm ci` from the committed package-lock.json. Without node or npm, or if
-the install fails, the tests are skipped with the reason, except in CI (`CI` set), where that is
-a failure: the interop tests must run there.
+once per session with `npm ci` from the committed package-lock.json (tests/support/jsnode.py).
+Without node or npm, or if the install fails, the tests are skipped with the reason, except in CI
+(`CI` set), where that is a failure: the interop tests must run there.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import selectors
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,11 +27,9 @@ from meshnat.echo import echo
 from meshnat.errors import PeerUnavailable, RelayUnavailable
 from meshnat.relay import RelayClient
 from tests.support.fake_reflectors import nodes
+from tests.support.jsnode import JS_DIR, end, install_problem, process, read_json_line
 
-JS_RELAY = Path(__file__).parent / "js-relay"
-NPM_CI_TIMEOUT = 300.0
 START_TIMEOUT = 30.0
-MIN_NODE_MAJOR = 20
 
 
 @dataclass
@@ -47,97 +43,18 @@ class JsRelay:
 
     def stop(self) -> None:
         """Stop it now (as at the end of the test) and wait until it has exited."""
-        _end(self.proc)
-
-
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"CI must run the js-libp2p interop tests: {reason}")
-    pytest.skip(reason)
-
-
-def _node_problem() -> str | None:
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        return "js-libp2p interop needs node and npm on PATH (Debian: apt-get install nodejs npm)"
-    version = subprocess.run([node, "--version"], capture_output=True, text=True, timeout=30,
-                             check=False).stdout.strip()
-    try:
-        major = int(version.lstrip("v").split(".")[0])
-    except ValueError:
-        return f"cannot tell node's version from {version!r}"
-    if major < MIN_NODE_MAJOR:
-        return f"js-libp2p 2.x needs node >= {MIN_NODE_MAJOR}, found {version}"
-    return None
-
-
-def _installed() -> bool:
-    """node_modules exists and was installed from the committed package-lock.json."""
-    marker = JS_RELAY / "node_modules" / ".package-lock.json"
-    return marker.exists() and marker.stat().st_mtime >= (JS_RELAY / "package-lock.json").stat(
-    ).st_mtime
+        end(self.proc)
 
 
 @pytest.fixture(scope="session")
 def js_relay_dir() -> Path:
     """The relay's directory with its npm dependencies installed (`npm ci`, once)."""
-    problem = _node_problem()
+    problem = install_problem()
     if problem is not None:
-        _unavailable(problem)
-    if not _installed():
-        try:
-            done = subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-                                  cwd=JS_RELAY, capture_output=True, text=True,
-                                  timeout=NPM_CI_TIMEOUT, check=False)
-        except subprocess.TimeoutExpired:
-            _unavailable(f"npm ci in {JS_RELAY} took longer than {NPM_CI_TIMEOUT:.0f}s")
-        else:
-            if done.returncode != 0:
-                _unavailable(f"npm ci in {JS_RELAY} failed: {done.stderr.strip()[-2000:]}")
-    return JS_RELAY
-
-
-def _first_json_line(proc: subprocess.Popen[str], what: str, timeout: float) -> dict[str, object]:
-    """The first line `proc` prints on stdout, as JSON; fails if none comes within `timeout`."""
-    assert proc.stdout is not None
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        if not sel.select(timeout):
-            raise TimeoutError(f"{what} printed nothing in {timeout}s")
-    line = proc.stdout.readline()
-    if not line:
-        _, err = proc.communicate(timeout=5)
-        raise RuntimeError(f"{what} exited ({proc.returncode}): {err[-2000:]}")
-    parsed = json.loads(line)
-    assert isinstance(parsed, dict)
-    return parsed
-
-
-def _end(proc: subprocess.Popen[str]) -> None:
-    """Close its stdin and SIGTERM it (relay.mjs stops on either), SIGKILL after 5 s."""
-    if proc.stdin is not None and not proc.stdin.closed:
-        proc.stdin.close()
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-
-
-@contextmanager
-def _process(args: list[str]) -> Iterator[subprocess.Popen[str]]:
-    """A background process with piped stdio, ended on exit whatever happened."""
-    proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        yield proc
-    finally:
-        _end(proc)
-        for pipe in (proc.stdout, proc.stderr):
-            if pipe is not None:
-                pipe.close()
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the js-libp2p interop tests: {problem}")
+        pytest.skip(problem)
+    return JS_DIR
 
 
 @pytest.fixture
@@ -146,9 +63,9 @@ def start_js_relay(js_relay_dir: Path) -> Iterator[Callable[..., JsRelay]]:
     with ExitStack() as stack:
 
         def start(*options: str) -> JsRelay:
-            proc = stack.enter_context(_process(["node", str(js_relay_dir / "relay.mjs"),
+            proc = stack.enter_context(process(["node", str(js_relay_dir / "relay.mjs"),
                                                  *options]))
-            ready = _first_json_line(proc, "relay.mjs", START_TIMEOUT)
+            ready = read_json_line(proc, "relay.mjs", START_TIMEOUT)
             addrs = ready["addrs"]
             assert isinstance(addrs, list)
             (info,) = merge_peer_addrs([str(a) for a in addrs])
@@ -237,8 +154,8 @@ def test_the_cli_listens_and_connects_through_a_js_relay(
     relay = start_js_relay()
     cli = [sys.executable, "-m", "meshnat"]
     loopback = ["--relay", relay.addrs[0], "--json"]
-    with _process([*cli, "listen", *loopback]) as listen:
-        ready = _first_json_line(listen, "meshnat listen", START_TIMEOUT)
+    with process([*cli, "listen", *loopback]) as listen:
+        ready = read_json_line(listen, "meshnat listen", START_TIMEOUT)
         assert ready["event"] == "ready", ready
         assert isinstance(ready["addrs"], list)
         assert any("/p2p-circuit/" in str(a) for a in ready["addrs"])

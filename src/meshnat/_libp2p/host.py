@@ -22,7 +22,7 @@ from libp2p.exceptions import BaseLibp2pError
 from libp2p.network.config import ConnectionConfig
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
-from libp2p.rcmgr import new_resource_manager
+from libp2p.rcmgr import ResourceLimits, new_resource_manager
 from libp2p.rcmgr.connection_limits import ConnectionLimits
 from libp2p.transport.quic.config import QUICTransportConfig
 from libp2p.utils.address_validation import expand_wildcard_address
@@ -72,13 +72,26 @@ def new_libp2p_host(key_pair: KeyPair, listen: Sequence[multiaddr.Multiaddr], *,
     Auto-dialling is off: a meshnat node connects only where it is told to. Pruning starts
     only at `max_connections`: py-libp2p's defaults prune above 300 connections and its
     resource manager refuses more than 256 inbound ones, too few for a relay.
+
+    The resource manager also has a system-wide connection counter of its own
+    (`ResourceLimits.max_connections`, 1,000 by default) and, once that is reached, "graceful
+    degradation" lowers it step by step to half, every 10 s while the node stays full. A relay
+    holding 1,000 reservations thus refused or dropped connections around the 1,000th, and
+    would then have settled at 500. That counter is set from `max_connections` here, with room
+    for the connections still in their handshake (py-libp2p counts each of those twice: once
+    before the upgrade, once after), and degradation is off: `max_established_total` is the
+    limit a node is configured with, and it stays put.
     """
     quiet = ConnectionConfig(min_connections=0, low_watermark=0,
                              high_watermark=max_connections, max_connections=max_connections)
+    pending = 64
     limits = ConnectionLimits(
-        max_pending_inbound=64, max_pending_outbound=64,
+        max_pending_inbound=pending, max_pending_outbound=pending,
         max_established_inbound=max_connections, max_established_outbound=max_connections,
         max_established_per_peer=8, max_established_total=max_connections)
+    resources = new_resource_manager(
+        limits=ResourceLimits(max_connections=max_connections + 2 * pending),
+        connection_limits=limits, enable_graceful_degradation=False)
     enable_quic = any("quic-v1" in str(a) for a in listen)
     # A QUIC stream read that waits 30 s (py-libp2p's default) resets the stream and logs an
     # ERROR; streams that may rightly sit idle (tunnels) bound their own waits instead.
@@ -89,7 +102,7 @@ def new_libp2p_host(key_pair: KeyPair, listen: Sequence[multiaddr.Multiaddr], *,
         enable_quic=enable_quic,
         quic_transport_opt=quic,
         connection_config=quiet,
-        resource_manager=new_resource_manager(connection_limits=limits),
+        resource_manager=resources,
     )
 
     async def no_auto_dial() -> None:
