@@ -1,54 +1,24 @@
-"""Punch cores without sockets: UDP session, birthday sessions, bounded by construction."""
+"""Punch cores without sockets: the birthday sessions, bounded by construction."""
 
 from __future__ import annotations
 
 import random
 from ipaddress import ip_address
 
-import pytest
-
 from meshnat.endpoint import Endpoint
-from meshnat.errors import LocalProtocolError
 from meshnat.punch.birthday import EasySideSession, HardSideSession, HeardOn, SendFrom
-from meshnat.punch.core import GaveUp, Heard, SendProbe, UdpPunchSession
+from meshnat.punch.core import GaveUp, Heard
 from meshnat.punch.messages import Probe
 
 TXID = bytes(range(16))
 A, B = Endpoint.parse("198.18.0.20:4001"), Endpoint.parse("10.1.0.10:4001")
 
 
-def drain(session: UdpPunchSession | EasySideSession | HardSideSession) -> list[object]:
+def drain(session: EasySideSession | HardSideSession) -> list[object]:
     actions = []
     while (action := session.next_action()) is not None:
         actions.append(action)
     return actions
-
-
-def test_udp_session_probes_every_candidate_each_round_until_heard() -> None:
-    s = UdpPunchSession(TXID, [A, B, A], probe_interval=0.05, timeout=3.0)
-    s.start(now=0.0)
-    assert [a.dst for a in drain(s) if isinstance(a, SendProbe)] == [A, B]  # deduplicated
-    assert s.get_timer() == pytest.approx(0.05)
-    s.handle_timer(now=0.05)
-    assert len(drain(s)) == 2
-    s.receive_probe(Probe(bytes(16)), A, now=0.06)   # wrong txid: ignored
-    assert drain(s) == []
-    s.receive_probe(Probe(TXID), A, now=0.07)
-    ack, heard = drain(s)
-    assert ack == SendProbe(A, Probe(TXID, ack=True))
-    assert heard == Heard(A, pytest.approx(0.07), 5)
-    assert s.get_timer() is None
-
-
-def test_udp_session_gives_up_at_its_deadline_with_a_count() -> None:
-    s = UdpPunchSession(TXID, [A], probe_interval=1.0, timeout=2.5)
-    s.start(now=0.0)
-    for now in (1.0, 2.0, 2.5):
-        s.handle_timer(now=now)
-    actions = drain(s)
-    assert isinstance(actions[-1], GaveUp) and actions[-1].probes_sent == 3
-    with pytest.raises(LocalProtocolError):
-        UdpPunchSession(TXID, [], probe_interval=1.0, timeout=1.0)
 
 
 def test_easy_side_sends_each_port_once_within_its_budget_and_rate() -> None:

@@ -66,6 +66,7 @@ from meshnat._libp2p.streams import (
     transport_of,
     write_frame,
 )
+from meshnat._libp2p.tcp import install as install_leak_free_tcp_dial
 from meshnat._libp2p.udp import (
     DatagramTap,
     close_listener,
@@ -104,6 +105,7 @@ __all__ = [
     "endpoint_of",
     "ensure_ports_free",
     "guarded_handler",
+    "install_leak_free_tcp_dial",
     "is_relayed",
     "listen_parts",
     "listen_quic",

@@ -1,25 +1,18 @@
-"""Pure UDP punch session: probe the peer's candidates until one of its probes comes back.
+"""What the birthday-probing sessions share: their actions and a deadline-driven base.
 
-Theory of operation. After the coordination exchange both sides run a session with the same
-txid (learned over the authenticated coordination stream, so a third party cannot guess it).
-Each round sends one `Probe` to every candidate (at most `max_candidates`), every
-`probe_interval` seconds (ICE paces at 50 ms; DCUtR's QUIC punch every 10-200 ms). The first
-probe from the peer names the working path: the session answers it with an `ack` probe (so the
-peer hears us even if our earlier probes died at its NAT) and succeeds. Nothing is trusted
-here beyond "this endpoint answers with our txid": the connection made over the path is then
-authenticated by the QUIC/TLS or Noise handshake against the peer's id.
+A session is pure: driven by start(), receive_probe() and handle_timer(), each taking `now`,
+it queues actions (`SendProbe`) and ends with `Heard` or `GaveUp`. Nothing is trusted beyond
+"this endpoint answers with our txid" (learned over the authenticated coordination stream):
+the connection made over the path is authenticated by QUIC/TLS against the peer's id.
 """
 
 from __future__ import annotations
 
-import hmac
 from collections import deque
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from meshnat.endpoint import Endpoint
-from meshnat.errors import LocalProtocolError
 from meshnat.punch.messages import Probe
 
 
@@ -87,37 +80,3 @@ class DeadlineSession(Generic[A]):
 
     def _give_up(self) -> GaveUp:
         raise NotImplementedError
-
-
-class UdpPunchSession(DeadlineSession[SendProbe | Heard]):
-    """Driven by start(), receive_probe() and handle_timer(); every call takes `now`."""
-
-    def __init__(self, txid: bytes, candidates: Sequence[Endpoint], *, probe_interval: float,
-                 timeout: float, max_candidates: int = 8) -> None:
-        if not candidates:
-            raise LocalProtocolError("a punch needs at least one candidate endpoint")
-        super().__init__(interval=probe_interval, timeout=timeout)
-        self._txid = txid
-        self._candidates = tuple(dict.fromkeys(candidates))[:max_candidates]
-        self._probes_sent = 0
-
-    @property
-    def probes_sent(self) -> int:
-        return self._probes_sent
-
-    def receive_probe(self, probe: Probe, src: Endpoint, now: float) -> None:
-        if self._done or not hmac.compare_digest(probe.txid, self._txid):
-            return  # stray or forged: ignore
-        self._send(src, ack=True)
-        self._finish(Heard(src, now - self._started_at, self._probes_sent))
-
-    def _tick(self, now: float) -> None:
-        for dst in self._candidates:
-            self._send(dst, ack=False)
-
-    def _give_up(self) -> GaveUp:
-        return GaveUp(f"no probe from the peer within {self._timeout:.1f}s", self._probes_sent)
-
-    def _send(self, dst: Endpoint, *, ack: bool) -> None:
-        self._actions.append(SendProbe(dst, Probe(self._txid, ack)))
-        self._probes_sent += 1

@@ -2,17 +2,21 @@
 
 Coordination follows libp2p DCUtR's timing: the initiator sends its Offer, measures the round
 trip to the responder's Offer, sends Sync and punches RTT/2 later; the responder punches as
-soon as Sync arrives, so both start at about the same moment. The UDP path runs over the
-node's QUIC port: the initiator then dials QUIC from that very port (TLS binds the connection to
-the peer id). The TCP path is a simultaneous open from both TCP listen ports, upgraded by Noise
-with fixed roles. Both run at once and the first direct connection wins.
+soon as Sync arrives, so both start at about the same moment. The UDP path is a traversal
+(`TraversalService`) on the node's shared QUIC port: the initiator takes the first pair that
+comes alive and dials QUIC from that very port (TLS binds the connection to the peer id);
+against an endpoint-dependent NAT it is birthday probing instead. The TCP path is a
+simultaneous open from both TCP listen ports, upgraded by Noise with fixed roles. Both run at
+once and the first direct connection wins.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 from dataclasses import dataclass
+from functools import partial
 
 import multiaddr
 import trio
@@ -25,8 +29,10 @@ from meshnat.endpoint import Endpoint
 from meshnat.errors import (
     MeshNatError,
     NotMounted,
+    PeerTimeout,
     PunchFailed,
     RemoteProtocolError,
+    UnknownPair,
 )
 from meshnat.events import (
     EventSink,
@@ -37,10 +43,10 @@ from meshnat.events import (
 )
 from meshnat.node import MeshNode
 from meshnat.punch.birthday import EasySideSession, HardSideSession
-from meshnat.punch.core import UdpPunchSession
 from meshnat.punch.messages import MappingHint, Offer, Sync
 from meshnat.punch.udp import punch_udp, punch_udp_many
 from meshnat.ratelimit import RateLimiter
+from meshnat.traversal import PairState, TraversalConfig, TraversalService
 from meshnat.wire import TXID_SIZE, decode, encode, new_txid
 from meshnat.wire.error_response import ErrorCode, ErrorResponse, refusal_for
 
@@ -128,9 +134,16 @@ class HolePuncher:
 
     def __init__(self, config: PunchConfig | None = None, *,
                  discovery: PeerAddressDiscovery | None = None,
+                 traversals: TraversalService | None = None,
                  events: EventSink = ignore_events) -> None:
+        """`traversals`: a TraversalService already mounted on the node, for the UDP path;
+        without one the puncher runs its own."""
         self.config = config or PunchConfig()
         self._discovery = discovery
+        self._own_traversals = traversals is None
+        self.traversals = traversals or TraversalService(TraversalConfig(
+            probe_interval=self.config.probe_interval, probe_timeout=self.config.punch_timeout,
+            stream_timeout=self.config.stream_timeout), discovery=discovery)
         self._events = events
         self._node: MeshNode | None = None
         self._nursery: trio.Nursery | None = None
@@ -147,6 +160,8 @@ class HolePuncher:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                if self._own_traversals:
+                    await nursery.start(partial(self.traversals.serve, node))
                 task_status.started()
                 await trio.sleep_forever()
         finally:
@@ -357,15 +372,30 @@ class HolePuncher:
             return await self._birthday_hard(node, peer, ours, theirs)
         if ours.mapping is easy and theirs.mapping is hard:
             return await self._birthday_easy(node, peer, ours, theirs)
-        session = UdpPunchSession(ours.txid, theirs.udp, probe_interval=self.config.probe_interval,
-                                  timeout=self.config.punch_timeout)
-        heard = await punch_udp(node, session)
         local = node.listen_endpoint("udp")
-        if not initiator:  # the initiator dials; the responder's listener accepts
+        if not initiator:  # the initiator drives the traversal and dials; our listener accepts
             conn = await _libp2p.wait_direct_connection(node.host, peer)
-            return local, heard.remote, heard.probes_sent, conn
-        conn = await _libp2p.dial_quic_from(node.host, peer, heard.remote, local)
-        return local, heard.remote, session.probes_sent, conn
+            return local, _libp2p.connection_remote(conn) or local, 0, conn
+        return await self._udp_traversal(peer)
+
+    async def _udp_traversal(self, peer: ID) -> tuple[Endpoint, Endpoint, int, INetConn]:
+        """A traversal on the shared port: the first pair alive is taken and carries QUIC."""
+        traversal = await self.traversals.start(peer, shared=True)
+        try:
+            try:
+                pair = await self.traversals.wait_for(traversal.id, PairState.ALIVE,
+                                                      self.config.punch_timeout)
+            except PeerTimeout as exc:
+                raise PunchFailed(f"no UDP pair answered within {self.config.punch_timeout} s",
+                                  probes_sent=traversal.probes_sent) from exc
+            await self.traversals.take(pair.id, initiate=True)
+            conn = await self.traversals.connect(pair.id)
+        except BaseException:
+            with trio.CancelScope(shield=True), contextlib.suppress(UnknownPair):
+                await self.traversals.close(traversal.id)
+            raise
+        local = Endpoint(self._mounted().listen_endpoint("udp").ip, pair.local_port)
+        return local, pair.remote, traversal.probes_sent, conn
 
     async def _birthday_hard(self, node: MeshNode, peer: ID, ours: Offer, theirs: Offer
                              ) -> tuple[Endpoint, Endpoint, int, INetConn]:

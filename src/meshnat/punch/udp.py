@@ -1,4 +1,5 @@
-"""The trio driver of a UdpPunchSession on the node's UDP (QUIC) socket."""
+"""The trio drivers of the birthday-probing sessions: on the node's UDP (QUIC) socket (the
+easy side) and on many fresh sockets (the hard side)."""
 
 from __future__ import annotations
 
@@ -16,14 +17,14 @@ from meshnat.endpoint import Endpoint
 from meshnat.errors import PunchFailed
 from meshnat.node import MeshNode
 from meshnat.punch.birthday import EasySideSession, HardSideSession, HeardOn, SendFrom
-from meshnat.punch.core import GaveUp, Heard, SendProbe, UdpPunchSession
+from meshnat.punch.core import GaveUp, Heard, SendProbe
 from meshnat.punch.messages import Probe
 from meshnat.wire import encode, frame_datagram
 
 log = logging.getLogger(__name__)
 
 
-async def punch_udp(node: MeshNode, session: UdpPunchSession | EasySideSession) -> Heard:
+async def punch_udp(node: MeshNode, session: EasySideSession) -> Heard:
     """Run `session` until the peer is heard; raises PunchFailed when it gives up."""
     send, receive = trio.open_memory_channel[tuple[Probe, Endpoint]](64)
 
