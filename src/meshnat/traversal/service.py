@@ -218,14 +218,18 @@ class TraversalService:
             del self._traversals[traversal.txid]
             raise
         self._probe(traversal, reply.candidates)
+        log.debug("traversal %s: started toward %s, candidates %s", traversal.id, peer,
+                  [str(c) for c in reply.candidates])
         return traversal
 
     async def take(self, pair_id: str, *, initiate: bool = True,
                    deadline: float | None = None) -> PortPair:
         """Hand `pair_id` to the transport; it must be used within `deadline` seconds.
 
-        `initiate`: this node will dial (`open_stream`) and the peer listens on its end;
-        otherwise this node listens and the peer dials now. Raises UnknownPair, PairExpired,
+        `initiate`: this node will dial (`connect`, `open_stream`) and the peer listens on its
+        end; otherwise this node listens and the peer dials now. On the shared port the peer's
+        own QUIC listener is always there, so when this node dials the peer is told in the
+        background and the dial need not wait for it. Raises UnknownPair, PairExpired,
         PairTaken, PortInUse or PeerRefused (the peer did not accept).
         """
         traversal, _ = self.pair(pair_id)
@@ -234,30 +238,45 @@ class TraversalService:
         traversal.dialer = initiate
         traversal.notify()
         await self._stop(traversal)  # keepalives end here; an own socket frees its port
+        self._watch_deadline(traversal, pair)
+        log.info("traversal %s: took pair %s (%s -> %s), %s", traversal.id, pair.id,
+                 pair.local_port, pair.remote, "dialling" if initiate else "listening")
+        if traversal.shared and initiate:
+            self._mounted()[1].start_soon(self._tell_peer_quietly, traversal, pair)
+            return pair
         if not initiate:
             await self._listen(traversal, pair)
-        node, _ = self._mounted()
-        limit = self.config.stream_timeout
         try:
-            stream = await node.open_stream(PeerInfo(traversal.peer, []), self.protocol_id,
-                                            timeout=limit)
-            try:
-                with _libp2p.map_peer_errors("traversal take", limit), trio.fail_after(limit):
-                    request = Take(traversal.txid, pair.remote, pair.local, dial=not initiate)
-                    await _libp2p.write_frame(stream, encode(request))
-                    reply = decode(await _libp2p.read_frame(stream), TakeAccept, ErrorResponse)
-            finally:
-                await _libp2p.reset_quietly(stream)
-            if isinstance(reply, ErrorResponse):
-                raise PeerRefused(reply.code.name.lower(), reply.reason)
+            await self._tell_peer(traversal, pair)
         except MeshNatError:
             traversal.table.expire(pair_id)
             await self._close_listener(traversal)
             raise
-        self._watch_deadline(traversal, pair)
-        log.info("traversal %s: took pair %s (%s -> %s), %s", traversal.id, pair.id,
-                 pair.local_port, pair.remote, "dialling" if initiate else "listening")
         return pair
+
+    async def _tell_peer(self, traversal: Traversal, pair: PortPair) -> None:
+        """Send `Take` for `pair`; raises PeerRefused when the peer does not accept."""
+        node, _ = self._mounted()
+        limit = self.config.stream_timeout
+        stream = await node.open_stream(PeerInfo(traversal.peer, []), self.protocol_id,
+                                        timeout=limit)
+        try:
+            with _libp2p.map_peer_errors("traversal take", limit), trio.fail_after(limit):
+                request = Take(traversal.txid, pair.remote, pair.local,
+                               dial=not traversal.dialer)
+                await _libp2p.write_frame(stream, encode(request))
+                reply = decode(await _libp2p.read_frame(stream), TakeAccept, ErrorResponse)
+        finally:
+            await _libp2p.reset_quietly(stream)
+        if isinstance(reply, ErrorResponse):
+            raise PeerRefused(reply.code.name.lower(), reply.reason)
+
+    async def _tell_peer_quietly(self, traversal: Traversal, pair: PortPair) -> None:
+        try:
+            await self._tell_peer(traversal, pair)
+        except MeshNatError as exc:  # its listener answers the dial all the same
+            log.info("traversal %s: the peer did not take pair %s: %s", traversal.id, pair.id,
+                     exc)
 
     async def connect(self, pair_id: str) -> INetConn:
         """The QUIC connection on taken pair `pair_id`: dialled now if this node took it to
@@ -440,6 +459,8 @@ class TraversalService:
                 return
             traversal.table.heard(src, trio.current_time(), ack=probe.ack,
                                   observed=probe.observed)
+            log.debug("traversal %s: %s from %s", traversal.id,
+                      "answer" if probe.ack else "probe", src)
             traversal.notify()
             if not probe.ack:
                 await send(Probe(traversal.txid, ack=True, observed=src), src)
