@@ -65,10 +65,11 @@ async def _mount_mesh(node: MeshNode, args: argparse.Namespace,
 
 async def mount_relay_and_puncher(
         node: MeshNode, discovery: PeerAddressDiscovery, mapping: MappingHint,
-        events: EventSink = ignore_events) -> tuple[RelayClient, HolePuncher]:
-    """Mount the relay client and the hole puncher."""
+        events: EventSink = ignore_events, traversals: TraversalService | None = None
+) -> tuple[RelayClient, HolePuncher]:
+    """Mount the relay client and the hole puncher (on `traversals` if the node has one)."""
     puncher = await node.mount(HolePuncher(PunchConfig(mapping=mapping), discovery=discovery,
-                                           events=events))
+                                           traversals=traversals, events=events))
     return await node.mount(RelayClient()), puncher
 
 
@@ -107,9 +108,10 @@ async def run_listen(args: argparse.Namespace, out: Output) -> int:
     config = NodeConfig(tcp_port=args.port, udp_port=args.port, key_file=args.key_file)
     async with MeshNode(config) as node:
         discovery, mapping = await mount_discovery(node, args)
-        relay_client, _ = await mount_relay_and_puncher(node, discovery, mapping)
-        await node.mount(EchoService())
         traversals = await node.mount(TraversalService(discovery=discovery))
+        relay_client, _ = await mount_relay_and_puncher(node, discovery, mapping,
+                                                        traversals=traversals)
+        await node.mount(EchoService())
         send, receive = trio.open_memory_channel[INetConn](64)
 
         def on_connected(conn: INetConn) -> None:
