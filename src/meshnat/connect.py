@@ -41,8 +41,12 @@ class ConnectConfig:
     """Seconds streams still open on a relayed connection may go on after a punch succeeded,
     before that connection is closed (the reference relay's circuit lifetime)."""
 
+    ping_timeout: float = 2.0
+    """Seconds for the ping that measures a new path's RTT (the path is returned either way)."""
+
     def __post_init__(self) -> None:
-        require_positive(self, "direct_timeout", "relay_timeout", "relay_drain_timeout")
+        require_positive(self, "direct_timeout", "relay_timeout", "relay_drain_timeout",
+                         "ping_timeout")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,12 +60,23 @@ class Path:
     remote: Endpoint | None
     """The peer's address on a direct path; None through a relay."""
     time_to_path: float
+    """Seconds from connect() to this path."""
     connection: INetConn
+    rtt: float | None = None
+    """A libp2p ping's round trip over this path, seconds (None if the peer did not answer)."""
+    time_to_direct: float | None = None
+    """Seconds to the direct connection: dialled, or the punch that made it (None: relayed)."""
+    attempts: tuple[str, ...] = ()
+    """The rungs of the ladder tried, in order, with what became of each."""
 
     def to_json(self) -> dict[str, object]:
+        def ms(seconds: float | None) -> float | None:
+            return None if seconds is None else round(seconds * 1e3, 3)
+
         return {"peer": str(self.peer), "path": self.kind, "transport": self.transport,
                 "remote": str(self.remote) if self.remote else None,
-                "time_to_path_ms": round(self.time_to_path * 1e3, 3)}
+                "time_to_path_ms": ms(self.time_to_path), "path_rtt_ms": ms(self.rtt),
+                "time_to_direct_ms": ms(self.time_to_direct), "attempts": list(self.attempts)}
 
 
 class Connector:
@@ -104,8 +119,9 @@ class Connector:
         started = trio.current_time()
         existing = node.host.get_network().get_connections(peer.peer_id)
         if existing:  # a direct connection if there is one: the relayed one may be draining
-            return self._found(peer.peer_id, min(existing, key=_libp2p.is_relayed), started,
-                               kind=None)
+            return await self._found(peer.peer_id, min(existing, key=_libp2p.is_relayed),
+                                     started, kind=None, attempts=["existing connection"])
+        attempts: list[str] = []
         direct = [a for a in peer.addrs if "/p2p-circuit" not in str(a)]
         if direct:
             try:
@@ -113,24 +129,25 @@ class Connector:
                                    timeout=self.config.direct_timeout)
             except MeshNatError as exc:
                 log.debug("connect: %s not reachable directly: %s", peer.peer_id, exc)
+                attempts.append(f"direct: {exc}")
             else:
                 (conn, *_) = node.host.get_network().get_connections(peer.peer_id)
-                return self._found(peer.peer_id, conn, started, kind="direct")
-        errors = []
+                return await self._found(peer.peer_id, conn, started, kind="direct",
+                                         attempts=[*attempts, "direct"])
         for relay in self._relays:
             assert self._relay_client is not None
             try:
                 with trio.fail_after(self.config.relay_timeout):
                     conn = await self._relay_client.dial(relay, peer.peer_id)
             except (MeshNatError, trio.TooSlowError) as exc:
-                errors.append(f"via {relay.peer_id}: {exc}")
+                attempts.append(f"via {relay.peer_id}: {exc or 'timed out'}")
                 continue
-            path = self._found(peer.peer_id, conn, started, kind="relayed")
             if self._puncher is not None:
                 self._upgraded[peer.peer_id] = trio.Event()
                 nursery.start_soon(self._upgrade, peer.peer_id, conn)
-            return path
-        raise PeerUnavailable(f"no path to {peer.peer_id}: " + ("; ".join(errors) or
+            return await self._found(peer.peer_id, conn, started, kind="relayed",
+                                     attempts=[*attempts, f"relayed via {relay.peer_id}"])
+        raise PeerUnavailable(f"no path to {peer.peer_id}: " + ("; ".join(attempts) or
                                                                 "no direct address, no relay"))
 
     def last_punch(self, peer: ID) -> Punched | None:
@@ -176,13 +193,25 @@ class Connector:
         kept = self._puncher.punched(peer) if self._puncher is not None else None
         return kept is not None and kept.connection is conn
 
-    def _found(self, peer: ID, conn: INetConn, started: float, *, kind: str | None) -> Path:
+    async def _found(self, peer: ID, conn: INetConn, started: float, *, kind: str | None,
+                     attempts: list[str]) -> Path:
         relayed = _libp2p.is_relayed(conn)
         if kind is None:
             kind = "relayed" if relayed else "punched" if self._is_punched(peer, conn) else "direct"
-        path = Path(peer, kind,
-                    _libp2p.transport_of(conn),
-                    None if relayed else _libp2p.connection_remote(conn),
-                    trio.current_time() - started, conn)
+        elapsed = trio.current_time() - started
+        punched = self._punched.get(peer)
+        time_to_direct = (None if relayed else punched.elapsed
+                          if kind == "punched" and punched is not None else elapsed)
+        node, _ = self._mounted()
+        pinged = trio.current_time()
+        try:
+            await _libp2p.ping_over(node.host, conn, timeout=self.config.ping_timeout)
+            rtt: float | None = trio.current_time() - pinged
+        except MeshNatError as exc:
+            log.debug("connect: no ping answer from %s: %s", peer, exc)
+            rtt = None
+        path = Path(peer, kind, _libp2p.transport_of(conn),
+                    None if relayed else _libp2p.connection_remote(conn), elapsed, conn,
+                    rtt=rtt, time_to_direct=time_to_direct, attempts=tuple(attempts))
         self._events(PathEstablished(str(peer), path.kind, path.transport))
         return path

@@ -33,9 +33,13 @@ async def test_a_peer_known_only_through_a_relay_is_relayed_then_upgraded() -> N
                 events=events.append))
             path = await connector.connect(PeerInfo(b.peer_id, []))
             assert path.kind == "relayed" and path.remote is None
+            assert path.rtt is not None and path.time_to_direct is None
+            assert path.attempts == (f"relayed via {relay.peer_id}",)
             assert await connector.wait_direct(b.peer_id, 10)
             upgraded = await connector.connect(PeerInfo(b.peer_id, []))
             assert upgraded.kind == "punched" and not is_relayed(upgraded.connection)
+            assert upgraded.time_to_direct is not None and upgraded.rtt is not None
+            assert upgraded.to_json()["attempts"] == ["existing connection"]
             assert await echo(a, PeerInfo(b.peer_id, []), b"hi") == b"hi"  # new streams: direct
             await wait_closed(path.connection)  # the relayed one, once idle
             punched = connector.last_punch(b.peer_id)

@@ -175,7 +175,8 @@ async def run_connect(args: argparse.Namespace, out: Output) -> int:
             path = await connector.connect(PeerInfo(peer, []))  # the direct one now
         echo_started = trio.current_time()
         answer = await echo(node, PeerInfo(peer, []), b"meshnat echo", connection=path.connection)
-        result.update({k: v for k, v in path.to_json().items() if k != "time_to_path_ms"},
+        result.update({k: v for k, v in path.to_json().items()
+                       if k not in ("time_to_path_ms", "time_to_direct_ms")},
                       rtt_ms=_ms(trio.current_time() - echo_started),
                       echo_ok=answer == b"meshnat echo",
                       punch_error=abandoned[-1].reason if abandoned else None)
