@@ -46,7 +46,7 @@ from meshnat.punch.birthday import EasySideSession, HardSideSession
 from meshnat.punch.messages import MappingHint, Offer, Sync
 from meshnat.punch.udp import punch_udp, punch_udp_many
 from meshnat.ratelimit import RateLimiter
-from meshnat.traversal import PairState, Traversal, TraversalConfig, TraversalService
+from meshnat.traversal import PairState, TraversalConfig, TraversalService
 from meshnat.wire import TXID_SIZE, decode, encode, new_txid
 from meshnat.wire.error_response import ErrorCode, ErrorResponse, refusal_for
 
@@ -127,37 +127,6 @@ class Punched:
                 "probes_sent": self.probes_sent}
 
 
-class _EarlyTraversal:
-    """The initiator's UDP traversal, started alongside the punch's own coordination: opening
-    a stream over a relay costs round trips, and this way probes are under way by the time
-    the UDP path needs a pair."""
-
-    def __init__(self) -> None:
-        self.traversal: Traversal | None = None
-        self.error: MeshNatError | None = None
-        self._done = trio.Event()
-
-    async def run(self, traversals: TraversalService, peer: ID) -> None:
-        try:
-            self.traversal = await traversals.start(peer, shared=True)
-        except MeshNatError as exc:
-            self.error = exc
-        finally:
-            self._done.set()
-
-    async def get(self) -> Traversal:
-        await self._done.wait()
-        if self.traversal is None:
-            raise PunchFailed(f"no traversal: {self.error}")
-        return self.traversal
-
-    async def close(self, traversals: TraversalService) -> None:
-        """Forget the traversal (a connection made on its pair stays)."""
-        if self.traversal is not None:
-            with contextlib.suppress(UnknownPair):
-                await traversals.close(self.traversal.id)
-
-
 class HolePuncher:
     """Opens direct connections to peers this node can already talk to (e.g. via a relay)."""
 
@@ -224,20 +193,6 @@ class HolePuncher:
     async def _punch(self, peer: ID) -> Punched:
         node = self._mounted()
         started = trio.current_time()
-        early = _EarlyTraversal()
-        with _libp2p.single_exception():
-            async with trio.open_nursery() as nursery:
-                if self.config.mapping is not MappingHint.ENDPOINT_DEPENDENT:
-                    nursery.start_soon(early.run, self.traversals, peer)
-                try:
-                    return await self._coordinate_and_race(node, peer, started, early)
-                finally:
-                    nursery.cancel_scope.cancel()  # a traversal still starting is abandoned
-                    with trio.CancelScope(shield=True):
-                        await early.close(self.traversals)
-
-    async def _coordinate_and_race(self, node: MeshNode, peer: ID, started: float,
-                                   early: _EarlyTraversal) -> Punched:
         limit = self.config.stream_timeout
         stream = await node.open_stream(PeerInfo(peer, []), self.protocol_id, timeout=limit)
         try:
@@ -256,7 +211,7 @@ class HolePuncher:
                 self._check_strategy(offer, theirs)
                 await _libp2p.write_frame(stream, encode(Sync(offer.txid)))
             await trio.sleep(rtt / 2)  # DCUtR: the initiator punches RTT/2 after Sync
-            result = await self._race(node, peer, offer, theirs, rtt, started, early)
+            result = await self._race(node, peer, offer, theirs, rtt, started, initiator=True)
         finally:
             await _libp2p.reset_quietly(stream)
         return result
@@ -291,7 +246,7 @@ class HolePuncher:
                 if sync.txid != offer.txid:
                     raise PunchFailed("sync for another punch")
             result = await self._race(node, peer, offer, theirs, 0.0, trio.current_time(),
-                                      None)
+                                      initiator=False)
             log.info("punch: responded to %s: %s path %s", peer, result.transport, result.remote)
             self._keep(result, repunches_left=0)  # re-punching is the initiator's job
         except MeshNatError as exc:
@@ -372,10 +327,8 @@ class HolePuncher:
             raise PunchFailed("the peer offered no candidate address")
 
     async def _race(self, node: MeshNode, peer: ID, ours: Offer, theirs: Offer, rtt: float,
-                    started: float, early: _EarlyTraversal | None) -> Punched:
-        """Punch UDP and TCP at once; the first direct connection wins, the other is cancelled.
-        `early` is the initiator's traversal (None on the responder)."""
-        initiator = early is not None
+                    started: float, *, initiator: bool) -> Punched:
+        """Punch UDP and TCP at once; the first direct connection wins, the other is cancelled."""
         won: list[Punched] = []
         failures: list[PunchFailed] = []
 
@@ -383,7 +336,7 @@ class HolePuncher:
             try:
                 with trio.fail_after(self.config.punch_timeout + 1.0):
                     if path == "udp":
-                        result = await self._udp(node, peer, ours, theirs, early)
+                        result = await self._udp(node, peer, ours, theirs, initiator)
                     else:
                         result = await self._tcp(node, peer, ours, theirs, initiator)
             except trio.TooSlowError:
@@ -413,26 +366,32 @@ class HolePuncher:
                           candidates=tuple(map(str, theirs.udp + theirs.tcp)))
 
     async def _udp(self, node: MeshNode, peer: ID, ours: Offer, theirs: Offer,
-                   early: _EarlyTraversal | None) -> tuple[Endpoint, Endpoint, int, INetConn]:
+                   initiator: bool) -> tuple[Endpoint, Endpoint, int, INetConn]:
         hard, easy = MappingHint.ENDPOINT_DEPENDENT, MappingHint.ENDPOINT_INDEPENDENT
         if ours.mapping is hard and theirs.mapping is easy:
             return await self._birthday_hard(node, peer, ours, theirs)
         if ours.mapping is easy and theirs.mapping is hard:
             return await self._birthday_easy(node, peer, ours, theirs)
         local = node.listen_endpoint("udp")
-        if early is None:  # the initiator drives the traversal and dials; our listener accepts
-            conn = await _libp2p.wait_direct_connection(node.host, peer)
-            return local, _libp2p.connection_remote(conn) or local, 0, conn
-        traversal = await early.get()
+        # the punch's Offers were the traversal's candidate exchange, and Sync started both
+        # sides together: each adopts the traversal under the punch's txid
+        traversal = await self.traversals.adopt(ours.txid, peer, theirs.udp, shared=True)
         try:
-            pair = await self.traversals.wait_for(traversal.id, PairState.ALIVE,
-                                                  self.config.punch_timeout)
-        except PeerTimeout as exc:
-            raise PunchFailed(f"no UDP pair answered within {self.config.punch_timeout} s",
-                              probes_sent=traversal.probes_sent) from exc
-        await self.traversals.take(pair.id, initiate=True)
-        conn = await self.traversals.connect(pair.id)
-        return Endpoint(local.ip, pair.local_port), pair.remote, traversal.probes_sent, conn
+            if not initiator:  # the initiator takes a pair and dials; our listener accepts
+                conn = await _libp2p.wait_direct_connection(node.host, peer)
+                return local, _libp2p.connection_remote(conn) or local, 0, conn
+            try:
+                pair = await self.traversals.wait_for(traversal.id, PairState.ALIVE,
+                                                      self.config.punch_timeout)
+            except PeerTimeout as exc:
+                raise PunchFailed(f"no UDP pair answered within {self.config.punch_timeout} s",
+                                  probes_sent=traversal.probes_sent) from exc
+            await self.traversals.take(pair.id, initiate=True)
+            conn = await self.traversals.connect(pair.id)
+            return Endpoint(local.ip, pair.local_port), pair.remote, traversal.probes_sent, conn
+        finally:
+            with trio.CancelScope(shield=True), contextlib.suppress(UnknownPair):
+                await self.traversals.close(traversal.id)  # its connection stays
 
     async def _birthday_hard(self, node: MeshNode, peer: ID, ours: Offer, theirs: Offer
                              ) -> tuple[Endpoint, Endpoint, int, INetConn]:

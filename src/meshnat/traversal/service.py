@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import trio
@@ -220,6 +221,15 @@ class TraversalService:
         self._probe(traversal, reply.candidates)
         log.debug("traversal %s: started toward %s, candidates %s", traversal.id, peer,
                   [str(c) for c in reply.candidates])
+        return traversal
+
+    async def adopt(self, txid: bytes, peer: ID, candidates: Sequence[Endpoint], *,
+                    shared: bool = True) -> Traversal:
+        """Open a traversal whose candidates were already exchanged by the caller (the hole
+        puncher's own coordination, which also paces both sides to start together): both sides
+        adopt the same `txid`, and the pairs, `take` and `connect` work as after `start`."""
+        traversal = await self._open(txid, peer, shared=shared)
+        self._probe(traversal, tuple(candidates))
         return traversal
 
     async def take(self, pair_id: str, *, initiate: bool = True,
