@@ -131,9 +131,12 @@ class Connector:
                 log.debug("connect: %s not reachable directly: %s", peer.peer_id, exc)
                 attempts.append(f"direct: {exc}")
             else:
-                (conn, *_) = node.host.get_network().get_connections(peer.peer_id)
-                return await self._found(peer.peer_id, conn, started, kind="direct",
-                                         attempts=[*attempts, "direct"])
+                conns = node.host.get_network().get_connections(peer.peer_id)
+                if conns:
+                    return await self._found(peer.peer_id, min(conns, key=_libp2p.is_relayed),
+                                             started, kind="direct",
+                                             attempts=[*attempts, "direct"])
+                attempts.append("direct: the connection closed at once")
         for relay in self._relays:
             assert self._relay_client is not None
             try:

@@ -8,7 +8,7 @@ import trio
 from meshnat import EchoService
 from meshnat._libp2p import connection_remote, local_port
 from meshnat.echo import ECHO_PROTOCOL
-from meshnat.errors import PairExpired, PairTaken, UnknownPair
+from meshnat.errors import ConfigError, PairExpired, PairTaken, UnknownPair
 from meshnat.traversal import PairState, TraversalConfig, TraversalService
 from tests.support.fake_reflectors import nodes
 
@@ -107,3 +107,19 @@ async def test_a_traversal_on_the_shared_port_runs_quic_from_the_listen_ports() 
             conn = await ours.connect(alive.id)
             assert local_port(conn) == a.listen_endpoint("udp").port
             assert connection_remote(conn) == alive.remote
+
+
+async def test_one_pair_per_traversal_is_taken_and_deadlines_must_be_sane() -> None:
+    async with nodes(2) as (a, b):
+        await a.connect(b.peer_info())
+        ours = await a.mount(TraversalService())
+        await b.mount(TraversalService())
+        with trio.fail_after(20):
+            traversal = await ours.start(b.peer_id)
+            alive = await ours.wait_for(traversal.id, PairState.ALIVE, 5)
+            with pytest.raises(ConfigError):
+                await ours.take(alive.id, deadline=float("nan"))
+            await ours.take(alive.id)
+            for other in traversal.table.pairs():
+                with pytest.raises(PairTaken):
+                    await ours.take(other.id)

@@ -46,6 +46,7 @@ def test_a_pair_is_taken_once_and_only_while_alive() -> None:
     pairs = table()
     with pytest.raises(PairExpired):
         pairs.take("t1.2", now=1, use_within=10)  # never answered
+    pairs.sent(PEER, now=0.9)
     pairs.heard(PEER, now=1, ack=True)
     taken = pairs.take("t1.1", now=2, use_within=10)
     assert taken.state is PairState.TAKEN and taken.deadline == 12
@@ -58,6 +59,7 @@ def test_a_pair_is_taken_once_and_only_while_alive() -> None:
 
 def test_silent_alive_pairs_expire_and_stay_expired() -> None:
     pairs = table()
+    pairs.sent(PEER, now=0.9)
     pairs.heard(PEER, now=1, ack=True)
     assert pairs.expire_stale(now=20) == []
     (expired,) = pairs.expire_stale(now=21.5)
@@ -82,3 +84,12 @@ def test_a_pair_the_peer_took_counts_once_we_heard_it_even_before_our_answer() -
         is PairState.TAKEN
     with pytest.raises(PairExpired):  # never heard: nothing proves their direction
         pairs.take("t1.2", now=1, use_within=10, peer_confirmed=True)
+
+
+def test_an_answer_to_no_probe_of_ours_proves_nothing() -> None:
+    pairs = table()
+    stranger = Endpoint(ip_address("203.0.113.9"), 9999)
+    assert pairs.heard(stranger, now=1, ack=True, observed=US)  # a new candidate...
+    assert pairs.get("t1.3").state is PairState.PROBING  # ...but not alive, and no RTT
+    pairs.heard(PEER, now=1, ack=True)  # nothing was sent to PEER yet either
+    assert pairs.get("t1.1").state is PairState.PROBING

@@ -16,6 +16,7 @@ import trio
 from libp2p.abc import IHost, INetConn
 from libp2p.peer.id import ID
 from libp2p.transport.quic.connection import QUICConnection
+from libp2p.transport.quic.exceptions import QUICError
 from libp2p.transport.quic.listener import QUICListener
 from libp2p.transport.quic.transport import QUICTransport
 
@@ -125,14 +126,28 @@ async def dial_quic_from(host: IHost, peer: ID, remote: Endpoint, source: Endpoi
 
 async def listen_quic(host: IHost, ip: IPv4Address | IPv6Address, port: int) -> str:
     """Add a QUIC listener on `ip:port` next to the node's own; returns its key for
-    `close_listener`. Raises OSError(EADDRINUSE) when the port is taken."""
+    `close_listener`. Raises OSError(EADDRINUSE) when the port is taken.
+
+    py-libp2p's `Swarm.listen` reports a bind failure as an ExceptionGroup (or False) and
+    leaves the failed listener registered, so it is checked and cleaned up here.
+    """
     address = multiaddr.Multiaddr(f"/ip{ip.version}/{ip}/udp/{port}/quic-v1")
+    key = str(address)
     network = cast(Any, host.get_network())
-    before = set(network.listeners)
-    if not await network.listen(address):
+    if key in network.listeners:
+        raise OSError(errno.EADDRINUSE, f"already listening on {address}")
+    listening = False
+    try:
+        listening = bool(await network.listen(address))
+    except (BaseExceptionGroup, QUICError, OSError) as exc:
+        log.debug("quic listen on %s failed: %r", address, exc)
+    finally:
+        if not listening and key in network.listeners:  # failed or cancelled: unregister
+            with trio.CancelScope(shield=True):
+                await close_listener(host, key)
+    if not listening or key not in network.listeners:
         raise OSError(errno.EADDRINUSE, f"cannot listen on {address}")
-    (key,) = set(network.listeners) - before
-    return cast(str, key)
+    return key
 
 
 async def close_listener(host: IHost, key: str) -> None:

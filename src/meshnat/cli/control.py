@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import socket
+import stat
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, object]]]
 MAX_REQUEST = 64 * 1024
+MAX_ANSWER = 4 * 1024 * 1024
 READ_TIMEOUT = 10.0
 MAX_OP_TIME = 120.0
 """No request may run longer (waits in requests are capped below this)."""
@@ -42,6 +44,7 @@ async def serve_control(path: Path, handlers: Mapping[str, Handler], *,
     """Answer requests on the Unix socket at `path` until cancelled; the file is removed then."""
     file = trio.Path(path)
     if await file.exists():
+        _check_owned_socket(path)
         if await _in_use(path):
             raise ConfigError(f"another node already serves the control socket {path}")
         await file.unlink()
@@ -69,7 +72,7 @@ async def _serve_one(stream: trio.abc.Stream, handlers: Mapping[str, Handler]) -
         op: object = None
         try:
             with trio.fail_after(READ_TIMEOUT):
-                request = await _read_json_line(stream)
+                request = await _read_json_line(stream, MAX_REQUEST)
             op = request.get("op")
             handler = handlers.get(op) if isinstance(op, str) else None
             if handler is None:
@@ -78,6 +81,9 @@ async def _serve_one(stream: trio.abc.Stream, handlers: Mapping[str, Handler]) -
                 answer: dict[str, object] = {"ok": True, **await handler(request)}
         except (MeshNatError, trio.TooSlowError) as exc:
             answer = {"ok": False, "error": type(exc).__name__, "message": str(exc)}
+        except Exception as exc:  # a bug must cost one request, never the node
+            log.exception("control: %s failed", op)
+            answer = {"ok": False, "error": "InternalError", "message": str(exc)}
         log.info("control: %s -> %s", op, "ok" if answer["ok"] else answer["error"])
         try:
             with trio.fail_after(READ_TIMEOUT):
@@ -90,33 +96,45 @@ async def control_request(path: Path, request: dict[str, object], *,
                           timeout: float) -> dict[str, Any]:
     """Send one request to the node serving `path` and return its answer."""
     try:
+        _check_owned_socket(path)
         with trio.fail_after(timeout):
             stream = await trio.open_unix_socket(str(path))
             async with stream:
                 await stream.send_all(json.dumps(request).encode() + b"\n")
-                return await _read_json_line(stream)
+                return await _read_json_line(stream, MAX_ANSWER)
     except trio.TooSlowError as exc:
         raise PeerTimeout(f"the node at {path} did not answer within {timeout} s") from exc
     except OSError as exc:
         raise ConfigError(f"no node serves the control socket {path}: {exc}") from exc
 
 
-async def _read_json_line(stream: trio.abc.Stream) -> dict[str, Any]:
-    data = b""
+async def _read_json_line(stream: trio.abc.Stream, limit: int) -> dict[str, Any]:
+    data = bytearray()
     while not data.endswith(b"\n"):
-        chunk = await stream.receive_some(MAX_REQUEST)
+        chunk = await stream.receive_some(65536)
         if not chunk:
             break
         data += chunk
-        if len(data) > MAX_REQUEST:
-            raise ConfigError(f"control message over {MAX_REQUEST} bytes")
+        if len(data) > limit:
+            raise ConfigError(f"control message over {limit} bytes")
     try:
         value = json.loads(data)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise ConfigError(f"control message is not JSON: {exc}") from exc
     if not isinstance(value, dict):
         raise ConfigError("control message must be a JSON object")
     return value
+
+
+def _check_owned_socket(path: Path) -> None:
+    """Refuse a control socket file that is not a socket owned by this user (in a shared
+    directory such as /tmp another user could have put it there first)."""
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(info.st_mode) or info.st_uid != os.getuid():
+        raise ConfigError(f"{path} is not a socket of this user's; refusing to use it")
 
 
 async def _in_use(path: Path) -> bool:

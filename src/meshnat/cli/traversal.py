@@ -7,6 +7,7 @@ over that control socket (see cli/control.py) and print its answer.
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import trio
 from meshnat import _libp2p
 from meshnat._libp2p import ID, PeerInfo
 from meshnat.cli.commands import Output
-from meshnat.cli.control import Handler, control_request, default_control_path
+from meshnat.cli.control import MAX_OP_TIME, Handler, control_request, default_control_path
 from meshnat.connect import Connector
 from meshnat.echo import ECHO_PROTOCOL, MAX_ECHO
 from meshnat.errors import ConfigError, MeshNatError
@@ -72,7 +73,7 @@ async def run_traversal_step(args: argparse.Namespace, out: Output) -> int:
         request.update(pair=args.pair_id, initiate=args.initiate, deadline=args.deadline)
     else:
         request.update(pair=args.pair_id)
-    answer = await control_request(args.control, request, timeout=MAX_WAIT + 30)
+    answer = await control_request(args.control, request, timeout=MAX_OP_TIME + 10)
     out.emit(answer, _text(answer))
     return 0 if answer.get("ok") else 1
 
@@ -160,8 +161,10 @@ def _pair(request: dict[str, Any]) -> str:
 
 
 def _number(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise ConfigError(f"{name}: expected a number of seconds, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int | float) \
+            or not math.isfinite(value) or not 0 <= value <= MAX_WAIT:
+        raise ConfigError(f"{name}: expected seconds between 0 and {MAX_WAIT:.0f}, "
+                          f"got {value!r}")
     return float(value)
 
 

@@ -262,6 +262,9 @@ class HolePuncher:
         return self._kept.get(peer)
 
     def _keep(self, result: Punched, *, repunches_left: int) -> None:
+        kept = self._kept.get(result.peer)
+        if kept is not None and kept.connection is result.connection:
+            return  # a punch that found the same connection: its keepalive already runs
         self._kept[result.peer] = result
         if self._nursery is not None:
             self._nursery.start_soon(self._keepalive, result, repunches_left)
@@ -271,6 +274,8 @@ class HolePuncher:
         node = self._mounted()
         while True:
             await trio.sleep(self.config.keepalive_interval)  # the keepalive period itself
+            if self._kept.get(result.peer) is not result:
+                return  # a newer direct path to the peer has its own keepalive
             try:
                 await _libp2p.ping_over(node.host, result.connection,
                                         timeout=self.config.stream_timeout)
@@ -349,10 +354,17 @@ class HolePuncher:
             except MeshNatError as exc:
                 failures.append(PunchFailed(f"{path}: {exc}"))
                 return
+            except Exception as exc:  # a bug in one path must not take the punch down
+                log.exception("punch: %s path to %s failed unexpectedly", path, peer)
+                failures.append(PunchFailed(f"{path}: internal error: {exc!r}"))
+                return
             if not won:
                 won.append(Punched(peer, path, result[0], result[1], rtt,
                                    trio.current_time() - started, result[2], result[3]))
                 nursery.cancel_scope.cancel()
+            elif result[3] is not won[0].connection:  # both made it: keep only the winner
+                with trio.CancelScope(shield=True):
+                    await result[3].close()
 
         async with trio.open_nursery() as nursery:
             if theirs.udp:

@@ -53,7 +53,7 @@ class PairTable:
     """The pairs of one traversal, keyed by the peer's endpoint, and their state changes."""
 
     def __init__(self, traversal_id: str, local_port: int, *, pair_timeout: float,
-                 max_pairs: int = 16) -> None:
+                 max_pairs: int = 8) -> None:
         self.traversal_id, self.local_port = traversal_id, local_port
         self.pair_timeout, self.max_pairs = pair_timeout, max_pairs
         self._pairs: dict[Endpoint, PortPair] = {}
@@ -79,27 +79,31 @@ class PairTable:
         self._sent[remote] = now
 
     def heard(self, remote: Endpoint, now: float, *, ack: bool,
-              observed: Endpoint | None = None) -> None:
+              observed: Endpoint | None = None) -> bool:
         """A probe from `remote` arrived. An answer to ours (`ack`) proves both directions:
         the pair is alive, with its RTT and this node's public endpoint as the peer saw it
         (`observed`). A new pair appears when the peer's NAT used an endpoint it did not offer,
-        as endpoint-dependent NATs do; it is probed like the others."""
+        as endpoint-dependent NATs do; it is probed like the others. An answer from where no
+        probe of ours went proves nothing and counts as a probe. Returns whether `remote` is
+        one of the table's pairs (the table is bounded: the rest is ignored)."""
         pair = self._pairs.get(remote)
         if pair is None:
             if len(self._pairs) >= self.max_pairs:
-                return
+                return False
             pair = PortPair(self._new_id(), self.local_port, None, remote,
                             PairState.PROBING, now, None, None)
         if pair.state in (PairState.TAKEN, PairState.EXPIRED):
-            return
-        if not ack:
+            self._pairs[remote] = pair
+            return True
+        if not ack or remote not in self._sent:
             self._pairs[remote] = replace(pair, last_seen=now)
-            return
+            return True
         sent = self._sent.get(remote)
         self._pairs[remote] = replace(
             pair, state=PairState.ALIVE, last_seen=now,
             rtt=pair.rtt if sent is None else now - sent,
             local=observed if observed is not None else pair.local)
+        return True
 
     def take(self, pair_id: str, now: float, *, use_within: float,
              peer_confirmed: bool = False) -> PortPair:

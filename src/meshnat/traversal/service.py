@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -24,10 +25,12 @@ from meshnat.config import require_positive
 from meshnat.discovery import PeerAddressDiscovery
 from meshnat.endpoint import Endpoint
 from meshnat.errors import (
+    ConfigError,
     ListenerMissing,
     MeshNatError,
     NotMounted,
     PairExpired,
+    PairTaken,
     PeerRefused,
     PeerTimeout,
     PortInUse,
@@ -75,11 +78,15 @@ class TraversalConfig:
     endpoints of the peer's choosing), so a peer cannot turn it into a traffic source."""
     responder_burst: int = 8
     """Traversals a peer may start at once before `responder_rate` applies."""
+    max_per_peer: int = 4
+    """Traversals one peer may have open here at once (this node's own are not counted)."""
+    max_untaken: float = 300.0
+    """Seconds a traversal may run without a pair being taken before it is forgotten."""
 
     def __post_init__(self) -> None:
         require_positive(self, "probe_interval", "probe_timeout", "keepalive_interval",
                          "pair_timeout", "take_deadline", "stream_timeout", "max_traversals",
-                         "responder_rate", "responder_burst")
+                         "responder_rate", "responder_burst", "max_per_peer", "max_untaken")
 
 
 @dataclass(eq=False)
@@ -97,6 +104,9 @@ class Traversal:
     """Probing from the node's UDP listen port rather than a socket of its own."""
     dialer: bool | None = None
     """Once a pair is taken: whether this node dials on it (else the peer does)."""
+    by_peer: bool = False
+    """Started by the peer (counted against its limits), not by this node."""
+    dialling: trio.Lock = field(default_factory=trio.Lock)
     probing: trio.CancelScope = field(default_factory=trio.CancelScope)
     keepalives_sent: int = 0
     probes_sent: int = 0
@@ -158,8 +168,11 @@ class TraversalService:
                 await trio.sleep_forever()
         finally:
             node.host.remove_stream_handler(self.protocol_id)
-            for traversal in self._traversals.values():
-                await self._stop(traversal)
+            with trio.CancelScope(shield=True):
+                for traversal in list(self._traversals.values()):
+                    await self._stop(traversal)
+                    await self._close_listener(traversal)
+            self._traversals.clear()
             self._node = self._nursery = None
 
     # --- public API ------------------------------------------------------------------------
@@ -243,7 +256,11 @@ class TraversalService:
         PairTaken, PortInUse or PeerRefused (the peer did not accept).
         """
         traversal, _ = self.pair(pair_id)
-        use_within = deadline or self.config.take_deadline
+        if deadline is not None and not (math.isfinite(deadline) and 0 < deadline <= 600):
+            raise ConfigError(f"deadline must be within (0, 600] seconds, got {deadline!r}")
+        if traversal.dialer is not None:
+            raise PairTaken(f"traversal {traversal.id} has a pair taken already")
+        use_within = self.config.take_deadline if deadline is None else deadline
         pair = traversal.table.take(pair_id, trio.current_time(), use_within=use_within)
         traversal.dialer = initiate
         traversal.notify()
@@ -295,10 +312,12 @@ class TraversalService:
         if pair.state is not PairState.TAKEN:
             raise PairExpired(f"pair {pair_id} is {pair.state.value}, not taken")
         assert pair.deadline is not None
+        if traversal.dialer:
+            async with traversal.dialling:  # one dial per pair, however many callers
+                if traversal.connection is None:
+                    await self._dial(traversal, pair)
         if traversal.connection is not None:
             return traversal.connection
-        if traversal.dialer:
-            return await self._dial(traversal, pair)
         with trio.move_on_at(pair.deadline):
             await traversal.connected.wait()
         if traversal.connection is None:
@@ -318,15 +337,29 @@ class TraversalService:
     async def close(self, traversal_id: str) -> None:
         """Stop a traversal and forget it (a connection made on one of its pairs stays)."""
         traversal = self._find(traversal_id)
+        await self._forget(traversal)
+
+    async def _forget(self, traversal: Traversal) -> None:
+        """Stop and unregister; an ephemeral listener stays while its connection is open
+        (closing it would close the connection), and goes with it."""
+        if self._traversals.pop(traversal.txid, None) is None:
+            return
         await self._stop(traversal)
-        await self._close_listener(traversal)
-        del self._traversals[traversal.txid]
+        if traversal.connection is None or traversal.connection.is_closed:
+            await self._close_listener(traversal)
 
     # --- responder ---------------------------------------------------------------------------
 
     async def _respond(self, stream: INetStream) -> None:
         peer = _libp2p.stream_peer(stream)
         limit = self.config.stream_timeout
+        try:
+            await self._answer_stream(stream, peer, limit)
+        except MeshNatError as exc:
+            log.debug("traversal: request from %s dropped: %s", peer, exc)
+            await _libp2p.reset_quietly(stream)
+
+    async def _answer_stream(self, stream: INetStream, peer: ID, limit: float) -> None:
         with _libp2p.map_peer_errors("traversal request", limit), trio.fail_after(limit):
             request: Offer | Take | None = None
             try:
@@ -346,13 +379,15 @@ class TraversalService:
         if isinstance(request, Offer):
             if not self._limiter.allow(str(peer), trio.current_time()):
                 raise PeerRefused("rate-limited", "too many traversals from this peer")
-            started = await self._open(request.txid, peer, shared=request.shared)
+            started = await self._open(request.txid, peer, shared=request.shared, by_peer=True)
             self._probe(started, request.candidates)
             log.info("traversal %s: started by %s", started.id, peer)
             return self._offer(started)
         traversal = self._traversals.get(request.txid)
         if traversal is None or traversal.peer != peer:
             raise UnknownPair("no such traversal with this peer")
+        if traversal.dialer is not None:
+            raise PairTaken("a pair of this traversal is taken already")
         pair = self._their_pair(traversal, request)
         taken = traversal.table.take(pair.id, trio.current_time(),
                                      use_within=self.config.take_deadline, peer_confirmed=True)
@@ -367,10 +402,15 @@ class TraversalService:
         return TakeAccept(request.txid)
 
     async def _dial_taken(self, peer: ID, request: Take) -> None:
-        traversal = self._traversals[request.txid]
-        pair = next(p for p in traversal.table.pairs() if p.state is PairState.TAKEN)
+        traversal = self._traversals.get(request.txid)
+        pair = next((p for p in traversal.table.pairs() if p.state is PairState.TAKEN), None) \
+            if traversal is not None else None
+        if traversal is None or pair is None:
+            return
         try:
-            await self._dial(traversal, pair)
+            async with traversal.dialling:
+                if traversal.connection is None:
+                    await self._dial(traversal, pair)
         except MeshNatError as exc:
             log.info("traversal %s: dialling %s on pair %s failed: %s", traversal.id, peer,
                      pair.id, exc)
@@ -396,11 +436,16 @@ class TraversalService:
             raise NotMounted("mount TraversalService on a running MeshNode first")
         return self._node, self._nursery
 
-    async def _open(self, txid: bytes, peer: ID, *, shared: bool) -> Traversal:
+    async def _open(self, txid: bytes, peer: ID, *, shared: bool,
+                    by_peer: bool = False) -> Traversal:
         node, _ = self._mounted()
         await self._evict_finished()
-        if len(self._traversals) >= self.config.max_traversals:
-            raise PeerRefused("rate-limited", "too many traversals open")
+        if by_peer:  # this node's own traversals are bounded by its own calls
+            theirs = [t for t in self._traversals.values() if t.by_peer]
+            if len(theirs) >= self.config.max_traversals:
+                raise PeerRefused("rate-limited", "too many traversals open")
+            if sum(t.peer == peer for t in theirs) >= self.config.max_per_peer:
+                raise PeerRefused("rate-limited", "too many traversals open with this peer")
         if txid in self._traversals:
             raise PeerRefused("bad-request", "traversal id in use")
         carrier: Carrier = (SharedPort(node) if shared
@@ -408,27 +453,28 @@ class TraversalService:
         traversal = Traversal(txid.hex()[:8], txid, peer,
                               PairTable(txid.hex()[:8], carrier.local_port,
                                         pair_timeout=self.config.pair_timeout),
-                              trio.current_time(), carrier, shared)
+                              trio.current_time(), carrier, shared, by_peer=by_peer)
         self._traversals[txid] = traversal
         return traversal
 
     async def _evict_finished(self) -> None:
         """Forget traversals that can give nothing more: taken and done with (expired, or its
-        connection closed), or probed to the end without a pair coming alive."""
+        connection closed), probed to the end without a pair coming alive, or running for
+        `max_untaken` without a pair taken."""
         now = trio.current_time()
         for traversal in list(self._traversals.values()):
             self._expire(traversal)
             states = {p.state for p in traversal.table.pairs()}
             conn = traversal.connection
+            age = now - traversal.started
             used_up = traversal.closed and (conn.is_closed if conn is not None
                                             else PairState.TAKEN not in states)
-            fruitless = (now - traversal.started > self.config.probe_timeout
+            fruitless = (age > self.config.probe_timeout
                          and PairState.ALIVE not in states and PairState.TAKEN not in states)
-            if used_up or fruitless:
+            idle = traversal.dialer is None and age > self.config.max_untaken
+            if used_up or fruitless or idle:
                 log.info("traversal %s: finished, forgotten", traversal.id)
-                await self._stop(traversal)
-                await self._close_listener(traversal)
-                del self._traversals[traversal.txid]
+                await self._forget(traversal)
 
     def _offer(self, traversal: Traversal) -> Offer:
         """Candidates, best first: on the shared port, the public endpoint discovery confirmed
@@ -446,6 +492,7 @@ class TraversalService:
 
     def _probe(self, traversal: Traversal, candidates: tuple[Endpoint, ...]) -> None:
         now = trio.current_time()
+        traversal.started = now  # probing starts now, whatever the exchange before cost
         for candidate in candidates:
             traversal.table.add_candidate(candidate, now)
         self._mounted()[1].start_soon(self._run_probing, traversal)
@@ -467,12 +514,12 @@ class TraversalService:
         async def on_probe(probe: Probe, src: Endpoint) -> None:
             if probe.txid != traversal.txid:
                 return
-            traversal.table.heard(src, trio.current_time(), ack=probe.ack,
-                                  observed=probe.observed)
+            known = traversal.table.heard(src, trio.current_time(), ack=probe.ack,
+                                          observed=probe.observed)
             log.debug("traversal %s: %s from %s", traversal.id,
                       "answer" if probe.ack else "probe", src)
             traversal.notify()
-            if not probe.ack:
+            if known and not probe.ack:  # answer only endpoints the table holds
                 await send(Probe(traversal.txid, ack=True, observed=src), src)
 
         with traversal.probing:
@@ -585,10 +632,6 @@ class TraversalService:
             with trio.fail_after(limit):
                 conn = await _libp2p.dial_quic_from(node.host, traversal.peer, pair.remote,
                                                     source)
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise PortInUse(f"port {pair.local_port} is held by another socket") from exc
-            raise ListenerMissing(f"QUIC to {pair.remote} failed: {exc}") from exc
         except (MeshNatError, trio.TooSlowError) as exc:
             raise ListenerMissing(f"no QUIC listener answered at {pair.remote}: {exc}") from exc
         self._connected(traversal, conn)
