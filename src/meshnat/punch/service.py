@@ -354,10 +354,6 @@ class HolePuncher:
             except MeshNatError as exc:
                 failures.append(PunchFailed(f"{path}: {exc}"))
                 return
-            except Exception as exc:  # a bug in one path must not take the punch down
-                log.exception("punch: %s path to %s failed unexpectedly", path, peer)
-                failures.append(PunchFailed(f"{path}: internal error: {exc!r}"))
-                return
             if not won:
                 won.append(Punched(peer, path, result[0], result[1], rtt,
                                    trio.current_time() - started, result[2], result[3]))

@@ -1,0 +1,101 @@
+"""One traversal's settings and state: `TraversalConfig`, `Traversal` and `PairStream`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import trio
+
+from meshnat._libp2p import ID, INetConn, INetStream
+from meshnat.config import require_positive
+from meshnat.endpoint import Endpoint
+from meshnat.traversal.carrier import Carrier
+from meshnat.traversal.pairs import PairTable, PortPair
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TraversalConfig:
+    """How traversals probe, keep pairs alive and hand them over."""
+
+    probe_interval: float = 0.05
+    """Seconds between probes to candidates that have not answered (ICE's Ta)."""
+    probe_timeout: float = 10.0
+    """Seconds a candidate is probed before it is given up."""
+    keepalive_interval: float = 5.0
+    """Seconds between keepalives on an alive pair (well under NAT UDP timeouts of 30 s+)."""
+    pair_timeout: float = 20.0
+    """Seconds without hearing the peer on a pair before it is reported expired."""
+    take_deadline: float = 10.0
+    """Seconds a taken pair may wait for the transport before it is reported expired."""
+    stream_timeout: float = 5.0
+    """Seconds for each coordination exchange and for the QUIC handshake on a pair."""
+    max_traversals: int = 16
+    """Traversals open at once (both directions); more are refused."""
+    responder_rate: float = 0.5
+    """Traversals per second a peer may start here (each makes this node probe up to 8
+    endpoints of the peer's choosing), so a peer cannot turn it into a traffic source."""
+    responder_burst: int = 8
+    """Traversals a peer may start at once before `responder_rate` applies."""
+    max_per_peer: int = 4
+    """Traversals one peer may have open here at once (this node's own are not counted)."""
+    max_untaken: float = 300.0
+    """Seconds a traversal may run without a pair being taken before it is forgotten."""
+
+    def __post_init__(self) -> None:
+        require_positive(self, "probe_interval", "probe_timeout", "keepalive_interval",
+                         "pair_timeout", "take_deadline", "stream_timeout", "max_traversals",
+                         "responder_rate", "responder_burst", "max_per_peer", "max_untaken")
+
+
+@dataclass(eq=False)
+class Traversal:
+    """One traversal toward a peer: where it probes from, its pairs, and what was taken."""
+
+    id: str
+    txid: bytes
+    peer: ID
+    table: PairTable
+    started: float
+    carrier: Carrier | None
+    """None once stopped (a pair was taken, or the traversal closed)."""
+    shared: bool
+    """Probing from the node's UDP listen port rather than a socket of its own."""
+    dialer: bool | None = None
+    """Once a pair is taken: whether this node dials on it (else the peer does)."""
+    by_peer: bool = False
+    """Started by the peer (counted against its limits), not by this node."""
+    dialling: trio.Lock = field(default_factory=trio.Lock)
+    probing: trio.CancelScope = field(default_factory=trio.CancelScope)
+    keepalives_sent: int = 0
+    probes_sent: int = 0
+    listener: str | None = None
+    """The ephemeral QUIC listen address on a taken pair's local port, while it exists."""
+    connection: INetConn | None = None
+    connected: trio.Event = field(default_factory=trio.Event)
+    changed: trio.Event = field(default_factory=trio.Event)
+    """Set (and replaced) whenever a pair changes state."""
+
+    def notify(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
+    @property
+    def closed(self) -> bool:
+        return self.carrier is None
+
+    def to_json(self, now: float) -> dict[str, object]:
+        return {"traversal": self.id, "peer": str(self.peer), "local_port": self.table.local_port,
+                "probing": not self.closed, "keepalives_sent": self.keepalives_sent,
+                "probes_sent": self.probes_sent,
+                "pairs": [p.to_json(now) for p in self.table.pairs()]}
+
+
+@dataclass(frozen=True, slots=True)
+class PairStream:
+    """A stream opened over a taken pair, and the path it runs on."""
+
+    pair: PortPair
+    stream: INetStream
+    connection: INetConn
+    local_port: int
+    remote: Endpoint
