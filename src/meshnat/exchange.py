@@ -23,10 +23,12 @@ async def request(node: MeshNode, peer: PeerInfo, protocol: TProtocol, message: 
     """Send `message` on a new `protocol` stream to `peer` and return its `expected` answer.
 
     TCP addresses are tried first (where UDP is blocked a QUIC dial would spend the whole
-    timeout). Raises PeerRefused for an ErrorResponse, MalformedMessage for an answer to
+    timeout); a peer given without addresses must already be connected. Raises PeerRefused
+    for an ErrorResponse, MalformedMessage for an answer to
     another request, other RemoteProtocolError subclasses, PeerUnavailable or PeerTimeout.
     """
-    stream = await node.open_stream(tcp_first(peer), protocol, timeout=timeout)
+    target = tcp_first(peer) if peer.addrs else peer  # no address: an existing connection
+    stream = await node.open_stream(target, protocol, timeout=timeout)
     with _libp2p.map_peer_errors(str(protocol), timeout), trio.fail_after(timeout):
         try:
             await _libp2p.write_frame(stream, encode(message))

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import trio
 
-from meshnat import _libp2p
+from meshnat import _libp2p, exchange
 from meshnat._libp2p import ID, INetConn, INetStream, PeerInfo, TaskStatus, TProtocol
 from meshnat.discovery import PeerAddressDiscovery
 from meshnat.endpoint import Endpoint
@@ -125,22 +125,13 @@ class TraversalService:
         """
         node, _ = self._mounted()
         traversal = await self._open(new_txid(), peer, shared=shared)
-        limit = self.config.stream_timeout
         try:
-            stream = await node.open_stream(PeerInfo(peer, []), self.protocol_id, timeout=limit)
-            try:
-                with _libp2p.map_peer_errors("traversal offer", limit), trio.fail_after(limit):
-                    await _libp2p.write_frame(stream, encode(self._offer(traversal)))
-                    reply = decode(await _libp2p.read_frame(stream), Offer, ErrorResponse)
-            finally:
-                await _libp2p.reset_quietly(stream)
-            if isinstance(reply, ErrorResponse):
-                raise PeerRefused(reply.code.name.lower(), reply.reason)
-            if reply.txid != traversal.txid:
-                raise PeerRefused("bad-request", "answer for another traversal")
+            reply = await exchange.request(node, PeerInfo(peer, []), self.protocol_id,
+                                           self._offer(traversal), Offer,
+                                           timeout=self.config.stream_timeout)
         except BaseException:
-            await self._stop(traversal)
-            del self._traversals[traversal.txid]
+            with trio.CancelScope(shield=True):
+                await self._forget(traversal)
             raise
         self._probe(traversal, reply.candidates)
         log.debug("traversal %s: started toward %s, candidates %s", traversal.id, peer,
@@ -195,19 +186,10 @@ class TraversalService:
     async def _tell_peer(self, traversal: Traversal, pair: PortPair) -> None:
         """Send `Take` for `pair`; raises PeerRefused when the peer does not accept."""
         node, _ = self._mounted()
-        limit = self.config.stream_timeout
-        stream = await node.open_stream(PeerInfo(traversal.peer, []), self.protocol_id,
-                                        timeout=limit)
-        try:
-            with _libp2p.map_peer_errors("traversal take", limit), trio.fail_after(limit):
-                request = Take(traversal.txid, pair.remote, pair.local,
-                               dial=not traversal.dialer)
-                await _libp2p.write_frame(stream, encode(request))
-                reply = decode(await _libp2p.read_frame(stream), TakeAccept, ErrorResponse)
-        finally:
-            await _libp2p.reset_quietly(stream)
-        if isinstance(reply, ErrorResponse):
-            raise PeerRefused(reply.code.name.lower(), reply.reason)
+        await exchange.request(node, PeerInfo(traversal.peer, []), self.protocol_id,
+                               Take(traversal.txid, pair.remote, pair.local,
+                                    dial=not traversal.dialer),
+                               TakeAccept, timeout=self.config.stream_timeout)
 
     async def _tell_peer_quietly(self, traversal: Traversal, pair: PortPair) -> None:
         try:
