@@ -28,6 +28,7 @@ from libp2p.transport.quic.config import QUICTransportConfig
 from libp2p.utils.address_validation import expand_wildcard_address
 from multiaddr.exceptions import Error as MultiaddrError
 
+from meshnat._libp2p import identity
 from meshnat.endpoint import Endpoint
 from meshnat.errors import (
     ConfigError,
@@ -67,7 +68,10 @@ def load_or_create_key(path: Path | None) -> KeyPair:
 
 def new_libp2p_host(key_pair: KeyPair, listen: Sequence[multiaddr.Multiaddr], *,
                     max_connections: int) -> IHost:
-    """A py-libp2p host with TCP (Noise, Yamux) and, for /quic-v1 addresses, QUIC.
+    """A py-libp2p host with TCP (Noise only, Yamux) and, for /quic-v1 addresses, QUIC.
+
+    Every remote peer id it accepts is proven by a checked signature (`identity`): Noise is
+    the only security protocol offered or accepted, and QUIC certificates are checked here.
 
     Auto-dialling is off: a meshnat node connects only where it is told to. Pruning starts
     only at `max_connections`: py-libp2p's defaults prune above 300 connections and its
@@ -96,8 +100,10 @@ def new_libp2p_host(key_pair: KeyPair, listen: Sequence[multiaddr.Multiaddr], *,
     # A QUIC stream read that waits 30 s (py-libp2p's default) resets the stream and logs an
     # ERROR; streams that may rightly sit idle (tunnels) bound their own waits instead.
     quic = QUICTransportConfig(STREAM_READ_TIMEOUT=STREAM_IDLE_LIMIT)
+    identity.install()
     host = new_host(
         key_pair=key_pair,
+        sec_opt=identity.secure_transports(key_pair),
         listen_addrs=list(listen),
         enable_quic=enable_quic,
         quic_transport_opt=quic,
