@@ -20,6 +20,7 @@ from libp2p.peer.peerinfo import PeerInfo
 
 from meshnat import MeshNode, _libp2p
 from meshnat._libp2p import INetStream, TProtocol
+from meshnat.chat.service import ChatService, Heard
 from meshnat.errors import MeshNatError, PeerUnavailable
 from meshnat.tunnel import TunnelService
 from tests.support.fake_reflectors import LOOPBACK, nodes
@@ -125,6 +126,20 @@ async def test_a_forged_peer_cannot_use_a_tunnel_allowed_to_its_victim() -> None
             assert server.statistics().active == 0
             for each in listener:
                 await each.aclose()
+
+
+async def test_a_forged_peer_cannot_post_as_a_chat_member() -> None:
+    victim = create_new_key_pair()
+    victim_id = ID.from_pubkey(victim.public_key)
+    heard: list[Heard] = []
+    with trio.fail_after(30):
+        async with nodes(1) as (member,), impostor_of(victim.public_key) as impostor:
+            await member.mount(ChatService(accept=lambda p: p == victim_id, on_heard=heard.append))
+            chat = await impostor.mount(ChatService(accept=lambda p: True, on_heard=print))
+            await attempt(impostor.connect(quic_info(member), timeout=5))
+            failed = await attempt(chat.say(member.peer_id, "I am the victim"))
+            assert failed is not None
+    assert heard == []
 
 
 async def test_a_plaintext_only_peer_is_refused_both_ways() -> None:
