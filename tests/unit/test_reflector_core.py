@@ -79,3 +79,68 @@ def test_rate_limiter_memory_is_bounded() -> None:
     for key in range(1000):
         assert limiter.allow(key, now=0.0)
     assert len(limiter) == 10
+
+
+def ip_in(network: int, host: int) -> Endpoint:
+    """An endpoint in 10.<network>.<host // 250>.<host % 250 + 1>: 250 hosts per /24."""
+    return Endpoint(ip_address(f"10.{network}.{host // 250}.{host % 250 + 1}"), 40000)
+
+
+def test_udp_requests_from_many_addresses_of_one_network_are_limited_as_one_network() -> None:
+    c = ReflectorCore(rate=10.0, burst=20, max_keys=10_000, network_rate=40.0, network_burst=80)
+    # 250 addresses of one /24, one request each: each IP is under its own limit
+    answered = sum(c.answer_datagram(padded(), ip_in(1, host), now=0.0) is not None
+                   for host in range(250))
+    assert answered == 80                                                  # the network's burst
+    assert c.answer_datagram(padded(), ip_in(2, 0), now=0.0) is not None  # another network
+    assert c.answer_datagram(padded(), ip_in(1, 7), now=1.0) is not None  # 40 tokens a second
+
+
+def test_a_flood_from_2000_addresses_leaves_other_networks_answered() -> None:
+    c = ReflectorCore(rate=10.0, burst=20, max_keys=10_000)
+    honest = Endpoint(ip_address("198.51.100.7"), 40000)
+    honest_answers = 0
+    for step in range(20):  # 20 rounds of 100 ms: every flood address sends each round
+        now = step * 0.1
+        for host in range(2000):  # 8 /24s of 250 addresses each
+            c.answer_datagram(padded(), ip_in(1, host), now=now)
+        honest_answers += c.answer_datagram(padded(), honest, now=now) is not None
+    assert honest_answers == 20
+    # 8 networks x (80 burst + 40/s x 1.9 s) at most, not 2,000 x 20
+    assert c.statistics().served <= 8 * (80 + 40 * 2) + 20
+
+
+def test_udp_total_rate_bounds_answers_over_all_networks() -> None:
+    c = ReflectorCore(rate=10.0, burst=20, max_keys=10_000, total_rate=100.0, total_burst=100)
+    answered = sum(c.answer_datagram(padded(), ip_in(network, 0), now=0.0) is not None
+                   for network in range(200))
+    assert answered == 100
+
+
+def test_the_udp_queue_gives_each_network_a_fair_share() -> None:
+    c = ReflectorCore(rate=10.0, burst=20, max_keys=100, udp_queue=64, udp_queue_per_network=16)
+    flood = [c.enqueue_datagram(ip_in(1, host)) for host in range(100)]
+    assert sum(claim is not None for claim in flood) == 16
+    other = c.enqueue_datagram(ip_in(2, 0))
+    assert other is not None
+    c.dequeue_datagram(other)
+    first = next(claim for claim in flood if claim is not None)
+    c.dequeue_datagram(first)                                             # room again
+    assert c.enqueue_datagram(ip_in(1, 99)) is not None
+    assert c.statistics().dropped == 84
+
+
+def test_streams_are_bounded_per_peer_per_network_and_in_total() -> None:
+    c = ReflectorCore(rate=10.0, burst=20, max_keys=100, max_streams=8, max_streams_per_peer=2,
+                      max_streams_per_network=4)
+    mine = [c.open_stream("silent", V4) for _ in range(10)]
+    assert sum(s is not None for s in mine) == 2                           # per peer
+    same_network = [c.open_stream(f"id{n}", Endpoint(ip_address("198.18.0.99"), n + 1))
+                    for n in range(10)]
+    assert sum(s is not None for s in same_network) == 2                   # the /24 is full
+    assert c.open_stream("honest", V6) is not None                         # another network
+    assert c.open_stream("relayed", None) is not None                      # relays count apart
+    held = next(s for s in mine if s is not None)
+    c.close_stream(held)
+    assert c.open_stream("silent", V4) is not None
+    assert c.statistics().streams_refused == 16

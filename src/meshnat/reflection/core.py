@@ -1,9 +1,15 @@
 """Pure reflection logic: what to answer, to whom, and what to count.
 
 A reflector answers an `ObserveRequest` with the source endpoint it observed, unless the
-requester is over its rate limit. Over UDP the response is never larger than the request
+requester is over a rate limit. Over UDP the response is never larger than the request
 (no amplification), and a limited or malformed datagram gets silence; over a stream a limited
 requester gets a `ErrorResponse`.
+
+Fresh peer ids and addresses are free, so every limit also holds per source network (an IPv4
+/24 or an IPv6 /56, `meshnat.limits.network_of`): UDP requests are rate limited per source IP,
+per source network and in total, and queue for answering with a fair share per network; streams
+hold slots per peer id, per network and in total. One network flooding from many identities
+and addresses is shed cheaply while every other network is still answered.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from dataclasses import dataclass
 
 from meshnat.endpoint import Endpoint
 from meshnat.errors import RemoteProtocolError, UnexpectedMessage
+from meshnat.limits import Claim, SlotLimit, network_of
 from meshnat.ratelimit import RateLimiter
 from meshnat.reflection.messages import (
     ObserveRequest,
@@ -21,6 +28,9 @@ from meshnat.reflection.messages import (
 from meshnat.wire import decode, encode, frame_datagram, unframe_datagram
 from meshnat.wire.error_response import ErrorCode, ErrorResponse
 
+RELAYED_NETWORK = "relayed"
+"""The network a stream over a relay counts for (its transport address is the relay's)."""
+
 
 @dataclass(frozen=True, slots=True)
 class ReflectionStatistics:
@@ -29,15 +39,44 @@ class ReflectionStatistics:
     malformed: int
     dropped: int
     tracked_keys: int
+    streams_refused: int = 0
+    """Streams refused a slot (per peer, per network or in total)."""
+    queue_refused: int = 0
+    """Datagrams not queued because their network held its share of the queue."""
 
 
 class ReflectorCore:
     """Answers observe requests; one instance per reflection service."""
 
-    def __init__(self, *, rate: float, burst: int, max_keys: int) -> None:
+    def __init__(self, *, rate: float, burst: int, max_keys: int,
+                 network_rate: float = 40.0, network_burst: int = 80,
+                 total_rate: float = 2000.0, total_burst: int = 2000,
+                 max_streams: int = 64, max_streams_per_peer: int = 4,
+                 max_streams_per_network: int = 16,
+                 udp_queue: int = 256, udp_queue_per_network: int = 16) -> None:
+        """`rate`/`burst` per peer id (streams) and per source IP (UDP), `network_*` per
+        source network and `total_*` over all (UDP); slots for streams and for queued
+        datagrams per peer, per network and in total (`ReflectionConfig` has the defaults)."""
         self._peers = RateLimiter(rate=rate, burst=burst, max_keys=max_keys)
         self._ips = RateLimiter(rate=rate, burst=burst, max_keys=max_keys)
+        self._networks = RateLimiter(rate=network_rate, burst=network_burst, max_keys=max_keys)
+        self._total = RateLimiter(rate=total_rate, burst=total_burst, max_keys=1)
+        self._streams = SlotLimit(total=max_streams, per_peer=max_streams_per_peer,
+                                  per_network=max_streams_per_network)
+        self._queue = SlotLimit(total=udp_queue, per_peer=udp_queue_per_network,
+                                per_network=udp_queue_per_network)
         self.served = self.rate_limited = self.malformed = self.dropped = 0
+
+    # --- streams -------------------------------------------------------------------------------
+
+    def open_stream(self, peer: str, observed: Endpoint | None) -> Claim | None:
+        """A slot for a stream from `peer` arriving from `observed` (None: over a relay), or
+        None when the peer, its network or the reflector holds its share already."""
+        network = RELAYED_NETWORK if observed is None else network_of(observed.ip)
+        return self._streams.acquire(peer, network)
+
+    def close_stream(self, claim: Claim) -> None:
+        self._streams.release(claim)
 
     def answer_stream(
         self, request: ObserveRequest, observed: Endpoint | None, transport: Transport,
@@ -53,6 +92,19 @@ class ReflectorCore:
         self.served += 1
         return ObserveResponse(request.txid, observed, transport)
 
+    # --- datagrams -----------------------------------------------------------------------------
+
+    def enqueue_datagram(self, src: Endpoint) -> Claim | None:
+        """A place in the answer queue for a datagram from `src`, or None (counted as dropped)
+        when its network holds its share of the queue or the queue is full."""
+        claim = self._queue.acquire(str(src.ip), network_of(src.ip))
+        if claim is None:
+            self.dropped += 1
+        return claim
+
+    def dequeue_datagram(self, claim: Claim) -> None:
+        self._queue.release(claim)
+
     def answer_datagram(self, data: bytes, src: Endpoint, now: float) -> bytes | None:
         """The datagram to send back to `src`, or None for silence."""
         payload = unframe_datagram(data)
@@ -65,7 +117,8 @@ class ReflectorCore:
         except RemoteProtocolError:
             self.malformed += 1
             return None
-        if not self._ips.allow(src.ip, now):
+        if not (self._ips.allow(src.ip, now) and self._networks.allow(network_of(src.ip), now)
+                and self._total.allow(None, now)):
             self.rate_limited += 1
             return None
         reply = frame_datagram(encode(ObserveResponse(request.txid, src, Transport.UDP)))
@@ -84,5 +137,6 @@ class ReflectorCore:
     def statistics(self) -> ReflectionStatistics:
         return ReflectionStatistics(
             self.served, self.rate_limited, self.malformed, self.dropped,
-            len(self._peers) + len(self._ips)
+            len(self._peers) + len(self._ips) + len(self._networks),
+            sum(self._streams.refused.values()), sum(self._queue.refused.values()),
         )

@@ -13,6 +13,7 @@ from meshnat.config import require_in_range, require_positive
 from meshnat.endpoint import Endpoint
 from meshnat.errors import MeshNatError, RemoteProtocolError
 from meshnat.events import EventSink, StreamRejected, ignore_events
+from meshnat.limits import Claim
 from meshnat.node import MeshNode
 from meshnat.reflection.core import ReflectionStatistics, ReflectorCore
 from meshnat.reflection.messages import ObserveRequest, ObserveResponse, Transport
@@ -34,22 +35,48 @@ class ReflectionConfig:
     burst: int = 20
     """Requests a peer may make at once before the rate applies."""
 
+    network_rate: float = 40.0
+    """UDP requests per second answered per source network (IPv4 /24, IPv6 /56): four hosts
+    at the per-IP rate. A network holding many addresses gets no more."""
+
+    network_burst: int = 80
+    """UDP requests one source network may make at once before `network_rate` applies."""
+
+    total_rate: float = 2000.0
+    """UDP requests per second answered in total (50 networks at their full rate)."""
+
+    total_burst: int = 2000
+    """UDP requests answered at once over all sources before `total_rate` applies."""
+
     max_tracked: int = 10_000
-    """Peers and IPs whose rate is remembered; bounds the limiter's memory."""
+    """Peers, IPs and networks whose rate is remembered; bounds the limiters' memory."""
 
     max_concurrent_streams: int = 64
     """Streams handled at once; more are reset (load shedding rather than queueing)."""
 
+    max_streams_per_peer: int = 4
+    """Streams one peer id may hold open at once (a request needs one)."""
+
+    max_streams_per_network: int = 16
+    """Streams one source network may hold open at once: a quarter of the total, so one
+    network's silent streams leave room for three others at least."""
+
     stream_timeout: float = 5.0
-    """Seconds a requester has to send its request."""
+    """Seconds a requester has to send its request and read the answer."""
 
     udp_queue: int = 256
     """Datagrams queued for answering; more are dropped."""
 
+    udp_queue_per_network: int = 16
+    """Queued datagrams one source network may hold: its fair share of `udp_queue`."""
+
     def __post_init__(self) -> None:
-        require_positive(self, "rate", "stream_timeout")
-        require_in_range(self, 1, 10**9, "burst", "max_tracked", "max_concurrent_streams",
-                         "udp_queue")
+        require_positive(self, "rate", "network_rate", "total_rate", "stream_timeout")
+        require_in_range(self, 1, 10**9, "burst", "network_burst", "total_burst", "max_tracked",
+                         "max_concurrent_streams", "udp_queue")
+        require_in_range(self, 1, self.max_concurrent_streams, "max_streams_per_peer",
+                         "max_streams_per_network")
+        require_in_range(self, 1, self.udp_queue, "udp_queue_per_network")
 
 
 class ReflectionService:
@@ -65,22 +92,33 @@ class ReflectionService:
                  events: EventSink = ignore_events) -> None:
         self.config = config or ReflectionConfig()
         self._events = events
+        config = self.config
         self._core = ReflectorCore(
-            rate=self.config.rate, burst=self.config.burst, max_keys=self.config.max_tracked
+            rate=config.rate, burst=config.burst, max_keys=config.max_tracked,
+            network_rate=config.network_rate, network_burst=config.network_burst,
+            total_rate=config.total_rate, total_burst=config.total_burst,
+            max_streams=config.max_concurrent_streams,
+            max_streams_per_peer=config.max_streams_per_peer,
+            max_streams_per_network=config.max_streams_per_network,
+            udp_queue=config.udp_queue, udp_queue_per_network=config.udp_queue_per_network,
         )
-        self._active = 0
 
     def statistics(self) -> ReflectionStatistics:
         return self._core.statistics()
 
     async def serve(self, node: MeshNode, *, task_status: TaskStatus[None]) -> None:
-        send, receive = trio.open_memory_channel[tuple[bytes, Endpoint]](self.config.udp_queue)
+        send, receive = trio.open_memory_channel[tuple[bytes, Endpoint, Claim]](
+            self.config.udp_queue)
 
         def enqueue(data: bytes, src: Endpoint) -> None:
+            claim = self._core.enqueue_datagram(src)  # a fair share of the queue per network
+            if claim is None:
+                return
             try:
-                send.send_nowait((data, src))
-            except trio.WouldBlock:
-                self._core.note_dropped()  # never block the QUIC receive loop
+                send.send_nowait((data, src, claim))
+            except trio.WouldBlock:  # never block the QUIC receive loop
+                self._core.dequeue_datagram(claim)
+                self._core.note_dropped()
 
         node.host.set_stream_handler(
             self.protocol_id, _libp2p.guarded_handler("reflect", self._handle)
@@ -88,7 +126,8 @@ class ReflectionService:
         unsubscribe = node.udp.subscribe(enqueue)
         try:
             task_status.started()
-            async for data, src in receive:
+            async for data, src, claim in receive:
+                self._core.dequeue_datagram(claim)
                 reply = self._core.answer_datagram(data, src, trio.current_time())
                 if reply is not None:
                     try:
@@ -100,11 +139,12 @@ class ReflectionService:
             node.host.remove_stream_handler(self.protocol_id)
 
     async def _handle(self, stream: INetStream) -> None:
-        if self._active >= self.config.max_concurrent_streams:
+        observed = _libp2p.remote_endpoint(stream)
+        slot = self._core.open_stream(str(_libp2p.stream_peer(stream)), observed)
+        if slot is None:  # this peer, its network or the reflector holds its share already
             self._events(StreamRejected(self.protocol_id, "busy"))
             await _libp2p.reset_quietly(stream)
             return
-        self._active += 1
         try:
             timeout = self.config.stream_timeout
             with _libp2p.map_peer_errors("reflect", timeout), trio.fail_after(timeout):
@@ -117,7 +157,7 @@ class ReflectionService:
                     response: ObserveResponse | ErrorResponse = refusal_for(exc)
                 else:
                     response = self._core.answer_stream(
-                        request, _libp2p.remote_endpoint(stream),
+                        request, observed,
                         Transport(_libp2p.transport_of(stream)),
                         str(_libp2p.stream_peer(stream)), trio.current_time(),
                     )
@@ -135,4 +175,4 @@ class ReflectionService:
             log.debug("reflect: dropped stream: %s", exc)
             await _libp2p.reset_quietly(stream)
         finally:
-            self._active -= 1
+            self._core.close_stream(slot)
