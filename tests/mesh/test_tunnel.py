@@ -169,7 +169,7 @@ async def test_a_client_that_shuts_its_write_side_still_gets_the_whole_answer() 
 
 
 async def test_a_hundred_tunnelled_connections_at_once() -> None:
-    config = TunnelConfig(max_tunnels_per_peer=128)
+    config = TunnelConfig(max_tunnels_per_peer=128, max_tunnels_per_network=128)
     answers: dict[int, bytes] = {}
 
     async def one(port: int, i: int) -> None:
@@ -230,10 +230,20 @@ async def test_any_peer_must_be_asked_for_and_then_lets_everyone_in() -> None:
 async def test_an_unknown_service_is_refused() -> None:
     with trio.fail_after(20):
         async with pair() as p:
+            p.server.expose("web", ("127.0.0.1", 8080), allow={p.a.peer_id})
             with pytest.raises(TunnelRefused) as refused:
                 await p.client.open(p.b.peer_info(), "nothing-here")
     assert refused.value.refusal is RefusalCode.UNKNOWN_SERVICE
     assert "nothing-here" in str(refused.value)
+
+
+async def test_a_node_exposing_nothing_refuses_before_reading_a_request() -> None:
+    with trio.fail_after(20):
+        async with pair() as p:
+            with pytest.raises(TunnelRefused) as refused:
+                await p.client.open(p.b.peer_info(), "nothing-here")
+    assert refused.value.refusal is RefusalCode.NOT_ALLOWED
+    assert p.server.statistics().active == 0
 
 
 def free_port() -> int:

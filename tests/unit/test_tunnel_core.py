@@ -24,7 +24,7 @@ ALICE, BOB = "12D3KooWAlice", "12D3KooWBob"
 
 
 def table(**limits: int) -> TunnelTable:
-    t = TunnelTable(TunnelConfig(**limits))  # type: ignore[arg-type]
+    t = TunnelTable(TunnelConfig(**limits))
     t.expose(Exposed.create("web", ("127.0.0.1", 8080), allow={ALICE}))
     t.expose(Exposed.create("open", ("localhost", 22), allow=ANY_PEER))
     return t
@@ -44,23 +44,44 @@ def test_authorize_follows_the_allow_list(peer: str, name: str, expected: object
         assert f"{decision.host}:{decision.port}" == expected
 
 
+NET1, NET2 = "198.51.100.0/24", "203.0.113.0/24"
+
+
 def test_per_peer_and_node_limits_count_open_tunnels_and_give_slots_back() -> None:
     t = table(max_tunnels=3, max_tunnels_per_peer=2)
-    assert t.acquire(ALICE) is None and t.acquire(ALICE) is None
-    refusal = t.acquire(ALICE)
+    assert t.acquire(ALICE, NET1) is None and t.acquire(ALICE, NET1) is None
+    refusal = t.acquire(ALICE, NET1)
     assert refusal is not None and refusal.code is RefusalCode.PEER_LIMIT
-    assert t.acquire(BOB) is None
-    refusal = t.acquire(BOB)  # BOB holds 1 of 2, but the node holds 3 of 3
+    assert t.acquire(BOB, NET2) is None
+    refusal = t.acquire(BOB, NET2)  # BOB holds 1 of 2, but the node holds 3 of 3
     assert refusal is not None and refusal.code is RefusalCode.NODE_LIMIT
-    t.release(ALICE)
-    assert t.acquire(BOB) is None
+    t.release(ALICE, NET1)
+    assert t.acquire(BOB, NET2) is None
     stats = t.statistics()
     assert (stats.active, stats.peers, stats.refused, stats.services) == (3, 2, 2, 2)
-    for peer in (ALICE, BOB, BOB):
-        t.release(peer)
+    for peer, network in ((ALICE, NET1), (BOB, NET2), (BOB, NET2)):
+        t.release(peer, network)
     assert t.statistics().active == t.statistics().peers == 0
     with pytest.raises(LocalProtocolError):
-        t.release(ALICE)
+        t.release(ALICE, NET1)
+
+
+def test_a_peer_no_service_allows_takes_no_slot_at_all() -> None:
+    t = TunnelTable(TunnelConfig(max_tunnels=4, max_tunnels_per_peer=4))
+    t.expose(Exposed.create("web", ("127.0.0.1", 8080), allow={ALICE}))
+    strangers = [t.acquire(f"12D3KooWStranger{n}", NET2) for n in range(8)]
+    assert all(r is not None and r.code is RefusalCode.NOT_ALLOWED for r in strangers)
+    assert t.statistics().active == 0
+    assert t.acquire(ALICE, NET1) is None
+
+
+def test_one_network_cannot_take_every_slot_from_many_identities() -> None:
+    t = table(max_tunnels=8, max_tunnels_per_peer=2, max_tunnels_per_network=4)
+    flood = [t.acquire(f"12D3KooWFresh{n}", NET2) for n in range(8)]   # ANY_PEER's "open"
+    assert sum(r is None for r in flood) == 4
+    refused = next(r for r in flood if r is not None)
+    assert refused.code is RefusalCode.PEER_LIMIT and "network" in refused.reason
+    assert t.acquire(ALICE, NET1) is None                               # another network
 
 
 def test_services_are_listed_sorted_and_can_be_withdrawn() -> None:
@@ -89,11 +110,12 @@ def test_bad_exposures_are_config_errors(name: str, target: tuple[str, int],
         Exposed.create(name, target, allow)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("field", ["max_tunnels", "max_tunnels_per_peer", "chunk_size",
+@pytest.mark.parametrize("field", ["max_tunnels", "max_tunnels_per_peer",
+                                   "max_tunnels_per_network", "chunk_size",
                                    "idle_timeout", "connect_timeout", "open_timeout"])
 def test_config_rejects_zero(field: str) -> None:
     with pytest.raises(ConfigError, match=field):
-        TunnelConfig(**{field: 0})  # type: ignore[arg-type]
+        TunnelConfig(**{field: 0})
 
 
 def _frame(fields: dict[int, object], kind: int = 48) -> bytes:

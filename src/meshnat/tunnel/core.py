@@ -1,10 +1,13 @@
 """The exposing side's decisions, without I/O: which services exist, who may use them, and
 how many tunnels may be open at once.
 
-`TunnelTable` answers each inbound tunnel in two steps. `acquire(peer)` runs when the stream
-arrives, before anything is read, so a caller over its limit costs one refusal and nothing
-more; `authorize(peer, name)` runs on the decoded request. Every successful `acquire` is paired
-with one `release(peer)` when the stream ends, whatever happened in between.
+`TunnelTable` answers each inbound tunnel in two steps. `acquire(peer, network)` runs when the
+stream arrives, before anything is read, so a caller over its limit costs one refusal and
+nothing more: a peer that no exposed service allows takes no slot at all, and slots are bounded
+per peer id, per source network (IPv4 /24, IPv6 /56: fresh peer ids are free, so one host
+could otherwise take every slot) and in total. `authorize(peer, name)` runs on the decoded
+request. Every successful `acquire` is paired with one `release(peer, network)` when the stream
+ends, whatever happened in between.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from enum import Enum
 
 from meshnat.config import require_in_range, require_positive
 from meshnat.errors import ConfigError, LocalProtocolError
+from meshnat.limits import Claim, SlotLimit
 from meshnat.tunnel.messages import RefusalCode, check_service_name
 
 
@@ -38,6 +42,10 @@ class TunnelConfig:
     max_tunnels_per_peer: int = 32
     """Inbound tunnels one peer may hold open at once."""
 
+    max_tunnels_per_network: int = 64
+    """Inbound tunnels peers from one source network (IPv4 /24, IPv6 /56) may hold open at
+    once: a quarter of `max_tunnels`, so one network leaves room for three others at least."""
+
     max_local_connections: int = 256
     """Local connections one `forward()` listener serves at once; more wait to be accepted."""
 
@@ -55,7 +63,7 @@ class TunnelConfig:
 
     def __post_init__(self) -> None:
         require_in_range(self, 1, 1_000_000, "max_tunnels", "max_tunnels_per_peer",
-                         "max_local_connections")
+                         "max_tunnels_per_network", "max_local_connections")
         require_in_range(self, 1024, 16 * 1024 * 1024, "chunk_size")
         require_positive(self, "open_timeout", "connect_timeout", "idle_timeout")
 
@@ -119,8 +127,12 @@ class TunnelTable:
     def __init__(self, config: TunnelConfig) -> None:
         self.config = config
         self._services: dict[str, Exposed] = {}
-        self._per_peer: dict[str, int] = {}
-        self._active = self._authorized = self._refused = 0
+        self._slots = SlotLimit(total=config.max_tunnels,
+                                per_peer=min(config.max_tunnels_per_peer, config.max_tunnels),
+                                per_network=min(config.max_tunnels_per_network,
+                                                config.max_tunnels))
+        self._peers: set[str] = set()
+        self._authorized = self._refused = 0
 
     def expose(self, exposed: Exposed) -> None:
         """Add or replace a service; tunnels already open keep their target."""
@@ -135,29 +147,32 @@ class TunnelTable:
         """The exposed service names, sorted."""
         return tuple(sorted(self._services))
 
-    def acquire(self, peer: str) -> Refusal | None:
-        """Take a tunnel slot for `peer` as its stream arrives; a Refusal if over a limit."""
-        if self._active >= self.config.max_tunnels:
+    def acquire(self, peer: str, network: str) -> Refusal | None:
+        """Take a tunnel slot for `peer` from `network` as its stream arrives; a Refusal if no
+        exposed service allows `peer` (it takes no slot) or a limit is reached."""
+        if not any(exposed.allows(peer) for exposed in self._services.values()):
+            return self._refuse(RefusalCode.NOT_ALLOWED, "no service here allows you")
+        if self._slots.acquire(peer, network) is not None:
+            self._peers.add(peer)
+            return None
+        config = self.config
+        if self._slots.last_refusal == "total":
             return self._refuse(RefusalCode.NODE_LIMIT,
-                                f"this node serves {self.config.max_tunnels} tunnels already")
-        held = self._per_peer.get(peer, 0)
-        if held >= self.config.max_tunnels_per_peer:
-            return self._refuse(RefusalCode.PEER_LIMIT,
-                                f"you hold {held} tunnels already, the limit")
-        self._per_peer[peer] = held + 1
-        self._active += 1
-        return None
+                                f"this node serves {config.max_tunnels} tunnels already")
+        if self._slots.last_refusal == "network":
+            return self._refuse(RefusalCode.PEER_LIMIT,  # the caller's network is the caller
+                                f"your network holds {self._slots.per_network} tunnels "
+                                f"already, the limit")
+        return self._refuse(RefusalCode.PEER_LIMIT,
+                            f"you hold {self._slots.per_peer} tunnels already, the limit")
 
-    def release(self, peer: str) -> None:
-        """Give back the slot of one successful `acquire(peer)`."""
-        held = self._per_peer.get(peer, 0)
-        if held <= 0:
+    def release(self, peer: str, network: str) -> None:
+        """Give back the slot of one successful `acquire(peer, network)`."""
+        if self._slots.held_by_peer(peer) <= 0 or self._slots.held_by_network(network) <= 0:
             raise LocalProtocolError(f"release without acquire for {peer}")
-        if held == 1:
-            del self._per_peer[peer]
-        else:
-            self._per_peer[peer] = held - 1
-        self._active -= 1
+        self._slots.release(Claim(peer, network))
+        if self._slots.held_by_peer(peer) == 0:
+            self._peers.discard(peer)
 
     def authorize(self, peer: str, name: str) -> Exposed | Refusal:
         """The service `peer` may tunnel to under `name`, or why not."""
@@ -175,8 +190,8 @@ class TunnelTable:
         return self._refuse(code, reason)
 
     def statistics(self) -> TunnelStatistics:
-        return TunnelStatistics(len(self._services), self._active, len(self._per_peer),
-                                self._authorized, self._refused)
+        return TunnelStatistics(len(self._services), self._slots.held,
+                                len(self._peers), self._authorized, self._refused)
 
     def _refuse(self, code: RefusalCode, reason: str) -> Refusal:
         self._refused += 1

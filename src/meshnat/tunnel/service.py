@@ -1,6 +1,7 @@
 """`TunnelService`: expose local TCP services to peers, and reach peers' services.
 
-Exposing side: each inbound `/meshnat/tunnel/1.0.0` stream takes a slot (`TunnelTable`),
+Exposing side: each inbound `/meshnat/tunnel/1.0.0` stream from a peer some service allows
+takes a slot per peer, per source network and in total (`TunnelTable`),
 names a service in one `OpenTunnel` frame, and is checked against that service's `allow` set
 using the connection's authenticated peer id. The node then opens a fresh TCP connection to
 the target, answers `TunnelOpened` and pipes bytes until both sides are done. Every refusal
@@ -21,6 +22,7 @@ from meshnat._libp2p import INetStream, PeerInfo, StreamBytes, TaskStatus, TProt
 from meshnat.connect import Connector
 from meshnat.errors import MeshNatError, NotMounted, RemoteProtocolError
 from meshnat.events import EventSink, TunnelClosed, ignore_events
+from meshnat.limits import network_of
 from meshnat.node import MeshNode
 from meshnat.punch import HolePuncher
 from meshnat.records import RecordAuthority
@@ -40,6 +42,8 @@ from meshnat.wire import TXID_SIZE, decode, encode
 log = logging.getLogger(__name__)
 
 TUNNEL_PROTOCOL = TProtocol("/meshnat/tunnel/1.0.0")
+RELAYED_NETWORK = "relayed"
+"""The network a tunnel over a relay counts for (its transport address is the relay's)."""
 
 
 class TunnelService:
@@ -105,15 +109,17 @@ class TunnelService:
 
     async def _handle(self, stream: INetStream) -> None:
         peer = str(_libp2p.stream_peer(stream))
+        observed = _libp2p.remote_endpoint(stream)
+        network = RELAYED_NETWORK if observed is None else network_of(observed.ip)
         started = trio.current_time()
-        refusal = self._table.acquire(peer)
-        if refusal is not None:  # over a limit: answer at once, read nothing
+        refusal = self._table.acquire(peer, network)
+        if refusal is not None:  # not allowed or over a limit: answer at once, read nothing
             await self._refuse(stream, bytes(TXID_SIZE), refusal, peer, "", started)
             return
         try:
             await self._serve_tunnel(stream, peer, started)
         finally:
-            self._table.release(peer)
+            self._table.release(peer, network)
 
     async def _serve_tunnel(self, stream: INetStream, peer: str, started: float) -> None:
         limit = self.config.open_timeout
