@@ -4,7 +4,11 @@ Envelope: a CBOR map with small integer keys, `0: version`, `1: type`, `2: txid`
 bytes, echoed by responses), and the message's own fields from key 8 up. Decoding rejects
 anything that is not exactly one such map of an expected type: trailing bytes, indefinite
 lengths, duplicate keys, nesting deeper than 4, wrong types (a bool is not an int), unknown keys.
-Any bad input raises a `RemoteProtocolError` subclass and nothing else.
+Before cbor2 builds a single object, `wire.scan.check_frame` refuses tags (shared references and
+bignums included), floats, simple values and lengths the frame cannot hold, so a frame decodes
+into at most its own size in objects.
+Any bad input raises a `RemoteProtocolError` subclass and nothing else, and no error message
+formats a decoded value (`describe` names its type and size instead).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from meshnat.errors import (
     UnexpectedMessage,
     UnsupportedVersion,
 )
+from meshnat.wire.scan import check_frame
 
 MAX_MESSAGE_SIZE = 4096
 """Largest encoded message, the same bound as DCUtR's and rust-libp2p's."""
@@ -31,6 +36,30 @@ TXID_SIZE = 16
 VERSION, TYPE, TXID = 0, 1, 2
 FIRST_FIELD = 8
 _MAX_DEPTH = 4
+_SHOWN = 16
+"""Characters of a hostile string or bytes value an error message may show."""
+
+
+def describe(value: object) -> str:
+    """A few bytes about a hostile value for an error message: never its repr.
+
+    The repr of a decoded structure can be far larger than the frame, and the str of a huge
+    integer raises; this shows small integers and the start of strings, otherwise only the
+    type and size.
+    """
+    match value:
+        case bool():
+            return "a bool"
+        case int() if -(10**12) < value < 10**12:
+            return str(value)
+        case int():
+            return f"an integer of {value.bit_length()} bits"
+        case str() | bytes():
+            shown = repr(value[:_SHOWN])
+            return shown if len(value) <= _SHOWN else f"{shown}... ({len(value)} long)"
+        case list() | tuple() | dict():
+            return f"a {type(value).__name__} of {len(value)} items"
+    return f"a {type(value).__name__}"
 
 
 def new_txid() -> bytes:
@@ -94,7 +123,9 @@ class Fields:
 
     def ensure_consumed(self) -> None:
         if self._items:
-            raise MalformedMessage(f"unknown fields {sorted(self._items)}")
+            keys = sorted(self._items)
+            more = f" and {len(keys) - 4} more" if len(keys) > 4 else ""
+            raise MalformedMessage(f"unknown fields {', '.join(map(str, keys[:4]))}{more}")
 
 
 class Message(Protocol):
@@ -147,13 +178,15 @@ def decode(data: bytes, *expected: type[Message], limit: int = MAX_MESSAGE_SIZE)
     """
     if len(data) > limit:
         raise MessageTooLarge(len(data), limit)
+    check_frame(data, max_depth=_MAX_DEPTH)  # before any object is built
     stream = io.BytesIO(data)
     try:
         item = cbor2.load(
             stream, max_depth=_MAX_DEPTH, allow_indefinite=False, allow_duplicate_keys=False
         )
     except (cbor2.CBORDecodeError, RecursionError, ValueError, OverflowError) as exc:
-        raise MalformedMessage(f"not one well-formed CBOR item: {exc}") from exc
+        # cbor2's message may quote the input (a duplicate key, say): keep only its start
+        raise MalformedMessage(f"not one well-formed CBOR item: {str(exc)[:60]}") from exc
     if stream.tell() != len(data):  # cbor2 ignores trailing bytes; we don't
         raise MalformedMessage(f"{len(data) - stream.tell()} trailing bytes")
     fields = Fields(item)
