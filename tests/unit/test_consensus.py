@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshnat.discovery.consensus import Observation, decide
+from meshnat.discovery.consensus import Observation, conclude, decide
 from meshnat.endpoint import Endpoint
+from meshnat.errors import InsufficientResponses, NoConsensus
 
 HONEST = Endpoint(ip_address("198.18.0.20"), 4001)
 
@@ -99,3 +100,35 @@ def test_an_address_always_has_a_strict_majority_of_the_groups(pairs: list) -> N
     if c.address is not None:
         assert 2 * c.votes > c.voters
     assert c.voters == len({g for g, _ in pairs})
+
+
+# --- adversarial: liars of any family and port, holding fewer than half the groups ----------
+
+any_endpoint = st.builds(Endpoint, st.ip_addresses(), st.integers(1, 65535))
+
+
+@given(honest=any_endpoint, n_honest=st.integers(1, 7), data=st.data())
+def test_liars_of_any_family_fewer_than_half_the_groups_never_move_or_break_discovery(
+    honest: Endpoint, n_honest: int, data: st.DataObject
+) -> None:
+    n_liars = data.draw(st.integers(0, n_honest), label="liar groups")  # a tie at most
+    lies = data.draw(st.lists(any_endpoint | st.just(honest), min_size=1, max_size=5),
+                     label="lies")
+    observations = [obs(f"h{i}", honest, f"h{i}") for i in range(n_honest)]
+    for i in range(n_liars):  # each liar group: many peer ids, agreeing with itself or not
+        for j in range(data.draw(st.integers(1, 3))):
+            observations.append(obs(f"l{i}", data.draw(st.sampled_from(lies)), f"l{i}-{j}"))
+    observations = data.draw(st.permutations(observations), label="order")
+    min_responses = data.draw(st.integers(1, len(observations) + 1), label="min_responses")
+    try:
+        consensus = conclude("udp", observations, min_responses=min_responses,
+                             asked=len(observations))
+    except InsufficientResponses:
+        assert len(observations) < min_responses
+        return
+    except NoConsensus as exc:
+        assert exc.consensus.address is None
+        assert n_liars == n_honest  # only a tie keeps the honest answer from winning
+        return
+    assert consensus.address == honest  # never a lie
+    assert consensus.tally == decide("udp", reversed(observations)).tally  # order-independent

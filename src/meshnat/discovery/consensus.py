@@ -9,6 +9,11 @@ Rules (docs/protocols/reflect.md):
 - when a strict majority agrees on the IP but no port wins, and the ports seen at that IP
   differ, the disagreement is the signature of an endpoint-dependent (symmetric) mapping
   rather than of lying. (The classifier measures mapping properly; this is only a hint.)
+- the tally is ordered by votes, then by `Endpoint`'s total order (IPv4 before IPv6), so any
+  mix of address families, however liars choose them, gives one deterministic answer.
+
+`conclude` is what discovery does with a round: too few answers raise InsufficientResponses, no
+strict majority raises NoConsensus, and nothing else is raised for any observations.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 
 from meshnat.endpoint import Endpoint
+from meshnat.errors import InsufficientResponses, NoConsensus
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,3 +107,19 @@ def decide(transport: str, observations: Iterable[Observation]) -> Consensus:
         observations=obs,
         endpoint_dependent=address is None and ip is not None and len(ports_at_ip) > 1,
     )
+
+
+def conclude(transport: str, observations: Iterable[Observation], *, min_responses: int,
+             asked: int) -> Consensus:
+    """`decide` for a discovery round: the Consensus when a strict majority agreed.
+
+    Raises InsufficientResponses (fewer than `min_responses` observations) or NoConsensus
+    (carrying the Consensus, whose `ip` may still be known).
+    """
+    obs = tuple(observations)
+    if len(obs) < min_responses:
+        raise InsufficientResponses(len(obs), min_responses, asked)
+    consensus = decide(transport, obs)
+    if consensus.address is None:
+        raise NoConsensus(consensus)
+    return consensus

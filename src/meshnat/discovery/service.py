@@ -11,11 +11,10 @@ import trio
 
 from meshnat._libp2p import PeerInfo, TaskStatus, endpoint_of
 from meshnat.config import require_in_range, require_positive
-from meshnat.discovery.consensus import Consensus, Observation, decide
+from meshnat.discovery.consensus import Consensus, Observation, conclude
 from meshnat.endpoint import Endpoint
 from meshnat.errors import (
     ConfigError,
-    InsufficientResponses,
     MeshNatError,
     NoConsensus,
     NotMounted,
@@ -155,14 +154,16 @@ class PeerAddressDiscovery:
             async with trio.open_nursery() as nursery:
                 for peer in asked:
                     nursery.start_soon(ask, peer)
-        if len(observations) < self.config.min_responses:
-            raise InsufficientResponses(len(observations), self.config.min_responses, len(asked))
-        consensus = decide(transport, observations)
-        self._last_round[transport] = consensus
-        if consensus.address is None:
-            self._events(AddressDisputed(transport, consensus.voters, consensus.endpoint_dependent))
-            raise NoConsensus(consensus)
-        self._latest[transport] = consensus
+        try:
+            consensus = conclude(transport, observations,
+                                 min_responses=self.config.min_responses, asked=len(asked))
+        except NoConsensus as exc:
+            self._last_round[transport] = exc.consensus
+            self._events(AddressDisputed(transport, exc.consensus.voters,
+                                         exc.consensus.endpoint_dependent))
+            raise
+        self._last_round[transport] = self._latest[transport] = consensus
+        assert consensus.address is not None  # conclude() raised otherwise
         self._events(AddressConfirmed(transport, consensus.address, consensus.votes,
                                       consensus.voters))
         log.info("discovery: %s address %s votes=%d/%d", transport, consensus.address,
