@@ -8,6 +8,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any, cast
 
@@ -22,7 +23,7 @@ from libp2p.transport.quic.transport import QUICTransport
 
 from meshnat._libp2p.host import listen_parts
 from meshnat._libp2p.streams import map_peer_errors
-from meshnat.endpoint import Endpoint
+from meshnat.endpoint import Endpoint, udp_source
 from meshnat.errors import (
     ConfigError,
     PeerUnavailable,
@@ -168,11 +169,27 @@ def local_port(conn: INetConn) -> int | None:
 DatagramHandler = Callable[[bytes, Endpoint], None]
 
 
+@dataclass(slots=True)
+class TapStatistics:
+    """What the tap did with the datagrams that reached the node's UDP port."""
+
+    dispatched: int = 0
+    """Meshnat datagrams handed to the subscribers."""
+    impossible_sources: int = 0
+    """Datagrams dropped before QUIC or meshnat saw them: port 0, an unspecified, multicast
+    or broadcast source (endpoint.udp_source)."""
+    handler_errors: int = 0
+    """Subscriber calls that raised (a meshnat bug; the datagram is dropped, the port goes on)."""
+
+
 class DatagramTap:
     """Meshnat datagrams on the UDP socket of py-libp2p's QUIC listener.
 
-    Incoming datagrams with the meshnat magic are handed to every subscriber (without blocking:
-    subscribers queue and drop); everything else goes on to QUIC untouched.
+    Every datagram from an impossible source (`endpoint.udp_source`) is dropped and counted
+    first, before QUIC sees it. Incoming datagrams with the meshnat magic are handed to every
+    subscriber (without blocking: subscribers queue and drop); everything else goes on to QUIC
+    untouched. Nothing a datagram does raises into py-libp2p's receive loop, which sleeps
+    10 ms after each error (a flood of errors would silence the port).
     """
 
     def __init__(self, host: IHost) -> None:
@@ -183,11 +200,16 @@ class DatagramTap:
             raise ConfigError("the node has no QUIC (UDP) listener to share")
         self._listener: Any = listeners[0]
         self._handlers: list[DatagramHandler] = []
+        self._failed: set[int] = set()
+        self._stats = TapStatistics()
         original = self._listener._process_packet
 
         async def process_packet(data: bytes, addr: tuple[str, int]) -> None:
-            if is_meshnat_datagram(data):
-                self.dispatch(data, addr)
+            src = udp_source(addr)
+            if src is None:
+                self._drop_impossible(addr)
+            elif is_meshnat_datagram(data):
+                self._dispatch(data, src)
             else:
                 await original(data, addr)
 
@@ -198,6 +220,9 @@ class DatagramTap:
         self._handlers.append(handler)
         return lambda: self._handlers.remove(handler)
 
+    def statistics(self) -> TapStatistics:
+        return replace(self._stats)
+
     async def sendto(self, data: bytes, dst: Endpoint) -> None:
         sock = self._listener._socket
         if sock is None:
@@ -205,7 +230,25 @@ class DatagramTap:
         await sock.sendto(data, dst.to_sockaddr())
 
     def dispatch(self, data: bytes, addr: tuple[str, int]) -> None:
-        """Hand one meshnat datagram to every subscriber."""
-        src = Endpoint.from_sockaddr(addr)
+        """Hand one meshnat datagram to every subscriber (dropped if its source is impossible)."""
+        src = udp_source(addr)
+        if src is None:
+            self._drop_impossible(addr)
+        else:
+            self._dispatch(data, src)
+
+    def _drop_impossible(self, addr: object) -> None:
+        self._stats.impossible_sources += 1
+        log.debug("udp: dropped a datagram from an impossible source %.60s", addr)
+
+    def _dispatch(self, data: bytes, src: Endpoint) -> None:
+        self._stats.dispatched += 1
         for handler in tuple(self._handlers):
-            handler(data, src)
+            try:
+                handler(data, src)
+            except Exception:  # our bug: this datagram is lost, the port and the others go on
+                self._stats.handler_errors += 1
+                if id(handler) not in self._failed:  # once per handler: no log per packet
+                    self._failed.add(id(handler))
+                    log.error("udp: datagram handler %r failed (later failures are only "
+                              "counted)", handler, exc_info=True)

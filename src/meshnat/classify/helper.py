@@ -25,7 +25,7 @@ from meshnat.classify.messages import (
     ProbeRequest,
 )
 from meshnat.config import require_in_range, require_positive
-from meshnat.endpoint import Endpoint
+from meshnat.endpoint import udp_source
 from meshnat.errors import ConfigError, MeshNatError, RemoteProtocolError
 from meshnat.node import MeshNode
 from meshnat.ratelimit import RateLimiter
@@ -76,6 +76,8 @@ class ProbeHelperService:
         self._alt: trio.socket.SocketType | None = None
         self._node: MeshNode | None = None
         self.probes_sent = self.refused = 0
+        self.impossible_sources = 0
+        """Datagrams on the second port dropped for an impossible source (port 0, ...)."""
 
     async def serve(self, node: MeshNode, *, task_status: TaskStatus[None]) -> None:
         primary = node.listen_endpoint("udp")
@@ -89,7 +91,11 @@ class ProbeHelperService:
                 task_status.started()
                 while True:  # answer observe requests on the second port
                     data, addr = await alt.recvfrom(MAX_DATAGRAM_SIZE + 1)
-                    src = Endpoint.from_sockaddr(addr)
+                    src = udp_source(addr)
+                    if src is None:  # port 0, multicast, ...: nobody to answer
+                        self.impossible_sources += 1
+                        log.debug("classify: dropped a datagram from %.60s", addr)
+                        continue
                     reply = self._alt_core.answer_datagram(data, src, trio.current_time())
                     if reply is not None:
                         try:
