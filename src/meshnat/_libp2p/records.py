@@ -30,6 +30,7 @@ from libp2p.peer.peer_record import PeerRecord
 from multiaddr.exceptions import Error as MultiaddrError
 
 from meshnat.errors import ForgedRecord, MalformedMessage, MessageTooLarge
+from meshnat.wire.codec import describe
 
 RECORD_DOMAIN = "meshnat-address-record"
 """Signature domain: a libp2p peer-record envelope signed by the same key does not verify here."""
@@ -45,7 +46,7 @@ def _parse_canonical(message: _Parseable, data: bytes, what: str) -> None:
     try:
         message.ParseFromString(data)
     except (DecodeError, ValueError) as exc:
-        raise MalformedMessage(f"{what}: not protobuf: {exc}") from exc
+        raise MalformedMessage(f"{what}: not protobuf: {str(exc)[:60]}") from exc
     message.DiscardUnknownFields()  # kept by the parser and re-serialised otherwise
     if message.SerializeToString(deterministic=True) != data:
         raise MalformedMessage(f"{what}: unknown fields or a non-canonical encoding")
@@ -75,14 +76,14 @@ def open_envelope(data: bytes) -> tuple[ID, bytes]:
     if env.public_key.Type != crypto_pb2.KeyType.Ed25519 or len(env.public_key.Data) != 32:
         raise MalformedMessage("envelope: only Ed25519 identity keys are accepted")
     if env.payload_type != RECORD_PAYLOAD_TYPE:
-        raise MalformedMessage(f"envelope: payload type {env.payload_type[:32]!r} is not a "
+        raise MalformedMessage(f"envelope: payload type {describe(env.payload_type)} is not a "
                                "meshnat address record")
     try:
         key = Ed25519PublicKey.from_bytes(env.public_key.Data)
         unsigned = libp2p_envelope.make_unsigned(RECORD_DOMAIN, env.payload_type, env.payload)
         valid = key.verify(unsigned, env.signature)
     except (ValueError, TypeError, BaseLibp2pError) as exc:
-        raise ForgedRecord(f"signature check failed: {exc}") from exc
+        raise ForgedRecord(f"signature check failed: {str(exc)[:60]}") from exc
     if not valid:
         raise ForgedRecord("the signature does not verify against the envelope's key")
     return ID.from_pubkey(key), bytes(env.payload)
@@ -103,5 +104,6 @@ def decode_peer_record(data: bytes) -> tuple[ID, int, tuple[multiaddr.Multiaddr,
         peer = ID(msg.peer_id)
         addrs = tuple(multiaddr.Multiaddr(a.multiaddr) for a in msg.addresses)
     except (MultiaddrError, ValueError, TypeError, BaseLibp2pError) as exc:
-        raise MalformedMessage(f"peer record: bad peer id or address: {exc}") from exc
+        # multiaddr's errors quote the whole input: keep only their start
+        raise MalformedMessage(f"peer record: bad peer id or address: {str(exc)[:60]}") from exc
     return peer, msg.seq, addrs

@@ -16,7 +16,7 @@ from typing import ClassVar, Self
 from meshnat.classify.report import NatType
 from meshnat.errors import MalformedMessage
 from meshnat.punch.messages import MappingHint
-from meshnat.wire.codec import Fields, check_printable
+from meshnat.wire.codec import Fields, check_printable, describe
 
 PEER_RECORD, ISSUED_AT, TTL, NAT_TYPE, MAPPING, SERVICES, NAME = 8, 9, 10, 11, 12, 13, 14
 MAX_PEER_RECORD = 1536
@@ -75,7 +75,7 @@ class RecordBody:
             try:
                 nat_type = NatType(text)
             except ValueError:
-                raise MalformedMessage(f"unknown NAT type {text!r}") from None
+                raise MalformedMessage(f"unknown NAT type {describe(text)}") from None
         mapping = MappingHint(f.pop_int(MAPPING, lo=0, hi=2))
         services = []
         for item in f.pop_list(SERVICES, max_items=MAX_SERVICES):

@@ -13,7 +13,7 @@ from enum import IntEnum
 from typing import ClassVar, Self
 
 from meshnat.errors import MalformedMessage
-from meshnat.wire.codec import Fields
+from meshnat.wire.codec import Fields, describe
 
 NAMESPACE, RECORD, TTL, COOKIE, RECORDS = 8, 9, 10, 11, 12
 MAX_RECORD = 2048
@@ -35,7 +35,7 @@ def check_namespace(text: str) -> str:
     """A network name: 1-64 of `A-Z a-z 0-9 . _ -`, starting with a letter or digit."""
     if type(text) is not str or _NAMESPACE.fullmatch(text) is None:
         raise MalformedMessage(f"namespace must be 1-64 of A-Z a-z 0-9 . _ - "
-                               f"(starting with a letter or digit), got {text!r:.80}")
+                               f"(starting with a letter or digit), got {describe(text)}")
     return text
 
 

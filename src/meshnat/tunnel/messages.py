@@ -14,7 +14,7 @@ from enum import IntEnum
 from typing import ClassVar, Self
 
 from meshnat.errors import ConfigError, MalformedMessage
-from meshnat.wire.codec import Fields, TxidOnly
+from meshnat.wire.codec import Fields, TxidOnly, describe
 
 SERVICE = 8
 CODE, REASON = 8, 9
@@ -57,7 +57,7 @@ def check_service_name(name: str) -> str:
     """`name` if it is a valid service name, else ConfigError."""
     if type(name) is not str or not is_service_name(name):
         raise ConfigError(f"service name must be 1-{MAX_SERVICE_NAME} characters of letters, "
-                          f"digits, '.', '_', '-', got {name!r:.80}")
+                          f"digits, '.', '_', '-', got {describe(name)}")
     return name
 
 
