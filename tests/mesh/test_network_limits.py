@@ -9,14 +9,20 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from contextlib import AsyncExitStack
+from functools import partial
 
+import pytest
 import trio
+from libp2p.relay.circuit_v2.pb.circuit_pb2 import HopMessage, PeerId, Status
+from libp2p.relay.circuit_v2.utils import read_delimited_msg, write_delimited_msg
 
 from meshnat import MeshNode, NodeConfig
 from meshnat._libp2p import INetStream, TProtocol
-from meshnat.errors import MeshNatError
+from meshnat._libp2p.relay import HOP_PROTOCOL
+from meshnat.errors import MeshNatError, PeerUnavailable, RelayUnavailable
 from meshnat.reflection import REFLECT_PROTOCOL, ReflectionService
 from meshnat.reflection.client import observe_over_stream
+from meshnat.relay import RelayClient, RelayService, RelayServiceConfig
 from meshnat.tunnel import ANY_PEER, TunnelConfig, TunnelService
 from tests.support.fake_reflectors import LOOPBACK
 
@@ -120,3 +126,104 @@ async def test_many_identities_on_one_network_leave_tunnel_slots_for_another() -
             tunnel = await client.open(exposer.peer_info(), "open")
             await tunnel.aclose()
         assert service.statistics().authorized == 1
+
+
+async def test_one_network_cannot_take_every_relay_reservation() -> None:
+    config = RelayServiceConfig(max_reservations=4, max_reservations_per_network=2)
+    async with AsyncExitStack() as stack:
+        relay = await stack.enter_async_context(MeshNode(LOOPBACK))
+        flooders = [await stack.enter_async_context(MeshNode(LOOPBACK)) for _ in range(4)]
+        newcomer = await stack.enter_async_context(MeshNode(OTHER_NETWORK))
+        service = await relay.mount(RelayService(config))
+        outcomes = []
+        with trio.fail_after(30):
+            for flooder in flooders:  # 4 fresh ids from 127.0.0.0/24
+                client = await flooder.mount(RelayClient())
+                try:
+                    await client.reserve(relay.peer_info())
+                    outcomes.append("reserved")
+                except RelayUnavailable:
+                    outcomes.append("refused")
+            await connect_from_own_ip(newcomer, relay)
+            circuit = await (await newcomer.mount(RelayClient())).reserve(relay.peer_info())
+        assert outcomes == ["reserved", "reserved", "refused", "refused"]
+        assert str(circuit).endswith(f"/p2p-circuit/p2p/{newcomer.peer_id}")
+        stats = service.statistics()
+        assert stats.reservations == 3 and stats.reservations_refused == {"network": 2}
+
+
+async def test_one_network_cannot_take_every_circuit_to_a_peer() -> None:
+    config = RelayServiceConfig(max_circuits=4, max_circuits_per_network=2)
+    async with AsyncExitStack() as stack:
+        relay = await stack.enter_async_context(MeshNode(LOOPBACK))
+        listener = await stack.enter_async_context(MeshNode(LOOPBACK))
+        flooders = [await stack.enter_async_context(MeshNode(LOOPBACK)) for _ in range(4)]
+        honest = await stack.enter_async_context(MeshNode(OTHER_NETWORK))
+        service = await relay.mount(RelayService(config))
+        await (await listener.mount(RelayClient())).reserve(relay.peer_info())
+        outcomes = []
+        with trio.fail_after(60):
+            for flooder in flooders:  # 4 fresh ids from 127.0.0.0/24, circuits held open
+                client = await flooder.mount(RelayClient())
+                try:
+                    await client.dial(relay.peer_info(), listener.peer_id)
+                    outcomes.append("circuit")
+                except (RelayUnavailable, PeerUnavailable):
+                    outcomes.append("refused")
+            await connect_from_own_ip(honest, relay)
+            await (await honest.mount(RelayClient())).dial(relay.peer_info(), listener.peer_id)
+        assert outcomes == ["circuit", "circuit", "refused", "refused"]
+        assert service.statistics().circuits == 3
+
+
+async def stream_ends(stream: INetStream, *, trickle: bool) -> None:
+    """Read `stream` until the relay ends it; with `trickle`, send a slow message meanwhile
+    (a length prefix of 100, then a byte every 50 ms: at most 100 bytes)."""
+    async def drip() -> None:
+        await stream.write(b"\x64")
+        for _ in range(100):
+            await trio.sleep(0.05)
+            await stream.write(b"\x00")
+
+    async with trio.open_nursery() as nursery:
+        if trickle:
+            nursery.start_soon(drip)
+        with contextlib.suppress(Exception):  # StreamReset / StreamEOF: the relay ended it
+            for _ in range(100):
+                await stream.read(1024)
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_relay_hop_ends_silent_and_slow_streams() -> None:
+    config = RelayServiceConfig(hop_read_timeout=0.5, hop_stream_timeout=1.0)
+    async with AsyncExitStack() as stack:
+        relay = await stack.enter_async_context(MeshNode(LOOPBACK))
+        client = await stack.enter_async_context(MeshNode(LOOPBACK))
+        await relay.mount(RelayService(config))
+        with trio.fail_after(10):  # py-libp2p's own hop waits 30 s per message, then loops
+            silent = await client.open_stream(relay.peer_info(), HOP_PROTOCOL)
+            slow = await client.open_stream(relay.peer_info(), HOP_PROTOCOL)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(partial(stream_ends, silent, trickle=False))
+                nursery.start_soon(partial(stream_ends, slow, trickle=True))
+
+
+async def test_a_reservation_is_for_the_connection_peer_whatever_the_message_names() -> None:
+    async with AsyncExitStack() as stack:
+        relay = await stack.enter_async_context(MeshNode(LOOPBACK))
+        reserver = await stack.enter_async_context(MeshNode(LOOPBACK))
+        victim = await stack.enter_async_context(MeshNode(LOOPBACK))
+        dialer = await stack.enter_async_context(MeshNode(LOOPBACK))
+        await relay.mount(RelayService())
+        await reserver.mount(RelayClient())
+        dialer_client = await dialer.mount(RelayClient())
+        with trio.fail_after(30):
+            stream = await reserver.open_stream(relay.peer_info(), HOP_PROTOCOL)
+            forged = HopMessage(type=HopMessage.RESERVE, peer=PeerId(id=victim.peer_id.to_bytes()))
+            await write_delimited_msg(stream, forged)
+            answer = await read_delimited_msg(stream, HopMessage)
+            assert answer.status == Status.OK
+            # the relay reserved for `reserver` (whose connection it was), not for the victim
+            await dialer_client.dial(relay.peer_info(), reserver.peer_id)
+            with pytest.raises((RelayUnavailable, PeerUnavailable)):
+                await dialer_client.dial(relay.peer_info(), victim.peer_id)

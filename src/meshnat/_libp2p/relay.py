@@ -4,6 +4,15 @@ Reservations are explicit (its `RelayRole.CLIENT` reserves on every relay it see
 and then every 300 s), circuits are dialled through its transport (`host.connect` drops
 `/p2p-circuit` addresses), and its stream handlers are guarded.
 
+The hop side is py-libp2p's, behind a gate of meshnat's own (`_HopGate`): py-libp2p bounds
+reservations and circuits per destination only, takes the reserving peer id from the message
+(any peer could reserve as any other), loops reading further messages on a hop stream for 30 s
+each and leaves silent or slow streams open. The gate reads exactly one message per hop stream
+within `hop_read_timeout`, reserves only for the connection's authenticated peer id, checks
+`HopLimits` (per peer id, per source network, in total) before py-libp2p does any work, bounds
+the whole exchange by `hop_stream_timeout` (a circuit by its duration on top) and resets the
+stream when done.
+
 Conformance: against js-libp2p 2.10's circuit relay v2 server (tests/interop) py-libp2p's client
 needs no workaround: reservation, STATUS codes and circuits work as the spec says. The `limit` a
 relay sends (js: duration in milliseconds, not the spec's seconds) is ignored by py-libp2p; the
@@ -12,35 +21,50 @@ relay itself enforces it.
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from typing import TYPE_CHECKING, Any
 
 import multiaddr
 import trio
 from libp2p.abc import IHost, INetConn, INetStream
 from libp2p.peer.id import ID
 from libp2p.relay.circuit_v2.config import RelayConfig, RelayRole
+from libp2p.relay.circuit_v2.pb.circuit_pb2 import HopMessage
 from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID as HOP_PROTOCOL
 from libp2p.relay.circuit_v2.protocol import STOP_PROTOCOL_ID as STOP_PROTOCOL
 from libp2p.relay.circuit_v2.protocol import CircuitV2Protocol
+from libp2p.relay.circuit_v2.protocol_buffer import StatusCode
 from libp2p.relay.circuit_v2.resources import RelayLimits
 from libp2p.relay.circuit_v2.transport import CircuitV2Transport
+from libp2p.relay.circuit_v2.utils import maybe_consume_signed_record, read_delimited_msg
 from libp2p.tools.anyio_service import background_trio_service
 
-from meshnat._libp2p.streams import guarded_handler
+from meshnat._libp2p.streams import guarded_handler, is_relayed, remote_endpoint, reset_quietly
+from meshnat.limits import network_of
+
+if TYPE_CHECKING:
+    from meshnat.relay.policy import HopLimits
 
 __all__ = ["HOP_PROTOCOL", "CircuitRelay"]
+
+log = logging.getLogger(__name__)
 
 
 class CircuitRelay:
     """Circuit relay v2 on one host: a hop (relay) or the stop side plus a dialling client."""
 
     def __init__(self, host: IHost, *, hop: bool, circuit_duration: float, circuit_bytes: int,
-                 max_circuits: int, max_reservations: int, reservation_ttl: float) -> None:
+                 max_circuits: int, max_reservations: int, reservation_ttl: float,
+                 hop_limits: HopLimits | None = None, hop_read_timeout: float = 10.0,
+                 hop_stream_timeout: float = 30.0) -> None:
         limits = RelayLimits(duration=int(circuit_duration), data=circuit_bytes,
                              max_circuit_conns=max_circuits, max_reservations=max_reservations,
                              reservation_ttl=int(reservation_ttl))
         self._host, self._hop = host, hop
         self._protocol = CircuitV2Protocol(host, limits=limits, allow_hop=hop)
+        self._gate = None if hop_limits is None else _HopGate(
+            self._protocol, hop_limits, read_timeout=hop_read_timeout,
+            stream_timeout=hop_stream_timeout, circuit_duration=circuit_duration)
         roles = RelayRole.HOP | RelayRole.STOP if hop else RelayRole.STOP
         self._transport: Any = CircuitV2Transport(host, self._protocol,
                                                   RelayConfig(roles=roles, limits=limits))
@@ -49,11 +73,16 @@ class CircuitRelay:
         """Serve the relay protocols until cancelled; handlers are removed on the way out."""
         handlers = {STOP_PROTOCOL: self._protocol._handle_stop_stream}
         if self._hop:
-            handlers[HOP_PROTOCOL] = self._protocol._handle_hop_stream
-        for protocol_id, handler in handlers.items():
-            self._host.set_stream_handler(protocol_id, guarded_handler(str(protocol_id), handler))
+            handlers[HOP_PROTOCOL] = (self._protocol._handle_hop_stream if self._gate is None
+                                      else self._gate.handle)
         try:
             async with background_trio_service(self._protocol):
+                await self._protocol.event_started.wait()
+                # py-libp2p's service registers its own, unguarded handlers as it starts:
+                # ours replace them only once it has
+                for protocol_id, handler in handlers.items():
+                    self._host.set_stream_handler(protocol_id,
+                                                  guarded_handler(str(protocol_id), handler))
                 task_status.started()
                 await trio.sleep_forever()
         finally:
@@ -69,3 +98,96 @@ class CircuitRelay:
         """A relayed connection, secured and muxed end to end (raises ConnectionError)."""
         conn: INetConn = await self._transport.dial(circuit)
         return conn
+
+
+class _HopGate:
+    """One hop stream: one message, read within a deadline, checked against `HopLimits`."""
+
+    def __init__(self, protocol: CircuitV2Protocol, limits: HopLimits, *, read_timeout: float,
+                 stream_timeout: float, circuit_duration: float) -> None:
+        self._protocol, self._limits = protocol, limits
+        self._read_timeout, self._stream_timeout = read_timeout, stream_timeout
+        self._circuit_timeout = circuit_duration + stream_timeout
+
+    async def handle(self, stream: INetStream) -> None:
+        if is_relayed(stream):  # py-libp2p answers PERMISSION_DENIED, as the spec says
+            with trio.move_on_after(self._stream_timeout):
+                await self._protocol._handle_hop_stream(stream)
+            await reset_quietly(stream)
+            return
+        peer_id = stream.muxed_conn.peer_id
+        peer = str(peer_id)
+        observed = remote_endpoint(stream)
+        network = "unknown" if observed is None else network_of(observed.ip)
+        slot = self._limits.open_stream(peer, network)
+        if slot is None:
+            log.debug("relay: hop stream from %s refused (%s has its share)", peer, network)
+            await reset_quietly(stream)
+            return
+        try:
+            message = None
+            with trio.move_on_after(self._read_timeout):
+                try:
+                    message = await read_delimited_msg(stream, HopMessage)
+                except Exception as exc:  # py-libp2p's read and protobuf errors, unmapped
+                    log.debug("relay: unreadable hop message from %s: %s", peer,
+                              type(exc).__name__)
+                    await self._status(stream, StatusCode.MALFORMED_MESSAGE)
+                    return
+            if message is None:
+                log.debug("relay: hop stream from %s sent nothing in %gs", peer,
+                          self._read_timeout)
+                return
+            if message.HasField("senderRecord") and not maybe_consume_signed_record(
+                    message, self._protocol.host, peer_id):
+                log.debug("relay: bad sender record from %s", peer)
+                return
+            if message.type == HopMessage.RESERVE:
+                await self._reserve(stream, message, peer, network)
+            elif message.type == HopMessage.CONNECT:
+                self._limits.close_stream(slot)
+                slot = None
+                await self._connect(stream, message, peer, network)
+            else:
+                await self._status(stream, StatusCode.MALFORMED_MESSAGE)
+        finally:
+            if slot is not None:
+                self._limits.close_stream(slot)
+            await reset_quietly(stream)
+
+    async def _reserve(self, stream: INetStream, message: Any, peer: str, network: str) -> None:
+        message.ClearField("peer")  # a reservation is for the connection's own peer id
+        if not self._limits.reserve(peer, network, trio.current_time()):
+            log.debug("relay: reservation for %s refused (limit)", peer)
+            await self._status(stream, StatusCode.RESOURCE_LIMIT_EXCEEDED)
+            return
+        with trio.move_on_after(self._stream_timeout):
+            await self._protocol._handle_reserve(stream, message)
+            await stream.close()
+
+    async def _connect(self, stream: INetStream, message: Any, peer: str, network: str) -> None:
+        circuit = self._limits.open_circuit(peer, network)
+        if circuit is None:
+            log.debug("relay: circuit for %s refused (limit)", peer)
+            await self._status(stream, StatusCode.RESOURCE_LIMIT_EXCEEDED)
+            return
+        try:
+            with trio.move_on_after(self._circuit_timeout) as scope:
+                await self._protocol._handle_connect(stream, message)
+            if scope.cancelled_caught:  # py-libp2p checks the duration only between reads
+                log.debug("relay: circuit from %s cut after %gs", peer, self._circuit_timeout)
+                await self._drop_circuit(stream)
+        finally:
+            self._limits.close_circuit(circuit)
+
+    async def _drop_circuit(self, stream: INetStream) -> None:
+        relays = self._protocol._active_relays
+        for key, (source, target) in list(relays.items()):
+            if source is stream:
+                del relays[key]
+                if target is not None:
+                    await reset_quietly(target)
+
+    async def _status(self, stream: INetStream, code: StatusCode) -> None:
+        with trio.move_on_after(self._read_timeout):  # a peer that does not read: give up
+            await self._protocol._send_status(stream, code, code.name)

@@ -20,7 +20,7 @@ from meshnat._libp2p.relay import HOP_PROTOCOL, CircuitRelay
 from meshnat.config import require_in_range, require_positive
 from meshnat.errors import ConfigError, MeshNatError, NotMounted, RelayUnavailable
 from meshnat.node import MeshNode
-from meshnat.relay.policy import RelayCandidate, rank_relays
+from meshnat.relay.policy import HopLimits, HopStatistics, RelayCandidate, rank_relays
 
 log = logging.getLogger(__name__)
 
@@ -37,33 +37,87 @@ class RelayServiceConfig:
     enough to coordinate and to carry a chat; bulk data belongs on a punched path."""
 
     max_circuits: int = 16
-    """Concurrent circuits through this relay."""
+    """Concurrent circuits through this relay (go-libp2p: 16), and to any one peer."""
+
+    max_circuits_per_peer: int = 4
+    """Concurrent circuits one peer id may have asked for."""
+
+    max_circuits_per_network: int = 4
+    """Concurrent circuits peers of one source network (IPv4 /24, IPv6 /56) may have asked
+    for: a quarter of `max_circuits`, so one network leaves room for three others at least."""
 
     max_reservations: int = 128
-    """Peers holding a reservation at once."""
+    """Peers holding a reservation at once (go-libp2p: 128)."""
+
+    max_reservations_per_network: int = 8
+    """Reservations held by peers of one source network (go-libp2p: 8 per IP, 32 per ASN):
+    fresh peer ids are free, so one host could otherwise take all of them."""
 
     reservation_ttl: float = 3600.0
     """Seconds a reservation lasts before the client must refresh it."""
 
-    def __post_init__(self) -> None:
-        require_positive(self, "circuit_duration", "reservation_ttl")
-        require_in_range(self, 1, 2**40, "circuit_bytes", "max_circuits", "max_reservations")
+    max_hop_streams: int = 64
+    """Hop streams (a reservation or circuit request being read and answered) at once."""
 
-    def circuit_relay(self, node: MeshNode, *, hop: bool) -> CircuitRelay:
+    max_hop_streams_per_peer: int = 4
+    """Hop streams one peer id may have open at once before its circuit starts."""
+
+    max_hop_streams_per_network: int = 16
+    """Hop streams peers of one source network may have open at once."""
+
+    hop_read_timeout: float = 10.0
+    """Seconds a hop stream has to deliver its one message; a silent or slow one is reset."""
+
+    hop_stream_timeout: float = 30.0
+    """Seconds a hop exchange may take in all (a circuit: this plus `circuit_duration`)."""
+
+    def __post_init__(self) -> None:
+        require_positive(self, "circuit_duration", "reservation_ttl", "hop_read_timeout",
+                         "hop_stream_timeout")
+        require_in_range(self, 1, 2**40, "circuit_bytes", "max_circuits", "max_reservations",
+                         "max_hop_streams", "max_circuits_per_peer", "max_circuits_per_network",
+                         "max_reservations_per_network", "max_hop_streams_per_peer",
+                         "max_hop_streams_per_network")
+
+    def hop_limits(self) -> HopLimits:
+        """The hop's bounds; a per-peer or per-network bound above its total is the total."""
+        return HopLimits(
+            max_reservations=self.max_reservations,
+            reservations_per_network=min(self.max_reservations_per_network,
+                                         self.max_reservations),
+            reservation_ttl=self.reservation_ttl, max_circuits=self.max_circuits,
+            circuits_per_peer=min(self.max_circuits_per_peer, self.max_circuits),
+            circuits_per_network=min(self.max_circuits_per_network, self.max_circuits),
+            max_hop_streams=self.max_hop_streams,
+            hop_streams_per_peer=min(self.max_hop_streams_per_peer, self.max_hop_streams),
+            hop_streams_per_network=min(self.max_hop_streams_per_network,
+                                        self.max_hop_streams))
+
+    def circuit_relay(self, node: MeshNode, *, hop: bool,
+                      limits: HopLimits | None = None) -> CircuitRelay:
         return CircuitRelay(node.host, hop=hop, circuit_duration=self.circuit_duration,
                             circuit_bytes=self.circuit_bytes, max_circuits=self.max_circuits,
                             max_reservations=self.max_reservations,
-                            reservation_ttl=self.reservation_ttl)
+                            reservation_ttl=self.reservation_ttl, hop_limits=limits,
+                            hop_read_timeout=self.hop_read_timeout,
+                            hop_stream_timeout=self.hop_stream_timeout)
 
 
 class RelayService:
-    """Relays circuits for peers that reserved (circuit relay v2 hop), within the limits."""
+    """Relays circuits for peers that reserved (circuit relay v2 hop), within the limits:
+    reservations, circuits and hop streams bounded per peer id, per source network and in
+    total (`RelayServiceConfig`)."""
 
     def __init__(self, config: RelayServiceConfig | None = None) -> None:
         self.config = config or RelayServiceConfig()
+        self._limits = self.config.hop_limits()
+
+    def statistics(self) -> HopStatistics:
+        return self._limits.statistics()
 
     async def serve(self, node: MeshNode, *, task_status: TaskStatus[None]) -> None:
-        await self.config.circuit_relay(node, hop=True).run(task_status=task_status)
+        relay = self.config.circuit_relay(node, hop=True, limits=self._limits)
+        await relay.run(task_status=task_status)
 
 
 class RelayClient:
