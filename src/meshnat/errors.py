@@ -133,6 +133,15 @@ class NotMounted(LocalProtocolError):
     """A service was used before it was mounted on a running node."""
 
 
+class ServiceFailed(MeshNatError):
+    """A mounted service kept failing past its restart limit, so the node stopped."""
+
+    def __init__(self, service: str, failures: int, window: float) -> None:
+        super().__init__(f"service {service} failed {failures} times within {window:g} s; "
+                         "the node stopped (see the ERROR log for each traceback)")
+        self.service, self.failures, self.window = service, failures, window
+
+
 class TraversalError(MeshNatError):
     """Abstract: a traversal session or one of its port pairs could not do what was asked."""
 

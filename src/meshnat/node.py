@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import deque
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from ipaddress import ip_address
@@ -25,9 +26,18 @@ from meshnat._libp2p import (
 )
 from meshnat.config import require_in_range, require_positive
 from meshnat.endpoint import Endpoint
-from meshnat.errors import ConfigError, LocalProtocolError, NotMounted, PeerUnavailable
+from meshnat.errors import (
+    ConfigError,
+    LocalProtocolError,
+    NotMounted,
+    PeerUnavailable,
+    ServiceFailed,
+)
 
 log = logging.getLogger(__name__)
+
+MAX_RESTART_BACKOFF = 5.0
+"""Longest wait before a failed service is restarted."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -55,6 +65,17 @@ class NodeConfig:
     max_connections: int = 2048
     """Connections the host keeps at most (a relay holds one per reservation)."""
 
+    service_restarts: int = 5
+    """Restarts a mounted service that fails gets within `service_restart_window`; the next
+    failure stops the node with ServiceFailed (systemd's StartLimitBurst is 5 as well)."""
+
+    service_restart_window: float = 60.0
+    """Seconds over which a service's failures are counted against `service_restarts`."""
+
+    service_restart_backoff: float = 0.1
+    """Seconds before a failed service is restarted (systemd's RestartSec default), doubled
+    for each further failure within the window, at most `MAX_RESTART_BACKOFF`."""
+
     def __post_init__(self) -> None:
         try:
             ip_address(self.listen_ip)
@@ -62,7 +83,9 @@ class NodeConfig:
             raise ConfigError(f"listen_ip must be an IP address, got {self.listen_ip!r}") from None
         require_in_range(self, 0, 65535, "tcp_port", "udp_port")
         require_in_range(self, 1, 1_000_000, "max_connections")
-        require_positive(self, "dial_timeout", "stream_timeout")
+        require_in_range(self, 0, 1000, "service_restarts")
+        require_positive(self, "dial_timeout", "stream_timeout", "service_restart_window",
+                         "service_restart_backoff")
 
     def listen_addrs(self) -> list[multiaddr.Multiaddr]:
         ip = ip_address(self.listen_ip)
@@ -138,8 +161,15 @@ class MeshNode:
     async def __aexit__(self, *exc_info: object) -> None:
         stack, self._stack = self._stack, None
         try:
-            if self._host is not None:
-                await _libp2p.close_connections(self._host)
+            if self._host is not None:  # shielded: a failed service has cancelled the node
+                with trio.CancelScope(shield=True):
+                    await _libp2p.close_connections(self._host)
+        finally:
+            await self._close_stack(stack, exc_info)
+
+    async def _close_stack(self, stack: AsyncExitStack | None, exc_info: tuple[object, ...]
+                           ) -> None:
+        try:
             if stack is not None:
                 with _libp2p.single_exception():
                     await stack.__aexit__(*exc_info)  # type: ignore[arg-type]
@@ -193,23 +223,53 @@ class MeshNode:
     # --- services ----------------------------------------------------------------------------
 
     async def mount(self, service: S) -> S:
-        """Start `service` on this node; returns once its handlers are registered."""
+        """Start `service` on this node; returns once its handlers are registered.
+
+        A failure before the service has started is raised here. A running service that fails
+        (a meshnat bug: peers can only cause errors the services handle) is logged at ERROR with
+        its traceback and restarted after a backoff; past `NodeConfig.service_restarts`
+        failures within `service_restart_window` the node stops with ServiceFailed, raised
+        from its `async with`. A service is never silently gone.
+        """
         if self._nursery is None:
             raise NotMounted("the node is not running")
         if id(service) in self._mounted:
             raise LocalProtocolError(f"{type(service).__name__} is already mounted")
         entry = _Mounted(trio.CancelScope())
+        name = type(service).__name__
+        config = self.config
 
         async def run(task_status: TaskStatus[None]) -> None:
-            started = _StartedFlag(task_status)
+            first = _StartedFlag(task_status)
+            failures: deque[float] = deque()
             try:
-                with entry.scope:
-                    await service.serve(self, task_status=started)
-            except Exception:
-                if not started.is_set:
-                    raise  # mount() reports it to the caller
-                # a running service failed: our bug; it stops, the node and others go on
-                log.error("service %s crashed; unmounted", type(service).__name__, exc_info=True)
+                with entry.scope:  # unmount() cancels it, also during a backoff
+                    status = first
+                    while True:
+                        try:
+                            await service.serve(self, task_status=status)
+                            return  # the service ended by itself
+                        except Exception as exc:
+                            if not first.is_set:
+                                raise  # mount() reports it to the caller
+                            now = trio.current_time()
+                            failures.append(now)
+                            while failures[0] <= now - config.service_restart_window:
+                                failures.popleft()
+                            if len(failures) > config.service_restarts:
+                                log.error("service %s failed %d times within %g s; stopping "
+                                          "the node", name, len(failures),
+                                          config.service_restart_window, exc_info=True)
+                                raise ServiceFailed(name, len(failures),
+                                                    config.service_restart_window) from exc
+                            delay = min(config.service_restart_backoff
+                                        * 2 ** (len(failures) - 1), MAX_RESTART_BACKOFF)
+                            log.error("service %s failed; restarting it in %.2f s (failure %d "
+                                      "of %d allowed within %g s)", name, delay, len(failures),
+                                      config.service_restarts, config.service_restart_window,
+                                      exc_info=True)
+                        await trio.sleep(delay)
+                        status = _StartedFlag(trio.TASK_STATUS_IGNORED)
             finally:
                 self._mounted.pop(id(service), None)
                 entry.done.set()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import trio.testing
 from meshnat import EchoService, MeshNode, NodeConfig
 from meshnat._libp2p import INetStream, PeerInfo, TaskStatus, TProtocol, guarded_handler
 from meshnat.echo import echo
-from meshnat.errors import ConfigError, LocalProtocolError, PeerUnavailable
+from meshnat.errors import ConfigError, LocalProtocolError, PeerUnavailable, ServiceFailed
 from tests.support.fake_reflectors import LOOPBACK, nodes
 
 
@@ -99,23 +100,78 @@ async def test_a_fixed_port_already_in_use_is_refused_not_shared() -> None:
                 pass
 
 
-class _CrashesAfterStart:
-    def __init__(self) -> None:
+class _Crashes:
+    """Crashes on purpose once running: the first `crashes` runs fail when `go` is set (or at
+    once, for runs after the first); later runs stay up."""
+
+    def __init__(self, crashes: int) -> None:
+        self.crashes, self.runs = crashes, 0
         self.go = trio.Event()
+        self.up_again = trio.Event()
 
     async def serve(self, node: MeshNode, *, task_status: TaskStatus[None]) -> None:
-        task_status.started()
-        await self.go.wait()
-        raise RuntimeError("a bug in a running service")
+        self.runs += 1
+        node.host.set_stream_handler(TProtocol("/test/crashes/1"), guarded_handler("t", echo_none))
+        try:
+            task_status.started()
+            await self.go.wait()
+            if self.runs <= self.crashes:
+                raise RuntimeError(f"a bug in a running service (run {self.runs})")
+            self.up_again.set()
+            await trio.sleep_forever()
+        finally:
+            node.host.remove_stream_handler(TProtocol("/test/crashes/1"))
 
 
-async def test_a_running_service_that_crashes_is_unmounted_and_the_node_goes_on() -> None:
-    async with nodes(2) as (a, b):
-        crashing = await a.mount(_CrashesAfterStart())
+async def echo_none(stream: INetStream) -> None:
+    await stream.close()
+
+
+FAST_RESTARTS = dict(service_restart_backoff=0.001, service_restarts=3)
+
+
+async def test_a_running_service_that_crashes_is_restarted_loudly_and_the_node_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    config = replace(LOOPBACK, **FAST_RESTARTS)  # type: ignore[arg-type]
+    async with MeshNode(config) as a, MeshNode(LOOPBACK) as b:
+        crashing = await a.mount(_Crashes(crashes=1))
         await a.mount(EchoService())
         crashing.go.set()
         with trio.fail_after(10):
-            await trio.testing.wait_all_tasks_blocked()
+            await crashing.up_again.wait()
             assert await echo(b, a.peer_info(), b"alive") == b"alive"
+        assert crashing.runs == 2
+        failed = [r for r in caplog.records if r.levelname == "ERROR" and "_Crashes" in
+                  r.getMessage()]
+        assert len(failed) == 1 and failed[0].exc_info is not None
+        assert "restarting" in failed[0].getMessage()
+        await a.unmount(crashing)  # still mounted: it can be unmounted once
         with pytest.raises(LocalProtocolError):
             await a.unmount(crashing)
+
+
+async def test_a_service_that_keeps_crashing_stops_the_node_with_a_clear_error() -> None:
+    config = replace(LOOPBACK, **FAST_RESTARTS)  # type: ignore[arg-type]
+    crashing = _Crashes(crashes=100)
+    with trio.fail_after(20), pytest.raises(ServiceFailed, match="_Crashes failed 4 times"):
+        async with MeshNode(config) as node:
+            await node.mount(crashing)
+            crashing.go.set()
+            await trio.sleep_forever()  # until the node stops
+    assert crashing.runs == 4  # the first run and three restarts
+
+
+async def test_a_service_that_fails_to_start_is_reported_by_mount_not_restarted() -> None:
+    class FailsToStart:
+        runs = 0
+
+        async def serve(self, node: MeshNode, *, task_status: TaskStatus[None]) -> None:
+            self.runs += 1
+            raise RuntimeError("cannot start")
+
+    service = FailsToStart()
+    async with MeshNode(LOOPBACK) as node:
+        with pytest.raises(RuntimeError, match="cannot start"):
+            await node.mount(service)
+        assert service.runs == 1
