@@ -2,13 +2,16 @@
 
 A Unix socket, created owner-only (0600), one request per connection: a JSON object with an
 `op` on one line, answered by one JSON line, `{"ok": true, ...}` or `{"ok": false, "error":
-<type>, "message": ...}`. Requests are bounded in size and in time.
+<type>, "message": ...}`. Requests are bounded in size and in time; numbers in them are
+range-checked by `number_arg` (finite, within the documented range, no bool), so no JSON value
+gets an internal error.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import socket
 import stat
@@ -20,6 +23,7 @@ import trio
 
 from meshnat._libp2p import TaskStatus
 from meshnat.errors import ConfigError, MeshNatError, PeerTimeout
+from meshnat.wire.codec import describe
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +33,25 @@ MAX_ANSWER = 4 * 1024 * 1024
 READ_TIMEOUT = 10.0
 MAX_OP_TIME = 120.0
 """No request may run longer (waits in requests are capped below this)."""
+MAX_MESSAGE = 300
+"""Characters of an error message in an answer (a message may quote a request's value)."""
+
+
+def number_arg(value: object, name: str, *, lo: float, hi: float, unit: str = "") -> float:
+    """A number from a request: an int or a finite float in [lo, hi], else ConfigError.
+
+    JSON integers have no size limit (`10**400` is valid JSON) and `NaN`/`Infinity` parse as
+    floats: both are refused here, with a message that does not repeat the value at length.
+    """
+    ok = False
+    if type(value) is int:
+        ok = lo <= value <= hi  # exact: a huge int is never converted to a float
+    elif type(value) is float:
+        ok = math.isfinite(value) and lo <= value <= hi
+    if not ok:
+        raise ConfigError(f"{name}: expected a number{unit} between {lo:g} and {hi:g}, "
+                          f"got {describe(value)}")
+    return float(value)  # type: ignore[arg-type]  # an int or float, checked above
 
 
 def default_control_path() -> Path:
@@ -76,15 +99,16 @@ async def _serve_one(stream: trio.abc.Stream, handlers: Mapping[str, Handler]) -
             op = request.get("op")
             handler = handlers.get(op) if isinstance(op, str) else None
             if handler is None:
-                raise ConfigError(f"unknown op {op!r}; known: {sorted(handlers)}")
+                raise ConfigError(f"unknown op {describe(op)}; known: {sorted(handlers)}")
             with trio.fail_after(MAX_OP_TIME):
                 answer: dict[str, object] = {"ok": True, **await handler(request)}
         except (MeshNatError, trio.TooSlowError) as exc:
-            answer = {"ok": False, "error": type(exc).__name__, "message": str(exc)}
+            answer = {"ok": False, "error": type(exc).__name__,
+                      "message": str(exc)[:MAX_MESSAGE]}
         except Exception as exc:  # a bug must cost one request, never the node
-            log.exception("control: %s failed", op)
-            answer = {"ok": False, "error": "InternalError", "message": str(exc)}
-        log.info("control: %s -> %s", op, "ok" if answer["ok"] else answer["error"])
+            log.exception("control: %s failed", describe(op))
+            answer = {"ok": False, "error": "InternalError", "message": str(exc)[:MAX_MESSAGE]}
+        log.info("control: %s -> %s", describe(op), "ok" if answer["ok"] else answer["error"])
         try:
             with trio.fail_after(READ_TIMEOUT):
                 await stream.send_all(json.dumps(answer).encode() + b"\n")

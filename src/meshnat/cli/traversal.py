@@ -7,7 +7,6 @@ over that control socket (see cli/control.py) and print its answer.
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +15,19 @@ import trio
 from meshnat import _libp2p
 from meshnat._libp2p import ID, PeerInfo
 from meshnat.cli.commands import Output
-from meshnat.cli.control import MAX_OP_TIME, Handler, control_request, default_control_path
+from meshnat.cli.control import (
+    MAX_OP_TIME,
+    Handler,
+    control_request,
+    default_control_path,
+    number_arg,
+)
 from meshnat.connect import Connector
 from meshnat.echo import ECHO_PROTOCOL, MAX_ECHO
 from meshnat.errors import ConfigError, MeshNatError
 from meshnat.relay import RelayClient
 from meshnat.traversal import PairState, TraversalService
+from meshnat.wire.codec import describe
 
 MAX_WAIT = 60.0
 MESSAGE = b"meshnat traversal echo"
@@ -150,7 +156,7 @@ def _peer(value: object) -> ID:
     try:
         return ID.from_base58(str(value))
     except ValueError as exc:
-        raise ConfigError(f"not a peer id: {value!r}") from exc
+        raise ConfigError(f"not a peer id: {describe(value)}") from exc
 
 
 def _pair(request: dict[str, Any]) -> str:
@@ -161,11 +167,7 @@ def _pair(request: dict[str, Any]) -> str:
 
 
 def _number(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) \
-            or not math.isfinite(value) or not 0 <= value <= MAX_WAIT:
-        raise ConfigError(f"{name}: expected seconds between 0 and {MAX_WAIT:.0f}, "
-                          f"got {value!r}")
-    return float(value)
+    return number_arg(value, name, lo=0, hi=MAX_WAIT, unit=" of seconds")
 
 
 def _state(value: object) -> PairState:
