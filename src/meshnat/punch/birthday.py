@@ -59,6 +59,10 @@ class EasySideSession(DeadlineSession[SendProbe | Heard]):
     def probes_sent(self) -> int:
         return len(self._tried)
 
+    @property
+    def txid(self) -> bytes:
+        return self._txid
+
     def receive_probe(self, probe: Probe, src: Endpoint, now: float) -> None:
         if self._done or src.ip != self._ip or not hmac.compare_digest(probe.txid, self._txid):
             return
@@ -100,6 +104,10 @@ class HardSideSession(DeadlineSession[SendFrom | HeardOn]):
     @property
     def probes_sent(self) -> int:
         return self._probes_sent
+
+    @property
+    def txid(self) -> bytes:
+        return self._txid
 
     def receive_probe(self, socket: int, probe: Probe, src: Endpoint, now: float) -> None:
         if self._done or not hmac.compare_digest(probe.txid, self._txid):

@@ -2,6 +2,8 @@
 
 Over a coordination stream (a relay circuit, or any connection): the initiator sends an
 `Offer`, the responder answers with its own, the initiator sends `Sync` and both punch.
+`Padding` frames may precede the responder's Offer and the initiator's Sync: they pay for the
+probes the other side will send to this side's unproven addresses (birthday probing).
 `Probe` datagrams then travel between the nodes' UDP (QUIC) ports.
 """
 
@@ -14,14 +16,17 @@ from typing import ClassVar, Self
 from meshnat.endpoint import Endpoint
 from meshnat.wire.codec import Fields, TxidOnly
 
-UDP, TCP, MAPPING, ACK, PUBLIC = 8, 9, 10, 11, 12
+UDP, TCP, MAPPING, ACK, PUBLIC, PADDING = 8, 9, 10, 11, 12, 13
 MAX_CANDIDATES = 8
+MAX_PADDING = 4000
+"""Padding bytes one Offer or Padding frame may carry (frames are at most 4096 bytes)."""
 
 
 class MsgType(IntEnum):
     OFFER = 32
     SYNC = 33
     PROBE = 34
+    PADDING = 35
 
 
 class MappingHint(IntEnum):
@@ -39,7 +44,8 @@ def _endpoints(f: Fields, key: int) -> tuple[Endpoint, ...]:
 @dataclass(frozen=True, slots=True)
 class Offer:
     """Where the sender can be punched to: UDP and TCP candidates, best first; `public` says
-    its TCP listener is reachable as it is (no NAT in front), so it need not dial."""
+    its TCP listener is reachable as it is (no NAT in front), so it need not dial. `padding`
+    only makes the Offer larger: it pays for probes to the sender's unproven candidates."""
 
     TYPE: ClassVar[MsgType] = MsgType.OFFER
     txid: bytes
@@ -47,17 +53,40 @@ class Offer:
     tcp: tuple[Endpoint, ...]
     mapping: MappingHint = MappingHint.UNKNOWN
     public: bool = False
+    padding: bytes = b""
 
     def to_fields(self) -> dict[int, object]:
-        return {UDP: [e.to_wire() for e in self.udp[:MAX_CANDIDATES]],
-                TCP: [e.to_wire() for e in self.tcp[:MAX_CANDIDATES]],
-                MAPPING: int(self.mapping), PUBLIC: int(self.public)}
+        fields: dict[int, object] = {UDP: [e.to_wire() for e in self.udp[:MAX_CANDIDATES]],
+                                     TCP: [e.to_wire() for e in self.tcp[:MAX_CANDIDATES]],
+                                     MAPPING: int(self.mapping), PUBLIC: int(self.public)}
+        if self.padding:
+            fields[PADDING] = self.padding[:MAX_PADDING]
+        return fields
 
     @classmethod
     def from_fields(cls, txid: bytes, f: Fields) -> Self:
         udp, tcp = _endpoints(f, UDP), _endpoints(f, TCP)
         mapping = MappingHint(f.pop_int(MAPPING, lo=0, hi=2))
-        return cls(txid, udp, tcp, mapping, bool(f.pop_int(PUBLIC, lo=0, hi=1)))
+        public = bool(f.pop_int(PUBLIC, lo=0, hi=1))
+        padding = f.pop_bytes(PADDING, max_size=MAX_PADDING) if PADDING in f else b""
+        return cls(txid, udp, tcp, mapping, public, padding)
+
+
+@dataclass(frozen=True, slots=True)
+class Padding:
+    """Bytes that only pay: the receiver may send 3x what it received to this side's
+    addresses before they are proven (birthday probing needs hundreds of probes there)."""
+
+    TYPE: ClassVar[MsgType] = MsgType.PADDING
+    txid: bytes
+    padding: bytes
+
+    def to_fields(self) -> dict[int, object]:
+        return {PADDING: self.padding[:MAX_PADDING]}
+
+    @classmethod
+    def from_fields(cls, txid: bytes, f: Fields) -> Self:
+        return cls(txid, f.pop_bytes(PADDING, max_size=MAX_PADDING))
 
 
 @dataclass(frozen=True, slots=True)

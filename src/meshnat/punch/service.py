@@ -15,8 +15,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+from collections import Counter
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import multiaddr
 import trio
@@ -27,6 +29,7 @@ from meshnat.config import require_in_range, require_positive
 from meshnat.discovery import PeerAddressDiscovery
 from meshnat.endpoint import Endpoint
 from meshnat.errors import (
+    MalformedMessage,
     MeshNatError,
     NotMounted,
     PeerTimeout,
@@ -41,12 +44,21 @@ from meshnat.events import (
     PunchSucceeded,
     ignore_events,
 )
+from meshnat.limits import Claim, SlotLimit
 from meshnat.node import MeshNode
 from meshnat.punch.birthday import EasySideSession, HardSideSession
-from meshnat.punch.messages import MappingHint, Offer, Sync
+from meshnat.punch.messages import MappingHint, Offer, Padding, Sync
+from meshnat.punch.payment import (
+    MAX_PADDING_FRAMES,
+    padding_frames,
+    padding_owed,
+    probes_allowed,
+)
 from meshnat.punch.udp import punch_udp, punch_udp_many
 from meshnat.ratelimit import RateLimiter
 from meshnat.traversal import PairState, TraversalConfig, TraversalService
+from meshnat.traversal.budget import SendBudget, tcp_dial_bytes
+from meshnat.traversal.sources import direct_ips, source_network
 from meshnat.wire import TXID_SIZE, decode, encode, new_txid
 from meshnat.wire.error_response import ErrorCode, ErrorResponse, refusal_for
 
@@ -95,13 +107,63 @@ class PunchConfig:
     birthday_probes_per_tick: int = 20
     """Probes sent every 10 ms by the endpoint-independent side (2,000 per second)."""
 
+    offer_padding: int = 512
+    """Padding bytes in this node's Offers. The peer sends at most 3x the bytes this node
+    sent over the coordination stream to each of its candidate IPs until one is proven, so
+    this pays for ~30 probes or a TCP dial and ~25 probes per IP."""
+
+    max_responding: int = 8
+    """Punches this node answers at once (a birthday hard side holds 256 sockets each)."""
+
+    max_responding_per_network: int = 2
+    """Punches peers of one source network (IPv4 /24, IPv6 /56; over a relay: the relay's
+    network) may have this node answer at once; one per peer id."""
+
+    network_rate: float = 0.5
+    """Punches per second peers of one source network may ask of this node."""
+
+    network_burst: int = 6
+    """Punches one source network may ask for at once before `network_rate` applies."""
+
+    total_rate: float = 2.0
+    """Punches per second all peers together may ask of this node."""
+
+    total_burst: int = 10
+    """Punches all peers may ask for at once before `total_rate` applies."""
+
     def __post_init__(self) -> None:
         require_in_range(self, 1, 65535, "birthday_sockets", "birthday_max_probes",
                          "birthday_probes_per_tick")
         require_in_range(self, 0, 10, "repunch_attempts")
-        require_in_range(self, 1, 100, "responder_burst")
+        require_in_range(self, 1, 100, "responder_burst", "network_burst", "total_burst")
+        require_in_range(self, 0, 3072, "offer_padding")
+        require_in_range(self, 1, 1024, "max_responding", "max_responding_per_network")
         require_positive(self, "probe_interval", "punch_timeout", "stream_timeout",
-                         "keepalive_interval", "responder_rate")
+                         "keepalive_interval", "responder_rate", "network_rate", "total_rate")
+
+
+async def _read_until_closed(stream: INetStream, limit: float) -> None:
+    """Wait (up to `limit` s) for the peer to end `stream`, so what we wrote reaches it before
+    our reset does (a relay may forward a reset ahead of data)."""
+    with trio.move_on_after(limit), contextlib.suppress(MeshNatError), \
+            _libp2p.map_peer_errors("punch close"):
+        await _libp2p.read_frame(stream)
+
+
+@dataclass(frozen=True, slots=True)
+class PunchStatistics:
+    responding: int
+    """Punches this node is answering now."""
+    refused: dict[str, int]
+    """Punches refused, by the bound that refused them: `peer-rate`, `network-rate`,
+    `total-rate`, `peer`, `network`, `total`."""
+    unproven_bytes: int
+    """Bytes sent (headers included) to IPs the peer had not proven: probes, birthday
+    probes and TCP SYNs, never above 3x what that peer sent, per IP and punch."""
+    withheld: int
+    """Probes or dials not sent because an unproven IP's allowance was spent."""
+    paid: int
+    """Bytes peers sent over coordination streams (Offers, padding, Syncs)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,10 +210,24 @@ class HolePuncher:
         self._node: MeshNode | None = None
         self._nursery: trio.Nursery | None = None
         self.keepalives_sent = self.paths_lost = self.repunches = 0
-        self._limiter = RateLimiter(rate=self.config.responder_rate,
-                                    burst=self.config.responder_burst, max_keys=10_000)
-        self._responding: set[ID] = set()
+        cfg = self.config
+        self._limits = (
+            ("peer-rate", RateLimiter(rate=cfg.responder_rate, burst=cfg.responder_burst,
+                                      max_keys=10_000)),
+            ("network-rate", RateLimiter(rate=cfg.network_rate, burst=cfg.network_burst,
+                                         max_keys=10_000)),
+            ("total-rate", RateLimiter(rate=cfg.total_rate, burst=cfg.total_burst,
+                                       max_keys=1)))
+        self._slots = SlotLimit(total=cfg.max_responding, per_peer=1,
+                                per_network=min(cfg.max_responding_per_network,
+                                                cfg.max_responding))
+        self._refused: Counter[str] = Counter()
+        self._unproven_bytes = self._withheld = self._paid = 0
         self._kept: dict[ID, Punched] = {}
+
+    def statistics(self) -> PunchStatistics:
+        return PunchStatistics(self._slots.held, dict(self._refused), self._unproven_bytes,
+                               self._withheld, self._paid)
 
     async def serve(self, node: MeshNode, *, task_status: TaskStatus[None]) -> None:
         self._node = node
@@ -200,37 +276,53 @@ class HolePuncher:
                 offer = self._offer(new_txid())
                 sent_at = trio.current_time()
                 await _libp2p.write_frame(stream, encode(offer))
-                reply = decode(await _libp2p.read_frame(stream), Offer, ErrorResponse)
+                budget = SendBudget(paid=0)
+                first = await _libp2p.read_frame(stream)
+                rtt = trio.current_time() - sent_at  # the first frame back: Padding or Offer
+                reply = await self._read_paid(stream, first, budget, Offer, ErrorResponse)
                 if isinstance(reply, ErrorResponse):
                     raise PunchFailed(f"the peer refused: {reply.code.name.lower()}: "
                                       f"{reply.reason}")
                 theirs = reply
-                rtt = trio.current_time() - sent_at
                 if theirs.txid != offer.txid:
                     raise PunchFailed("the peer answered another punch")
                 self._check_strategy(offer, theirs)
+                await self._pay(stream, offer.txid, self._owed(offer, theirs))  # birthday only
                 await _libp2p.write_frame(stream, encode(Sync(offer.txid)))
             await trio.sleep(rtt / 2)  # DCUtR: the initiator punches RTT/2 after Sync
-            result = await self._race(node, peer, offer, theirs, rtt, started, initiator=True)
+            result = await self._race(node, peer, offer, theirs, rtt, started, budget,
+                                      initiator=True)
         finally:
             await _libp2p.reset_quietly(stream)
         return result
 
     # --- responder ---------------------------------------------------------------------------
 
+    def _admit(self, peer: ID, network: str) -> Claim | str:
+        """A responder slot for `peer` from `network`, or the bound that refused it."""
+        now = trio.current_time()
+        for bound, limiter, key in zip(("peer-rate", "network-rate", "total-rate"),
+                                       (lim for _, lim in self._limits),
+                                       (str(peer), network, None), strict=True):
+            if not limiter.allow(key, now):
+                return bound
+        claim = self._slots.acquire(str(peer), network)
+        return claim if claim is not None else (self._slots.last_refusal or "total")
+
     async def _respond(self, stream: INetStream) -> None:
         node = self._mounted()
         peer = _libp2p.stream_peer(stream)
+        network = source_network(stream)
         limit = self.config.stream_timeout
-        busy = peer in self._responding
-        if busy or not self._limiter.allow(str(peer), trio.current_time()):
-            log.debug("punch: refused %s: %s", peer, "busy" if busy else "rate limited")
+        claim = self._admit(peer, network)
+        if not isinstance(claim, Claim):
+            self._refused[claim] += 1
+            log.debug("punch: refused %s (%s): %s", peer, network, claim)
             with _libp2p.map_peer_errors("punch refusal", limit), trio.fail_after(limit):
                 await _libp2p.write_frame(stream, encode(ErrorResponse(
-                    bytes(TXID_SIZE), ErrorCode.RATE_LIMITED, "too many punches")))
+                    bytes(TXID_SIZE), ErrorCode.RATE_LIMITED, f"too many punches ({claim})")))
                 await stream.close()
             return
-        self._responding.add(peer)
         try:
             with _libp2p.map_peer_errors("punch coordination", limit), trio.fail_after(limit):
                 frame = await _libp2p.read_frame(stream)
@@ -239,21 +331,53 @@ class HolePuncher:
                 except RemoteProtocolError as exc:
                     await _libp2p.write_frame(stream, encode(refusal_for(exc)))
                     raise
+                budget = SendBudget(paid=len(frame))
                 offer = self._offer(theirs.txid)
+                await self._pay(stream, offer.txid, self._owed(offer, theirs))
                 await _libp2p.write_frame(stream, encode(offer))
-                self._check_strategy(offer, theirs)
-                sync = decode(await _libp2p.read_frame(stream), Sync)
+                try:
+                    self._check_strategy(offer, theirs)
+                except PunchFailed:  # the initiator sees it too: let it read our Offer first
+                    await _read_until_closed(stream, limit)
+                    raise
+                sync = await self._read_paid(stream, await _libp2p.read_frame(stream), budget,
+                                             Sync)
                 if sync.txid != offer.txid:
                     raise PunchFailed("sync for another punch")
             result = await self._race(node, peer, offer, theirs, 0.0, trio.current_time(),
-                                      initiator=False)
+                                      budget, initiator=False)
             log.info("punch: responded to %s: %s path %s", peer, result.transport, result.remote)
             self._keep(result, repunches_left=0)  # re-punching is the initiator's job
         except MeshNatError as exc:
             log.info("punch: responding to %s ended: %s", peer, exc)
         finally:
-            self._responding.discard(peer)
+            self._slots.release(claim)
             await _libp2p.reset_quietly(stream)
+
+    # --- paying for probes (punch/payment.py) ----------------------------------------------------
+
+    def _owed(self, ours: Offer, theirs: Offer) -> int:
+        return padding_owed(ours.mapping, theirs.mapping,
+                            max_probes=self.config.birthday_max_probes,
+                            sockets=self.config.birthday_sockets)
+
+    @staticmethod
+    async def _pay(stream: INetStream, txid: bytes, nbytes: int) -> None:
+        for padding in padding_frames(txid, nbytes):
+            await _libp2p.write_frame(stream, encode(padding))
+
+    @staticmethod
+    async def _read_paid(stream: INetStream, frame: bytes, budget: SendBudget,
+                         *expected: type[Offer] | type[Sync] | type[ErrorResponse]) -> Any:
+        """The first of `expected` from `frame` on, skipping `Padding` frames; every frame's
+        bytes pay into `budget`. More than MAX_PADDING_FRAMES of padding is malformed."""
+        for _ in range(MAX_PADDING_FRAMES + 1):
+            budget.pay(len(frame))
+            message = decode(frame, Padding, *expected)
+            if not isinstance(message, Padding):
+                return message
+            frame = await _libp2p.read_frame(stream)
+        raise MalformedMessage(f"more than {MAX_PADDING_FRAMES} padding frames")
 
     # --- keeping the path ----------------------------------------------------------------------
 
@@ -321,7 +445,7 @@ class HolePuncher:
                 public = [Endpoint(seen.ip, local[0].port)]
             candidates[transport] = list(dict.fromkeys(public + local))
         return Offer(txid, tuple(candidates["udp"]), tuple(candidates["tcp"]),
-                     self.config.mapping, reachable)
+                     self.config.mapping, reachable, bytes(self.config.offer_padding))
 
     @staticmethod
     def _check_strategy(ours: Offer, theirs: Offer) -> None:
@@ -332,8 +456,23 @@ class HolePuncher:
             raise PunchFailed("the peer offered no candidate address")
 
     async def _race(self, node: MeshNode, peer: ID, ours: Offer, theirs: Offer, rtt: float,
-                    started: float, *, initiator: bool) -> Punched:
-        """Punch UDP and TCP at once; the first direct connection wins, the other is cancelled."""
+                    started: float, budget: SendBudget, *, initiator: bool) -> Punched:
+        """Punch UDP and TCP at once; the first direct connection wins, the other is cancelled.
+        `budget`: what the peer's coordination paid for, shared by both paths."""
+        for ip in direct_ips(node, peer):
+            budget.prove(ip)
+        try:
+            return await self._race_paths(node, peer, ours, theirs, rtt, started, budget,
+                                          initiator=initiator)
+        finally:
+            stats = budget.statistics()
+            self._unproven_bytes += stats.unproven_bytes
+            self._withheld += stats.withheld
+            self._paid += stats.paid
+
+    async def _race_paths(self, node: MeshNode, peer: ID, ours: Offer, theirs: Offer,
+                          rtt: float, started: float, budget: SendBudget, *,
+                          initiator: bool) -> Punched:
         won: list[Punched] = []
         failures: list[PunchFailed] = []
 
@@ -341,9 +480,9 @@ class HolePuncher:
             try:
                 with trio.fail_after(self.config.punch_timeout + 1.0):
                     if path == "udp":
-                        result = await self._udp(node, peer, ours, theirs, initiator)
+                        result = await self._udp(node, peer, ours, theirs, budget, initiator)
                     else:
-                        result = await self._tcp(node, peer, ours, theirs, initiator)
+                        result = await self._tcp(node, peer, ours, theirs, budget, initiator)
             except trio.TooSlowError:
                 failures.append(PunchFailed(f"{path}: timed out"))
                 return
@@ -374,16 +513,18 @@ class HolePuncher:
                           candidates=tuple(map(str, theirs.udp + theirs.tcp)))
 
     async def _udp(self, node: MeshNode, peer: ID, ours: Offer, theirs: Offer,
-                   initiator: bool) -> tuple[Endpoint, Endpoint, int, INetConn]:
+                   budget: SendBudget, initiator: bool
+                   ) -> tuple[Endpoint, Endpoint, int, INetConn]:
         hard, easy = MappingHint.ENDPOINT_DEPENDENT, MappingHint.ENDPOINT_INDEPENDENT
         if ours.mapping is hard and theirs.mapping is easy:
-            return await self._birthday_hard(node, peer, ours, theirs)
+            return await self._birthday_hard(node, peer, ours, theirs, budget)
         if ours.mapping is easy and theirs.mapping is hard:
-            return await self._birthday_easy(node, peer, ours, theirs)
+            return await self._birthday_easy(node, peer, ours, theirs, budget)
         local = node.listen_endpoint("udp")
         # the punch's Offers were the traversal's candidate exchange, and Sync started both
         # sides together: each adopts the traversal under the punch's txid
-        traversal = await self.traversals.adopt(ours.txid, peer, theirs.udp, shared=True)
+        traversal = await self.traversals.adopt(ours.txid, peer, theirs.udp, budget=budget,
+                                                shared=True)
         try:
             if not initiator:  # the initiator takes a pair and dials; our listener accepts
                 conn = await _libp2p.wait_direct_connection(node.host, peer)
@@ -401,34 +542,46 @@ class HolePuncher:
             with trio.CancelScope(shield=True), contextlib.suppress(UnknownPair):
                 await self.traversals.close(traversal.id)  # its connection stays
 
-    async def _birthday_hard(self, node: MeshNode, peer: ID, ours: Offer, theirs: Offer
-                             ) -> tuple[Endpoint, Endpoint, int, INetConn]:
-        """Open many mappings towards the easy side; dial QUIC from the socket it reached."""
+    async def _birthday_hard(self, node: MeshNode, peer: ID, ours: Offer, theirs: Offer,
+                             budget: SendBudget) -> tuple[Endpoint, Endpoint, int, INetConn]:
+        """Open many mappings towards the easy side; dial QUIC from the socket it reached.
+        Sockets and rounds are what the easy side paid for (its IP is unproven until then)."""
         cfg = self.config
         # only the easy side's public endpoint: its LAN addresses cannot be reached from here
-        session = HardSideSession(ours.txid, theirs.udp[:1], sockets=cfg.birthday_sockets,
+        target = theirs.udp[0]
+        sockets = probes_allowed(budget.allowance(target.ip), cfg.birthday_sockets)
+        if sockets < 1:
+            raise PunchFailed("birthday probing: the peer paid for no probes")
+        session = HardSideSession(ours.txid, (target,), sockets=sockets,
                                   refresh_interval=1.0, timeout=cfg.punch_timeout)
-        heard, port = await punch_udp_many(session, cfg.birthday_sockets)
+        heard, port = await punch_udp_many(session, sockets, budget)
         source = Endpoint(node.listen_endpoint("udp").ip, port)
         conn = await _libp2p.dial_quic_from(node.host, peer, heard.remote, source)
         return source, heard.remote, heard.probes_sent, conn
 
-    async def _birthday_easy(self, node: MeshNode, peer: ID, ours: Offer, theirs: Offer
-                             ) -> tuple[Endpoint, Endpoint, int, INetConn]:
-        """Probe random ports of the hard side's IP; it dials back over the port that worked."""
+    async def _birthday_easy(self, node: MeshNode, peer: ID, ours: Offer, theirs: Offer,
+                             budget: SendBudget) -> tuple[Endpoint, Endpoint, int, INetConn]:
+        """Probe random ports of the hard side's IP; it dials back over the port that worked.
+        At most as many probes as the hard side paid for (its IP is unproven until then)."""
         cfg = self.config
+        ip = theirs.udp[0].ip
+        max_probes = probes_allowed(budget.allowance(ip), cfg.birthday_max_probes)
+        if max_probes < 1:
+            raise PunchFailed("birthday probing: the peer paid for no probes")
         session = EasySideSession(
-            ours.txid, theirs.udp[0].ip, rng=random.SystemRandom(),
-            max_probes=cfg.birthday_max_probes, probes_per_tick=cfg.birthday_probes_per_tick,
+            ours.txid, ip, rng=random.SystemRandom(),
+            max_probes=max_probes, probes_per_tick=cfg.birthday_probes_per_tick,
             tick=0.01, timeout=cfg.punch_timeout)
-        heard = await punch_udp(node, session)
+        heard = await punch_udp(node, session, budget)
         conn = await _libp2p.wait_direct_connection(node.host, peer)
         return node.listen_endpoint("udp"), heard.remote, session.probes_sent, conn
 
     async def _tcp(self, node: MeshNode, peer: ID, ours: Offer, theirs: Offer,
-                   initiator: bool) -> tuple[Endpoint, Endpoint, int, INetConn]:
+                   budget: SendBudget, initiator: bool
+                   ) -> tuple[Endpoint, Endpoint, int, INetConn]:
         """A public side is simply dialled (by the initiator when both are public); two NATed
-        sides open at once from their listen ports, with fixed Noise roles."""
+        sides open at once from their listen ports, with fixed Noise roles. A dial to an IP
+        the peer has not proven costs its SYNs from the budget: few candidates get one."""
         local = node.listen_endpoint("tcp")
         if ours.public and (not theirs.public or not initiator):
             conn = await _libp2p.wait_direct_connection(node.host, peer)  # they dial us
@@ -437,6 +590,9 @@ class HolePuncher:
         network = node.host.get_network()
         errors: list[str] = []
         for remote in theirs.tcp:
+            if not budget.spend(remote.ip, tcp_dial_bytes(remote.ip)):
+                errors.append(f"{remote}: not proven, its allowance is spent")
+                continue
             address = multiaddr.Multiaddr(
                 f"/ip{remote.ip.version}/{remote.ip}/tcp/{remote.port}/p2p/{peer}")
             try:

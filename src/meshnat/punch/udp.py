@@ -4,6 +4,7 @@ easy side) and on many fresh sockets (the hard side)."""
 from __future__ import annotations
 
 import contextlib
+import hmac
 import logging
 import math
 import socket
@@ -19,13 +20,15 @@ from meshnat.node import MeshNode
 from meshnat.punch.birthday import EasySideSession, HardSideSession, HeardOn, SendFrom
 from meshnat.punch.core import GaveUp, Heard, SendProbe
 from meshnat.punch.messages import Probe
+from meshnat.traversal.budget import SendBudget, udp_wire_bytes
 from meshnat.wire import encode, frame_datagram
 
 log = logging.getLogger(__name__)
 
 
-async def punch_udp(node: MeshNode, session: EasySideSession) -> Heard:
-    """Run `session` until the peer is heard; raises PunchFailed when it gives up."""
+async def punch_udp(node: MeshNode, session: EasySideSession, budget: SendBudget) -> Heard:
+    """Run `session` until the peer is heard; raises PunchFailed when it gives up. Each probe
+    is paid from `budget` (not sent when an unproven IP's allowance is spent)."""
     send, receive = trio.open_memory_channel[tuple[Probe, Endpoint]](64)
 
     def on_datagram(data: bytes, src: Endpoint) -> None:
@@ -38,19 +41,23 @@ async def punch_udp(node: MeshNode, session: EasySideSession) -> Heard:
             log.debug("punch: probe queue full, dropped one from %s", src)
 
     async def send_probe(action: SendProbe) -> None:
-        await node.udp.sendto(frame_datagram(encode(action.probe)), action.dst)
+        data = frame_datagram(encode(action.probe))
+        if budget.spend(action.dst.ip, udp_wire_bytes(len(data), action.dst.ip)):
+            await node.udp.sendto(data, action.dst)
 
     unsubscribe = node.udp.subscribe(on_datagram)
     try:
-        heard = await _drive(session, receive, send_probe)
+        heard = await _drive(session, receive, send_probe, budget)
     finally:
         unsubscribe()
     assert isinstance(heard, Heard)
     return heard
 
 
-async def punch_udp_many(session: HardSideSession, sockets: int) -> tuple[HeardOn, int]:
-    """Run a hard-side birthday session on `sockets` fresh UDP sockets.
+async def punch_udp_many(session: HardSideSession, sockets: int,
+                         budget: SendBudget) -> tuple[HeardOn, int]:
+    """Run a hard-side birthday session on `sockets` fresh UDP sockets, each probe paid from
+    `budget` (not sent when the easy side's unproven allowance is spent).
 
     Returns what was heard and the local port of the socket that heard it. Every socket is
     closed on return, so the caller can bind that port again (the NAT mapping stays).
@@ -72,10 +79,11 @@ async def punch_udp_many(session: HardSideSession, sockets: int) -> tuple[HeardO
             for index, sock in enumerate(socks):
                 nursery.start_soon(listen, index, sock)
             async def send_from(action: SendFrom) -> None:
-                await socks[action.socket].sendto(frame_datagram(encode(action.probe)),
-                                                  action.dst.to_sockaddr())
+                data = frame_datagram(encode(action.probe))
+                if budget.spend(action.dst.ip, udp_wire_bytes(len(data), action.dst.ip)):
+                    await socks[action.socket].sendto(data, action.dst.to_sockaddr())
 
-            heard = await _drive(session, receive, send_from)
+            heard = await _drive(session, receive, send_from, budget)
             assert isinstance(heard, HeardOn)
             nursery.cancel_scope.cancel()
         return heard, socks[heard.socket].getsockname()[1]
@@ -85,8 +93,10 @@ async def punch_udp_many(session: HardSideSession, sockets: int) -> tuple[HeardO
 
 
 async def _drive(session: Any, receive: trio.MemoryReceiveChannel[Any],
-                 send: Callable[[Any], Awaitable[None]]) -> Heard | HeardOn:
-    """The one loop for every punch session: drain actions, wait for a probe or the timer."""
+                 send: Callable[[Any], Awaitable[None]], budget: SendBudget) -> Heard | HeardOn:
+    """The one loop for every punch session: drain actions, wait for a probe or the timer.
+    A probe carrying the session's txid proves its source IP in `budget` (the answer to it
+    goes there)."""
     session.start(trio.current_time())
     while True:
         while (action := session.next_action()) is not None:
@@ -103,6 +113,9 @@ async def _drive(session: Any, receive: trio.MemoryReceiveChannel[Any],
         timer = session.get_timer()
         with trio.move_on_at(math.inf if timer is None else timer):
             item = await receive.receive()
+            probe, src = item[-2], item[-1]
+            if hmac.compare_digest(probe.txid, session.txid):
+                budget.prove(src.ip)
             session.receive_probe(*item, trio.current_time())
             continue
         session.handle_timer(trio.current_time())

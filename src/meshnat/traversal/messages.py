@@ -16,8 +16,10 @@ from typing import ClassVar, Self
 from meshnat.endpoint import Endpoint
 from meshnat.wire.codec import Fields, TxidOnly
 
-CANDIDATES, ACK, OBSERVED, YOURS, MINE, DIAL, SHARED = 8, 9, 10, 11, 12, 13, 14
+CANDIDATES, ACK, OBSERVED, YOURS, MINE, DIAL, SHARED, PADDING = 8, 9, 10, 11, 12, 13, 14, 15
 MAX_CANDIDATES = 8
+MAX_PADDING = 3072
+"""Padding an Offer may carry (it pays for probes to the sender's unproven addresses)."""
 
 
 class MsgType(IntEnum):
@@ -31,22 +33,31 @@ class MsgType(IntEnum):
 class Offer:
     """Where the sender's traversal socket may be reached, best first. `txid` is the
     traversal's id on both sides; `shared`: both sides probe from their node's UDP listen port
-    (the hole puncher's way) instead of a socket of the traversal's own."""
+    (the hole puncher's way) instead of a socket of the traversal's own. `padding` only
+    makes the Offer larger: the receiver sends at most 3x the Offer's bytes to each candidate
+    IP not yet proven (docs/protocols/traversal.md), so a sender pays for its probes."""
 
     TYPE: ClassVar[MsgType] = MsgType.OFFER
     txid: bytes
     candidates: tuple[Endpoint, ...]
     shared: bool = False
+    padding: bytes = b""
 
     def to_fields(self) -> dict[int, object]:
-        return {CANDIDATES: [e.to_wire() for e in self.candidates[:MAX_CANDIDATES]],
-                SHARED: int(self.shared)}
+        fields: dict[int, object] = {
+            CANDIDATES: [e.to_wire() for e in self.candidates[:MAX_CANDIDATES]],
+            SHARED: int(self.shared)}
+        if self.padding:
+            fields[PADDING] = self.padding[:MAX_PADDING]
+        return fields
 
     @classmethod
     def from_fields(cls, txid: bytes, f: Fields) -> Self:
         candidates = tuple(Endpoint.from_wire(v)
                            for v in f.pop_list(CANDIDATES, max_items=MAX_CANDIDATES))
-        return cls(txid, candidates, bool(f.pop_int(SHARED, lo=0, hi=1)))
+        shared = bool(f.pop_int(SHARED, lo=0, hi=1))
+        padding = f.pop_bytes(PADDING, max_size=MAX_PADDING) if PADDING in f else b""
+        return cls(txid, candidates, shared, padding)
 
 
 @dataclass(frozen=True, slots=True)

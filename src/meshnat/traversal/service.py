@@ -14,7 +14,9 @@ from __future__ import annotations
 import errno
 import logging
 import math
+from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import trio
 
@@ -35,12 +37,15 @@ from meshnat.errors import (
     RemoteProtocolError,
     UnknownPair,
 )
+from meshnat.limits import SlotLimit
 from meshnat.node import MeshNode
 from meshnat.ratelimit import RateLimiter
+from meshnat.traversal.budget import SendBudget, udp_wire_bytes
 from meshnat.traversal.carrier import Carrier, OwnSocket, SharedPort
 from meshnat.traversal.messages import Offer, Probe, Take, TakeAccept
 from meshnat.traversal.pairs import PairState, PairTable, PortPair
 from meshnat.traversal.session import PairStream, Traversal, TraversalConfig
+from meshnat.traversal.sources import direct_ips, source_network
 from meshnat.wire import (
     decode,
     encode,
@@ -52,6 +57,20 @@ from meshnat.wire.error_response import ErrorCode, ErrorResponse, refusal_for
 log = logging.getLogger(__name__)
 
 TRAVERSAL_PROTOCOL = TProtocol("/meshnat/traversal/1.0.0")
+
+@dataclass(frozen=True, slots=True)
+class TraversalStatistics:
+    open: int
+    """Traversals open now (both directions)."""
+    started_by_peers: int
+    """Traversals peers started here since mounting."""
+    refused: dict[str, int]
+    """Traversals peers asked for and were refused, by the bound that refused them:
+    `peer-rate`, `network-rate`, `total-rate`, `peer`, `network`, `total`."""
+    unproven_bytes: int
+    """Bytes (UDP/IP headers included) sent to candidate IPs not proven at the time."""
+    withheld: int
+    """Probes not sent because an unproven IP's allowance (3x the peer's bytes) was spent."""
 
 
 class TraversalService:
@@ -66,8 +85,18 @@ class TraversalService:
         self._node: MeshNode | None = None
         self._nursery: trio.Nursery | None = None
         self._traversals: dict[bytes, Traversal] = {}
-        self._limiter = RateLimiter(rate=self.config.responder_rate,
-                                    burst=self.config.responder_burst, max_keys=10_000)
+        cfg = self.config
+        self._limiter = RateLimiter(rate=cfg.responder_rate, burst=cfg.responder_burst,
+                                    max_keys=10_000)
+        self._network_limiter = RateLimiter(rate=cfg.network_rate, burst=cfg.network_burst,
+                                            max_keys=10_000)
+        self._total_limiter = RateLimiter(rate=cfg.total_rate, burst=cfg.total_burst,
+                                          max_keys=1)
+        self._slots = SlotLimit(total=cfg.max_traversals,
+                                per_peer=min(cfg.max_per_peer, cfg.max_traversals),
+                                per_network=min(cfg.max_per_network, cfg.max_traversals))
+        self._refused: Counter[str] = Counter()
+        self._started_by_peers = self._unproven_bytes = self._withheld = 0
 
     async def serve(self, node: MeshNode, *, task_status: TaskStatus[None]) -> None:
         node.host.set_stream_handler(self.protocol_id,
@@ -90,6 +119,10 @@ class TraversalService:
 
     def traversals(self) -> list[Traversal]:
         return list(self._traversals.values())
+
+    def statistics(self) -> TraversalStatistics:
+        return TraversalStatistics(len(self._traversals), self._started_by_peers,
+                                   dict(self._refused), self._unproven_bytes, self._withheld)
 
     def pair(self, pair_id: str) -> tuple[Traversal, PortPair]:
         """The traversal holding `pair_id` and the pair; raises UnknownPair."""
@@ -133,17 +166,19 @@ class TraversalService:
             with trio.CancelScope(shield=True):
                 await self._forget(traversal)
             raise
+        traversal.budget.pay(len(encode(reply)))  # its answer pays for probes to its candidates
         self._probe(traversal, reply.candidates)
         log.debug("traversal %s: started toward %s, candidates %s", traversal.id, peer,
                   [str(c) for c in reply.candidates])
         return traversal
 
     async def adopt(self, txid: bytes, peer: ID, candidates: Sequence[Endpoint], *,
-                    shared: bool = True) -> Traversal:
+                    budget: SendBudget, shared: bool = True) -> Traversal:
         """Open a traversal whose candidates were already exchanged by the caller (the hole
         puncher's own coordination, which also paces both sides to start together): both sides
-        adopt the same `txid`, and the pairs, `take` and `connect` work as after `start`."""
-        traversal = await self._open(txid, peer, shared=shared)
+        adopt the same `txid`, and the pairs, `take` and `connect` work as after `start`.
+        `budget`: what the peer's coordination paid for, shared with the caller's other paths."""
+        traversal = await self._open(txid, peer, shared=shared, budget=budget)
         self._probe(traversal, tuple(candidates))
         return traversal
 
@@ -237,6 +272,9 @@ class TraversalService:
         (closing it would close the connection), and goes with it."""
         if self._traversals.pop(traversal.txid, None) is None:
             return
+        if traversal.claim is not None:
+            self._slots.release(traversal.claim)
+            traversal.claim = None
         await self._stop(traversal)
         if traversal.connection is None or traversal.connection.is_closed:
             await self._close_listener(traversal)
@@ -247,17 +285,25 @@ class TraversalService:
         peer = _libp2p.stream_peer(stream)
         limit = self.config.stream_timeout
         try:
-            await self._answer_stream(stream, peer, limit)
+            await self._answer_stream(stream, peer, source_network(stream), limit)
         except MeshNatError as exc:
             log.debug("traversal: request from %s dropped: %s", peer, exc)
             await _libp2p.reset_quietly(stream)
 
-    async def _answer_stream(self, stream: INetStream, peer: ID, limit: float) -> None:
+    async def _answer_stream(self, stream: INetStream, peer: ID, network: str,
+                             limit: float) -> None:
         with _libp2p.map_peer_errors("traversal request", limit), trio.fail_after(limit):
             request: Offer | Take | None = None
             try:
-                request = decode(await _libp2p.read_frame(stream), Offer, Take)
-                reply: Offer | TakeAccept | ErrorResponse = await self._answer(peer, request)
+                frame = await _libp2p.read_frame(stream)
+                request = decode(frame, Offer, Take)
+                reply: Offer | TakeAccept | ErrorResponse = await self._answer(
+                    peer, network, request, len(frame))
+            except PeerRefused as exc:  # refused here: answer with the request's txid
+                assert request is not None
+                code = (ErrorCode.RATE_LIMITED if exc.code == "rate-limited"
+                        else ErrorCode.BAD_REQUEST)
+                reply = ErrorResponse(request.txid, code, exc.reason[:120])
             except RemoteProtocolError as exc:
                 reply = refusal_for(exc)
             except MeshNatError as exc:
@@ -268,13 +314,15 @@ class TraversalService:
         if isinstance(request, Take) and request.dial and isinstance(reply, TakeAccept):
             await self._dial_taken(peer, request)
 
-    async def _answer(self, peer: ID, request: Offer | Take) -> Offer | TakeAccept:
+    async def _answer(self, peer: ID, network: str, request: Offer | Take,
+                      paid: int) -> Offer | TakeAccept:
         if isinstance(request, Offer):
-            if not self._limiter.allow(str(peer), trio.current_time()):
-                raise PeerRefused("rate-limited", "too many traversals from this peer")
-            started = await self._open(request.txid, peer, shared=request.shared, by_peer=True)
+            self._admit(peer, network)
+            started = await self._open(request.txid, peer, shared=request.shared,
+                                       network=network, budget=SendBudget(paid=paid))
+            self._started_by_peers += 1
             self._probe(started, request.candidates)
-            log.info("traversal %s: started by %s", started.id, peer)
+            log.info("traversal %s: started by %s (%s)", started.id, peer, network)
             return self._offer(started)
         traversal = self._traversals.get(request.txid)
         if traversal is None or traversal.peer != peer:
@@ -329,24 +377,47 @@ class TraversalService:
             raise NotMounted("mount TraversalService on a running MeshNode first")
         return self._node, self._nursery
 
-    async def _open(self, txid: bytes, peer: ID, *, shared: bool,
-                    by_peer: bool = False) -> Traversal:
+    def _admit(self, peer: ID, network: str) -> None:
+        """Start rates: per peer, per source network, in total; raises PeerRefused."""
+        now = trio.current_time()
+        for bound, limiter, key in (("peer-rate", self._limiter, str(peer)),
+                                    ("network-rate", self._network_limiter, network),
+                                    ("total-rate", self._total_limiter, None)):
+            if not limiter.allow(key, now):
+                self._refused[bound] += 1
+                log.debug("traversal: refused %s (%s): %s", peer, network, bound)
+                raise PeerRefused("rate-limited", f"too many traversals ({bound})")
+
+    async def _open(self, txid: bytes, peer: ID, *, shared: bool, network: str | None = None,
+                    budget: SendBudget | None = None) -> Traversal:
+        """`network`: the peer started it, from there (a slot is claimed); None: this node."""
         node, _ = self._mounted()
         await self._evict_finished()
-        if by_peer:  # this node's own traversals are bounded by its own calls
-            theirs = [t for t in self._traversals.values() if t.by_peer]
-            if len(theirs) >= self.config.max_traversals:
-                raise PeerRefused("rate-limited", "too many traversals open")
-            if sum(t.peer == peer for t in theirs) >= self.config.max_per_peer:
-                raise PeerRefused("rate-limited", "too many traversals open with this peer")
         if txid in self._traversals:
             raise PeerRefused("bad-request", "traversal id in use")
-        carrier: Carrier = (SharedPort(node) if shared
-                            else await OwnSocket.open(node.listen_endpoint("udp").ip))
+        claim = None
+        if network is not None:  # this node's own traversals are bounded by its own calls
+            claim = self._slots.acquire(str(peer), network)
+            if claim is None:
+                bound = self._slots.last_refusal or "total"
+                self._refused[bound] += 1
+                log.debug("traversal: refused %s (%s): %s slots held", peer, network, bound)
+                raise PeerRefused("rate-limited", f"too many traversals open ({bound})")
+        try:
+            carrier: Carrier = (SharedPort(node) if shared
+                                else await OwnSocket.open(node.listen_endpoint("udp").ip))
+        except BaseException:
+            if claim is not None:
+                self._slots.release(claim)
+            raise
+        budget = budget if budget is not None else SendBudget(paid=0)
+        for ip in direct_ips(node, peer):
+            budget.prove(ip)
         traversal = Traversal(txid.hex()[:8], txid, peer,
                               PairTable(txid.hex()[:8], carrier.local_port,
                                         pair_timeout=self.config.pair_timeout),
-                              trio.current_time(), carrier, shared, by_peer=by_peer)
+                              trio.current_time(), carrier, shared, by_peer=claim is not None,
+                              budget=budget, claim=claim)
         self._traversals[txid] = traversal
         return traversal
 
@@ -381,7 +452,8 @@ class TraversalService:
             candidates.insert(0, Endpoint(seen.ip, port))
         if traversal.shared and seen is not None and seen.address is not None:
             candidates.insert(0, seen.address)
-        return Offer(traversal.txid, tuple(dict.fromkeys(candidates)), traversal.shared)
+        return Offer(traversal.txid, tuple(dict.fromkeys(candidates)), traversal.shared,
+                     bytes(self.config.offer_padding))
 
     def _probe(self, traversal: Traversal, candidates: tuple[Endpoint, ...]) -> None:
         now = trio.current_time()
@@ -396,17 +468,41 @@ class TraversalService:
         if carrier is None:
             return
         cfg = self.config
+        budget = traversal.budget
         last_keepalive: dict[Endpoint, float] = {}
+        # unproven candidates: when the next probe may go, and the gap after it (backing off)
+        unproven_next: dict[Endpoint, tuple[float, float]] = {}
 
-        async def send(probe: Probe, dst: Endpoint) -> None:
+        async def send(probe: Probe, dst: Endpoint) -> bool:
+            data = frame_datagram(encode(probe))
+            unproven = not budget.is_proven(dst.ip)
+            if not budget.spend(dst.ip, udp_wire_bytes(len(data), dst.ip)):
+                self._withheld += 1
+                return False
+            if unproven:
+                self._unproven_bytes += udp_wire_bytes(len(data), dst.ip)
             try:
-                await carrier.send(frame_datagram(encode(probe)), dst)
+                await carrier.send(data, dst)
             except (OSError, MeshNatError) as exc:
                 log.debug("traversal %s: probe to %s failed: %s", traversal.id, dst, exc)
+            return True
+
+        def due(pair: PortPair, now: float) -> bool:
+            """A probe to a PROBING pair is due: every tick once its IP is proven, else with
+            ICE-like backoff from `probe_interval` up to `unproven_interval`."""
+            if budget.is_proven(pair.remote.ip):
+                return True
+            at, gap = unproven_next.get(pair.remote, (now, cfg.probe_interval))
+            if now + 1e-9 < at:
+                return False
+            unproven_next[pair.remote] = (now + gap, min(gap * 2, cfg.unproven_interval))
+            return True
 
         async def on_probe(probe: Probe, src: Endpoint) -> None:
             if probe.txid != traversal.txid:
                 return
+            if budget.prove(src.ip):  # the txid came from there: volume may go there now
+                log.debug("traversal %s: %s proven", traversal.id, src.ip)
             known = traversal.table.heard(src, trio.current_time(), ack=probe.ack,
                                           observed=probe.observed)
             log.debug("traversal %s: %s from %s", traversal.id,
@@ -423,16 +519,22 @@ class TraversalService:
                     probing = now - traversal.started < cfg.probe_timeout
                     for pair in traversal.table.pairs():
                         if pair.state is PairState.PROBING and probing:
-                            traversal.probes_sent += 1
+                            if not due(pair, now):
+                                continue
+                            keepalive = False
                         elif pair.state is PairState.ALIVE and \
                                 now - last_keepalive.get(pair.remote, 0.0) >= \
                                 cfg.keepalive_interval:
                             last_keepalive[pair.remote] = now
-                            traversal.keepalives_sent += 1
+                            keepalive = True
                         else:
                             continue
-                        traversal.table.sent(pair.remote, now)
-                        await send(Probe(traversal.txid), pair.remote)
+                        if await send(Probe(traversal.txid), pair.remote):
+                            traversal.table.sent(pair.remote, now)
+                            if keepalive:
+                                traversal.keepalives_sent += 1
+                            else:
+                                traversal.probes_sent += 1
                     self._expire(traversal)
                     await trio.sleep(cfg.probe_interval)  # the probe clock itself
 

@@ -7,9 +7,12 @@ from dataclasses import dataclass, field
 import trio
 
 from meshnat._libp2p import ID, INetConn, INetStream
-from meshnat.config import require_positive
+from meshnat.config import require_in_range, require_positive
 from meshnat.endpoint import Endpoint
+from meshnat.limits import Claim
+from meshnat.traversal.budget import SendBudget
 from meshnat.traversal.carrier import Carrier
+from meshnat.traversal.messages import MAX_PADDING
 from meshnat.traversal.pairs import PairTable, PortPair
 
 
@@ -29,13 +32,30 @@ class TraversalConfig:
     """Seconds a taken pair may wait for the transport before it is reported expired."""
     stream_timeout: float = 5.0
     """Seconds for each coordination exchange and for the QUIC handshake on a pair."""
+    unproven_interval: float = 0.5
+    """Longest gap, seconds, between probes to a candidate whose IP is not proven yet: they
+    start `probe_interval` apart and back off by doubling to this (ICE's RTO is >= 500 ms)."""
+    offer_padding: int = 320
+    """Padding bytes this node puts in its Offers: the peer sends at most 3x an Offer's bytes
+    to each of this node's candidate IPs before one is proven, so this pays for ~19 probes."""
     max_traversals: int = 16
-    """Traversals open at once (both directions); more are refused."""
+    """Traversals peers may have open here at once; more are refused."""
+    max_per_network: int = 4
+    """Traversals peers of one source network (IPv4 /24, IPv6 /56; over a relay: the relay's
+    network) may have open here at once: a fair share, 4 networks fill `max_traversals`."""
     responder_rate: float = 0.5
     """Traversals per second a peer may start here (each makes this node probe up to 8
     endpoints of the peer's choosing), so a peer cannot turn it into a traffic source."""
     responder_burst: int = 8
     """Traversals a peer may start at once before `responder_rate` applies."""
+    network_rate: float = 1.0
+    """Traversals per second peers of one source network may start here."""
+    network_burst: int = 8
+    """Traversals one source network may start at once before `network_rate` applies."""
+    total_rate: float = 4.0
+    """Traversals per second all peers together may start here."""
+    total_burst: int = 16
+    """Traversals all peers may start at once before `total_rate` applies."""
     max_per_peer: int = 4
     """Traversals one peer may have open here at once (this node's own are not counted)."""
     max_untaken: float = 300.0
@@ -44,7 +64,10 @@ class TraversalConfig:
     def __post_init__(self) -> None:
         require_positive(self, "probe_interval", "probe_timeout", "keepalive_interval",
                          "pair_timeout", "take_deadline", "stream_timeout", "max_traversals",
-                         "responder_rate", "responder_burst", "max_per_peer", "max_untaken")
+                         "responder_rate", "responder_burst", "max_per_peer", "max_untaken",
+                         "unproven_interval", "max_per_network", "network_rate",
+                         "network_burst", "total_rate", "total_burst")
+        require_in_range(self, 0, MAX_PADDING, "offer_padding")
 
 
 @dataclass(eq=False)
@@ -64,6 +87,10 @@ class Traversal:
     """Once a pair is taken: whether this node dials on it (else the peer does)."""
     by_peer: bool = False
     """Started by the peer (counted against its limits), not by this node."""
+    budget: SendBudget = field(default_factory=lambda: SendBudget(paid=0))
+    """What may go to the peer's candidate IPs before they are proven."""
+    claim: Claim | None = None
+    """The slot a traversal the peer started holds (per peer, network, total)."""
     dialling: trio.Lock = field(default_factory=trio.Lock)
     probing: trio.CancelScope = field(default_factory=trio.CancelScope)
     keepalives_sent: int = 0
@@ -87,6 +114,8 @@ class Traversal:
         return {"traversal": self.id, "peer": str(self.peer), "local_port": self.table.local_port,
                 "probing": not self.closed, "keepalives_sent": self.keepalives_sent,
                 "probes_sent": self.probes_sent,
+                "unproven_bytes": self.budget.statistics().unproven_bytes,
+                "withheld": self.budget.withheld,
                 "pairs": [p.to_json(now) for p in self.table.pairs()]}
 
 

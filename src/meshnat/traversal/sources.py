@@ -1,0 +1,43 @@
+"""Where a request comes from, for limits per source network, and which IPs of a peer are
+proven by a direct connection."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from meshnat import _libp2p
+from meshnat._libp2p import ID, INetStream
+from meshnat.endpoint import Endpoint
+from meshnat.errors import MeshNatError
+from meshnat.limits import network_of
+from meshnat.node import MeshNode
+from meshnat.traversal.budget import IP
+
+RELAYED_NETWORK = "relayed"
+"""The source network of a request over a relay whose own address py-libp2p does not report."""
+
+
+def source_network(stream: INetStream) -> str:
+    """The source network a request on `stream` counts for: the IPv4 /24 or IPv6 /56 of the
+    peer's address on a direct connection; over a relay (the peer's own address is unknown
+    there) the relay's network, prefixed `relayed via`, so requests through one relay share
+    one fair share and peers behind other relays keep theirs (the relay bounds circuits per
+    source network in turn)."""
+    try:
+        addr = stream.get_remote_address()
+        remote = Endpoint.from_sockaddr(addr) if addr else None
+    except (MeshNatError, ValueError, OSError, AttributeError):
+        remote = None
+    if _libp2p.is_relayed(stream):
+        return RELAYED_NETWORK if remote is None else f"relayed via {network_of(remote.ip)}"
+    return RELAYED_NETWORK if remote is None else network_of(remote.ip)
+
+
+def direct_ips(node: MeshNode, peer: ID) -> Iterator[IP]:
+    """IPs this node sees `peer` at on direct (non-relayed) connections: proven by the
+    connection's handshake, so probes may go there in volume."""
+    for conn in node.host.get_network().get_connections(peer):
+        if not _libp2p.is_relayed(conn):
+            remote = _libp2p.connection_remote(conn)
+            if remote is not None:
+                yield remote.ip

@@ -1,0 +1,190 @@
+"""Nothing sprayed at an address the peer has not proven: a peer that names a third party's
+address in its Offers gets at most 3x its own bytes sent there (docs/protocols/traversal.md).
+
+The "victim" is a set of sockets on 127.0.0.2, an IP no peer is connected from; the attacker
+is a plain node on 127.0.0.1 speaking the protocols by hand. Loopback delivers a datagram into
+the receiving socket within `sendto`, so what the victim holds once the node reports an
+allowance spent (or a punch finished) is everything the node sent there.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from contextlib import AsyncExitStack, contextmanager
+from ipaddress import IPv4Address
+
+import pytest
+import trio
+
+from meshnat import MeshNode, NodeConfig, _libp2p, exchange
+from meshnat._libp2p import PeerInfo
+from meshnat.endpoint import Endpoint
+from meshnat.errors import PeerRefused
+from meshnat.punch import PUNCH_PROTOCOL, HolePuncher, PunchConfig
+from meshnat.punch.messages import MappingHint, Padding, Sync
+from meshnat.punch.messages import Offer as PunchOffer
+from meshnat.relay import RelayClient, RelayService
+from meshnat.traversal import TraversalConfig, TraversalService
+from meshnat.traversal.messages import Offer
+from meshnat.traversal.service import TRAVERSAL_PROTOCOL
+from meshnat.wire import decode, encode, frame_stream, new_txid
+from tests.support.fake_reflectors import LOOPBACK
+
+VICTIM = "127.0.0.2"
+UDP_HEADERS = 28
+TCP_DIAL = 240  # what a TCP dial to an unproven IP is charged (traversal/budget.py)
+
+
+class Victim:
+    """UDP and TCP sockets on VICTIM that count what arrives (non-blocking, read on demand)."""
+
+    def __init__(self, udp: list[socket.socket], tcp: list[socket.socket]) -> None:
+        self.udp, self.tcp = udp, tcp
+        self.datagrams = self.udp_bytes = self.connections = 0
+
+    def endpoints(self, kind: str) -> tuple[Endpoint, ...]:
+        socks = self.udp if kind == "udp" else self.tcp
+        return tuple(Endpoint(IPv4Address(VICTIM), s.getsockname()[1]) for s in socks)
+
+    def drain(self) -> int:
+        """Take in everything that arrived; returns the bytes on the wire so far (UDP with
+        its headers, each TCP connection as one dial's charge)."""
+        for sock in self.udp:
+            while True:
+                try:
+                    data = sock.recv(2048)
+                except BlockingIOError:
+                    break
+                self.datagrams += 1
+                self.udp_bytes += len(data) + UDP_HEADERS
+        for sock in self.tcp:
+            while True:
+                try:
+                    conn, _ = sock.accept()
+                except BlockingIOError:
+                    break
+                self.connections += 1
+                conn.close()
+        return self.udp_bytes + self.connections * TCP_DIAL
+
+
+@contextmanager
+def victim(udp: int, tcp: int = 0) -> Iterator[Victim]:
+    socks: list[socket.socket] = []
+    try:
+        udp_socks, tcp_socks = [], []
+        for _ in range(udp):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            sock.bind((VICTIM, 0))
+            sock.setblocking(False)
+            udp_socks.append(sock)
+        for _ in range(tcp):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            socks.append(sock)
+            sock.bind((VICTIM, 0))
+            sock.listen(64)
+            sock.setblocking(False)
+            tcp_socks.append(sock)
+        yield Victim(udp_socks, tcp_socks)
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+async def test_a_traversal_offer_naming_a_third_party_gets_it_at_most_3x_its_bytes() -> None:
+    with trio.fail_after(20), victim(udp=8) as target:
+        async with AsyncExitStack() as stack:
+            node = await stack.enter_async_context(MeshNode(LOOPBACK))
+            attacker = await stack.enter_async_context(MeshNode(LOOPBACK))
+            service = await node.mount(TraversalService())
+            offer = Offer(new_txid(), target.endpoints("udp"))
+            sent = len(frame_stream(encode(offer)))
+            await exchange.request(attacker, node.peer_info(), TRAVERSAL_PROTOCOL, offer,
+                                   Offer, timeout=5)
+            received = 0
+            for _ in range(1000):  # 10 s at most; ends once the allowance is spent
+                await trio.sleep(0.01)
+                received = target.drain()
+                if received > 3 * sent or service.statistics().withheld > 0:
+                    break
+            assert received <= 3 * sent, f"{received} bytes to the victim for {sent} sent"
+            stats = service.statistics()
+            assert stats.withheld > 0 and stats.unproven_bytes == received
+            assert target.datagrams >= 1  # it did try: a few probes, then no more
+
+
+async def test_traversals_started_by_one_network_leave_room_for_another() -> None:
+    config = TraversalConfig(max_traversals=4, max_per_network=2, max_per_peer=2)
+    async with AsyncExitStack() as stack:
+        node = await stack.enter_async_context(MeshNode(LOOPBACK))
+        service = await node.mount(TraversalService(config))
+        same = [await stack.enter_async_context(MeshNode(LOOPBACK)) for _ in range(3)]
+        other = await stack.enter_async_context(MeshNode(NodeConfig(listen_ip="127.0.9.1")))
+        with trio.fail_after(20):
+            opened = []
+            for peer in same:  # 3 ids on 127.0.0.0/24: the third is over the network's share
+                try:
+                    await exchange.request(peer, node.peer_info(), TRAVERSAL_PROTOCOL,
+                                           Offer(new_txid(), ()), Offer, timeout=5)
+                    opened.append(peer)
+                except PeerRefused:
+                    pass
+            assert len(opened) == 2
+            assert service.statistics().refused == {"network": 1}
+            # a peer of another network (dialling from its own IP) still gets one
+            addr = node.peer_info().addrs[0]
+            await other.host.get_network().dial_addr(addr, node.peer_id, ("127.0.9.1", 0))
+            await exchange.request(other, PeerInfo(node.peer_id, []), TRAVERSAL_PROTOCOL,
+                                   Offer(new_txid(), ()), Offer, timeout=5)
+            assert service.statistics().started_by_peers == 3
+
+
+async def punch_as_attacker(attacker: MeshNode, node: MeshNode, offer: PunchOffer) -> int:
+    """Speak the punch protocol by hand: Offer, read the answer (and any padding), Sync.
+    Returns the bytes sent."""
+    stream = await attacker.open_stream(PeerInfo(node.peer_id, []), PUNCH_PROTOCOL, timeout=5)
+    frames = [frame_stream(encode(offer)), frame_stream(encode(Sync(offer.txid)))]
+    await stream.write(frames[0])
+    for _ in range(20):
+        reply = decode(await _libp2p.read_frame(stream), PunchOffer, Padding)
+        if isinstance(reply, PunchOffer):
+            break
+    await stream.write(frames[1])
+    return sum(map(len, frames))
+
+
+@pytest.mark.parametrize(("ours", "claimed"), [
+    (MappingHint.ENDPOINT_INDEPENDENT, MappingHint.ENDPOINT_DEPENDENT),  # node sprays ports
+    (MappingHint.ENDPOINT_DEPENDENT, MappingHint.ENDPOINT_INDEPENDENT),  # node's 256 sockets
+    (MappingHint.UNKNOWN, MappingHint.UNKNOWN),  # a traversal on the shared port
+])
+async def test_punch_offers_naming_a_third_party_get_it_at_most_3x_their_bytes(
+        ours: MappingHint, claimed: MappingHint) -> None:
+    config = PunchConfig(mapping=ours, punch_timeout=1.0)
+    with trio.fail_after(30), victim(udp=1, tcp=8) as target:
+        async with AsyncExitStack() as stack:
+            relay = await stack.enter_async_context(MeshNode(LOOPBACK))
+            node = await stack.enter_async_context(MeshNode(LOOPBACK))
+            attacker = await stack.enter_async_context(MeshNode(LOOPBACK))
+            await relay.mount(RelayService())
+            await (await node.mount(RelayClient())).reserve(relay.peer_info())
+            puncher = await node.mount(HolePuncher(config))
+            # requests come over a relay, as punches do: nothing proves an address of the peer
+            await (await attacker.mount(RelayClient())).dial(relay.peer_info(), node.peer_id)
+            offer = PunchOffer(new_txid(), target.endpoints("udp"), target.endpoints("tcp"),
+                               claimed)
+            sent = await punch_as_attacker(attacker, node, offer)
+            received = 0
+            for _ in range(1000):  # 10 s at most; ends when the node's punch has finished
+                await trio.sleep(0.01)
+                received = target.drain()
+                if received > 3 * sent or puncher.statistics().paid > 0:
+                    break
+            received = target.drain()
+            assert received <= 3 * sent, f"{received} bytes to the victim for {sent} sent"
+            stats = puncher.statistics()
+            assert 0 < stats.paid <= sent and stats.withheld > 0
+            assert target.connections <= 1
