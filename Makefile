@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ bench: $(STAMP)
 	@if [ "$$(id -u)" = 0 ]; then $(BIN)/python -m benchmarks.bench_classify_lab && \
 	$(BIN)/python -m benchmarks.bench_punch_lab; \
 	else echo "lab benchmarks skipped: they need root for the NAT lab"; fi
+
+fuzz: $(STAMP)
+	$(BIN)/python -m benchmarks.fuzz_decoders --inputs 1000000
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
