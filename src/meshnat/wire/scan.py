@@ -24,8 +24,8 @@ from meshnat.errors import MalformedMessage
 
 __all__ = ["check_frame"]
 
-_STRINGS = (2, 3)
-_ARRAY, _MAP = 4, 5
+_TAG_OR_SIMPLE = 0xC0
+"""Initial bytes from here on are major type 6 (tags) and 7 (floats, simple values, break)."""
 
 
 def check_frame(data: bytes, *, max_depth: int) -> None:
@@ -33,24 +33,31 @@ def check_frame(data: bytes, *, max_depth: int) -> None:
     end = len(data)
     pos = 0
     pending = [1]  # items still to read in each open container; the frame itself is one item
+    left = 1  # pending[-1], kept in a local while its container is the innermost one
     while True:
-        if not pending[-1]:
-            pending.pop()
-            if not pending:
+        if not left:
+            if len(pending) == 1:
                 break
+            pending.pop()
+            left = pending[-1]
             continue
-        pending[-1] -= 1
+        left -= 1
         if pos >= end:
             raise MalformedMessage(f"CBOR item truncated at byte {pos}")
         initial = data[pos]
         pos += 1
-        major, info = initial >> 5, initial & 0x1F
-        if major >= 6:
+        if initial >= _TAG_OR_SIMPLE:
             raise MalformedMessage(
-                f"CBOR {'tag' if major == 6 else 'float or simple value'} at byte {pos - 1}: "
-                "meshnat uses none")
+                f"CBOR {'tag' if initial < 0xE0 else 'float or simple value'} at byte "
+                f"{pos - 1}: meshnat uses none")
+        info = initial & 0x1F
         if info < 24:
             arg = info
+        elif info == 24:
+            if pos >= end:
+                raise MalformedMessage(f"CBOR item truncated at byte {pos}")
+            arg = data[pos]
+            pos += 1
         elif info < 28:
             size = 1 << (info - 24)
             if pos + size > end:
@@ -60,17 +67,22 @@ def check_frame(data: bytes, *, max_depth: int) -> None:
         else:
             raise MalformedMessage(
                 f"CBOR indefinite length or reserved encoding at byte {pos - 1}")
-        if major in _STRINGS:
+        major = initial >> 5
+        if major < 2:  # unsigned and negative integers: the head is all there is
+            continue
+        if major < 4:  # byte and text strings
             if arg > end - pos:
                 raise MalformedMessage(f"CBOR string at byte {pos} is longer than the frame")
             pos += arg
-        elif major >= _ARRAY:  # 4 array, 5 map (0 and 1, integers, carry no content)
-            items = arg if major == _ARRAY else 2 * arg
-            if items > end - pos:  # every item takes at least one byte
-                raise MalformedMessage(
-                    f"CBOR container at byte {pos} declares more items than the frame holds")
-            if len(pending) > max_depth:
-                raise MalformedMessage(f"CBOR nesting deeper than {max_depth}")
-            pending.append(items)
+            continue
+        items = arg if major == 4 else 2 * arg  # arrays, maps
+        if items > end - pos:  # every item takes at least one byte
+            raise MalformedMessage(
+                f"CBOR container at byte {pos} declares more items than the frame holds")
+        if len(pending) > max_depth:
+            raise MalformedMessage(f"CBOR nesting deeper than {max_depth}")
+        pending[-1] = left
+        pending.append(items)
+        left = items
     if pos != end:
         raise MalformedMessage(f"{end - pos} trailing bytes")
