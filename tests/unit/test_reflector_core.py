@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from ipaddress import ip_address
 
+import cbor2
+
 from meshnat.endpoint import Endpoint
 from meshnat.ratelimit import RateLimiter
 from meshnat.reflection.core import ReflectorCore
@@ -144,3 +146,19 @@ def test_streams_are_bounded_per_peer_per_network_and_in_total() -> None:
     c.close_stream(held)
     assert c.open_stream("silent", V4) is not None
     assert c.statistics().streams_refused == 16
+
+
+def test_a_request_is_charged_before_decoding_and_any_encoding_is_charged_once() -> None:
+    c = ReflectorCore(rate=1.0, burst=1, max_keys=100)
+    canonical = padded()
+    assert c.answer_datagram(canonical, V4, now=0.0) is not None
+    # over the rate, a frame that starts like a request is shed before it is decoded
+    broken = canonical[:-3]
+    assert c.answer_datagram(broken, V4, now=0.0) is None
+    assert c.statistics().rate_limited == 1 and c.statistics().malformed == 0
+    # another key order decodes to the same request: charged once, after decoding
+    reordered = frame_datagram(cbor2.dumps({2: TXID, 0: 1, 1: 1, 10: bytes(REQUEST_PADDING)}))
+    other = Endpoint(ip_address("198.18.5.30"), 40000)
+    assert c.answer_datagram(reordered, other, now=0.0) is not None
+    assert c.answer_datagram(reordered, other, now=0.0) is None
+    assert c.statistics().rate_limited == 2 and c.statistics().served == 2

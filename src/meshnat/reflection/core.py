@@ -15,18 +15,26 @@ and addresses is shed cheaply while every other network is still answered.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from meshnat.endpoint import Endpoint
 from meshnat.errors import RemoteProtocolError, UnexpectedMessage
 from meshnat.limits import Claim, SlotLimit, network_of
 from meshnat.ratelimit import RateLimiter
 from meshnat.reflection.messages import (
+    MsgType,
     ObserveRequest,
     ObserveResponse,
     Transport,
 )
 from meshnat.wire import decode, encode, frame_datagram, unframe_datagram
 from meshnat.wire.error_response import ErrorCode, ErrorResponse
+
+_network_of = lru_cache(maxsize=4096)(network_of)
+"""`network_of`, remembered for the addresses seen most recently: it runs for every datagram."""
+
+_REQUEST_HEAD = bytes([0x00, 0x01, 0x01, MsgType.OBSERVE_REQUEST])
+"""After the map header, `0: 1` (version) and `1: 1` (type): how meshnat encodes a request."""
 
 RELAYED_NETWORK = "relayed"
 """The network a stream over a relay counts for (its transport address is the relay's)."""
@@ -72,7 +80,7 @@ class ReflectorCore:
     def open_stream(self, peer: str, observed: Endpoint | None) -> Claim | None:
         """A slot for a stream from `peer` arriving from `observed` (None: over a relay), or
         None when the peer, its network or the reflector holds its share already."""
-        network = RELAYED_NETWORK if observed is None else network_of(observed.ip)
+        network = RELAYED_NETWORK if observed is None else _network_of(observed.ip)
         return self._streams.acquire(peer, network)
 
     def close_stream(self, claim: Claim) -> None:
@@ -97,7 +105,8 @@ class ReflectorCore:
     def enqueue_datagram(self, src: Endpoint) -> Claim | None:
         """A place in the answer queue for a datagram from `src`, or None (counted as dropped)
         when its network holds its share of the queue or the queue is full."""
-        claim = self._queue.acquire(str(src.ip), network_of(src.ip))
+        network = _network_of(src.ip)
+        claim = self._queue.acquire(network, network)  # per network only: its fair share
         if claim is None:
             self.dropped += 1
         return claim
@@ -110,6 +119,11 @@ class ReflectorCore:
         payload = unframe_datagram(data)
         if payload is None:
             return None
+        # a request as meshnat encodes it is charged before it is decoded: a flood is shed
+        # for the price of the rate check (any other encoding is charged after decoding)
+        charged = payload[1:5] == _REQUEST_HEAD
+        if charged and not self._allow(src, now):
+            return None
         try:
             request = decode(payload, ObserveRequest)
         except UnexpectedMessage:  # another meshnat message on the shared socket: not ours
@@ -117,9 +131,7 @@ class ReflectorCore:
         except RemoteProtocolError:
             self.malformed += 1
             return None
-        if not (self._ips.allow(src.ip, now) and self._networks.allow(network_of(src.ip), now)
-                and self._total.allow(None, now)):
-            self.rate_limited += 1
+        if not charged and not self._allow(src, now):
             return None
         reply = frame_datagram(encode(ObserveResponse(request.txid, src, Transport.UDP)))
         if len(reply) > len(data):  # never amplify: an unpadded request gets silence
@@ -127,6 +139,14 @@ class ReflectorCore:
             return None
         self.served += 1
         return reply
+
+    def _allow(self, src: Endpoint, now: float) -> bool:
+        """A token from the source IP's, its network's and the total bucket, in that order."""
+        if (self._ips.allow(src.ip, now) and self._networks.allow(_network_of(src.ip), now)
+                and self._total.allow(None, now)):
+            return True
+        self.rate_limited += 1
+        return False
 
     def note_malformed(self) -> None:
         self.malformed += 1
