@@ -10,8 +10,9 @@ around a valid envelope (tags, floats, deep nesting and huge integers included).
 
 Allowed outcomes: decoded (or answered, possible, dropped), or a RemoteProtocolError subclass
 from a decoder (each counted by name). A datagram entry point that raises, or a decoder that
-raises anything else, is a failure: it is printed with its input and the exit status is 1. The
-slowest input per target is printed as CPU time (time.process_time), not wall clock.
+raises anything else, or any input that takes over 50 ms of CPU, is a failure: it is printed with
+its input and the exit status is 1. The slowest input per target is printed as CPU time
+(time.process_time), not wall clock.
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 
 import cbor2
-from tests.support.decoders import Target, seeds, targets
+from tests.support.decoders import Target, message_types, seeds, targets
 
 from meshnat.errors import RemoteProtocolError
 from meshnat.wire import DATAGRAM_MAGIC
 
 MAX_FAILURES_SHOWN = 10
+MAX_CPU = 0.050
+"""An input that takes longer (CPU time) is a failure too: hostile input must cost nothing."""
 INTERESTING = [0x00, 0x17, 0x18, 0x19, 0x1A, 0x1B, 0x1C, 0x1F, 0x20, 0x3B, 0x40, 0x58, 0x5B,
                0x5F, 0x60, 0x7B, 0x7F, 0x80, 0x98, 0x9B, 0x9F, 0xA0, 0xB8, 0xBB, 0xBF, 0xC0,
                0xC2, 0xC3, 0xD8, 0xD9, 0xDB, 0xDC, 0xF4, 0xF5, 0xF6, 0xF7, 0xF8, 0xF9, 0xFA,
@@ -40,8 +43,9 @@ INTERESTING = [0x00, 0x17, 0x18, 0x19, 0x1A, 0x1B, 0x1C, 0x1F, 0x20, 0x3B, 0x40,
 class Inputs:
     """Random, mutated and structured inputs from one seeded generator."""
 
-    def __init__(self, rng: random.Random) -> None:
+    def __init__(self, rng: random.Random, type_codes: list[int]) -> None:
         self.rng = rng
+        self.type_codes = type_codes
 
     def random_bytes(self) -> bytes:
         rng = self.rng
@@ -96,7 +100,7 @@ class Inputs:
             case 7:
                 return [rng.randbytes(rng.choice((4, 16, 5))), rng.randrange(-1, 70000)]
             case 8:
-                return rng.randrange(0, 2**64)
+                return rng.choice((rng.randrange(0, 2**64), 10 ** rng.randrange(4290, 4500)))
             case 9 | 10:
                 return [self.value(depth + 1) for _ in range(rng.randrange(5))]
             case 11:
@@ -105,16 +109,24 @@ class Inputs:
             case _:
                 return [self.value(depth + 1)]
 
-    def structured(self) -> bytes:
-        """A map with a valid envelope (mostly) and random fields from key 8 up."""
+    def structured(self, kind: int | None) -> bytes:
+        """A map with a valid envelope (mostly, of type `kind` half the time) and random fields
+        from key 8 up."""
         rng = self.rng
+        code = kind if kind is not None and rng.random() < 0.5 else rng.choice(
+            (rng.randrange(0, 80), *self.type_codes))
         item: dict[object, object] = {0: rng.choice((1, 1, 1, 2, 0)),
-                                      1: rng.randrange(0, 80),
+                                      1: code,
                                       2: rng.choice((bytes(16), rng.randbytes(15)))}
         for key in range(8, 8 + rng.randrange(8)):
             item[key] = self.value()
+        sharing = rng.random() < 0.2
+        if sharing:  # shared references (tags 28/29): small on the wire, huge once expanded
+            leaf = [rng.randbytes(rng.randrange(1, 1000))]
+            inner = [leaf] * rng.randrange(1, 150)
+            item[rng.choice((8, 9, 10))] = [inner] * rng.randrange(1, 150)
         try:
-            return cbor2.dumps(item)
+            return cbor2.dumps(item, value_sharing=sharing)
         except (ValueError, TypeError, OverflowError):
             return cbor2.dumps({0: 1})
 
@@ -149,7 +161,7 @@ def _generate(gen: Inputs, target: Target, pool: list[bytes], everything: list[b
     if roll < 0.15:
         return gen.random_bytes()
     if roll < 0.25 and not target.name.startswith("record:"):
-        data = gen.structured()
+        data = gen.structured(target.kind)
         return (DATAGRAM_MAGIC + data) if target.datagram else data
     if roll < 0.50 and not target.name.startswith("record:"):
         return gen.reshape(gen.rng.choice(pool))
@@ -158,7 +170,7 @@ def _generate(gen: Inputs, target: Target, pool: list[bytes], everything: list[b
 
 def run(inputs: int, seed: int, report: Callable[[str], None] = print) -> int:
     rng = random.Random(seed)
-    gen = Inputs(rng)
+    gen = Inputs(rng, sorted({int(cls.TYPE) for cls in message_types()}))
     all_targets = targets()
     pools = seeds(all_targets)
     everything = [s for group in pools.values() for s in group]
@@ -181,6 +193,9 @@ def run(inputs: int, seed: int, report: Callable[[str], None] = print) -> int:
             failures.append((target.name, data, traceback.format_exc()))
             outcome = "FAILURE"
         spent = time.process_time() - before
+        if spent > MAX_CPU:
+            failures.append((target.name, data, f"took {spent * 1e3:.0f} ms of CPU"))
+            outcome = "SLOW"
         slowest[target.name] = max(slowest[target.name], spent)
         counts[target.name][outcome] += 1
     wall, cpu = time.perf_counter() - started_wall, time.process_time() - started_cpu
@@ -201,7 +216,10 @@ def run(inputs: int, seed: int, report: Callable[[str], None] = print) -> int:
         report(f"\nFAILURE in {name}: input {data[:120].hex()}{'...' if len(data) > 120 else ''}")
         report(trace)
     if failures:
-        report(f"{len(failures)} failures")
+        kinds = Counter((name, trace.strip().splitlines()[-1][:100]) for name, _, trace in failures)
+        report(f"{len(failures)} failures:")
+        for (name, last), n in kinds.most_common():
+            report(f"  {n:6d}  {name}: {last}")
         return 1
     report("no failures")
     return 0

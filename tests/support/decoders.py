@@ -50,6 +50,8 @@ class Target:
     run: Callable[[bytes], str]
     datagram: bool = False
     """A datagram entry point: it must drop bad input, never raise."""
+    kind: int | None = None
+    """The message type code it decodes, if it decodes one type."""
 
 
 def message_types() -> list[type[Message]]:
@@ -131,8 +133,9 @@ def _sign_and_verify(payload: bytes) -> str:
 def targets() -> list[Target]:
     """Every decoder (each message type alone), each datagram parser, the reflector's datagram
     answer, the UDP source rule, and the signed-record chain."""
-    found = [Target(f"decode:{_name(cls)}", _decoder(cls)) for cls in message_types()]
-    found += [Target(f"datagram:{_name(cls)}", _parser(cls), datagram=True)
+    found = [Target(f"decode:{_name(cls)}", _decoder(cls), kind=int(cls.TYPE))
+             for cls in message_types()]
+    found += [Target(f"datagram:{_name(cls)}", _parser(cls), datagram=True, kind=int(cls.TYPE))
               for cls in DATAGRAM_TYPES]
     found += [Target("datagram:ReflectorCore.answer_datagram", _reflector(), datagram=True),
               Target("datagram:udp_source", _udp_source, datagram=True)]
