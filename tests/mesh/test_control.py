@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 
 from meshnat import MeshNode
 from meshnat.cli.control import control_request, number_arg, serve_control
@@ -94,3 +96,22 @@ async def test_no_json_value_in_a_traversal_request_is_an_internal_error(tmp_pat
                             assert answer.get("error") != "InternalError", (op, field, value)
                             assert len(answer.get("message", "")) <= 300
                 nursery.cancel_scope.cancel()
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.integers(min_value=10**300)
+    | st.floats() | st.text(max_size=50),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5),
+                                                                      children, max_size=4),
+    max_leaves=10,
+)
+
+
+@given(json_values)
+def test_any_json_value_as_a_number_is_in_range_or_a_config_error(value: object) -> None:
+    try:
+        got = number_arg(value, "wait", lo=0, hi=60)
+    except ConfigError as exc:
+        assert len(str(exc)) < 120
+    else:
+        assert 0 <= got <= 60 and type(value) in (int, float)
