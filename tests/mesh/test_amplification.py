@@ -29,6 +29,7 @@ from meshnat.traversal import TraversalConfig, TraversalService
 from meshnat.traversal.messages import Offer
 from meshnat.traversal.service import TRAVERSAL_PROTOCOL
 from meshnat.wire import decode, encode, frame_stream, new_txid
+from meshnat.wire.error_response import ErrorResponse
 from tests.support.fake_reflectors import LOOPBACK
 
 VICTIM = "127.0.0.2"
@@ -188,3 +189,31 @@ async def test_punch_offers_naming_a_third_party_get_it_at_most_3x_their_bytes(
             stats = puncher.statistics()
             assert 0 < stats.paid <= sent and stats.withheld > 0
             assert target.connections <= 1
+
+
+async def test_punches_held_by_one_relay_network_leave_room_for_another_network() -> None:
+    config = PunchConfig(max_responding=2, max_responding_per_network=1)
+    async with AsyncExitStack() as stack:
+        relay = await stack.enter_async_context(MeshNode(LOOPBACK))
+        node = await stack.enter_async_context(MeshNode(LOOPBACK))
+        await relay.mount(RelayService())
+        await (await node.mount(RelayClient())).reserve(relay.peer_info())
+        puncher = await node.mount(HolePuncher(config))
+        relayed = [await stack.enter_async_context(MeshNode(LOOPBACK)) for _ in range(2)]
+        other = await stack.enter_async_context(MeshNode(NodeConfig(listen_ip="127.0.9.1")))
+        with trio.fail_after(20):
+            for peer in relayed:
+                await (await peer.mount(RelayClient())).dial(relay.peer_info(), node.peer_id)
+            addr = node.peer_info().addrs[0]
+            await other.host.get_network().dial_addr(addr, node.peer_id, ("127.0.9.1", 0))
+            answers = []
+            for peer in [*relayed, other]:  # each sends an Offer and holds its stream
+                stream = await peer.open_stream(PeerInfo(node.peer_id, []), PUNCH_PROTOCOL,
+                                                timeout=5)
+                await stream.write(frame_stream(encode(PunchOffer(new_txid(), (), ()))))
+                answers.append(decode(await _libp2p.read_frame(stream), PunchOffer,
+                                      ErrorResponse))
+            # the two relayed peers count for the relay's network: one slot; the third peer
+            # is of another network and is answered
+            assert [type(a) for a in answers] == [PunchOffer, ErrorResponse, PunchOffer]
+            assert puncher.statistics().refused == {"network": 1}
