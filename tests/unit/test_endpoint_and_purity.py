@@ -12,7 +12,7 @@ from meshnat.endpoint import Endpoint
 from meshnat.errors import ConfigError
 
 SRC = Path(__file__).parents[2] / "src" / "meshnat"
-PURE = ["endpoint.py", "errors.py", "events.py", "ratelimit.py", "wire/codec.py",
+PURE = ["endpoint.py", "errors.py", "events.py", "ratelimit.py", "wire/codec.py", "wire/scan.py",
         "wire/frames.py", "reflection/messages.py", "reflection/core.py",
         "discovery/consensus.py", "wire/error_response.py", "classify/messages.py",
         "classify/report.py", "classify/classifier.py", "classify/plan.py",
