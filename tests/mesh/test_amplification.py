@@ -9,6 +9,7 @@ allowance spent (or a punch finished) is everything the node sent there.
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import Iterator
 from contextlib import AsyncExitStack, contextmanager
@@ -163,7 +164,7 @@ async def punch_as_attacker(attacker: MeshNode, node: MeshNode, offer: PunchOffe
     (MappingHint.UNKNOWN, MappingHint.UNKNOWN),  # a traversal on the shared port
 ])
 async def test_punch_offers_naming_a_third_party_get_it_at_most_3x_their_bytes(
-        ours: MappingHint, claimed: MappingHint) -> None:
+        ours: MappingHint, claimed: MappingHint, caplog: pytest.LogCaptureFixture) -> None:
     config = PunchConfig(mapping=ours, punch_timeout=1.0)
     with trio.fail_after(30), victim(udp=1, tcp=8) as target:
         async with AsyncExitStack() as stack:
@@ -189,6 +190,9 @@ async def test_punch_offers_naming_a_third_party_get_it_at_most_3x_their_bytes(
             stats = puncher.statistics()
             assert 0 < stats.paid <= sent and stats.withheld > 0
             assert target.connections <= 1
+        bugs = [r for r in caplog.records
+                if r.levelno >= logging.ERROR and r.name.startswith("meshnat")]
+        assert not bugs, bugs[0].getMessage()
 
 
 async def test_punches_held_by_one_relay_network_leave_room_for_another_network() -> None:

@@ -83,10 +83,16 @@ async def punch_udp_many(session: HardSideSession, sockets: int,
                 if budget.spend(action.dst.ip, udp_wire_bytes(len(data), action.dst.ip)):
                     await socks[action.socket].sendto(data, action.dst.to_sockaddr())
 
-            heard = await _drive(session, receive, send_from, budget)
-            assert isinstance(heard, HeardOn)
+            try:  # raised here, PunchFailed would leave the nursery as an ExceptionGroup
+                outcome: Heard | HeardOn | PunchFailed = await _drive(session, receive,
+                                                                      send_from, budget)
+            except PunchFailed as exc:
+                outcome = exc
             nursery.cancel_scope.cancel()
-        return heard, socks[heard.socket].getsockname()[1]
+        if isinstance(outcome, PunchFailed):
+            raise outcome
+        assert isinstance(outcome, HeardOn)
+        return outcome, socks[outcome.socket].getsockname()[1]
     finally:
         for sock in socks:
             sock.close()
