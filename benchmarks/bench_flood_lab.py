@@ -170,6 +170,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("rates", nargs="*", type=int, default=[2000, 10000])
     parser.add_argument("--role", nargs="+")
+    parser.add_argument("--reflector-src", metavar="DIR",
+                        help="run the reflector from this source tree (e.g. an older "
+                             "`git archive` of src/) to compare; default: this checkout")
     args = parser.parse_args()
     if args.role:
         role, *params = args.role
@@ -188,8 +191,10 @@ def main() -> None:
                        check=True, timeout=60)
         subprocess.run(["ip", "-n", reflector.ns, "route", "add", "198.18.0.0/16", "dev",
                         "eth0"], check=True, timeout=10)
+        env = [] if args.reflector_src is None else ["env", f"PYTHONPATH={args.reflector_src}"]
         reflector_proc, ready = reflector.start_json(
-            reflector.python("-m", "meshnat", "reflector", "--json", "--relay"), timeout=30)
+            [*env, *reflector.python("-m", "meshnat", "reflector", "--json", "--relay")],
+            timeout=30)
         addrs = cast(list[str], ready["addrs"])
         peer_addr = next(a for a in addrs if "/tcp/" in a)
         print(f"reflector {reflector.ip}, measuring peer {measurer.ip} (198.18.0.0/24), "
