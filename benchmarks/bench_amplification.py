@@ -10,8 +10,10 @@ Scenarios (loopback; the "victim" is 8 UDP and 8 TCP sockets on 127.0.0.2, where
   victim's endpoint);
 - `punch ?? x3`: the same with no mapping claimed (a traversal on the shared port, TCP).
 Each scenario waits out the node's own timeouts (not a fixed count), draining the victim every
-10 ms. Victim bytes are UDP datagrams with their 28 header bytes plus 240 per TCP connection
-(the charge `traversal/budget.py` makes for a dial).
+10 ms. As root, raw sockets see every IPv4 packet to 127.0.0.2, any port (birthday probes go to
+random ports): victim bytes are their IP total lengths, and SYNs are counted. Otherwise only
+the victim's own sockets count: UDP datagrams with their 28 header bytes plus 240 per TCP
+connection (the charge `traversal/budget.py` makes for a dial).
 
 Run: .venv/bin/python -m benchmarks.bench_amplification [--baseline SRC]
 `--baseline SRC` runs the same scenarios in a subprocess against another source tree (e.g.
@@ -56,6 +58,15 @@ class Victim:
         self.udp = [self._open(socket.SOCK_DGRAM) for _ in range(8)]
         self.tcp = [self._open(socket.SOCK_STREAM) for _ in range(8)]
         self.datagrams = self.udp_bytes = self.connections = 0
+        self.raw: list[socket.socket] = []
+        self.raw_bytes = self.raw_datagrams = self.syns = 0
+        if os.geteuid() == 0:
+            for proto in (socket.IPPROTO_UDP, socket.IPPROTO_TCP):
+                raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, proto)
+                raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+                raw.setblocking(False)
+                self.raw.append(raw)
+                self.socks.append(raw)
 
     def _open(self, kind: int) -> socket.socket:
         sock = socket.socket(socket.AF_INET, kind)
@@ -72,6 +83,21 @@ class Victim:
         return tuple(Endpoint(IPv4Address(VICTIM), s.getsockname()[1]) for s in socks)
 
     def drain(self) -> None:
+        victim = socket.inet_aton(VICTIM)
+        for raw in self.raw:
+            for _ in range(100_000):
+                try:
+                    packet = raw.recv(65535)
+                except BlockingIOError:
+                    break
+                if packet[16:20] != victim:
+                    continue
+                self.raw_bytes += int.from_bytes(packet[2:4], "big")
+                header = (packet[0] & 0x0F) * 4
+                if packet[9] == socket.IPPROTO_UDP:
+                    self.raw_datagrams += 1
+                elif packet[header + 13] & 0x12 == 0x02:  # SYN without ACK
+                    self.syns += 1
         for sock in self.udp:
             for _ in range(100_000):
                 try:
@@ -91,7 +117,7 @@ class Victim:
 
     @property
     def received(self) -> int:
-        return self.udp_bytes + TCP_DIAL * self.connections
+        return self.raw_bytes if self.raw else self.udp_bytes + TCP_DIAL * self.connections
 
     def close(self) -> None:
         for sock in self.socks:
@@ -179,14 +205,15 @@ async def measure() -> dict[str, dict[str, int]]:
         finally:
             victim.close()
         results[name] = {"sent": sent, "received": victim.received,
-                         "datagrams": victim.datagrams, "tcp": victim.connections}
+                         "datagrams": victim.raw_datagrams if victim.raw else victim.datagrams,
+                         "tcp": victim.syns if victim.raw else victim.connections}
     return results
 
 
 def show(label: str, results: dict[str, dict[str, int]]) -> None:
     print(f"{label}")
     print(f"  {'scenario':<14} {'requester sent':>14} {'victim got':>11} {'datagrams':>9} "
-          f"{'TCP conns':>9} {'ratio':>8}")
+          f"{'TCP SYNs' if os.geteuid() == 0 else 'TCP conns':>9} {'ratio':>8}")
     for name, r in results.items():
         ratio = r["received"] / r["sent"] if r["sent"] else float("inf")
         print(f"  {name:<14} {r['sent']:>12} B {r['received']:>9} B {r['datagrams']:>9} "
