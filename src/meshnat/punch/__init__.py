@@ -1,5 +1,6 @@
 """Hole punching: coordinated UDP and TCP simultaneous open, authenticated direct connections."""
 
-from meshnat.punch.service import PUNCH_PROTOCOL, HolePuncher, PunchConfig, Punched
+from meshnat.punch.config import PunchConfig, Punched, PunchStatistics
+from meshnat.punch.service import PUNCH_PROTOCOL, HolePuncher
 
-__all__ = ["PUNCH_PROTOCOL", "HolePuncher", "PunchConfig", "Punched"]
+__all__ = ["PUNCH_PROTOCOL", "HolePuncher", "PunchConfig", "PunchStatistics", "Punched"]
