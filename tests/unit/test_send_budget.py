@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import itertools
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from meshnat.endpoint import Endpoint
 from meshnat.errors import ConfigError
 from meshnat.punch.messages import MAX_PADDING, MappingHint, Padding
 from meshnat.punch.payment import (
@@ -22,6 +24,7 @@ from meshnat.punch.payment import (
     probes_allowed,
 )
 from meshnat.traversal.budget import SendBudget, tcp_dial_bytes, udp_wire_bytes
+from meshnat.traversal.probing import UnprovenPacer
 from meshnat.wire import decode, encode, frame_datagram
 
 VICTIM, PEER = IPv4Address("192.0.2.7"), IPv4Address("198.51.100.1")
@@ -102,3 +105,14 @@ def test_the_budget_modules_are_pure(module: str) -> None:
         elif isinstance(node, ast.ImportFrom) and node.module:
             names.add(node.module.split(".")[0])
     assert not names & {"trio", "libp2p"}
+
+
+def test_unproven_candidates_are_probed_with_backoff_and_proven_ones_every_tick() -> None:
+    pacer = UnprovenPacer(first_gap=0.05, max_gap=0.5)
+    remote = Endpoint(VICTIM, 4001)
+    ticks = [round(i * 0.05, 2) for i in range(60)]  # 3 s of 50 ms ticks
+    sent = [t for t in ticks if pacer.due(remote, False, t)]
+    assert sent[:5] == [0.0, 0.05, 0.15, 0.35, 0.75]  # ICE Ta, doubling
+    assert all(b - a <= 0.5 + 1e-9 for a, b in itertools.pairwise(sent))
+    assert len(sent) == 9  # against 60 at the full rate
+    assert all(pacer.due(remote, True, t) for t in ticks)

@@ -40,16 +40,16 @@ from meshnat.errors import (
 from meshnat.limits import SlotLimit
 from meshnat.node import MeshNode
 from meshnat.ratelimit import RateLimiter
-from meshnat.traversal.budget import SendBudget, udp_wire_bytes
+from meshnat.traversal.budget import SendBudget
 from meshnat.traversal.carrier import Carrier, OwnSocket, SharedPort
-from meshnat.traversal.messages import Offer, Probe, Take, TakeAccept
+from meshnat.traversal.messages import Offer, Take, TakeAccept
 from meshnat.traversal.pairs import PairState, PairTable, PortPair
+from meshnat.traversal.probing import ProbeCounters, run_probing
 from meshnat.traversal.session import PairStream, Traversal, TraversalConfig
 from meshnat.traversal.sources import direct_ips, source_network
 from meshnat.wire import (
     decode,
     encode,
-    frame_datagram,
     new_txid,
 )
 from meshnat.wire.error_response import ErrorCode, ErrorResponse, refusal_for
@@ -96,7 +96,8 @@ class TraversalService:
                                 per_peer=min(cfg.max_per_peer, cfg.max_traversals),
                                 per_network=min(cfg.max_per_network, cfg.max_traversals))
         self._refused: Counter[str] = Counter()
-        self._started_by_peers = self._unproven_bytes = self._withheld = 0
+        self._started_by_peers = 0
+        self._counters = ProbeCounters()
 
     async def serve(self, node: MeshNode, *, task_status: TaskStatus[None]) -> None:
         node.host.set_stream_handler(self.protocol_id,
@@ -122,7 +123,8 @@ class TraversalService:
 
     def statistics(self) -> TraversalStatistics:
         return TraversalStatistics(len(self._traversals), self._started_by_peers,
-                                   dict(self._refused), self._unproven_bytes, self._withheld)
+                                   dict(self._refused), self._counters.unproven_bytes,
+                                   self._counters.withheld)
 
     def pair(self, pair_id: str) -> tuple[Traversal, PortPair]:
         """The traversal holding `pair_id` and the pair; raises UnknownPair."""
@@ -463,80 +465,7 @@ class TraversalService:
         self._mounted()[1].start_soon(self._run_probing, traversal)
 
     async def _run_probing(self, traversal: Traversal) -> None:
-        """Probe candidates, answer the peer's probes, keep alive pairs alive; until stopped."""
-        carrier = traversal.carrier
-        if carrier is None:
-            return
-        cfg = self.config
-        budget = traversal.budget
-        last_keepalive: dict[Endpoint, float] = {}
-        # unproven candidates: when the next probe may go, and the gap after it (backing off)
-        unproven_next: dict[Endpoint, tuple[float, float]] = {}
-
-        async def send(probe: Probe, dst: Endpoint) -> bool:
-            data = frame_datagram(encode(probe))
-            unproven = not budget.is_proven(dst.ip)
-            if not budget.spend(dst.ip, udp_wire_bytes(len(data), dst.ip)):
-                self._withheld += 1
-                return False
-            if unproven:
-                self._unproven_bytes += udp_wire_bytes(len(data), dst.ip)
-            try:
-                await carrier.send(data, dst)
-            except (OSError, MeshNatError) as exc:
-                log.debug("traversal %s: probe to %s failed: %s", traversal.id, dst, exc)
-            return True
-
-        def due(pair: PortPair, now: float) -> bool:
-            """A probe to a PROBING pair is due: every tick once its IP is proven, else with
-            ICE-like backoff from `probe_interval` up to `unproven_interval`."""
-            if budget.is_proven(pair.remote.ip):
-                return True
-            at, gap = unproven_next.get(pair.remote, (now, cfg.probe_interval))
-            if now + 1e-9 < at:
-                return False
-            unproven_next[pair.remote] = (now + gap, min(gap * 2, cfg.unproven_interval))
-            return True
-
-        async def on_probe(probe: Probe, src: Endpoint) -> None:
-            if probe.txid != traversal.txid:
-                return
-            if budget.prove(src.ip):  # the txid came from there: volume may go there now
-                log.debug("traversal %s: %s proven", traversal.id, src.ip)
-            known = traversal.table.heard(src, trio.current_time(), ack=probe.ack,
-                                          observed=probe.observed)
-            log.debug("traversal %s: %s from %s", traversal.id,
-                      "answer" if probe.ack else "probe", src)
-            traversal.notify()
-            if known and not probe.ack:  # answer only endpoints the table holds
-                await send(Probe(traversal.txid, ack=True, observed=src), src)
-
-        with traversal.probing:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(carrier.run, on_probe)
-                while True:
-                    now = trio.current_time()
-                    probing = now - traversal.started < cfg.probe_timeout
-                    for pair in traversal.table.pairs():
-                        if pair.state is PairState.PROBING and probing:
-                            if not due(pair, now):
-                                continue
-                            keepalive = False
-                        elif pair.state is PairState.ALIVE and \
-                                now - last_keepalive.get(pair.remote, 0.0) >= \
-                                cfg.keepalive_interval:
-                            last_keepalive[pair.remote] = now
-                            keepalive = True
-                        else:
-                            continue
-                        if await send(Probe(traversal.txid), pair.remote):
-                            traversal.table.sent(pair.remote, now)
-                            if keepalive:
-                                traversal.keepalives_sent += 1
-                            else:
-                                traversal.probes_sent += 1
-                    self._expire(traversal)
-                    await trio.sleep(cfg.probe_interval)  # the probe clock itself
+        await run_probing(traversal, self.config, self._counters, self._expire)
 
     def _expire(self, traversal: Traversal) -> None:
         now = trio.current_time()
