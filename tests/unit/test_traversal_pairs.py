@@ -93,3 +93,10 @@ def test_an_answer_to_no_probe_of_ours_proves_nothing() -> None:
     assert pairs.get("t1.3").state is PairState.PROBING  # ...but not alive, and no RTT
     pairs.heard(PEER, now=1, ack=True)  # nothing was sent to PEER yet either
     assert pairs.get("t1.1").state is PairState.PROBING
+
+
+def test_an_unknown_pair_id_from_the_control_socket_is_not_quoted_whole() -> None:
+    pairs = PairTable("t3", 1, pair_timeout=20)
+    with pytest.raises(UnknownPair) as unknown:
+        pairs.get("x" * 65536)
+    assert len(str(unknown.value)) < 100

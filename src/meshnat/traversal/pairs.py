@@ -8,6 +8,7 @@ from enum import Enum
 
 from meshnat.endpoint import Endpoint
 from meshnat.errors import PairExpired, PairTaken, UnknownPair
+from meshnat.wire.codec import describe
 
 
 class PairState(Enum):
@@ -66,7 +67,7 @@ class PairTable:
         for pair in self._pairs.values():
             if pair.id == pair_id:
                 return pair
-        raise UnknownPair(f"no pair {pair_id!r}")
+        raise UnknownPair(f"no pair {describe(pair_id)}")
 
     def add_candidate(self, remote: Endpoint, now: float) -> None:
         """Start probing `remote` (a candidate the peer offered)."""

@@ -52,6 +52,7 @@ from meshnat.wire import (
     encode,
     new_txid,
 )
+from meshnat.wire.codec import describe
 from meshnat.wire.error_response import ErrorCode, ErrorResponse, refusal_for
 
 log = logging.getLogger(__name__)
@@ -136,7 +137,7 @@ class TraversalService:
         for traversal in self._traversals.values():
             if traversal.id == traversal_id:
                 return traversal
-        raise UnknownPair(f"no traversal {traversal_id!r}")
+        raise UnknownPair(f"no traversal {describe(traversal_id)}")
 
     async def wait_for(self, ref: str, state: PairState, timeout: float) -> PortPair:
         """The first pair of traversal (or pair) `ref` in `state`, waiting up to `timeout`
@@ -196,7 +197,7 @@ class TraversalService:
         """
         traversal, _ = self.pair(pair_id)
         if deadline is not None and not (math.isfinite(deadline) and 0 < deadline <= 600):
-            raise ConfigError(f"deadline must be within (0, 600] seconds, got {deadline!r}")
+            raise ConfigError(f"deadline must be within (0, 600] seconds, got {describe(deadline)}")
         if traversal.dialer is not None:
             raise PairTaken(f"traversal {traversal.id} has a pair taken already")
         use_within = self.config.take_deadline if deadline is None else deadline
