@@ -10,21 +10,33 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 
 import multiaddr
 import pytest
 import trio
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
+from libp2p.transport.quic.exceptions import QUICPeerVerificationError
+from libp2p.transport.quic.security import CertificateGenerator
 
 from meshnat import MeshNode, _libp2p
 from meshnat._libp2p import INetStream, TProtocol
+from meshnat._libp2p.identity import proven_peer_id
 from meshnat.chat.service import ChatService, Heard
 from meshnat.errors import MeshNatError, PeerUnavailable
 from meshnat.tunnel import TunnelService
 from tests.support.fake_reflectors import LOOPBACK, nodes
-from tests.support.impostor import plaintext_host, quic_certificates_claiming
+from tests.support.impostor import (
+    forged_certificate,
+    plaintext_host,
+    quic_certificates_claiming,
+)
 
 WHO = TProtocol("/meshnat-test/who/1.0.0")
 
@@ -73,6 +85,24 @@ async def attempt(coro: object) -> BaseException | None:
     except MeshNatError as exc:
         return exc
     return None
+
+
+def test_a_certificate_proves_only_the_key_that_signed_it() -> None:
+    honest = create_new_key_pair()
+    genuine = CertificateGenerator().generate_certificate(
+        honest.private_key, ID.from_pubkey(honest.public_key))
+    assert proven_peer_id(genuine.certificate) == ID.from_pubkey(honest.public_key)
+    with pytest.raises(QUICPeerVerificationError):
+        proven_peer_id(forged_certificate(honest.public_key).certificate)
+    bare_key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x")])
+    now = datetime.now(UTC)
+    bare = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(bare_key.public_key()).serial_number(1)
+            .not_valid_before(now - timedelta(minutes=1)).not_valid_after(now + timedelta(days=1))
+            .sign(bare_key, hashes.SHA256()))
+    with pytest.raises(QUICPeerVerificationError):
+        proven_peer_id(bare)
 
 
 async def test_a_forged_quic_certificate_dialling_in_is_refused() -> None:

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from libp2p.abc import ISecureTransport
 from libp2p.crypto.keys import KeyPair
@@ -29,7 +30,7 @@ from libp2p.peer.id import ID
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.transport.quic.connection import QUICConnection
-from libp2p.transport.quic.exceptions import QUICPeerVerificationError
+from libp2p.transport.quic.exceptions import QUICCertificateError, QUICPeerVerificationError
 from libp2p.transport.quic.security import (
     LIBP2P_TLS_EXTENSION_OID,
     LibP2PExtensionHandler,
@@ -59,7 +60,8 @@ def proven_peer_id(certificate: x509.Certificate) -> ID:
             encoding=serialization.Encoding.DER,
             format=serialization.PublicFormat.SubjectPublicKeyInfo)
         signed = public_key.verify(SIGNATURE_PREFIX + cert_key, signature)
-    except Exception as exc:  # any parse failure of hostile bytes is the same refusal
+    except (x509.ExtensionNotFound, QUICCertificateError, UnsupportedAlgorithm, ValueError,
+            TypeError) as exc:  # hostile bytes; anything else is refused by py-libp2p's caller
         raise QUICPeerVerificationError("libp2p certificate extension is unusable") from exc
     if signed is not True:
         raise QUICPeerVerificationError("libp2p certificate extension signature does not verify")
