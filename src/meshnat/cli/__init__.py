@@ -79,8 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = RelayServiceConfig()
     p.add_argument("--max-reservations", type=int, default=defaults.max_reservations,
                    help="peers holding a reservation at once (default %(default)s)")
+    p.add_argument("--max-reservations-per-network", type=int,
+                   default=defaults.max_reservations_per_network,
+                   help="of those, held by peers of one /24 or /56 (default %(default)s)")
     p.add_argument("--max-circuits", type=int, default=defaults.max_circuits,
                    help="concurrent circuits (default %(default)s)")
+    p.add_argument("--max-circuits-per-network", type=int,
+                   default=defaults.max_circuits_per_network,
+                   help="of those, held by peers of one /24 or /56 (default %(default)s)")
     p.add_argument("--circuit-bytes", type=int, default=defaults.circuit_bytes,
                    help="bytes one circuit may carry (default %(default)s)")
     p.add_argument("--circuit-duration", type=float, default=defaults.circuit_duration,

@@ -35,7 +35,9 @@ async def run_relay(args: argparse.Namespace, out: Output) -> int:
     """A public node that relays circuits, reflects addresses and helps classification."""
     config = node_config_from_listen(args.listen, args.key_file, DEFAULT_PORT)
     limits = RelayServiceConfig(
-        max_reservations=args.max_reservations, max_circuits=args.max_circuits,
+        max_reservations=args.max_reservations,
+        max_reservations_per_network=args.max_reservations_per_network,
+        max_circuits=args.max_circuits, max_circuits_per_network=args.max_circuits_per_network,
         circuit_bytes=args.circuit_bytes, circuit_duration=args.circuit_duration)
     async with MeshNode(config) as node:
         for service in (RelayService(limits), ReflectionService(),
