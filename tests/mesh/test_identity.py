@@ -22,6 +22,7 @@ from cryptography.x509.oid import NameOID
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
+from libp2p.security.noise.io import NoiseTransportReadWriter
 from libp2p.transport.quic.exceptions import QUICPeerVerificationError
 from libp2p.transport.quic.security import CertificateGenerator
 
@@ -30,6 +31,7 @@ from meshnat._libp2p import INetStream, TProtocol
 from meshnat._libp2p.identity import proven_peer_id
 from meshnat.chat.service import ChatService, Heard
 from meshnat.errors import MeshNatError, PeerUnavailable
+from meshnat.relay import RelayClient, RelayService
 from meshnat.tunnel import TunnelService
 from tests.support.fake_reflectors import LOOPBACK, nodes
 from tests.support.impostor import (
@@ -191,3 +193,22 @@ async def _dial(host: object, info: PeerInfo) -> None:
     with _libp2p.map_peer_errors("plaintext dial", 5), trio.fail_after(5):
         await host.connect(info)  # type: ignore[attr-defined]
         await host.new_stream(info.peer_id, [WHO])  # type: ignore[attr-defined]
+
+
+async def test_a_relay_circuit_is_secured_end_to_end_by_noise() -> None:
+    """Circuits are upgraded by the same swarm upgrader, so Noise proves the far end's key."""
+    async with nodes(3) as (relay, listener, dialer):
+        await relay.mount(RelayService())
+        listener_client = await listener.mount(RelayClient())
+        dialer_client = await dialer.mount(RelayClient())
+        with trio.fail_after(15):
+            await listener_client.reserve(relay.peer_info())
+            await dialer_client.dial(relay.peer_info(), listener.peer_id)
+        for here, there in ((dialer, listener), (listener, dialer)):
+            circuits = [c for c in here.host.get_network().get_connections(there.peer_id)
+                        if _libp2p.is_relayed(c)]
+            assert circuits
+            for circuit in circuits:
+                session = circuit.muxed_conn.secured_conn
+                assert isinstance(getattr(session, "conn", None), NoiseTransportReadWriter)
+                assert session.get_remote_peer() == there.peer_id
