@@ -11,9 +11,7 @@ mappings the probes made are reused, and TLS binds the connection to the peer id
 
 from __future__ import annotations
 
-import errno
 import logging
-import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,15 +23,10 @@ from meshnat._libp2p import ID, INetConn, INetStream, PeerInfo, TaskStatus, TPro
 from meshnat.discovery import PeerAddressDiscovery
 from meshnat.endpoint import Endpoint
 from meshnat.errors import (
-    ConfigError,
-    ListenerMissing,
     MeshNatError,
     NotMounted,
-    PairExpired,
-    PairTaken,
     PeerRefused,
     PeerTimeout,
-    PortInUse,
     RemoteProtocolError,
     UnknownPair,
 )
@@ -42,6 +35,7 @@ from meshnat.node import MeshNode
 from meshnat.ratelimit import RateLimiter
 from meshnat.traversal.budget import SendBudget
 from meshnat.traversal.carrier import Carrier, OwnSocket, SharedPort
+from meshnat.traversal.handover import Handover
 from meshnat.traversal.messages import Offer, Take, TakeAccept
 from meshnat.traversal.pairs import PairState, PairTable, PortPair
 from meshnat.traversal.probing import ProbeCounters, run_probing
@@ -99,6 +93,8 @@ class TraversalService:
         self._refused: Counter[str] = Counter()
         self._started_by_peers = 0
         self._counters = ProbeCounters()
+        self._handover = Handover(cfg, protocol=self.protocol_id, mounted=self._mounted,
+                                  expire=self._expire)
 
     async def serve(self, node: MeshNode, *, task_status: TaskStatus[None]) -> None:
         node.host.set_stream_handler(self.protocol_id,
@@ -112,8 +108,8 @@ class TraversalService:
             node.host.remove_stream_handler(self.protocol_id)
             with trio.CancelScope(shield=True):
                 for traversal in list(self._traversals.values()):
-                    await self._stop(traversal)
-                    await self._close_listener(traversal)
+                    traversal.stop()
+                    await self._handover.close_listener(traversal)
             self._traversals.clear()
             self._node = self._nursery = None
 
@@ -196,74 +192,20 @@ class TraversalService:
         PairTaken, PortInUse or PeerRefused (the peer did not accept).
         """
         traversal, _ = self.pair(pair_id)
-        if deadline is not None and not (math.isfinite(deadline) and 0 < deadline <= 600):
-            raise ConfigError(f"deadline must be within (0, 600] seconds, got {describe(deadline)}")
-        if traversal.dialer is not None:
-            raise PairTaken(f"traversal {traversal.id} has a pair taken already")
-        use_within = self.config.take_deadline if deadline is None else deadline
-        pair = traversal.table.take(pair_id, trio.current_time(), use_within=use_within)
-        traversal.dialer = initiate
-        traversal.notify()
-        await self._stop(traversal)  # keepalives end here; an own socket frees its port
-        self._watch_deadline(traversal, pair)
-        log.info("traversal %s: took pair %s (%s -> %s), %s", traversal.id, pair.id,
-                 pair.local_port, pair.remote, "dialling" if initiate else "listening")
-        if traversal.shared and initiate:
-            self._mounted()[1].start_soon(self._tell_peer_quietly, traversal, pair)
-            return pair
-        if not initiate:
-            await self._listen(traversal, pair)
-        try:
-            await self._tell_peer(traversal, pair)
-        except MeshNatError:
-            traversal.table.expire(pair_id)
-            await self._close_listener(traversal)
-            raise
-        return pair
-
-    async def _tell_peer(self, traversal: Traversal, pair: PortPair) -> None:
-        """Send `Take` for `pair`; raises PeerRefused when the peer does not accept."""
-        node, _ = self._mounted()
-        await exchange.request(node, PeerInfo(traversal.peer, []), self.protocol_id,
-                               Take(traversal.txid, pair.remote, pair.local,
-                                    dial=not traversal.dialer),
-                               TakeAccept, timeout=self.config.stream_timeout)
-
-    async def _tell_peer_quietly(self, traversal: Traversal, pair: PortPair) -> None:
-        try:
-            await self._tell_peer(traversal, pair)
-        except MeshNatError as exc:  # its listener answers the dial all the same
-            log.info("traversal %s: the peer did not take pair %s: %s", traversal.id, pair.id,
-                     exc)
+        return await self._handover.take(traversal, pair_id, initiate=initiate,
+                                         deadline=deadline)
 
     async def connect(self, pair_id: str) -> INetConn:
         """The QUIC connection on taken pair `pair_id`: dialled now if this node took it to
         dial, else the one the peer dials (waited for until the pair's deadline)."""
         traversal, pair = self.pair(pair_id)
-        if pair.state is not PairState.TAKEN:
-            raise PairExpired(f"pair {pair_id} is {pair.state.value}, not taken")
-        assert pair.deadline is not None
-        if traversal.dialer:
-            async with traversal.dialling:  # one dial per pair, however many callers
-                if traversal.connection is None:
-                    await self._dial(traversal, pair)
-        if traversal.connection is not None:
-            return traversal.connection
-        with trio.move_on_at(pair.deadline):
-            await traversal.connected.wait()
-        if traversal.connection is None:
-            raise PairExpired(f"pair {pair_id}: the peer did not dial before the deadline")
-        return traversal.connection
+        return await self._handover.connect(traversal, pair)
 
     async def open_stream(self, pair_id: str, protocol: TProtocol) -> PairStream:
         """A stream speaking `protocol` over the QUIC connection on taken pair `pair_id`."""
         conn = await self.connect(pair_id)
         _, pair = self.pair(pair_id)
-        node, _ = self._mounted()
-        limit = self.config.stream_timeout
-        with _libp2p.map_peer_errors(f"open {protocol}", limit), trio.fail_after(limit):
-            stream = await _libp2p.open_stream_on(node.host, conn, protocol, limit)
-        return PairStream(pair, stream, conn, pair.local_port, pair.remote)
+        return await self._handover.open_stream(conn, pair, protocol)
 
     async def close(self, traversal_id: str) -> None:
         """Stop a traversal and forget it (a connection made on one of its pairs stays)."""
@@ -278,9 +220,9 @@ class TraversalService:
         if traversal.claim is not None:
             self._slots.release(traversal.claim)
             traversal.claim = None
-        await self._stop(traversal)
+        traversal.stop()
         if traversal.connection is None or traversal.connection.is_closed:
-            await self._close_listener(traversal)
+            await self._handover.close_listener(traversal)
 
     # --- responder ---------------------------------------------------------------------------
 
@@ -330,48 +272,12 @@ class TraversalService:
         traversal = self._traversals.get(request.txid)
         if traversal is None or traversal.peer != peer:
             raise UnknownPair("no such traversal with this peer")
-        if traversal.dialer is not None:
-            raise PairTaken("a pair of this traversal is taken already")
-        pair = self._their_pair(traversal, request)
-        taken = traversal.table.take(pair.id, trio.current_time(),
-                                     use_within=self.config.take_deadline, peer_confirmed=True)
-        traversal.dialer = request.dial
-        traversal.notify()
-        await self._stop(traversal)
-        if not request.dial:
-            await self._listen(traversal, taken)
-        self._watch_deadline(traversal, taken)
-        log.info("traversal %s: peer took pair %s, %s", traversal.id, taken.id,
-                 "dialling" if request.dial else "listening")
-        return TakeAccept(request.txid)
+        return await self._handover.accept(traversal, request)
 
     async def _dial_taken(self, peer: ID, request: Take) -> None:
         traversal = self._traversals.get(request.txid)
-        pair = next((p for p in traversal.table.pairs() if p.state is PairState.TAKEN), None) \
-            if traversal is not None else None
-        if traversal is None or pair is None:
-            return
-        try:
-            async with traversal.dialling:
-                if traversal.connection is None:
-                    await self._dial(traversal, pair)
-        except MeshNatError as exc:
-            log.info("traversal %s: dialling %s on pair %s failed: %s", traversal.id, peer,
-                     pair.id, exc)
-
-    @staticmethod
-    def _their_pair(traversal: Traversal, request: Take) -> PortPair:
-        """Our pair toward the taker's endpoint `mine` (alive, or at least heard from: the
-        taker's own check proved the other direction); with no match, the only alive pair."""
-        usable = [p for p in traversal.table.pairs() if p.state is PairState.ALIVE
-                  or (p.state is PairState.PROBING and p.last_seen is not None)]
-        for pair in usable:
-            if pair.remote == request.mine:
-                return pair
-        alive = [p for p in usable if p.state is PairState.ALIVE]
-        if len(alive) == 1:
-            return alive[0]
-        raise PairExpired("no alive pair matches the one taken")
+        if traversal is not None:
+            await self._handover.dial_taken(traversal, peer)
 
     # --- both sides --------------------------------------------------------------------------
 
@@ -480,85 +386,3 @@ class TraversalService:
                 log.info("traversal %s: pair %s expired unused", traversal.id, pair.id)
         if expired:
             traversal.notify()
-
-    async def _stop(self, traversal: Traversal) -> None:
-        """End probing and keepalives; an own socket is closed, freeing its port."""
-        traversal.probing.cancel()
-        if traversal.carrier is not None:
-            traversal.carrier.close()
-            traversal.carrier = None
-
-    async def _listen(self, traversal: Traversal, pair: PortPair) -> None:
-        """Accept the peer's QUIC connection on the pair's local port: an ephemeral listener
-        there (the node's own one on the shared port), until that connection closes or the
-        pair's deadline passes unused."""
-        node, nursery = self._mounted()
-        port = pair.local_port
-        if not traversal.shared:
-            try:
-                traversal.listener = await _libp2p.listen_quic(
-                    node.host, node.listen_endpoint("udp").ip, port)
-            except OSError as exc:
-                if exc.errno == errno.EADDRINUSE:
-                    raise PortInUse(f"port {port} is held by another socket") from exc
-                raise
-
-        async def wait() -> None:
-            arrived: list[INetConn] = []
-            got = trio.Event()
-
-            def on_connected(conn: INetConn) -> None:
-                if conn.muxed_conn.peer_id == traversal.peer and \
-                        _libp2p.local_port(conn) == port:
-                    arrived.append(conn)
-                    got.set()
-
-            assert pair.deadline is not None
-            with _libp2p.watch_connections(node.host, on_connected), \
-                    trio.move_on_at(pair.deadline):
-                await got.wait()
-            if arrived:
-                self._connected(traversal, arrived[0])
-
-        nursery.start_soon(wait)
-
-    def _connected(self, traversal: Traversal, conn: INetConn) -> None:
-        traversal.connection = conn
-        traversal.connected.set()
-        self._mounted()[1].start_soon(self._close_listener_after, traversal, conn)
-
-    async def _close_listener_after(self, traversal: Traversal, conn: INetConn) -> None:
-        await _libp2p.wait_closed(conn)
-        await self._close_listener(traversal)
-
-    async def _close_listener(self, traversal: Traversal) -> None:
-        if traversal.listener is not None:
-            node, _ = self._mounted()
-            await _libp2p.close_listener(node.host, traversal.listener)
-            traversal.listener = None
-
-    def _watch_deadline(self, traversal: Traversal, pair: PortPair) -> None:
-        """At the deadline, an unused pair expires and its listener goes."""
-
-        async def watch() -> None:
-            assert pair.deadline is not None
-            await trio.sleep_until(pair.deadline)
-            if traversal.connection is None:
-                self._expire(traversal)
-                await self._close_listener(traversal)
-
-        self._mounted()[1].start_soon(watch)
-
-    async def _dial(self, traversal: Traversal, pair: PortPair) -> INetConn:
-        node, _ = self._mounted()
-        source = Endpoint(node.listen_endpoint("udp").ip, pair.local_port)
-        limit = self.config.stream_timeout
-        try:
-            with trio.fail_after(limit):
-                conn = await _libp2p.dial_quic_from(node.host, traversal.peer, pair.remote,
-                                                    source)
-        except (MeshNatError, trio.TooSlowError) as exc:
-            raise ListenerMissing(f"no QUIC listener answered at {pair.remote}: {exc}") from exc
-        self._connected(traversal, conn)
-        return conn
-

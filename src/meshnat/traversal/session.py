@@ -110,6 +110,13 @@ class Traversal:
     def closed(self) -> bool:
         return self.carrier is None
 
+    def stop(self) -> None:
+        """End probing and keepalives; an own socket is closed, freeing its port."""
+        self.probing.cancel()
+        if self.carrier is not None:
+            self.carrier.close()
+            self.carrier = None
+
     def to_json(self, now: float) -> dict[str, object]:
         return {"traversal": self.id, "peer": str(self.peer), "local_port": self.table.local_port,
                 "probing": not self.closed, "keepalives_sent": self.keepalives_sent,
