@@ -2,36 +2,27 @@
 
 Coordination follows libp2p DCUtR's timing: the initiator sends its Offer, measures the round
 trip to the responder's Offer, sends Sync and punches RTT/2 later; the responder punches as
-soon as Sync arrives, so both start at about the same moment. The UDP path is a traversal
-(`TraversalService`) on the node's shared QUIC port: the initiator takes the first pair that
-comes alive and dials QUIC from that very port (TLS binds the connection to the peer id);
-against an endpoint-dependent NAT it is birthday probing instead. The TCP path is a
-simultaneous open from both TCP listen ports, upgraded by Noise with fixed roles. Both run at
-once and the first direct connection wins.
+soon as Sync arrives, so both start at about the same moment. Both then race the UDP and TCP
+paths (`punch/race.py`), and the first direct connection wins.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import random
 from collections import Counter
 from functools import partial
 
-import multiaddr
 import trio
 
 from meshnat import _libp2p
-from meshnat._libp2p import ID, INetConn, INetStream, PeerInfo, TaskStatus, TProtocol
+from meshnat._libp2p import ID, INetStream, PeerInfo, TaskStatus, TProtocol
 from meshnat.discovery import PeerAddressDiscovery
 from meshnat.endpoint import Endpoint
 from meshnat.errors import (
     MeshNatError,
     NotMounted,
-    PeerTimeout,
     PunchFailed,
     RemoteProtocolError,
-    UnknownPair,
 )
 from meshnat.events import (
     EventSink,
@@ -42,19 +33,15 @@ from meshnat.events import (
 )
 from meshnat.limits import Claim, SlotLimit
 from meshnat.node import MeshNode
-from meshnat.punch.birthday import EasySideSession, HardSideSession
 from meshnat.punch.config import PunchConfig, Punched, PunchStatistics
 from meshnat.punch.coordination import pay, read_paid, read_until_closed
 from meshnat.punch.messages import MappingHint, Offer, Sync
-from meshnat.punch.payment import (
-    padding_owed,
-    probes_allowed,
-)
-from meshnat.punch.udp import punch_udp, punch_udp_many
+from meshnat.punch.payment import padding_owed
+from meshnat.punch.race import PathRace
 from meshnat.ratelimit import RateLimiter
-from meshnat.traversal import PairState, TraversalConfig, TraversalService
-from meshnat.traversal.budget import SendBudget, tcp_dial_bytes
-from meshnat.traversal.sources import direct_ips, source_network
+from meshnat.traversal import TraversalConfig, TraversalService
+from meshnat.traversal.budget import SendBudget
+from meshnat.traversal.sources import source_network
 from meshnat.wire import TXID_SIZE, decode, encode, new_txid
 from meshnat.wire.error_response import ErrorCode, ErrorResponse, refusal_for
 
@@ -82,6 +69,7 @@ class HolePuncher:
         self.traversals = traversals or TraversalService(TraversalConfig(
             probe_interval=self.config.probe_interval, probe_timeout=self.config.punch_timeout,
             stream_timeout=self.config.stream_timeout), discovery=discovery)
+        self._race = PathRace(self.config, self.traversals)
         self._events = events
         self._node: MeshNode | None = None
         self._nursery: trio.Nursery | None = None
@@ -98,12 +86,12 @@ class HolePuncher:
                                 per_network=min(cfg.max_responding_per_network,
                                                 cfg.max_responding))
         self._refused: Counter[str] = Counter()
-        self._unproven_bytes = self._withheld = self._paid = 0
         self._kept: dict[ID, Punched] = {}
 
     def statistics(self) -> PunchStatistics:
-        return PunchStatistics(self._slots.held, dict(self._refused), self._unproven_bytes,
-                               self._withheld, self._paid)
+        race = self._race
+        return PunchStatistics(self._slots.held, dict(self._refused), race.unproven_bytes,
+                               race.withheld, race.paid)
 
     async def serve(self, node: MeshNode, *, task_status: TaskStatus[None]) -> None:
         self._node = node
@@ -166,8 +154,8 @@ class HolePuncher:
                 await pay(stream, offer.txid, self._owed(offer, theirs))  # birthday only
                 await _libp2p.write_frame(stream, encode(Sync(offer.txid)))
             await trio.sleep(rtt / 2)  # DCUtR: the initiator punches RTT/2 after Sync
-            result = await self._race(node, peer, offer, theirs, rtt, started, budget,
-                                      initiator=True)
+            result = await self._race.run(node, peer, offer, theirs, rtt, started, budget,
+                                          initiator=True)
         finally:
             await _libp2p.reset_quietly(stream)
         return result
@@ -220,8 +208,8 @@ class HolePuncher:
                                              Sync)
                 if sync.txid != offer.txid:
                     raise PunchFailed("sync for another punch")
-            result = await self._race(node, peer, offer, theirs, 0.0, trio.current_time(),
-                                      budget, initiator=False)
+            result = await self._race.run(node, peer, offer, theirs, 0.0, trio.current_time(),
+                                          budget, initiator=False)
             log.info("punch: responded to %s: %s path %s", peer, result.transport, result.remote)
             self._keep(result, repunches_left=0)  # re-punching is the initiator's job
         except MeshNatError as exc:
@@ -312,157 +300,3 @@ class HolePuncher:
             raise PunchFailed("both sides have endpoint-dependent mapping: stay on the relay")
         if not theirs.udp and not theirs.tcp:
             raise PunchFailed("the peer offered no candidate address")
-
-    async def _race(self, node: MeshNode, peer: ID, ours: Offer, theirs: Offer, rtt: float,
-                    started: float, budget: SendBudget, *, initiator: bool) -> Punched:
-        """Punch UDP and TCP at once; the first direct connection wins, the other is cancelled.
-        `budget`: what the peer's coordination paid for, shared by both paths."""
-        for ip in direct_ips(node, peer):
-            budget.prove(ip)
-        try:
-            return await self._race_paths(node, peer, ours, theirs, rtt, started, budget,
-                                          initiator=initiator)
-        finally:
-            stats = budget.statistics()
-            self._unproven_bytes += stats.unproven_bytes
-            self._withheld += stats.withheld
-            self._paid += stats.paid
-
-    async def _race_paths(self, node: MeshNode, peer: ID, ours: Offer, theirs: Offer,
-                          rtt: float, started: float, budget: SendBudget, *,
-                          initiator: bool) -> Punched:
-        won: list[Punched] = []
-        failures: list[PunchFailed] = []
-
-        async def attempt(path: str) -> None:
-            try:
-                with trio.fail_after(self.config.punch_timeout + 1.0):
-                    if path == "udp":
-                        result = await self._udp(node, peer, ours, theirs, budget, initiator)
-                    else:
-                        result = await self._tcp(node, peer, ours, theirs, budget, initiator)
-            except trio.TooSlowError:
-                failures.append(PunchFailed(f"{path}: timed out"))
-                return
-            except PunchFailed as exc:
-                failures.append(PunchFailed(f"{path}: {exc.reason}",
-                                            probes_sent=exc.probes_sent))
-                return
-            except MeshNatError as exc:
-                failures.append(PunchFailed(f"{path}: {exc}"))
-                return
-            if not won:
-                won.append(Punched(peer, path, result[0], result[1], rtt,
-                                   trio.current_time() - started, result[2], result[3]))
-                nursery.cancel_scope.cancel()
-            elif result[3] is not won[0].connection:  # both made it: keep only the winner
-                with trio.CancelScope(shield=True):
-                    await result[3].close()
-
-        async with trio.open_nursery() as nursery:
-            if theirs.udp:
-                nursery.start_soon(attempt, "udp")
-            if theirs.tcp:
-                nursery.start_soon(attempt, "tcp")
-        if won:
-            return won[0]
-        reasons = "; ".join(f.reason for f in failures) or "no path attempted"
-        raise PunchFailed(reasons, probes_sent=sum(f.probes_sent for f in failures),
-                          candidates=tuple(map(str, theirs.udp + theirs.tcp)))
-
-    async def _udp(self, node: MeshNode, peer: ID, ours: Offer, theirs: Offer,
-                   budget: SendBudget, initiator: bool
-                   ) -> tuple[Endpoint, Endpoint, int, INetConn]:
-        hard, easy = MappingHint.ENDPOINT_DEPENDENT, MappingHint.ENDPOINT_INDEPENDENT
-        if ours.mapping is hard and theirs.mapping is easy:
-            return await self._birthday_hard(node, peer, ours, theirs, budget)
-        if ours.mapping is easy and theirs.mapping is hard:
-            return await self._birthday_easy(node, peer, ours, theirs, budget)
-        local = node.listen_endpoint("udp")
-        # the punch's Offers were the traversal's candidate exchange, and Sync started both
-        # sides together: each adopts the traversal under the punch's txid
-        traversal = await self.traversals.adopt(ours.txid, peer, theirs.udp, budget=budget,
-                                                shared=True)
-        try:
-            if not initiator:  # the initiator takes a pair and dials; our listener accepts
-                conn = await _libp2p.wait_direct_connection(node.host, peer)
-                return local, _libp2p.connection_remote(conn) or local, 0, conn
-            try:
-                pair = await self.traversals.wait_for(traversal.id, PairState.ALIVE,
-                                                      self.config.punch_timeout)
-            except PeerTimeout as exc:
-                raise PunchFailed(f"no UDP pair answered within {self.config.punch_timeout} s",
-                                  probes_sent=traversal.probes_sent) from exc
-            await self.traversals.take(pair.id, initiate=True)
-            conn = await self.traversals.connect(pair.id)
-            return Endpoint(local.ip, pair.local_port), pair.remote, traversal.probes_sent, conn
-        finally:
-            with trio.CancelScope(shield=True), contextlib.suppress(UnknownPair):
-                await self.traversals.close(traversal.id)  # its connection stays
-
-    async def _birthday_hard(self, node: MeshNode, peer: ID, ours: Offer, theirs: Offer,
-                             budget: SendBudget) -> tuple[Endpoint, Endpoint, int, INetConn]:
-        """Open many mappings towards the easy side; dial QUIC from the socket it reached.
-        Sockets and rounds are what the easy side paid for (its IP is unproven until then)."""
-        cfg = self.config
-        # only the easy side's public endpoint: its LAN addresses cannot be reached from here
-        target = theirs.udp[0]
-        sockets = probes_allowed(budget.allowance(target.ip), cfg.birthday_sockets)
-        if sockets < 1:
-            raise PunchFailed("birthday probing: the peer paid for no probes")
-        session = HardSideSession(ours.txid, (target,), sockets=sockets,
-                                  refresh_interval=1.0, timeout=cfg.punch_timeout)
-        heard, port = await punch_udp_many(session, sockets, budget)
-        source = Endpoint(node.listen_endpoint("udp").ip, port)
-        conn = await _libp2p.dial_quic_from(node.host, peer, heard.remote, source)
-        return source, heard.remote, heard.probes_sent, conn
-
-    async def _birthday_easy(self, node: MeshNode, peer: ID, ours: Offer, theirs: Offer,
-                             budget: SendBudget) -> tuple[Endpoint, Endpoint, int, INetConn]:
-        """Probe random ports of the hard side's IP; it dials back over the port that worked.
-        At most as many probes as the hard side paid for (its IP is unproven until then)."""
-        cfg = self.config
-        ip = theirs.udp[0].ip
-        max_probes = probes_allowed(budget.allowance(ip), cfg.birthday_max_probes)
-        if max_probes < 1:
-            raise PunchFailed("birthday probing: the peer paid for no probes")
-        session = EasySideSession(
-            ours.txid, ip, rng=random.SystemRandom(),
-            max_probes=max_probes, probes_per_tick=cfg.birthday_probes_per_tick,
-            tick=0.01, timeout=cfg.punch_timeout)
-        heard = await punch_udp(node, session, budget)
-        conn = await _libp2p.wait_direct_connection(node.host, peer)
-        return node.listen_endpoint("udp"), heard.remote, session.probes_sent, conn
-
-    async def _tcp(self, node: MeshNode, peer: ID, ours: Offer, theirs: Offer,
-                   budget: SendBudget, initiator: bool
-                   ) -> tuple[Endpoint, Endpoint, int, INetConn]:
-        """A public side is simply dialled (by the initiator when both are public); two NATed
-        sides open at once from their listen ports, with fixed Noise roles. A dial to an IP
-        the peer has not proven costs its SYNs from the budget: few candidates get one."""
-        local = node.listen_endpoint("tcp")
-        if ours.public and (not theirs.public or not initiator):
-            conn = await _libp2p.wait_direct_connection(node.host, peer)  # they dial us
-            return local, theirs.tcp[0], 0, conn
-        simultaneous = not theirs.public
-        network = node.host.get_network()
-        errors: list[str] = []
-        for remote in theirs.tcp:
-            if not budget.spend(remote.ip, tcp_dial_bytes(remote.ip)):
-                errors.append(f"{remote}: not proven, its allowance is spent")
-                continue
-            address = multiaddr.Multiaddr(
-                f"/ip{remote.ip.version}/{remote.ip}/tcp/{remote.port}/p2p/{peer}")
-            try:
-                with _libp2p.map_peer_errors(f"tcp open to {remote}"):
-                    if simultaneous and not initiator:
-                        conn = await network.dial_addr_as_responder(address, peer,
-                                                                    local.to_sockaddr())
-                    else:
-                        conn = await network.dial_addr(address, peer, local.to_sockaddr())
-            except MeshNatError as exc:
-                errors.append(str(exc))
-                continue
-            return local, remote, 0, conn
-        raise PunchFailed("; ".join(errors) or "no TCP candidate")
-

@@ -1,0 +1,193 @@
+"""The race of a coordinated punch: UDP and TCP at once, the first direct connection wins.
+
+The UDP path is a traversal (`TraversalService`) on the node's shared QUIC port: the initiator
+takes the first pair that comes alive and dials QUIC from that very port (TLS binds the
+connection to the peer id); against an endpoint-dependent NAT it is birthday probing instead.
+The TCP path is a simultaneous open from both TCP listen ports, upgraded by Noise with fixed
+roles. Every packet is paid for by the peer's coordination (`SendBudget`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+
+import multiaddr
+import trio
+
+from meshnat import _libp2p
+from meshnat._libp2p import ID, INetConn
+from meshnat.endpoint import Endpoint
+from meshnat.errors import MeshNatError, PeerTimeout, PunchFailed, UnknownPair
+from meshnat.node import MeshNode
+from meshnat.punch.birthday import EasySideSession, HardSideSession
+from meshnat.punch.config import PunchConfig, Punched
+from meshnat.punch.messages import MappingHint, Offer
+from meshnat.punch.payment import probes_allowed
+from meshnat.punch.udp import punch_udp, punch_udp_many
+from meshnat.traversal import PairState, TraversalService
+from meshnat.traversal.budget import SendBudget, tcp_dial_bytes
+from meshnat.traversal.sources import direct_ips
+
+
+class PathRace:
+    """Races the UDP and TCP paths of punches whose Offers and Sync are done."""
+
+    def __init__(self, config: PunchConfig, traversals: TraversalService) -> None:
+        """`traversals`: the service the UDP path adopts its traversal from."""
+        self.config = config
+        self._traversals = traversals
+        self.unproven_bytes = self.withheld = self.paid = 0  # the budgets', over every race
+
+    async def run(self, node: MeshNode, peer: ID, ours: Offer, theirs: Offer, rtt: float,
+                  started: float, budget: SendBudget, *, initiator: bool) -> Punched:
+        """Punch UDP and TCP at once; the first direct connection wins, the other is cancelled.
+        `budget`: what the peer's coordination paid for, shared by both paths."""
+        for ip in direct_ips(node, peer):
+            budget.prove(ip)
+        try:
+            return await self._race_paths(node, peer, ours, theirs, rtt, started, budget,
+                                          initiator=initiator)
+        finally:
+            stats = budget.statistics()
+            self.unproven_bytes += stats.unproven_bytes
+            self.withheld += stats.withheld
+            self.paid += stats.paid
+
+    async def _race_paths(self, node: MeshNode, peer: ID, ours: Offer, theirs: Offer,
+                          rtt: float, started: float, budget: SendBudget, *,
+                          initiator: bool) -> Punched:
+        won: list[Punched] = []
+        failures: list[PunchFailed] = []
+
+        async def attempt(path: str) -> None:
+            try:
+                with trio.fail_after(self.config.punch_timeout + 1.0):
+                    if path == "udp":
+                        result = await self._udp(node, peer, ours, theirs, budget, initiator)
+                    else:
+                        result = await self._tcp(node, peer, ours, theirs, budget, initiator)
+            except trio.TooSlowError:
+                failures.append(PunchFailed(f"{path}: timed out"))
+                return
+            except PunchFailed as exc:
+                failures.append(PunchFailed(f"{path}: {exc.reason}",
+                                            probes_sent=exc.probes_sent))
+                return
+            except MeshNatError as exc:
+                failures.append(PunchFailed(f"{path}: {exc}"))
+                return
+            if not won:
+                won.append(Punched(peer, path, result[0], result[1], rtt,
+                                   trio.current_time() - started, result[2], result[3]))
+                nursery.cancel_scope.cancel()
+            elif result[3] is not won[0].connection:  # both made it: keep only the winner
+                with trio.CancelScope(shield=True):
+                    await result[3].close()
+
+        async with trio.open_nursery() as nursery:
+            if theirs.udp:
+                nursery.start_soon(attempt, "udp")
+            if theirs.tcp:
+                nursery.start_soon(attempt, "tcp")
+        if won:
+            return won[0]
+        reasons = "; ".join(f.reason for f in failures) or "no path attempted"
+        raise PunchFailed(reasons, probes_sent=sum(f.probes_sent for f in failures),
+                          candidates=tuple(map(str, theirs.udp + theirs.tcp)))
+
+    async def _udp(self, node: MeshNode, peer: ID, ours: Offer, theirs: Offer,
+                   budget: SendBudget, initiator: bool
+                   ) -> tuple[Endpoint, Endpoint, int, INetConn]:
+        hard, easy = MappingHint.ENDPOINT_DEPENDENT, MappingHint.ENDPOINT_INDEPENDENT
+        if ours.mapping is hard and theirs.mapping is easy:
+            return await self._birthday_hard(node, peer, ours, theirs, budget)
+        if ours.mapping is easy and theirs.mapping is hard:
+            return await self._birthday_easy(node, peer, ours, theirs, budget)
+        local = node.listen_endpoint("udp")
+        # the punch's Offers were the traversal's candidate exchange, and Sync started both
+        # sides together: each adopts the traversal under the punch's txid
+        traversal = await self._traversals.adopt(ours.txid, peer, theirs.udp, budget=budget,
+                                                 shared=True)
+        try:
+            if not initiator:  # the initiator takes a pair and dials; our listener accepts
+                conn = await _libp2p.wait_direct_connection(node.host, peer)
+                return local, _libp2p.connection_remote(conn) or local, 0, conn
+            try:
+                pair = await self._traversals.wait_for(traversal.id, PairState.ALIVE,
+                                                       self.config.punch_timeout)
+            except PeerTimeout as exc:
+                raise PunchFailed(f"no UDP pair answered within {self.config.punch_timeout} s",
+                                  probes_sent=traversal.probes_sent) from exc
+            await self._traversals.take(pair.id, initiate=True)
+            conn = await self._traversals.connect(pair.id)
+            return Endpoint(local.ip, pair.local_port), pair.remote, traversal.probes_sent, conn
+        finally:
+            with trio.CancelScope(shield=True), contextlib.suppress(UnknownPair):
+                await self._traversals.close(traversal.id)  # its connection stays
+
+    async def _birthday_hard(self, node: MeshNode, peer: ID, ours: Offer, theirs: Offer,
+                             budget: SendBudget) -> tuple[Endpoint, Endpoint, int, INetConn]:
+        """Open many mappings towards the easy side; dial QUIC from the socket it reached.
+        Sockets and rounds are what the easy side paid for (its IP is unproven until then)."""
+        cfg = self.config
+        # only the easy side's public endpoint: its LAN addresses cannot be reached from here
+        target = theirs.udp[0]
+        sockets = probes_allowed(budget.allowance(target.ip), cfg.birthday_sockets)
+        if sockets < 1:
+            raise PunchFailed("birthday probing: the peer paid for no probes")
+        session = HardSideSession(ours.txid, (target,), sockets=sockets,
+                                  refresh_interval=1.0, timeout=cfg.punch_timeout)
+        heard, port = await punch_udp_many(session, sockets, budget)
+        source = Endpoint(node.listen_endpoint("udp").ip, port)
+        conn = await _libp2p.dial_quic_from(node.host, peer, heard.remote, source)
+        return source, heard.remote, heard.probes_sent, conn
+
+    async def _birthday_easy(self, node: MeshNode, peer: ID, ours: Offer, theirs: Offer,
+                             budget: SendBudget) -> tuple[Endpoint, Endpoint, int, INetConn]:
+        """Probe random ports of the hard side's IP; it dials back over the port that worked.
+        At most as many probes as the hard side paid for (its IP is unproven until then)."""
+        cfg = self.config
+        ip = theirs.udp[0].ip
+        max_probes = probes_allowed(budget.allowance(ip), cfg.birthday_max_probes)
+        if max_probes < 1:
+            raise PunchFailed("birthday probing: the peer paid for no probes")
+        session = EasySideSession(
+            ours.txid, ip, rng=random.SystemRandom(),
+            max_probes=max_probes, probes_per_tick=cfg.birthday_probes_per_tick,
+            tick=0.01, timeout=cfg.punch_timeout)
+        heard = await punch_udp(node, session, budget)
+        conn = await _libp2p.wait_direct_connection(node.host, peer)
+        return node.listen_endpoint("udp"), heard.remote, session.probes_sent, conn
+
+    async def _tcp(self, node: MeshNode, peer: ID, ours: Offer, theirs: Offer,
+                   budget: SendBudget, initiator: bool
+                   ) -> tuple[Endpoint, Endpoint, int, INetConn]:
+        """A public side is simply dialled (by the initiator when both are public); two NATed
+        sides open at once from their listen ports, with fixed Noise roles. A dial to an IP
+        the peer has not proven costs its SYNs from the budget: few candidates get one."""
+        local = node.listen_endpoint("tcp")
+        if ours.public and (not theirs.public or not initiator):
+            conn = await _libp2p.wait_direct_connection(node.host, peer)  # they dial us
+            return local, theirs.tcp[0], 0, conn
+        simultaneous = not theirs.public
+        network = node.host.get_network()
+        errors: list[str] = []
+        for remote in theirs.tcp:
+            if not budget.spend(remote.ip, tcp_dial_bytes(remote.ip)):
+                errors.append(f"{remote}: not proven, its allowance is spent")
+                continue
+            address = multiaddr.Multiaddr(
+                f"/ip{remote.ip.version}/{remote.ip}/tcp/{remote.port}/p2p/{peer}")
+            try:
+                with _libp2p.map_peer_errors(f"tcp open to {remote}"):
+                    if simultaneous and not initiator:
+                        conn = await network.dial_addr_as_responder(address, peer,
+                                                                    local.to_sockaddr())
+                    else:
+                        conn = await network.dial_addr(address, peer, local.to_sockaddr())
+            except MeshNatError as exc:
+                errors.append(str(exc))
+                continue
+            return local, remote, 0, conn
+        raise PunchFailed("; ".join(errors) or "no TCP candidate")
