@@ -224,3 +224,34 @@ async def test_punches_held_by_one_relay_network_leave_room_for_another_network(
             # is of another network and is answered
             assert [type(a) for a in answers] == [PunchOffer, ErrorResponse, PunchOffer]
             assert puncher.statistics().refused == {"network": 1}
+
+
+@pytest.mark.parametrize("candidates", [1, 3])
+async def test_a_public_punch_offer_gets_one_tcp_dial_per_paid_candidate(
+        candidates: int) -> None:
+    """A peer claiming to be public is simply dialled: each dial to an unproven IP is one
+    attempt (py-libp2p's dial_addr retries 3 times), so a victim that accepts and closes sees
+    no more connections than were paid for."""
+    config = PunchConfig(mapping=MappingHint.UNKNOWN, punch_timeout=2.0)
+    with trio.fail_after(30), victim(udp=0, tcp=candidates) as target:
+        async with AsyncExitStack() as stack:
+            relay = await stack.enter_async_context(MeshNode(LOOPBACK))
+            node = await stack.enter_async_context(MeshNode(LOOPBACK))
+            attacker = await stack.enter_async_context(MeshNode(LOOPBACK))
+            await relay.mount(RelayService())
+            await (await node.mount(RelayClient())).reserve(relay.peer_info())
+            puncher = await node.mount(HolePuncher(config))
+            await (await attacker.mount(RelayClient())).dial(relay.peer_info(), node.peer_id)
+            offer = PunchOffer(new_txid(), (), target.endpoints("tcp"), MappingHint.UNKNOWN,
+                               public=True, padding=bytes(100))
+            sent = await punch_as_attacker(attacker, node, offer)
+            received = 0
+            for _ in range(1000):  # 10 s at most; ends when the node's punch has finished
+                await trio.sleep(0.01)
+                received = target.drain()
+                if puncher.statistics().paid > 0:
+                    break
+            received = target.drain()
+            assert target.connections >= 1  # it did dial
+            assert received <= 3 * sent, f"{target.connections} dials for {sent} bytes sent"
+            assert received <= puncher.statistics().unproven_bytes

@@ -38,6 +38,7 @@ from meshnat._libp2p.connections import (
     wait_streams_closed,
     watch_connections,
 )
+from meshnat._libp2p.dial import dial_once
 from meshnat._libp2p.host import (
     close_connections,
     concrete_addrs,
@@ -100,6 +101,7 @@ __all__ = [
     "close_listener",
     "concrete_addrs",
     "connection_remote",
+    "dial_once",
     "dial_quic_from",
     "enable_quic_dial_with_source",
     "endpoint_of",

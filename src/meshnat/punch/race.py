@@ -174,6 +174,7 @@ class PathRace:
         network = node.host.get_network()
         errors: list[str] = []
         for remote in theirs.tcp:
+            proven = budget.is_proven(remote.ip)
             if not budget.spend(remote.ip, tcp_dial_bytes(remote.ip)):
                 errors.append(f"{remote}: not proven, its allowance is spent")
                 continue
@@ -184,8 +185,11 @@ class PathRace:
                     if simultaneous and not initiator:
                         conn = await network.dial_addr_as_responder(address, peer,
                                                                     local.to_sockaddr())
-                    else:
+                    elif proven:
                         conn = await network.dial_addr(address, peer, local.to_sockaddr())
+                    else:  # one attempt, as charged (dial_addr retries 3 times)
+                        conn = await _libp2p.dial_once(network, address, peer,
+                                                       local.to_sockaddr())
             except MeshNatError as exc:
                 errors.append(str(exc))
                 continue
