@@ -255,3 +255,39 @@ async def test_a_public_punch_offer_gets_one_tcp_dial_per_paid_candidate(
             assert target.connections >= 1  # it did dial
             assert received <= 3 * sent, f"{target.connections} dials for {sent} bytes sent"
             assert received <= puncher.statistics().unproven_bytes
+
+
+async def test_a_traversal_offer_naming_many_hosts_of_one_network_gets_it_3x_in_all() -> None:
+    """The allowance is per victim network (/24), shared by all its unproven IPs: eight hosts
+    of one /24 get 3x the Offer's bytes together, not 3x each."""
+    hosts = [f"127.0.5.{i}" for i in range(2, 10)]
+    socks: list[socket.socket] = []
+    try:
+        for host in hosts:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            socks.append(sock)
+            sock.bind((host, 0))
+            sock.setblocking(False)
+        target = Victim(socks, [])
+        endpoints = tuple(Endpoint(IPv4Address(h), s.getsockname()[1])
+                          for h, s in zip(hosts, socks, strict=True))
+        with trio.fail_after(20):
+            async with AsyncExitStack() as stack:
+                node = await stack.enter_async_context(MeshNode(LOOPBACK))
+                attacker = await stack.enter_async_context(MeshNode(LOOPBACK))
+                service = await node.mount(TraversalService())
+                offer = Offer(new_txid(), endpoints)
+                sent = len(frame_stream(encode(offer)))
+                await exchange.request(attacker, node.peer_info(), TRAVERSAL_PROTOCOL, offer,
+                                       Offer, timeout=5)
+                received = 0
+                for _ in range(1000):  # 10 s at most; ends once the allowance is spent
+                    await trio.sleep(0.01)
+                    received = target.drain()
+                    if received > 3 * sent or service.statistics().withheld >= len(hosts):
+                        break
+                assert received <= 3 * sent, f"{received} bytes to the /24 for {sent} sent"
+                assert service.statistics().unproven_bytes == received > 0
+    finally:
+        for sock in socks:
+            sock.close()

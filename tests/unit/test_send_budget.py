@@ -116,3 +116,24 @@ def test_unproven_candidates_are_probed_with_backoff_and_proven_ones_every_tick(
     assert all(b - a <= 0.5 + 1e-9 for a, b in itertools.pairwise(sent))
     assert len(sent) == 9  # against 60 at the full rate
     assert all(pacer.due(remote, True, t) for t in ticks)
+
+
+def test_the_unproven_ips_of_one_network_share_one_allowance() -> None:
+    budget = SendBudget(paid=100)
+    hosts = [IPv4Address(f"192.0.2.{i}") for i in range(2, 10)]  # eight hosts of one /24
+    sent = sum(100 for ip in hosts if budget.spend(ip, 100))
+    assert sent == 300 and budget.withheld == 5
+    assert all(budget.allowance(ip) == 0 for ip in hosts)
+    assert budget.statistics().max_unproven_bytes == 300
+    assert budget.allowance(IPv4Address("192.0.3.2")) == 300  # the next /24 is another network
+    v6 = [IPv6Address(f"2001:db8:0:{i:x}::1") for i in range(0, 0x100, 0x20)]  # one /56
+    assert sum(100 for ip in v6 if budget.spend(ip, 100)) == 300
+
+
+def test_an_ipv4_mapped_address_shares_its_ipv4_address_allowance_and_proof() -> None:
+    budget = SendBudget(paid=100)
+    mapped = IPv6Address(f"::ffff:{VICTIM}")
+    assert budget.spend(VICTIM, 300)
+    assert budget.allowance(mapped) == 0 and not budget.spend(mapped, 1)
+    budget.prove(mapped)
+    assert budget.is_proven(VICTIM) and budget.allowance(VICTIM) is None
