@@ -162,3 +162,19 @@ def test_a_request_is_charged_before_decoding_and_any_encoding_is_charged_once()
     assert c.answer_datagram(reordered, other, now=0.0) is not None
     assert c.answer_datagram(reordered, other, now=0.0) is None
     assert c.statistics().rate_limited == 2 and c.statistics().served == 2
+
+
+def test_a_flood_from_the_256_networks_of_one_ipv6_slash_48_leaves_others_answered() -> None:
+    c = ReflectorCore(rate=10.0, burst=20, max_keys=10_000)
+    honest = Endpoint(ip_address("198.51.100.7"), 40000)
+    honest_answers = 0
+    for step in range(20):  # 20 rounds of 100 ms; each /56 sends 5 requests a round (50/s)
+        now = step * 0.1
+        for net in range(256):
+            for host in range(5):
+                src = Endpoint(ip_address(f"2001:db8:0:{net:02x}00::{host + 1}"), 40000)
+                c.answer_datagram(padded(), src, now=now)
+        honest_answers += c.answer_datagram(padded(), honest, now=now) is not None
+    assert honest_answers == 20
+    # the /48's bucket: 4 x (80 burst + 40/s x 1.9 s) at most
+    assert c.statistics().served <= 4 * (80 + 40 * 2) + 20

@@ -7,9 +7,10 @@ requester gets a `ErrorResponse`.
 
 Fresh peer ids and addresses are free, so every limit also holds per source network (an IPv4
 /24 or an IPv6 /56, `meshnat.limits.network_of`): UDP requests are rate limited per source IP,
-per source network and in total, and queue for answering with a fair share per network; streams
-hold slots per peer id, per network and in total. One network flooding from many identities
-and addresses is shed cheaply while every other network is still answered.
+per source network, per IPv6 /48 (four networks' worth) and in total, and queue for answering
+with a fair share per network; streams hold slots per peer id, per network and in total. One
+network flooding from many identities and addresses is shed cheaply while every other network
+is still answered.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from functools import lru_cache
 
 from meshnat.endpoint import Endpoint
 from meshnat.errors import RemoteProtocolError, UnexpectedMessage
-from meshnat.limits import Claim, SlotLimit, network_of
+from meshnat.limits import Claim, SlotLimit, network_of, site_of
 from meshnat.ratelimit import RateLimiter
 from meshnat.reflection.messages import (
     MsgType,
@@ -32,6 +33,8 @@ from meshnat.wire.error_response import ErrorCode, ErrorResponse
 
 _network_of = lru_cache(maxsize=4096)(network_of)
 """`network_of`, remembered for the addresses seen most recently: it runs for every datagram."""
+
+_site_of = lru_cache(maxsize=4096)(site_of)
 
 _REQUEST_HEAD = bytes([0x00, 0x01, 0x01, MsgType.OBSERVE_REQUEST])
 """After the map header, `0: 1` (version) and `1: 1` (type): how meshnat encodes a request."""
@@ -68,6 +71,9 @@ class ReflectorCore:
         self._peers = RateLimiter(rate=rate, burst=burst, max_keys=max_keys)
         self._ips = RateLimiter(rate=rate, burst=burst, max_keys=max_keys)
         self._networks = RateLimiter(rate=network_rate, burst=network_burst, max_keys=max_keys)
+        # an IPv6 /48 (256 /56 networks, one customer) gets four networks' rate, not 256
+        self._sites = RateLimiter(rate=4 * network_rate, burst=4 * network_burst,
+                                  max_keys=max_keys)
         self._total = RateLimiter(rate=total_rate, burst=total_burst, max_keys=1)
         self._streams = SlotLimit(total=max_streams, per_peer=max_streams_per_peer,
                                   per_network=max_streams_per_network)
@@ -141,8 +147,12 @@ class ReflectorCore:
         return reply
 
     def _allow(self, src: Endpoint, now: float) -> bool:
-        """A token from the source IP's, its network's and the total bucket, in that order."""
-        if (self._ips.allow(src.ip, now) and self._networks.allow(_network_of(src.ip), now)
+        """A token from the source IP's, its network's, its IPv6 site's (/48) and the total
+        bucket, in that order."""
+        network = _network_of(src.ip)
+        site = _site_of(network)
+        if (self._ips.allow(src.ip, now) and self._networks.allow(network, now)
+                and (site == network or self._sites.allow(site, now))
                 and self._total.allow(None, now)):
             return True
         self.rate_limited += 1
@@ -157,6 +167,6 @@ class ReflectorCore:
     def statistics(self) -> ReflectionStatistics:
         return ReflectionStatistics(
             self.served, self.rate_limited, self.malformed, self.dropped,
-            len(self._peers) + len(self._ips) + len(self._networks),
+            len(self._peers) + len(self._ips) + len(self._networks) + len(self._sites),
             sum(self._streams.refused.values()), sum(self._queue.refused.values()),
         )
