@@ -30,6 +30,11 @@ IPV6_NETWORK_BITS = 56
 IPV6_SITE_BITS = 48
 
 
+RELAYED = "relayed"
+"""The network of a request over a relay, whose own address is unknown (py-libp2p reports the
+relay's): all such requests share one network's share."""
+
+
 def network_of(ip: IPv4Address | IPv6Address) -> str:
     """The source network an address counts for: its IPv4 /24 or its IPv6 /56."""
     bits = IPV4_NETWORK_BITS if ip.version == 4 else IPV6_NETWORK_BITS

@@ -19,10 +19,17 @@ from libp2p.relay.circuit_v2.utils import read_delimited_msg, write_delimited_ms
 from meshnat import MeshNode, NodeConfig
 from meshnat._libp2p import INetStream, TProtocol
 from meshnat._libp2p.relay import HOP_PROTOCOL
-from meshnat.errors import MeshNatError, PeerUnavailable, RelayUnavailable
+from meshnat.errors import MeshNatError, PeerRefused, PeerUnavailable, RelayUnavailable
+from meshnat.records import RecordAuthority, RecordConfig
 from meshnat.reflection import REFLECT_PROTOCOL, ReflectionService
 from meshnat.reflection.client import observe_over_stream
 from meshnat.relay import RelayClient, RelayService, RelayServiceConfig
+from meshnat.rendezvous import (
+    RENDEZVOUS_PROTOCOL,
+    RendezvousClient,
+    RendezvousConfig,
+    RendezvousService,
+)
 from meshnat.tunnel import ANY_PEER, TunnelConfig, TunnelService
 from tests.support.fake_reflectors import LOOPBACK
 
@@ -227,3 +234,39 @@ async def test_a_reservation_is_for_the_connection_peer_whatever_the_message_nam
             await dialer_client.dial(relay.peer_info(), reserver.peer_id)
             with pytest.raises((RelayUnavailable, PeerUnavailable)):
                 await dialer_client.dial(relay.peer_info(), victim.peer_id)
+
+
+async def test_one_peers_silent_rendezvous_streams_leave_room_for_another_peer() -> None:
+    async with AsyncExitStack() as stack:
+        point = await stack.enter_async_context(MeshNode(LOOPBACK))
+        attacker = await stack.enter_async_context(MeshNode(LOOPBACK))
+        honest = await stack.enter_async_context(MeshNode(LOOPBACK))
+        service = await point.mount(RendezvousService())
+        client = await honest.mount(RendezvousClient(await honest.mount(
+            RecordAuthority(RecordConfig(name="net", publish_local=True)))))
+        with trio.fail_after(30):
+            held = await silent_streams(attacker, point, RENDEZVOUS_PROTOCOL, 64)
+            await wait_for(lambda: service.statistics().streams_refused >= 60)
+            assert await client.register(point.peer_info(), "net") > 0
+        assert service.statistics().streams_held == 4 and len(held) >= 4
+
+
+async def test_fresh_identities_of_one_network_fill_only_their_share_of_a_namespace() -> None:
+    async with AsyncExitStack() as stack:
+        point = await stack.enter_async_context(MeshNode(LOOPBACK))
+        await point.mount(RendezvousService(RendezvousConfig(max_per_namespace_per_network=2)))
+        nodes = [await stack.enter_async_context(MeshNode(LOOPBACK)) for _ in range(3)]
+        outsider = await stack.enter_async_context(MeshNode(OTHER_NETWORK))
+        clients = []
+        for node in [*nodes, outsider]:
+            authority = await node.mount(RecordAuthority(RecordConfig(name="net",
+                                                                      publish_local=True)))
+            clients.append(await node.mount(RendezvousClient(authority)))
+        with trio.fail_after(30):
+            await connect_from_own_ip(outsider, point)
+            for client in clients[:2]:  # two ids of 127.0.0.0/24: its share
+                await client.register(point.peer_info(), "net")
+            with pytest.raises(PeerRefused) as refused:
+                await clients[2].register(point.peer_info(), "net")
+            await clients[3].register(point.peer_info(), "net")  # 127.0.9.0/24
+        assert refused.value.code == "rate-limited" and "network" in refused.value.reason

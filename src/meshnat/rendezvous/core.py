@@ -11,6 +11,7 @@ which the cookie carries, so a page boundary stays put while others register.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 from meshnat.config import require_in_range, require_positive
@@ -45,6 +46,13 @@ class RendezvousConfig:
     max_namespaces_per_peer: int = 8
     """Namespaces one peer may be registered in at once."""
 
+    max_per_namespace_per_network: int = 32
+    """Registrations in one namespace by peers of one source network (IPv4 /24, IPv6 /56):
+    an eighth of a namespace, so fresh identities of one network cannot fill it."""
+
+    max_per_network: int = 256
+    """Registrations by peers of one source network over all namespaces."""
+
     min_ttl: int = 10
     """Shortest registration, seconds (shorter requests are refused: BAD_REQUEST)."""
 
@@ -65,9 +73,18 @@ class RendezvousConfig:
     max_concurrent_streams: int = 64
     """Requests served at once; more are reset (load shedding)."""
 
+    max_streams_per_peer: int = 4
+    """Requests one peer id may have in flight at once."""
+
+    max_streams_per_network: int = 16
+    """Requests the peers of one source network may have in flight at once."""
+
     def __post_init__(self) -> None:
         require_in_range(self, 1, 1_000_000, "max_namespaces", "max_per_namespace",
-                         "max_namespaces_per_peer", "max_concurrent_streams", "request_burst")
+                         "max_namespaces_per_peer", "max_concurrent_streams", "request_burst",
+                         "max_per_namespace_per_network", "max_per_network")
+        require_in_range(self, 1, self.max_concurrent_streams, "max_streams_per_peer",
+                         "max_streams_per_network")
         require_in_range(self, 1, 2**31, "min_ttl", "max_ttl")
         require_in_range(self, 1, MAX_PAGE, "page_size")
         require_positive(self, "request_rate", "stream_timeout")
@@ -81,6 +98,7 @@ class _Registration:
     seq: int
     expires_at: float
     serial: int
+    network: str
 
 
 @dataclass(slots=True)
@@ -96,6 +114,7 @@ class RendezvousCore:
         self.config = config or RendezvousConfig()
         self._namespaces: dict[str, _Namespace] = {}
         self._peer_namespaces: dict[str, set[str]] = {}
+        self._network_entries: Counter[str] = Counter()
         self._serial = 0
         self._limiter = RateLimiter(rate=self.config.request_rate,
                                     burst=self.config.request_burst)
@@ -105,9 +124,10 @@ class RendezvousCore:
         return self._limiter.allow(peer, now)
 
     def register(self, peer: str, request: Register, *, record_peer: str, record_seq: int,
-                 record_left: float, now: float) -> Registered | ErrorResponse:
+                 record_left: float, now: float, network: str) -> Registered | ErrorResponse:
         """Register `peer`'s verified record (`record_*` from verification; `record_left` is
-        the seconds until the record itself expires, which caps the registration)."""
+        the seconds until the record itself expires, which caps the registration), asked from
+        source `network` (`meshnat.limits.network_of`, or a label for relayed requests)."""
         cfg = self.config
 
         def refuse(code: ErrorCode, reason: str) -> ErrorResponse:
@@ -132,16 +152,27 @@ class RendezvousCore:
                     return refuse(ErrorCode.UNAVAILABLE, "too many namespaces")
             if namespace is not None and len(namespace.entries) >= cfg.max_per_namespace:
                 return refuse(ErrorCode.UNAVAILABLE, "namespace is full")
+            if namespace is not None and sum(
+                    e.network == network for e in namespace.entries.values()
+            ) >= cfg.max_per_namespace_per_network:
+                return refuse(ErrorCode.RATE_LIMITED, "your network fills its share of it")
             if len(self._peer_namespaces.get(peer, ())) >= cfg.max_namespaces_per_peer:
                 self.expire(now)
                 if len(self._peer_namespaces.get(peer, ())) >= cfg.max_namespaces_per_peer:
                     return refuse(ErrorCode.RATE_LIMITED,
                                   f"registered in {cfg.max_namespaces_per_peer} namespaces")
+            if self._network_entries[network] >= cfg.max_per_network:
+                self.expire(now)
+                if self._network_entries[network] >= cfg.max_per_network:
+                    return refuse(ErrorCode.RATE_LIMITED, "your network holds its share")
         namespace = self._namespaces.setdefault(request.namespace, _Namespace())
-        namespace.entries.pop(peer, None)
+        previous = namespace.entries.pop(peer, None)
+        if previous is not None:
+            self._uncount(previous)
         self._serial += 1
         namespace.entries[peer] = _Registration(request.record, record_seq, now + ttl,
-                                                self._serial)
+                                                self._serial, network)
+        self._network_entries[network] += 1
         self._peer_namespaces.setdefault(peer, set()).add(request.namespace)
         return Registered(request.txid, ttl)
 
@@ -165,7 +196,9 @@ class RendezvousCore:
 
     def unregister(self, peer: str, request: Unregister, now: float) -> Registered:
         namespace = self._touch(request.namespace, now)
-        if namespace is not None and namespace.entries.pop(peer, None) is not None:
+        entry = namespace.entries.pop(peer, None) if namespace is not None else None
+        if namespace is not None and entry is not None:
+            self._uncount(entry)
             self._forget(peer, request.namespace, namespace)
         return Registered(request.txid, 0)
 
@@ -188,9 +221,14 @@ class RendezvousCore:
         if namespace is None:
             return None
         for peer in [p for p, e in namespace.entries.items() if e.expires_at <= now]:
-            del namespace.entries[peer]
+            self._uncount(namespace.entries.pop(peer))
             self._forget(peer, name, namespace)
         return self._namespaces.get(name)
+
+    def _uncount(self, entry: _Registration) -> None:
+        self._network_entries[entry.network] -= 1
+        if self._network_entries[entry.network] <= 0:
+            del self._network_entries[entry.network]
 
     def _forget(self, peer: str, name: str, namespace: _Namespace) -> None:
         peers = self._peer_namespaces.get(peer)
