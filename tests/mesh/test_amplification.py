@@ -291,3 +291,52 @@ async def test_a_traversal_offer_naming_many_hosts_of_one_network_gets_it_3x_in_
     finally:
         for sock in socks:
             sock.close()
+
+
+async def test_a_traversal_offer_naming_multicast_broadcast_or_the_node_itself_probes_none(
+        ) -> None:
+    """Candidates out of the peer's scope are refused and counted: only the victim socket
+    (a plain loopback address, as the peer's own) is probed."""
+    with trio.fail_after(20), victim(udp=1) as target:
+        async with AsyncExitStack() as stack:
+            node = await stack.enter_async_context(MeshNode(LOOPBACK))
+            attacker = await stack.enter_async_context(MeshNode(LOOPBACK))
+            service = await node.mount(TraversalService())
+            refused = (node.local_endpoints("udp")[0], node.local_endpoints("tcp")[0],
+                       Endpoint(IPv4Address("224.0.0.251"), 5353),
+                       Endpoint(IPv4Address("255.255.255.255"), 9))
+            offer = Offer(new_txid(), refused + target.endpoints("udp"))
+            await exchange.request(attacker, node.peer_info(), TRAVERSAL_PROTOCOL, offer,
+                                   Offer, timeout=5)
+            for _ in range(1000):  # 10 s at most; ends once an allowance is spent
+                await trio.sleep(0.01)
+                target.drain()
+                if service.statistics().withheld > 0:
+                    break
+            stats = service.statistics()
+            assert stats.unproven_bytes == target.drain() > 0  # nothing went anywhere else
+            assert stats.refused_candidates == len(refused)
+
+
+async def test_a_punch_offer_naming_the_node_itself_is_neither_probed_nor_dialled() -> None:
+    config = PunchConfig(mapping=MappingHint.UNKNOWN, punch_timeout=1.0)
+    with trio.fail_after(30):
+        async with AsyncExitStack() as stack:
+            relay = await stack.enter_async_context(MeshNode(LOOPBACK))
+            node = await stack.enter_async_context(MeshNode(LOOPBACK))
+            attacker = await stack.enter_async_context(MeshNode(LOOPBACK))
+            await relay.mount(RelayService())
+            await (await node.mount(RelayClient())).reserve(relay.peer_info())
+            puncher = await node.mount(HolePuncher(config))
+            await (await attacker.mount(RelayClient())).dial(relay.peer_info(), node.peer_id)
+            offer = PunchOffer(new_txid(), (node.local_endpoints("udp")[0],),
+                               (node.local_endpoints("tcp")[0],), MappingHint.UNKNOWN,
+                               public=True, padding=bytes(100))
+            await punch_as_attacker(attacker, node, offer)
+            for _ in range(1000):  # 10 s at most; ends when the node's punch has finished
+                await trio.sleep(0.01)
+                if puncher.statistics().paid > 0:
+                    break
+            stats = puncher.statistics()
+            assert stats.paid > 0 and stats.unproven_bytes == 0
+            assert stats.refused_candidates == 2

@@ -94,11 +94,14 @@ class PunchStatistics:
     `total-rate`, `peer`, `network`, `total`."""
     unproven_bytes: int
     """Bytes sent (headers included) to IPs the peer had not proven: probes, birthday
-    probes and TCP SYNs, never above 3x what that peer sent, per IP and punch."""
+    probes and TCP SYNs, never above 3x what that peer sent, per destination network (/24,
+    /56) and punch."""
     withheld: int
     """Probes or dials not sent because an unproven IP's allowance was spent."""
     paid: int
     """Bytes peers sent over coordination streams (Offers, padding, Syncs)."""
+    refused_candidates: int = 0
+    """Candidates peers named that this node may not probe or dial (`traversal.scope`)."""
 
 
 @dataclass(frozen=True, slots=True)

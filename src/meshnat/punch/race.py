@@ -10,6 +10,8 @@ roles. Every packet is paid for by the peer's coordination (`SendBudget`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import logging
 import random
 
 import multiaddr
@@ -27,7 +29,10 @@ from meshnat.punch.payment import probes_allowed
 from meshnat.punch.udp import punch_udp, punch_udp_many
 from meshnat.traversal import PairState, TraversalService
 from meshnat.traversal.budget import SendBudget, tcp_dial_bytes
-from meshnat.traversal.sources import direct_ips
+from meshnat.traversal.scope import admit_candidates, peer_scopes
+from meshnat.traversal.sources import direct_ips, own_endpoints, peer_ips
+
+log = logging.getLogger(__name__)
 
 
 class PathRace:
@@ -38,11 +43,14 @@ class PathRace:
         self.config = config
         self._traversals = traversals
         self.unproven_bytes = self.withheld = self.paid = 0  # the budgets', over every race
+        self.refused_candidates = 0  # candidates out of the peer's scope (traversal.scope)
 
     async def run(self, node: MeshNode, peer: ID, ours: Offer, theirs: Offer, rtt: float,
                   started: float, budget: SendBudget, *, initiator: bool) -> Punched:
         """Punch UDP and TCP at once; the first direct connection wins, the other is cancelled.
-        `budget`: what the peer's coordination paid for, shared by both paths."""
+        `budget`: what the peer's coordination paid for, shared by both paths. Candidates
+        the peer may not name (`traversal.scope`) are dropped first."""
+        theirs = self._admit(node, peer, theirs)
         for ip in direct_ips(node, peer):
             budget.prove(ip)
         try:
@@ -53,6 +61,16 @@ class PathRace:
             self.unproven_bytes += stats.unproven_bytes
             self.withheld += stats.withheld
             self.paid += stats.paid
+
+    def _admit(self, node: MeshNode, peer: ID, theirs: Offer) -> Offer:
+        scopes, own = peer_scopes(peer_ips(node, peer)), own_endpoints(node)
+        udp, refused_udp = admit_candidates(theirs.udp, scopes, own)
+        tcp, refused_tcp = admit_candidates(theirs.tcp, scopes, own)
+        if refused_udp or refused_tcp:
+            self.refused_candidates += refused_udp + refused_tcp
+            log.debug("punch with %s: %d candidates refused (scope)", peer,
+                      refused_udp + refused_tcp)
+        return dataclasses.replace(theirs, udp=udp, tcp=tcp)
 
     async def _race_paths(self, node: MeshNode, peer: ID, ours: Offer, theirs: Offer,
                           rtt: float, started: float, budget: SendBudget, *,

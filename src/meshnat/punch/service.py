@@ -91,7 +91,7 @@ class HolePuncher:
     def statistics(self) -> PunchStatistics:
         race = self._race
         return PunchStatistics(self._slots.held, dict(self._refused), race.unproven_bytes,
-                               race.withheld, race.paid)
+                               race.withheld, race.paid, race.refused_candidates)
 
     async def serve(self, node: MeshNode, *, task_status: TaskStatus[None]) -> None:
         self._node = node

@@ -39,13 +39,10 @@ from meshnat.traversal.handover import Handover
 from meshnat.traversal.messages import Offer, Take, TakeAccept
 from meshnat.traversal.pairs import PairState, PairTable, PortPair
 from meshnat.traversal.probing import ProbeCounters, run_probing
+from meshnat.traversal.scope import admit_candidates, peer_scopes
 from meshnat.traversal.session import PairStream, Traversal, TraversalConfig
-from meshnat.traversal.sources import direct_ips, source_network
-from meshnat.wire import (
-    decode,
-    encode,
-    new_txid,
-)
+from meshnat.traversal.sources import direct_ips, own_endpoints, peer_ips, source_network
+from meshnat.wire import decode, encode, new_txid
 from meshnat.wire.codec import describe
 from meshnat.wire.error_response import ErrorCode, ErrorResponse, refusal_for
 
@@ -65,7 +62,12 @@ class TraversalStatistics:
     unproven_bytes: int
     """Bytes (UDP/IP headers included) sent to candidate IPs not proven at the time."""
     withheld: int
-    """Probes not sent because an unproven IP's allowance (3x the peer's bytes) was spent."""
+    """Probes not sent because an unproven network's allowance (3x the peer's bytes) was
+    spent."""
+    refused_candidates: int = 0
+    """Candidates peers named that this node may not probe (`traversal.scope`: loopback or
+    link-local from a peer not connected from there, multicast, unspecified, broadcast, this
+    node's own listen endpoints)."""
 
 
 class TraversalService:
@@ -92,6 +94,7 @@ class TraversalService:
                                 per_network=min(cfg.max_per_network, cfg.max_traversals))
         self._refused: Counter[str] = Counter()
         self._started_by_peers = 0
+        self._refused_candidates = 0
         self._counters = ProbeCounters()
         self._handover = Handover(cfg, protocol=self.protocol_id, mounted=self._mounted,
                                   expire=self._expire)
@@ -121,7 +124,7 @@ class TraversalService:
     def statistics(self) -> TraversalStatistics:
         return TraversalStatistics(len(self._traversals), self._started_by_peers,
                                    dict(self._refused), self._counters.unproven_bytes,
-                                   self._counters.withheld)
+                                   self._counters.withheld, self._refused_candidates)
 
     def pair(self, pair_id: str) -> tuple[Traversal, PortPair]:
         """The traversal holding `pair_id` and the pair; raises UnknownPair."""
@@ -365,11 +368,18 @@ class TraversalService:
                      bytes(self.config.offer_padding))
 
     def _probe(self, traversal: Traversal, candidates: tuple[Endpoint, ...]) -> None:
+        node, nursery = self._mounted()
+        candidates, refused = admit_candidates(
+            candidates, peer_scopes(peer_ips(node, traversal.peer)), own_endpoints(node))
+        if refused:
+            self._refused_candidates += refused
+            log.debug("traversal %s: %d candidates of %s refused (scope)", traversal.id,
+                      refused, traversal.peer)
         now = trio.current_time()
         traversal.started = now  # probing starts now, whatever the exchange before cost
         for candidate in candidates:
             traversal.table.add_candidate(candidate, now)
-        self._mounted()[1].start_soon(self._run_probing, traversal)
+        nursery.start_soon(self._run_probing, traversal)
 
     async def _run_probing(self, traversal: Traversal) -> None:
         await run_probing(traversal, self.config, self._counters, self._expire)

@@ -41,3 +41,20 @@ def direct_ips(node: MeshNode, peer: ID) -> Iterator[IP]:
             remote = _libp2p.connection_remote(conn)
             if remote is not None:
                 yield remote.ip
+
+
+def peer_ips(node: MeshNode, peer: ID) -> Iterator[IP]:
+    """IPs of every connection to `peer`: its own on direct ones, the relay's over a relay
+    (what scope the peer connects from, `traversal.scope`)."""
+    for conn in node.host.get_network().get_connections(peer):
+        try:
+            remote = _libp2p.connection_remote(conn)
+        except (MeshNatError, ValueError, OSError, AttributeError):
+            remote = None
+        if remote is not None:
+            yield remote.ip
+
+
+def own_endpoints(node: MeshNode) -> list[Endpoint]:
+    """This node's listen endpoints, UDP and TCP: never a peer's candidate."""
+    return [*node.local_endpoints("udp"), *node.local_endpoints("tcp")]
