@@ -340,3 +340,34 @@ async def test_a_punch_offer_naming_the_node_itself_is_neither_probed_nor_dialle
             stats = puncher.statistics()
             assert stats.paid > 0 and stats.unproven_bytes == 0
             assert stats.refused_candidates == 2
+
+
+async def test_one_peer_behind_a_relay_cannot_take_the_relays_whole_share_of_traversals(
+        ) -> None:
+    """Requests over a relay count for the relay's network; one peer id holds at most
+    `max_per_peer` (2) of its `max_per_network` (4) traversals, so another peer behind the
+    same relay still gets one."""
+    async with AsyncExitStack() as stack:
+        relay = await stack.enter_async_context(MeshNode(LOOPBACK))
+        node = await stack.enter_async_context(MeshNode(LOOPBACK))
+        await relay.mount(RelayService())
+        await (await node.mount(RelayClient())).reserve(relay.peer_info())
+        service = await node.mount(TraversalService())
+        greedy, other = [await stack.enter_async_context(MeshNode(LOOPBACK)) for _ in range(2)]
+        with trio.fail_after(20):
+            for peer in (greedy, other):
+                await (await peer.mount(RelayClient())).dial(relay.peer_info(), node.peer_id)
+
+            async def request(peer: MeshNode) -> bool:
+                try:
+                    await exchange.request(peer, PeerInfo(node.peer_id, []),
+                                           TRAVERSAL_PROTOCOL, Offer(new_txid(), ()), Offer,
+                                           timeout=5)
+                except PeerRefused:
+                    return False
+                return True
+
+            held = [await request(greedy) for _ in range(4)]
+            assert held.count(True) < TraversalConfig().max_per_network
+            assert service.statistics().refused.get("peer", 0) > 0
+            assert await request(other)  # the relay's share still has room

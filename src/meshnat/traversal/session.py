@@ -37,7 +37,8 @@ class TraversalConfig:
     start `probe_interval` apart and back off by doubling to this (ICE's RTO is >= 500 ms)."""
     offer_padding: int = 320
     """Padding bytes this node puts in its Offers: the peer sends at most 3x an Offer's bytes
-    to each of this node's candidate IPs before one is proven, so this pays for ~19 probes."""
+    to each network (/24, /56) of this node's candidate IPs before one is proven, so this pays
+    for ~19 probes per network."""
     max_traversals: int = 16
     """Traversals peers may have open here at once; more are refused."""
     max_per_network: int = 4
@@ -56,8 +57,10 @@ class TraversalConfig:
     """Traversals per second all peers together may start here."""
     total_burst: int = 16
     """Traversals all peers may start at once before `total_rate` applies."""
-    max_per_peer: int = 4
-    """Traversals one peer may have open here at once (this node's own are not counted)."""
+    max_per_peer: int = 2
+    """Traversals one peer may have open here at once (this node's own are not counted):
+    half of `max_per_network`, so one peer id cannot hold a whole network's share (over a
+    relay every peer behind it counts for the relay's network); two fresh ids still can."""
     max_untaken: float = 300.0
     """Seconds a traversal may run without a pair being taken before it is forgotten."""
 
