@@ -70,7 +70,10 @@ def measure(reserve: bool) -> Run:
     """Start a relay, hold COUNT js clients on it (reserved or only connected), read its RSS."""
     relay_args = [sys.executable, "-m", "meshnat", "relay", "--json",
                   "--listen", "/ip4/127.0.0.1/tcp/0", "--listen", "/ip4/127.0.0.1/udp/0/quic-v1",
-                  "--alt-port", "0", "--max-reservations", str(COUNT + 10)]
+                  "--alt-port", "0", "--max-reservations", str(COUNT + 10),
+                  # every client is on 127.0.0.1: one source network
+                  "--max-reservations-per-network", str(COUNT + 10),
+                  "--max-connections-per-network", str(2 * COUNT)]
     with ExitStack() as stack:
         relay = stack.enter_context(process(relay_args, stderr=subprocess.DEVNULL))
         ready = read_json_line(relay, "meshnat relay", RELAY_START_TIMEOUT)

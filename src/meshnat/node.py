@@ -65,6 +65,11 @@ class NodeConfig:
     max_connections: int = 2048
     """Connections the host keeps at most (a relay holds one per reservation)."""
 
+    max_connections_per_network: int = 128
+    """Inbound connections the peers of one source network (IPv4 /24, IPv6 /56; relay
+    circuits count as one) hold at most: fresh peer ids are free, so without it one host
+    fills `max_connections`."""
+
     service_restarts: int = 5
     """Restarts a mounted service that fails gets within `service_restart_window`; the next
     failure stops the node with ServiceFailed (systemd's StartLimitBurst is 5 as well)."""
@@ -82,7 +87,7 @@ class NodeConfig:
         except ValueError:
             raise ConfigError(f"listen_ip must be an IP address, got {self.listen_ip!r}") from None
         require_in_range(self, 0, 65535, "tcp_port", "udp_port")
-        require_in_range(self, 1, 1_000_000, "max_connections")
+        require_in_range(self, 1, 1_000_000, "max_connections", "max_connections_per_network")
         require_in_range(self, 0, 1000, "service_restarts")
         require_positive(self, "dial_timeout", "stream_timeout", "service_restart_window",
                          "service_restart_backoff")
@@ -147,7 +152,9 @@ class MeshNode:
         key_pair = _libp2p.load_or_create_key(self.config.key_file)
         listen = self.config.listen_addrs()
         host = _libp2p.new_libp2p_host(key_pair, listen,
-                                       max_connections=self.config.max_connections)
+                                       max_connections=self.config.max_connections,
+                                       max_connections_per_network=(
+                                           self.config.max_connections_per_network))
         async with AsyncExitStack() as stack:
             await stack.enter_async_context(host.run(listen))
             self._nursery = await stack.enter_async_context(trio.open_nursery())

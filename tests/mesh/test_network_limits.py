@@ -270,3 +270,24 @@ async def test_fresh_identities_of_one_network_fill_only_their_share_of_a_namesp
                 await clients[2].register(point.peer_info(), "net")
             await clients[3].register(point.peer_info(), "net")  # 127.0.9.0/24
         assert refused.value.code == "rate-limited" and "network" in refused.value.reason
+
+
+async def test_fresh_identities_of_one_network_cannot_fill_the_connection_table() -> None:
+    async with AsyncExitStack() as stack:
+        target = await stack.enter_async_context(MeshNode(
+            NodeConfig(listen_ip="127.0.0.1", max_connections=8, max_connections_per_network=4)))
+        await target.mount(ReflectionService())
+        flooders = [await stack.enter_async_context(MeshNode(LOOPBACK)) for _ in range(10)]
+        honest = await stack.enter_async_context(MeshNode(OTHER_NETWORK))
+        with trio.fail_after(60):
+            accepted = 0
+            for flooder in flooders:  # 10 fresh ids from 127.0.0.0/24
+                try:
+                    await flooder.open_stream(target.peer_info(), REFLECT_PROTOCOL, timeout=5)
+                except MeshNatError:
+                    continue
+                accepted += 1
+            await connect_from_own_ip(honest, target)
+            answer = await observe_over_stream(honest, target.peer_info(), timeout=5)
+        assert accepted == 4
+        assert str(answer.observed.ip) == "127.0.9.1"

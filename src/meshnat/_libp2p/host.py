@@ -28,7 +28,7 @@ from libp2p.transport.quic.config import QUICTransportConfig
 from libp2p.utils.address_validation import expand_wildcard_address
 from multiaddr.exceptions import Error as MultiaddrError
 
-from meshnat._libp2p import identity
+from meshnat._libp2p import admission, identity
 from meshnat.endpoint import Endpoint
 from meshnat.errors import (
     ConfigError,
@@ -67,7 +67,7 @@ def load_or_create_key(path: Path | None) -> KeyPair:
 
 
 def new_libp2p_host(key_pair: KeyPair, listen: Sequence[multiaddr.Multiaddr], *,
-                    max_connections: int) -> IHost:
+                    max_connections: int, max_connections_per_network: int) -> IHost:
     """A py-libp2p host with TCP (Noise only, Yamux) and, for /quic-v1 addresses, QUIC.
 
     Every remote peer id it accepts is proven by a checked signature (`identity`): Noise is
@@ -84,7 +84,8 @@ def new_libp2p_host(key_pair: KeyPair, listen: Sequence[multiaddr.Multiaddr], *,
     would then have settled at 500. That counter is set from `max_connections` here, with room
     for the connections still in their handshake (py-libp2p counts each of those twice: once
     before the upgrade, once after), and degradation is off: `max_established_total` is the
-    limit a node is configured with, and it stays put.
+    limit a node is configured with, and it stays put. Inbound connections are also bounded
+    per source network (`admission.limit_inbound`).
     """
     quiet = ConnectionConfig(min_connections=0, low_watermark=0,
                              high_watermark=max_connections, max_connections=max_connections)
@@ -115,6 +116,8 @@ def new_libp2p_host(key_pair: KeyPair, listen: Sequence[multiaddr.Multiaddr], *,
         """Even at low_watermark=0 the AutoConnector aims for (low+high)/2 connections."""
 
     cast(Any, host.get_network()).auto_connector.maybe_connect = no_auto_dial
+    admission.limit_inbound(host, total=max_connections,
+                            per_network=min(max_connections_per_network, max_connections))
     return host
 
 

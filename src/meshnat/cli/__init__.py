@@ -27,6 +27,7 @@ from meshnat.cli.connect import run_connect, run_listen, run_relay
 from meshnat.cli.traversal import add_traversal_commands
 from meshnat.cli.tunnel import add_tunnel_commands
 from meshnat.errors import ConfigError, MeshNatError
+from meshnat.node import NodeConfig
 from meshnat.relay import RelayServiceConfig
 
 
@@ -91,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bytes one circuit may carry (default %(default)s)")
     p.add_argument("--circuit-duration", type=float, default=defaults.circuit_duration,
                    help="seconds one circuit may last (default %(default)s)")
+    p.add_argument("--max-connections-per-network", type=int,
+                   default=NodeConfig().max_connections_per_network,
+                   help="inbound connections from one /24 or /56 (default %(default)s)")
     p.add_argument("--rendezvous", action="store_true",
                    help="also serve rendezvous by network name (for `meshnat chat`)")
     common(p)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import replace
 from functools import partial
 
 import trio
@@ -33,7 +34,8 @@ log = logging.getLogger(__name__)
 
 async def run_relay(args: argparse.Namespace, out: Output) -> int:
     """A public node that relays circuits, reflects addresses and helps classification."""
-    config = node_config_from_listen(args.listen, args.key_file, DEFAULT_PORT)
+    config = replace(node_config_from_listen(args.listen, args.key_file, DEFAULT_PORT),
+                     max_connections_per_network=args.max_connections_per_network)
     limits = RelayServiceConfig(
         max_reservations=args.max_reservations,
         max_reservations_per_network=args.max_reservations_per_network,
