@@ -16,9 +16,10 @@ import trio
 from libp2p.relay.circuit_v2.pb.circuit_pb2 import HopMessage, PeerId, Status
 from libp2p.relay.circuit_v2.utils import read_delimited_msg, write_delimited_msg
 
-from meshnat import MeshNode, NodeConfig
-from meshnat._libp2p import INetStream, TProtocol
+from meshnat import EchoService, MeshNode, NodeConfig
+from meshnat._libp2p import INetStream, TProtocol, streams
 from meshnat._libp2p.relay import HOP_PROTOCOL
+from meshnat.echo import ECHO_PROTOCOL, echo
 from meshnat.errors import MeshNatError, PeerRefused, PeerUnavailable, RelayUnavailable
 from meshnat.records import RecordAuthority, RecordConfig
 from meshnat.reflection import REFLECT_PROTOCOL, ReflectionService
@@ -291,3 +292,22 @@ async def test_fresh_identities_of_one_network_cannot_fill_the_connection_table(
             answer = await observe_over_stream(honest, target.peer_info(), timeout=5)
         assert accepted == 4
         assert str(answer.observed.ip) == "127.0.9.1"
+
+
+async def test_every_handler_bounds_the_streams_one_peer_holds(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(streams, "HANDLER_STREAMS", 4)
+    monkeypatch.setattr(streams, "HANDLER_STREAMS_PER_PEER", 2)
+    monkeypatch.setattr(streams, "HANDLER_STREAMS_PER_NETWORK", 4)
+    before = streams.handler_refusals["echo"]
+    async with AsyncExitStack() as stack:
+        server = await stack.enter_async_context(MeshNode(LOOPBACK))
+        attacker = await stack.enter_async_context(MeshNode(LOOPBACK))
+        honest = await stack.enter_async_context(MeshNode(LOOPBACK))
+        await server.mount(EchoService())
+        with trio.fail_after(30):
+            held = await silent_streams(attacker, server, ECHO_PROTOCOL, 4)
+            await wait_for(lambda: streams.handler_refusals["echo"] - before >= 2)
+            assert await echo(honest, server.peer_info(), b"still served") == b"still served"
+        assert len(held) >= 2
+        assert streams.handler_refusals["echo"] - before == 2

@@ -82,7 +82,8 @@ class CircuitRelay:
                 # ours replace them only once it has
                 for protocol_id, handler in handlers.items():
                     self._host.set_stream_handler(protocol_id,
-                                                  guarded_handler(str(protocol_id), handler))
+                                                  guarded_handler(str(protocol_id), handler,
+                                                                  bounded=False))
                 task_status.started()
                 await trio.sleep_forever()
         finally:

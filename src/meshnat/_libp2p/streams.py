@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, cast
@@ -31,6 +32,7 @@ from meshnat.errors import (
     PeerTimeout,
     PeerUnavailable,
 )
+from meshnat.limits import RELAYED, SlotLimit, network_of
 from meshnat.wire import MAX_MESSAGE_SIZE, frame_stream
 
 log = logging.getLogger(__name__)
@@ -141,16 +143,46 @@ async def reset_quietly(stream: INetStream) -> None:
             log.debug("reset failed: %s", exc)
 
 
+HANDLER_STREAMS_PER_PEER = 64
+HANDLER_STREAMS_PER_NETWORK = 128
+HANDLER_STREAMS = 512
+"""Streams one handler serves at once, per peer id, per source network and in total: a floor
+under every protocol, however its service bounds its own work (most bound far tighter)."""
+
+handler_refusals: Counter[str] = Counter()
+"""Streams `guarded_handler` reset for want of a slot, per handler name (since start)."""
+
+
 def guarded_handler(
-    name: str, handler: Callable[[INetStream], Awaitable[None]]
+    name: str, handler: Callable[[INetStream], Awaitable[None]], *, bounded: bool = True
 ) -> Callable[[INetStream], Awaitable[None]]:
-    """Wrap a stream handler so nothing escapes into py-libp2p (which would kill the swarm)."""
+    """Wrap a stream handler so nothing escapes into py-libp2p (which would kill the swarm).
+
+    Unless `bounded` is False (a service that bounds its own streams more loosely, such as
+    tunnels), a stream past the handler's share per peer, per source network or in total
+    (`HANDLER_STREAMS*`) is reset before the handler sees it.
+    """
+    slots = SlotLimit(total=HANDLER_STREAMS, per_peer=HANDLER_STREAMS_PER_PEER,
+                      per_network=HANDLER_STREAMS_PER_NETWORK) if bounded else None
 
     async def run(stream: INetStream) -> None:
+        claim = None
+        if slots is not None:
+            remote = remote_endpoint(stream)
+            network = RELAYED if remote is None else network_of(remote.ip)
+            claim = slots.acquire(str(stream_peer(stream)), network)
+            if claim is None:
+                log.debug("%s: stream refused, the %s share is held", name, slots.last_refusal)
+                handler_refusals[name] += 1
+                await reset_quietly(stream)
+                return
         try:
             await handler(stream)
         except Exception:  # reaching this is a meshnat bug: log it, keep the node alive
             log.error("%s: handler bug", name, exc_info=True)
             await reset_quietly(stream)
+        finally:
+            if claim is not None and slots is not None:
+                slots.release(claim)
 
     return run

@@ -98,7 +98,8 @@ class TunnelService:
 
     async def serve(self, node: MeshNode, *, task_status: TaskStatus[None]) -> None:
         node.host.set_stream_handler(self.protocol_id,
-                                     _libp2p.guarded_handler("tunnel", self._handle))
+                                     _libp2p.guarded_handler("tunnel", self._handle,
+                                                             bounded=False))
         self._node = node
         try:
             task_status.started()
