@@ -52,8 +52,8 @@ class PunchConfig:
 
     offer_padding: int = 512
     """Padding bytes in this node's Offers. The peer sends at most 3x the bytes this node
-    sent over the coordination stream to each of its candidate IPs until one is proven, so
-    this pays for ~30 probes or a TCP dial and ~25 probes per IP."""
+    sent over the coordination stream to the unproven candidate IPs of each network (/24, /56),
+    so this pays for ~30 probes or a TCP dial and ~25 probes per network."""
 
     max_responding: int = 8
     """Punches this node answers at once (a birthday hard side holds 256 sockets each)."""

@@ -34,8 +34,9 @@ class Offer:
     """Where the sender's traversal socket may be reached, best first. `txid` is the
     traversal's id on both sides; `shared`: both sides probe from their node's UDP listen port
     (the hole puncher's way) instead of a socket of the traversal's own. `padding` only
-    makes the Offer larger: the receiver sends at most 3x the Offer's bytes to each candidate
-    IP not yet proven (docs/protocols/traversal.md), so a sender pays for its probes."""
+    makes the Offer larger: the receiver sends at most 3x the Offer's bytes to the candidate
+    IPs of each network not yet proven (docs/protocols/traversal.md), so a sender pays for
+    its probes."""
 
     TYPE: ClassVar[MsgType] = MsgType.OFFER
     txid: bytes
