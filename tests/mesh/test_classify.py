@@ -101,3 +101,17 @@ async def test_classifier_errors_are_clear() -> None:
         classifier = await client.mount(NatClassifier([unreachable]))
         with pytest.raises(InsufficientResponses):
             await classifier.classify()
+
+
+async def test_fresh_identities_of_one_network_share_its_probe_rate() -> None:
+    config = ProbeHelperConfig(probe_rate=100.0, probe_burst=10, network_rate=0.001,
+                               network_burst=2)
+    async with (reflectors(1, config=config) as (client, nodes, (helper,)),
+                MeshNode(NodeConfig(listen_ip="127.0.0.1")) as second_id):
+        with trio.fail_after(10):
+            first = await probe_request(client, nodes[0], Endpoint.parse("127.0.0.1:9"))
+            second = await probe_request(second_id, nodes[0], Endpoint.parse("127.0.0.1:9"))
+            third = await probe_request(second_id, nodes[0], Endpoint.parse("127.0.0.1:9"))
+    assert isinstance(first, ProbeAck) and isinstance(second, ProbeAck)
+    assert isinstance(third, ErrorResponse) and third.code is ErrorCode.RATE_LIMITED
+    assert (helper.probes_sent, helper.refused) == (2, 1)

@@ -27,6 +27,7 @@ from meshnat.classify.messages import (
 from meshnat.config import require_in_range, require_positive
 from meshnat.endpoint import udp_source
 from meshnat.errors import ConfigError, MeshNatError, RemoteProtocolError
+from meshnat.limits import network_of
 from meshnat.node import MeshNode
 from meshnat.ratelimit import RateLimiter
 from meshnat.reflection.core import ReflectorCore
@@ -51,6 +52,13 @@ class ProbeHelperConfig:
     probe_burst: int = 10
     """Probe requests a peer may make at once."""
 
+    network_rate: float = 8.0
+    """Probe requests per second allowed per source network (IPv4 /24, IPv6 /56): four peers'
+    worth, however many identities the network holds."""
+
+    network_burst: int = 40
+    """Probe requests one source network may make at once."""
+
     probe_copies: int = 2
     """Datagrams sent per probe request (a lost one must not fake a filtering verdict)."""
 
@@ -59,9 +67,9 @@ class ProbeHelperConfig:
 
     def __post_init__(self) -> None:
         require_in_range(self, 0, 65535, "alt_port")
-        require_in_range(self, 1, 10**6, "probe_burst")
+        require_in_range(self, 1, 10**6, "probe_burst", "network_burst")
         require_in_range(self, 1, 4, "probe_copies")
-        require_positive(self, "probe_rate", "stream_timeout")
+        require_positive(self, "probe_rate", "network_rate", "stream_timeout")
 
 
 class ProbeHelperService:
@@ -72,6 +80,8 @@ class ProbeHelperService:
     def __init__(self, config: ProbeHelperConfig | None = None) -> None:
         self.config = config or ProbeHelperConfig()
         self._limiter = RateLimiter(rate=self.config.probe_rate, burst=self.config.probe_burst)
+        self._network_limiter = RateLimiter(rate=self.config.network_rate,
+                                            burst=self.config.network_burst)
         self._alt_core = ReflectorCore(rate=10.0, burst=20, max_keys=10_000)
         self._alt: trio.socket.SocketType | None = None
         self._node: MeshNode | None = None
@@ -141,7 +151,9 @@ class ProbeHelperService:
             self.refused += 1
             return ErrorResponse(request.txid, ErrorCode.FORBIDDEN_TARGET,
                                  "probes go only to the requester's own address")
-        if not self._limiter.allow(peer, trio.current_time()):
+        now = trio.current_time()
+        if not (self._limiter.allow(peer, now)
+                and self._network_limiter.allow(network_of(requester.ip), now)):
             self.refused += 1
             return ErrorResponse(request.txid, ErrorCode.RATE_LIMITED, "too many probes")
         assert self._node is not None
