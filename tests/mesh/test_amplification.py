@@ -96,6 +96,20 @@ def victim(udp: int, tcp: int = 0) -> Iterator[Victim]:
             sock.close()
 
 
+
+async def behind_relay(stack: AsyncExitStack) -> tuple[MeshNode, MeshNode]:
+    """A relay and a node reserved on it, both on loopback, closed with `stack`."""
+    relay = await stack.enter_async_context(MeshNode(LOOPBACK))
+    node = await stack.enter_async_context(MeshNode(LOOPBACK))
+    await relay.mount(RelayService())
+    await (await node.mount(RelayClient())).reserve(relay.peer_info())
+    return relay, node
+
+
+async def through_relay(peer: MeshNode, relay: MeshNode, node: MeshNode) -> None:
+    """Connect `peer` to `node` over a circuit only: nothing proves an address of `peer`."""
+    await (await peer.mount(RelayClient())).dial(relay.peer_info(), node.peer_id)
+
 async def test_a_traversal_offer_naming_a_third_party_gets_it_at_most_3x_its_bytes() -> None:
     with trio.fail_after(20), victim(udp=8) as target:
         async with AsyncExitStack() as stack:
@@ -168,14 +182,11 @@ async def test_punch_offers_naming_a_third_party_get_it_at_most_3x_their_bytes(
     config = PunchConfig(mapping=ours, punch_timeout=1.0)
     with trio.fail_after(30), victim(udp=1, tcp=8) as target:
         async with AsyncExitStack() as stack:
-            relay = await stack.enter_async_context(MeshNode(LOOPBACK))
-            node = await stack.enter_async_context(MeshNode(LOOPBACK))
+            relay, node = await behind_relay(stack)
             attacker = await stack.enter_async_context(MeshNode(LOOPBACK))
-            await relay.mount(RelayService())
-            await (await node.mount(RelayClient())).reserve(relay.peer_info())
             puncher = await node.mount(HolePuncher(config))
             # requests come over a relay, as punches do: nothing proves an address of the peer
-            await (await attacker.mount(RelayClient())).dial(relay.peer_info(), node.peer_id)
+            await through_relay(attacker, relay, node)
             offer = PunchOffer(new_txid(), target.endpoints("udp"), target.endpoints("tcp"),
                                claimed)
             sent = await punch_as_attacker(attacker, node, offer)
@@ -201,16 +212,13 @@ async def test_punch_offers_naming_a_third_party_get_it_at_most_3x_their_bytes(
 async def test_punches_held_by_one_relay_network_leave_room_for_another_network() -> None:
     config = PunchConfig(max_responding=2, max_responding_per_network=1)
     async with AsyncExitStack() as stack:
-        relay = await stack.enter_async_context(MeshNode(LOOPBACK))
-        node = await stack.enter_async_context(MeshNode(LOOPBACK))
-        await relay.mount(RelayService())
-        await (await node.mount(RelayClient())).reserve(relay.peer_info())
+        relay, node = await behind_relay(stack)
         puncher = await node.mount(HolePuncher(config))
         relayed = [await stack.enter_async_context(MeshNode(LOOPBACK)) for _ in range(2)]
         other = await stack.enter_async_context(MeshNode(NodeConfig(listen_ip="127.0.9.1")))
         with trio.fail_after(20):
             for peer in relayed:
-                await (await peer.mount(RelayClient())).dial(relay.peer_info(), node.peer_id)
+                await through_relay(peer, relay, node)
             addr = node.peer_info().addrs[0]
             await other.host.get_network().dial_addr(addr, node.peer_id, ("127.0.9.1", 0))
             answers = []
@@ -235,13 +243,10 @@ async def test_a_public_punch_offer_gets_one_tcp_dial_per_paid_candidate(
     config = PunchConfig(mapping=MappingHint.UNKNOWN, punch_timeout=2.0)
     with trio.fail_after(30), victim(udp=0, tcp=candidates) as target:
         async with AsyncExitStack() as stack:
-            relay = await stack.enter_async_context(MeshNode(LOOPBACK))
-            node = await stack.enter_async_context(MeshNode(LOOPBACK))
+            relay, node = await behind_relay(stack)
             attacker = await stack.enter_async_context(MeshNode(LOOPBACK))
-            await relay.mount(RelayService())
-            await (await node.mount(RelayClient())).reserve(relay.peer_info())
             puncher = await node.mount(HolePuncher(config))
-            await (await attacker.mount(RelayClient())).dial(relay.peer_info(), node.peer_id)
+            await through_relay(attacker, relay, node)
             offer = PunchOffer(new_txid(), (), target.endpoints("tcp"), MappingHint.UNKNOWN,
                                public=True, padding=bytes(100))
             sent = await punch_as_attacker(attacker, node, offer)
@@ -322,13 +327,10 @@ async def test_a_punch_offer_naming_the_node_itself_is_neither_probed_nor_dialle
     config = PunchConfig(mapping=MappingHint.UNKNOWN, punch_timeout=1.0)
     with trio.fail_after(30):
         async with AsyncExitStack() as stack:
-            relay = await stack.enter_async_context(MeshNode(LOOPBACK))
-            node = await stack.enter_async_context(MeshNode(LOOPBACK))
+            relay, node = await behind_relay(stack)
             attacker = await stack.enter_async_context(MeshNode(LOOPBACK))
-            await relay.mount(RelayService())
-            await (await node.mount(RelayClient())).reserve(relay.peer_info())
             puncher = await node.mount(HolePuncher(config))
-            await (await attacker.mount(RelayClient())).dial(relay.peer_info(), node.peer_id)
+            await through_relay(attacker, relay, node)
             offer = PunchOffer(new_txid(), (node.local_endpoints("udp")[0],),
                                (node.local_endpoints("tcp")[0],), MappingHint.UNKNOWN,
                                public=True, padding=bytes(100))
@@ -348,15 +350,12 @@ async def test_one_peer_behind_a_relay_cannot_take_the_relays_whole_share_of_tra
     `max_per_peer` (2) of its `max_per_network` (4) traversals, so another peer behind the
     same relay still gets one."""
     async with AsyncExitStack() as stack:
-        relay = await stack.enter_async_context(MeshNode(LOOPBACK))
-        node = await stack.enter_async_context(MeshNode(LOOPBACK))
-        await relay.mount(RelayService())
-        await (await node.mount(RelayClient())).reserve(relay.peer_info())
+        relay, node = await behind_relay(stack)
         service = await node.mount(TraversalService())
         greedy, other = [await stack.enter_async_context(MeshNode(LOOPBACK)) for _ in range(2)]
         with trio.fail_after(20):
             for peer in (greedy, other):
-                await (await peer.mount(RelayClient())).dial(relay.peer_info(), node.peer_id)
+                await through_relay(peer, relay, node)
 
             async def request(peer: MeshNode) -> bool:
                 try:
