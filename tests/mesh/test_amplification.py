@@ -28,7 +28,7 @@ from meshnat.punch.messages import Offer as PunchOffer
 from meshnat.relay import RelayClient, RelayService
 from meshnat.traversal import TraversalConfig, TraversalService
 from meshnat.traversal.messages import Offer
-from meshnat.traversal.service import TRAVERSAL_PROTOCOL
+from meshnat.traversal.service import TRAVERSAL_PROTOCOL, TraversalStatistics
 from meshnat.wire import decode, encode, frame_stream, new_txid
 from meshnat.wire.error_response import ErrorResponse
 from tests.support.fake_reflectors import LOOPBACK
@@ -112,24 +112,30 @@ async def through_relay(peer: MeshNode, relay: MeshNode, node: MeshNode) -> None
 
 async def test_a_traversal_offer_naming_a_third_party_gets_it_at_most_3x_its_bytes() -> None:
     with trio.fail_after(20), victim(udp=8) as target:
-        async with AsyncExitStack() as stack:
-            node = await stack.enter_async_context(MeshNode(LOOPBACK))
-            attacker = await stack.enter_async_context(MeshNode(LOOPBACK))
-            service = await node.mount(TraversalService())
-            offer = Offer(new_txid(), target.endpoints("udp"))
-            sent = len(frame_stream(encode(offer)))
-            await exchange.request(attacker, node.peer_info(), TRAVERSAL_PROTOCOL, offer,
-                                   Offer, timeout=5)
-            received = 0
-            for _ in range(1000):  # 10 s at most; ends once the allowance is spent
-                await trio.sleep(0.01)
-                received = target.drain()
-                if received > 3 * sent or service.statistics().withheld > 0:
-                    break
-            assert received <= 3 * sent, f"{received} bytes to the victim for {sent} sent"
-            stats = service.statistics()
-            assert stats.withheld > 0 and stats.unproven_bytes == received
-            assert target.datagrams >= 1  # it did try: a few probes, then no more
+        sent, received, stats = await traversal_offered(target, target.endpoints("udp"),
+                                                        withheld=1)
+        assert received <= 3 * sent, f"{received} bytes to the victim for {sent} sent"
+        assert stats.withheld > 0 and stats.unproven_bytes == received
+        assert target.datagrams >= 1  # it did try: a few probes, then no more
+
+
+async def traversal_offered(target: Victim, endpoints: tuple[Endpoint, ...], *,
+                            withheld: int) -> tuple[int, int, TraversalStatistics]:
+    """An attacker's traversal Offer naming `endpoints`: the bytes it sent, the bytes `target`
+    received once the node withheld `withheld` probes (or sent over 3x), and the statistics."""
+    async with AsyncExitStack() as stack:
+        node = await stack.enter_async_context(MeshNode(LOOPBACK))
+        attacker = await stack.enter_async_context(MeshNode(LOOPBACK))
+        service = await node.mount(TraversalService())
+        offer = Offer(new_txid(), endpoints)
+        sent = len(frame_stream(encode(offer)))
+        await exchange.request(attacker, node.peer_info(), TRAVERSAL_PROTOCOL, offer,
+                               Offer, timeout=5)
+        for _ in range(1000):  # 10 s at most; ends once the allowance is spent
+            await trio.sleep(0.01)
+            if target.drain() > 3 * sent or service.statistics().withheld >= withheld:
+                break
+        return sent, target.drain(), service.statistics()
 
 
 async def test_traversals_started_by_one_network_leave_room_for_another() -> None:
@@ -277,22 +283,10 @@ async def test_a_traversal_offer_naming_many_hosts_of_one_network_gets_it_3x_in_
         endpoints = tuple(Endpoint(IPv4Address(h), s.getsockname()[1])
                           for h, s in zip(hosts, socks, strict=True))
         with trio.fail_after(20):
-            async with AsyncExitStack() as stack:
-                node = await stack.enter_async_context(MeshNode(LOOPBACK))
-                attacker = await stack.enter_async_context(MeshNode(LOOPBACK))
-                service = await node.mount(TraversalService())
-                offer = Offer(new_txid(), endpoints)
-                sent = len(frame_stream(encode(offer)))
-                await exchange.request(attacker, node.peer_info(), TRAVERSAL_PROTOCOL, offer,
-                                       Offer, timeout=5)
-                received = 0
-                for _ in range(1000):  # 10 s at most; ends once the allowance is spent
-                    await trio.sleep(0.01)
-                    received = target.drain()
-                    if received > 3 * sent or service.statistics().withheld >= len(hosts):
-                        break
-                assert received <= 3 * sent, f"{received} bytes to the /24 for {sent} sent"
-                assert service.statistics().unproven_bytes == received > 0
+            sent, received, stats = await traversal_offered(target, endpoints,
+                                                            withheld=len(hosts))
+        assert received <= 3 * sent, f"{received} bytes to the /24 for {sent} sent"
+        assert stats.unproven_bytes == received > 0
     finally:
         for sock in socks:
             sock.close()
