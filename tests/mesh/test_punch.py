@@ -86,7 +86,8 @@ async def test_a_dead_direct_path_is_noticed_by_keepalives_and_punched_again() -
             await first.connection.close()  # the direct path dies; the relay still works
             await repunched.wait()
             assert [type(e) for e in events] == [PunchSucceeded, PathLost, PunchSucceeded]
-            assert (puncher.paths_lost, puncher.repunches) == (1, 1)
+            paths = puncher.statistics().paths
+            assert (paths.paths_lost, paths.repunches, paths.kept) == (1, 1, 1)
             direct = [c for c in a.host.get_network().get_connections(b.peer_id)
                       if not is_relayed(c)]
             assert direct and first.connection not in direct

@@ -16,7 +16,8 @@ PURE = ["endpoint.py", "errors.py", "events.py", "ratelimit.py", "wire/codec.py"
         "wire/frames.py", "reflection/messages.py", "reflection/core.py",
         "discovery/consensus.py", "wire/error_response.py", "classify/messages.py",
         "classify/report.py", "classify/classifier.py", "classify/plan.py",
-        "punch/messages.py", "punch/core.py", "punch/birthday.py", "config.py",
+        "punch/messages.py", "punch/core.py", "punch/birthday.py", "punch/plan.py",
+        "punch/config.py", "punch/payment.py", "config.py",
         "relay/policy.py", "tunnel/messages.py", "tunnel/core.py", "records/messages.py",
         "traversal/messages.py", "traversal/pairs.py", "traversal/scope.py", "limits.py",
         "records/store.py", "rendezvous/messages.py", "rendezvous/core.py", "chat/messages.py"]

@@ -38,7 +38,6 @@ from meshnat._libp2p.connections import (
     wait_streams_closed,
     watch_connections,
 )
-from meshnat._libp2p.dial import dial_once
 from meshnat._libp2p.host import (
     close_connections,
     concrete_addrs,
@@ -67,6 +66,7 @@ from meshnat._libp2p.streams import (
     transport_of,
     write_frame,
 )
+from meshnat._libp2p.tcp import dial_tcp_from
 from meshnat._libp2p.tcp import install as install_leak_free_tcp_dial
 from meshnat._libp2p.udp import (
     DatagramTap,
@@ -101,8 +101,8 @@ __all__ = [
     "close_listener",
     "concrete_addrs",
     "connection_remote",
-    "dial_once",
     "dial_quic_from",
+    "dial_tcp_from",
     "enable_quic_dial_with_source",
     "endpoint_of",
     "ensure_ports_free",

@@ -1,4 +1,9 @@
-"""py-libp2p's TCP dial from a bound source port, without its socket leak on cancellation.
+"""TCP dials from the listen port (hole punching), and py-libp2p's leak on cancelling one.
+
+`dial_tcp_from` is the TCP path of a punch: a dial bound to the TCP listen port (SO_REUSEPORT,
+as the listener), so the peer's NAT sees the mapping it was told about; when both sides dial at
+once it is a TCP simultaneous open, and `Swarm.dial_addr_as_responder` gives the second side
+Noise's responder role (two Noise initiators on one connection would stall).
 
 `libp2p.transport.tcp.tcp._open_tcp_stream_from` (used for TCP hole punching) closes its socket
 when bind or connect raise OSError, but not when the dial is cancelled, which is how the losing
@@ -11,9 +16,16 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+import multiaddr
 import trio
+from libp2p.abc import IHost, INetConn
+from libp2p.peer.id import ID
 from libp2p.transport.exceptions import OpenConnectionError
 from libp2p.transport.tcp import tcp as _tcp
+
+from meshnat._libp2p.dial import dial_once
+from meshnat._libp2p.streams import map_peer_errors
+from meshnat.endpoint import Endpoint
 
 _original = _tcp._open_tcp_stream_from
 
@@ -40,6 +52,27 @@ async def _open_tcp_stream_from(host: str, port: int, source: tuple[str, int]
     except BaseException:
         sock.close()
         raise
+
+
+async def dial_tcp_from(host: IHost, peer: ID, remote: Endpoint, source: Endpoint, *,
+                        as_responder: bool = False, retries: bool = True) -> INetConn:
+    """TCP to `remote` from the local `source` endpoint, upgraded (Noise) against `peer`.
+
+    `as_responder`: the simultaneous open's second side, Noise responder (one attempt).
+    `retries`: py-libp2p's retries of a failed dial (3, after 0.1/0.2/0.4 s); without them one
+    attempt, as a dial charged to a send budget must be. Raises PeerUnavailable/PeerTimeout.
+    """
+    address = multiaddr.Multiaddr(
+        f"/ip{remote.ip.version}/{remote.ip}/tcp/{remote.port}/p2p/{peer}")
+    network, sockaddr = host.get_network(), source.to_sockaddr()
+    with map_peer_errors(f"tcp open to {remote}"):
+        if as_responder:
+            conn = await network.dial_addr_as_responder(address, peer, sockaddr)
+        elif retries:
+            conn = await network.dial_addr(address, peer, sockaddr)
+        else:
+            conn = await dial_once(network, address, peer, sockaddr)
+    return conn
 
 
 def install() -> None:

@@ -43,7 +43,8 @@ class HeardOn:
 
 
 class EasySideSession(DeadlineSession[SendProbe | Heard]):
-    """Probes random ports of the hard side's IP; same actions as UdpPunchSession."""
+    """Probes random ports of the hard side's IP from the node's UDP socket (`punch_udp`):
+    `SendProbe` actions, then `Heard` or `GaveUp`."""
 
     def __init__(self, txid: bytes, ip: IPv4Address | IPv6Address, *, rng: random.Random,
                  max_probes: int, probes_per_tick: int, tick: float, timeout: float,

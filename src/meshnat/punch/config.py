@@ -1,12 +1,10 @@
-"""The hole puncher's settings (`PunchConfig`) and results (`Punched`, `PunchStatistics`)."""
+"""The hole puncher's settings (`PunchConfig`); pure."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from meshnat._libp2p import ID, INetConn
 from meshnat.config import require_in_range, require_positive
-from meshnat.endpoint import Endpoint
 from meshnat.punch.messages import MappingHint
 
 
@@ -83,45 +81,3 @@ class PunchConfig:
         require_in_range(self, 1, 1024, "max_responding", "max_responding_per_network")
         require_positive(self, "probe_interval", "punch_timeout", "stream_timeout",
                          "keepalive_interval", "responder_rate", "network_rate", "total_rate")
-
-
-@dataclass(frozen=True, slots=True)
-class PunchStatistics:
-    responding: int
-    """Punches this node is answering now."""
-    refused: dict[str, int]
-    """Punches refused, by the bound that refused them: `peer-rate`, `network-rate`,
-    `total-rate`, `peer`, `network`, `total`."""
-    unproven_bytes: int
-    """Bytes sent (headers included) to IPs the peer had not proven: probes, birthday
-    probes and TCP SYNs, never above 3x what that peer sent, per destination network (/24,
-    /56) and punch."""
-    withheld: int
-    """Probes or dials not sent because an unproven IP's allowance was spent."""
-    paid: int
-    """Bytes peers sent over coordination streams (Offers, padding, Syncs)."""
-    refused_candidates: int = 0
-    """Candidates peers named that this node may not probe or dial (`traversal.scope`)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Punched:
-    """A direct connection opened through the NATs, and how."""
-
-    peer: ID
-    transport: str
-    """`udp` (QUIC over the punched UDP path) or `tcp` (simultaneous open)."""
-    local: Endpoint
-    remote: Endpoint
-    rtt: float
-    """Round trip of the coordination exchange, seconds."""
-    elapsed: float
-    """Seconds from punch() to the direct connection."""
-    probes_sent: int
-    connection: INetConn
-
-    def to_json(self) -> dict[str, object]:
-        return {"peer": str(self.peer), "path": "punched", "transport": self.transport,
-                "local": str(self.local), "remote": str(self.remote),
-                "rtt_ms": round(self.rtt * 1e3, 3), "time_ms": round(self.elapsed * 1e3, 3),
-                "probes_sent": self.probes_sent}

@@ -1,10 +1,11 @@
 """The race of a coordinated punch: UDP and TCP at once, the first direct connection wins.
 
+Which paths run and how is the `PunchPlan` (`punch/plan.py`); this module only carries it out.
 The UDP path is a traversal (`TraversalService`) on the node's shared QUIC port: the initiator
 takes the first pair that comes alive and dials QUIC from that very port (TLS binds the
 connection to the peer id); against an endpoint-dependent NAT it is birthday probing instead.
 The TCP path is a simultaneous open from both TCP listen ports, upgraded by Noise with fixed
-roles. Every packet is paid for by the peer's coordination (`SendBudget`).
+roles (`_libp2p.dial_tcp_from`). Every packet is paid for by the peer's coordination (`SendBudget`).
 """
 
 from __future__ import annotations
@@ -14,18 +15,18 @@ import dataclasses
 import logging
 import random
 
-import multiaddr
 import trio
 
 from meshnat import _libp2p
-from meshnat._libp2p import ID, INetConn
+from meshnat._libp2p import ID
 from meshnat.endpoint import Endpoint
 from meshnat.errors import MeshNatError, PeerTimeout, PunchFailed, UnknownPair
 from meshnat.node import MeshNode
 from meshnat.punch.birthday import EasySideSession, HardSideSession
-from meshnat.punch.config import PunchConfig, Punched
-from meshnat.punch.messages import MappingHint, Offer
+from meshnat.punch.messages import Offer
 from meshnat.punch.payment import probes_allowed
+from meshnat.punch.plan import Birthday, PunchPlan, TcpPath, UdpPath
+from meshnat.punch.results import PathOpened, Punched
 from meshnat.punch.udp import punch_udp, punch_udp_many
 from meshnat.traversal import PairState, TraversalService
 from meshnat.traversal.budget import SendBudget, tcp_dial_bytes
@@ -38,24 +39,22 @@ log = logging.getLogger(__name__)
 class PathRace:
     """Races the UDP and TCP paths of punches whose Offers and Sync are done."""
 
-    def __init__(self, config: PunchConfig, traversals: TraversalService) -> None:
+    def __init__(self, traversals: TraversalService) -> None:
         """`traversals`: the service the UDP path adopts its traversal from."""
-        self.config = config
         self._traversals = traversals
         self.unproven_bytes = self.withheld = self.paid = 0  # the budgets', over every race
         self.refused_candidates = 0  # candidates out of the peer's scope (traversal.scope)
 
-    async def run(self, node: MeshNode, peer: ID, ours: Offer, theirs: Offer, rtt: float,
-                  started: float, budget: SendBudget, *, initiator: bool) -> Punched:
-        """Punch UDP and TCP at once; the first direct connection wins, the other is cancelled.
-        `budget`: what the peer's coordination paid for, shared by both paths. Candidates
-        the peer may not name (`traversal.scope`) are dropped first."""
+    async def run(self, node: MeshNode, peer: ID, ours: Offer, theirs: Offer, plan: PunchPlan,
+                  *, rtt: float, started: float, budget: SendBudget) -> Punched:
+        """Punch the paths `plan` names at once; the first direct connection wins, the other
+        is cancelled. `budget`: what the peer's coordination paid for, shared by both paths.
+        Candidates the peer may not name (`traversal.scope`) are dropped first."""
         theirs = self._admit(node, peer, theirs)
         for ip in direct_ips(node, peer):
             budget.prove(ip)
         try:
-            return await self._race_paths(node, peer, ours, theirs, rtt, started, budget,
-                                          initiator=initiator)
+            return await self._race_paths(node, peer, ours, theirs, plan, rtt, started, budget)
         finally:
             stats = budget.statistics()
             self.unproven_bytes += stats.unproven_bytes
@@ -73,18 +72,18 @@ class PathRace:
         return dataclasses.replace(theirs, udp=udp, tcp=tcp)
 
     async def _race_paths(self, node: MeshNode, peer: ID, ours: Offer, theirs: Offer,
-                          rtt: float, started: float, budget: SendBudget, *,
-                          initiator: bool) -> Punched:
+                          plan: PunchPlan, rtt: float, started: float,
+                          budget: SendBudget) -> Punched:
         won: list[Punched] = []
         failures: list[PunchFailed] = []
 
         async def attempt(path: str) -> None:
             try:
-                with trio.fail_after(self.config.punch_timeout + 1.0):
+                with trio.fail_after(plan.backstop):
                     if path == "udp":
-                        result = await self._udp(node, peer, ours, theirs, budget, initiator)
+                        opened = await self._udp(node, peer, ours, theirs, plan, budget)
                     else:
-                        result = await self._tcp(node, peer, ours, theirs, budget, initiator)
+                        opened = await self._tcp(node, peer, theirs, plan, budget)
             except trio.TooSlowError:
                 failures.append(PunchFailed(f"{path}: timed out"))
                 return
@@ -96,17 +95,18 @@ class PathRace:
                 failures.append(PunchFailed(f"{path}: {exc}"))
                 return
             if not won:
-                won.append(Punched(peer, path, result[0], result[1], rtt,
-                                   trio.current_time() - started, result[2], result[3]))
+                won.append(Punched(peer, path, opened.local, opened.remote, rtt,
+                                   trio.current_time() - started, opened.probes_sent,
+                                   opened.connection))
                 nursery.cancel_scope.cancel()
-            elif result[3] is not won[0].connection:  # both made it: keep only the winner
+            elif opened.connection is not won[0].connection:  # both made it: keep the winner
                 with trio.CancelScope(shield=True):
-                    await result[3].close()
+                    await opened.connection.close()
 
         async with trio.open_nursery() as nursery:
-            if theirs.udp:
+            if plan.udp is not None and theirs.udp:
                 nursery.start_soon(attempt, "udp")
-            if theirs.tcp:
+            if plan.tcp is not None and theirs.tcp:
                 nursery.start_soon(attempt, "tcp")
         if won:
             return won[0]
@@ -115,101 +115,92 @@ class PathRace:
                           candidates=tuple(map(str, theirs.udp + theirs.tcp)))
 
     async def _udp(self, node: MeshNode, peer: ID, ours: Offer, theirs: Offer,
-                   budget: SendBudget, initiator: bool
-                   ) -> tuple[Endpoint, Endpoint, int, INetConn]:
-        hard, easy = MappingHint.ENDPOINT_DEPENDENT, MappingHint.ENDPOINT_INDEPENDENT
-        if ours.mapping is hard and theirs.mapping is easy:
-            return await self._birthday_hard(node, peer, ours, theirs, budget)
-        if ours.mapping is easy and theirs.mapping is hard:
-            return await self._birthday_easy(node, peer, ours, theirs, budget)
+                   plan: PunchPlan, budget: SendBudget) -> PathOpened:
+        if plan.birthday is not None:
+            side = self._birthday_hard if plan.udp is UdpPath.BIRTHDAY_HARD else \
+                self._birthday_easy
+            return await side(node, peer, ours.txid, theirs, plan.birthday, plan.path_timeout,
+                              budget)
         local = node.listen_endpoint("udp")
         # the punch's Offers were the traversal's candidate exchange, and Sync started both
         # sides together: each adopts the traversal under the punch's txid
         traversal = await self._traversals.adopt(ours.txid, peer, theirs.udp, budget=budget,
                                                  shared=True)
         try:
-            if not initiator:  # the initiator takes a pair and dials; our listener accepts
+            if not plan.udp_dials:  # the initiator takes a pair and dials; our listener accepts
                 conn = await _libp2p.wait_direct_connection(node.host, peer)
-                return local, _libp2p.connection_remote(conn) or local, 0, conn
+                return PathOpened(local, _libp2p.connection_remote(conn) or local, 0, conn)
             try:
                 pair = await self._traversals.wait_for(traversal.id, PairState.ALIVE,
-                                                       self.config.punch_timeout)
+                                                       plan.path_timeout)
             except PeerTimeout as exc:
-                raise PunchFailed(f"no UDP pair answered within {self.config.punch_timeout} s",
+                raise PunchFailed(f"no UDP pair answered within {plan.path_timeout} s",
                                   probes_sent=traversal.probes_sent) from exc
             await self._traversals.take(pair.id, initiate=True)
             conn = await self._traversals.connect(pair.id)
-            return Endpoint(local.ip, pair.local_port), pair.remote, traversal.probes_sent, conn
+            return PathOpened(Endpoint(local.ip, pair.local_port), pair.remote,
+                              traversal.probes_sent, conn)
         finally:
             with trio.CancelScope(shield=True), contextlib.suppress(UnknownPair):
                 await self._traversals.close(traversal.id)  # its connection stays
 
-    async def _birthday_hard(self, node: MeshNode, peer: ID, ours: Offer, theirs: Offer,
-                             budget: SendBudget) -> tuple[Endpoint, Endpoint, int, INetConn]:
+    @staticmethod
+    async def _birthday_hard(node: MeshNode, peer: ID, txid: bytes, theirs: Offer,
+                             birthday: Birthday, timeout: float,
+                             budget: SendBudget) -> PathOpened:
         """Open many mappings towards the easy side; dial QUIC from the socket it reached.
         Sockets and rounds are what the easy side paid for (its IP is unproven until then)."""
-        cfg = self.config
         # only the easy side's public endpoint: its LAN addresses cannot be reached from here
         target = theirs.udp[0]
-        sockets = probes_allowed(budget.allowance(target.ip), cfg.birthday_sockets)
+        sockets = probes_allowed(budget.allowance(target.ip), birthday.wanted)
         if sockets < 1:
             raise PunchFailed("birthday probing: the peer paid for no probes")
-        session = HardSideSession(ours.txid, (target,), sockets=sockets,
-                                  refresh_interval=1.0, timeout=cfg.punch_timeout)
-        heard, port = await punch_udp_many(session, sockets, budget)
-        source = Endpoint(node.listen_endpoint("udp").ip, port)
-        conn = await _libp2p.dial_quic_from(node.host, peer, heard.remote, source)
-        return source, heard.remote, heard.probes_sent, conn
+        session = HardSideSession(txid, (target,), sockets=sockets,
+                                  refresh_interval=birthday.interval, timeout=timeout)
+        found = await punch_udp_many(session, sockets, budget)
+        source = Endpoint(node.listen_endpoint("udp").ip, found.port)
+        conn = await _libp2p.dial_quic_from(node.host, peer, found.heard.remote, source)
+        return PathOpened(source, found.heard.remote, found.heard.probes_sent, conn)
 
-    async def _birthday_easy(self, node: MeshNode, peer: ID, ours: Offer, theirs: Offer,
-                             budget: SendBudget) -> tuple[Endpoint, Endpoint, int, INetConn]:
+    @staticmethod
+    async def _birthday_easy(node: MeshNode, peer: ID, txid: bytes, theirs: Offer,
+                             birthday: Birthday, timeout: float,
+                             budget: SendBudget) -> PathOpened:
         """Probe random ports of the hard side's IP; it dials back over the port that worked.
         At most as many probes as the hard side paid for (its IP is unproven until then)."""
-        cfg = self.config
         ip = theirs.udp[0].ip
-        max_probes = probes_allowed(budget.allowance(ip), cfg.birthday_max_probes)
+        max_probes = probes_allowed(budget.allowance(ip), birthday.wanted)
         if max_probes < 1:
             raise PunchFailed("birthday probing: the peer paid for no probes")
         session = EasySideSession(
-            ours.txid, ip, rng=random.SystemRandom(),
-            max_probes=max_probes, probes_per_tick=cfg.birthday_probes_per_tick,
-            tick=0.01, timeout=cfg.punch_timeout)
+            txid, ip, rng=random.SystemRandom(), max_probes=max_probes,
+            probes_per_tick=birthday.per_tick, tick=birthday.interval, timeout=timeout)
         heard = await punch_udp(node, session, budget)
         conn = await _libp2p.wait_direct_connection(node.host, peer)
-        return node.listen_endpoint("udp"), heard.remote, session.probes_sent, conn
+        return PathOpened(node.listen_endpoint("udp"), heard.remote, session.probes_sent, conn)
 
-    async def _tcp(self, node: MeshNode, peer: ID, ours: Offer, theirs: Offer,
-                   budget: SendBudget, initiator: bool
-                   ) -> tuple[Endpoint, Endpoint, int, INetConn]:
+    @staticmethod
+    async def _tcp(node: MeshNode, peer: ID, theirs: Offer, plan: PunchPlan,
+                   budget: SendBudget) -> PathOpened:
         """A public side is simply dialled (by the initiator when both are public); two NATed
         sides open at once from their listen ports, with fixed Noise roles. A dial to an IP
         the peer has not proven costs its SYNs from the budget: few candidates get one."""
         local = node.listen_endpoint("tcp")
-        if ours.public and (not theirs.public or not initiator):
+        if plan.tcp is TcpPath.ACCEPT:
             conn = await _libp2p.wait_direct_connection(node.host, peer)  # they dial us
-            return local, theirs.tcp[0], 0, conn
-        simultaneous = not theirs.public
-        network = node.host.get_network()
+            return PathOpened(local, theirs.tcp[0], 0, conn)
         errors: list[str] = []
         for remote in theirs.tcp:
             proven = budget.is_proven(remote.ip)
             if not budget.spend(remote.ip, tcp_dial_bytes(remote.ip)):
                 errors.append(f"{remote}: not proven, its allowance is spent")
                 continue
-            address = multiaddr.Multiaddr(
-                f"/ip{remote.ip.version}/{remote.ip}/tcp/{remote.port}/p2p/{peer}")
-            try:
-                with _libp2p.map_peer_errors(f"tcp open to {remote}"):
-                    if simultaneous and not initiator:
-                        conn = await network.dial_addr_as_responder(address, peer,
-                                                                    local.to_sockaddr())
-                    elif proven:
-                        conn = await network.dial_addr(address, peer, local.to_sockaddr())
-                    else:  # one attempt, as charged (dial_addr retries 3 times)
-                        conn = await _libp2p.dial_once(network, address, peer,
-                                                       local.to_sockaddr())
+            try:  # one attempt to an unproven IP, as charged (dial_addr retries 3 times)
+                conn = await _libp2p.dial_tcp_from(
+                    node.host, peer, remote, local,
+                    as_responder=plan.tcp is TcpPath.DIAL_AS_RESPONDER, retries=proven)
             except MeshNatError as exc:
                 errors.append(str(exc))
                 continue
-            return local, remote, 0, conn
+            return PathOpened(local, remote, 0, conn)
         raise PunchFailed("; ".join(errors) or "no TCP candidate")

@@ -24,20 +24,16 @@ from meshnat.errors import (
     PunchFailed,
     RemoteProtocolError,
 )
-from meshnat.events import (
-    EventSink,
-    PathLost,
-    PunchAbandoned,
-    PunchSucceeded,
-    ignore_events,
-)
+from meshnat.events import EventSink, PunchAbandoned, PunchSucceeded, ignore_events
 from meshnat.limits import Claim, SlotLimit
 from meshnat.node import MeshNode
-from meshnat.punch.config import PunchConfig, Punched, PunchStatistics
+from meshnat.punch.config import PunchConfig
 from meshnat.punch.coordination import pay, read_paid, read_until_closed
-from meshnat.punch.messages import MappingHint, Offer, Sync
-from meshnat.punch.payment import padding_owed
+from meshnat.punch.keepalive import PathKeeper
+from meshnat.punch.messages import Offer, Sync
+from meshnat.punch.plan import Role, plan_punch
 from meshnat.punch.race import PathRace
+from meshnat.punch.results import Punched, PunchStatistics
 from meshnat.ratelimit import RateLimiter
 from meshnat.traversal import TraversalConfig, TraversalService
 from meshnat.traversal.budget import SendBudget
@@ -69,11 +65,12 @@ class HolePuncher:
         self.traversals = traversals or TraversalService(TraversalConfig(
             probe_interval=self.config.probe_interval, probe_timeout=self.config.punch_timeout,
             stream_timeout=self.config.stream_timeout), discovery=discovery)
-        self._race = PathRace(self.config, self.traversals)
+        self._race = PathRace(self.traversals)
         self._events = events
         self._node: MeshNode | None = None
-        self._nursery: trio.Nursery | None = None
-        self.keepalives_sent = self.paths_lost = self.repunches = 0
+        self._paths = PathKeeper(interval=self.config.keepalive_interval,
+                                 ping_timeout=self.config.stream_timeout,
+                                 repunch=self._punch_and_keep, events=events)
         cfg = self.config
         self._limits = (
             ("peer-rate", RateLimiter(rate=cfg.responder_rate, burst=cfg.responder_burst,
@@ -86,12 +83,13 @@ class HolePuncher:
                                 per_network=min(cfg.max_responding_per_network,
                                                 cfg.max_responding))
         self._refused: Counter[str] = Counter()
-        self._kept: dict[ID, Punched] = {}
 
     def statistics(self) -> PunchStatistics:
         race = self._race
-        return PunchStatistics(self._slots.held, dict(self._refused), race.unproven_bytes,
-                               race.withheld, race.paid, race.refused_candidates)
+        return PunchStatistics(responding=self._slots.held, refused=dict(self._refused),
+                               unproven_bytes=race.unproven_bytes, withheld=race.withheld,
+                               paid=race.paid, refused_candidates=race.refused_candidates,
+                               paths=self._paths.statistics())
 
     async def serve(self, node: MeshNode, *, task_status: TaskStatus[None]) -> None:
         self._node = node
@@ -99,14 +97,14 @@ class HolePuncher:
                                      _libp2p.guarded_handler("punch", self._respond))
         try:
             async with trio.open_nursery() as nursery:
-                self._nursery = nursery
+                await nursery.start(partial(self._paths.run, node.host))
                 if self._own_traversals:
                     await nursery.start(partial(self.traversals.serve, node))
                 task_status.started()
                 await trio.sleep_forever()
         finally:
             node.host.remove_stream_handler(self.protocol_id)
-            self._node = self._nursery = None
+            self._node = None
 
     # --- initiator ---------------------------------------------------------------------------
 
@@ -127,7 +125,7 @@ class HolePuncher:
             self._events(PunchAbandoned(str(peer), exc.reason))
             raise
         self._events(PunchSucceeded(str(peer), result.transport, result.remote, result.elapsed))
-        self._keep(result, repunches_left=repunches_left)
+        self._paths.keep(result, repunches_left=repunches_left)
         return result
 
     async def _punch(self, peer: ID) -> Punched:
@@ -150,12 +148,15 @@ class HolePuncher:
                 theirs = reply
                 if theirs.txid != offer.txid:
                     raise PunchFailed("the peer answered another punch")
-                self._check_strategy(offer, theirs)
-                await pay(stream, offer.txid, self._owed(offer, theirs))  # birthday only
+                plan = plan_punch(offer, theirs, Role.INITIATOR, self.config)
+                if plan.give_up:
+                    raise PunchFailed(plan.give_up)
+                await pay(stream, offer.txid, plan.padding)  # birthday only
                 await _libp2p.write_frame(stream, encode(Sync(offer.txid)))
-            await trio.sleep(rtt / 2)  # DCUtR: the initiator punches RTT/2 after Sync
-            result = await self._race.run(node, peer, offer, theirs, rtt, started, budget,
-                                          initiator=True)
+            if plan.half_rtt_delay:
+                await trio.sleep(rtt / 2)  # DCUtR: the initiator punches RTT/2 after Sync
+            result = await self._race.run(node, peer, offer, theirs, plan, rtt=rtt,
+                                          started=started, budget=budget)
         finally:
             await _libp2p.reset_quietly(stream)
         return result
@@ -197,75 +198,31 @@ class HolePuncher:
                     raise
                 budget = SendBudget(paid=len(frame))
                 offer = self._offer(theirs.txid)
-                await pay(stream, offer.txid, self._owed(offer, theirs))
+                plan = plan_punch(offer, theirs, Role.RESPONDER, self.config)
+                await pay(stream, offer.txid, plan.padding)
                 await _libp2p.write_frame(stream, encode(offer))
-                try:
-                    self._check_strategy(offer, theirs)
-                except PunchFailed:  # the initiator sees it too: let it read our Offer first
+                if plan.give_up:  # the initiator sees it too: let it read our Offer first
                     await read_until_closed(stream, limit)
-                    raise
+                    raise PunchFailed(plan.give_up)
                 sync = await read_paid(stream, await _libp2p.read_frame(stream), budget,
-                                             Sync)
+                                       Sync)
                 if sync.txid != offer.txid:
                     raise PunchFailed("sync for another punch")
-            result = await self._race.run(node, peer, offer, theirs, 0.0, trio.current_time(),
-                                          budget, initiator=False)
+            result = await self._race.run(node, peer, offer, theirs, plan, rtt=0.0,
+                                          started=trio.current_time(), budget=budget)
             log.info("punch: responded to %s: %s path %s", peer, result.transport, result.remote)
-            self._keep(result, repunches_left=0)  # re-punching is the initiator's job
+            self._paths.keep(result, repunches_left=0)  # re-punching is the initiator's job
         except MeshNatError as exc:
             log.info("punch: responding to %s ended: %s", peer, exc)
         finally:
             self._slots.release(claim)
             await _libp2p.reset_quietly(stream)
 
-    # --- paying for probes (punch/payment.py) ----------------------------------------------------
-
-    def _owed(self, ours: Offer, theirs: Offer) -> int:
-        return padding_owed(ours.mapping, theirs.mapping,
-                            max_probes=self.config.birthday_max_probes,
-                            sockets=self.config.birthday_sockets)
-
-    # --- keeping the path ----------------------------------------------------------------------
+    # --- keeping the path (punch/keepalive.py) -------------------------------------------------
 
     def punched(self, peer: ID) -> Punched | None:
         """The punched connection to `peer` being kept alive now (either side), if any."""
-        return self._kept.get(peer)
-
-    def _keep(self, result: Punched, *, repunches_left: int) -> None:
-        kept = self._kept.get(result.peer)
-        if kept is not None and kept.connection is result.connection:
-            return  # a punch that found the same connection: its keepalive already runs
-        self._kept[result.peer] = result
-        if self._nursery is not None:
-            self._nursery.start_soon(self._keepalive, result, repunches_left)
-
-    async def _keepalive(self, result: Punched, repunches_left: int) -> None:
-        """Ping over the punched connection so its NAT mappings stay; re-punch if it dies."""
-        node = self._mounted()
-        while True:
-            await trio.sleep(self.config.keepalive_interval)  # the keepalive period itself
-            if self._kept.get(result.peer) is not result:
-                return  # a newer direct path to the peer has its own keepalive
-            try:
-                await _libp2p.ping_over(node.host, result.connection,
-                                        timeout=self.config.stream_timeout)
-            except MeshNatError as exc:
-                self.paths_lost += 1
-                if self._kept.get(result.peer) is result:
-                    del self._kept[result.peer]
-                self._events(PathLost(str(result.peer), str(exc)))
-                log.info("punch: direct path to %s lost: %s", result.peer, exc)
-                break
-            self.keepalives_sent += 1
-        if repunches_left <= 0:
-            return
-        self.repunches += 1
-        try:  # only works while another connection (e.g. the relay) still reaches the peer
-            again = await self._punch_and_keep(result.peer, repunches_left - 1)
-        except MeshNatError as exc:
-            log.info("punch: re-punch to %s failed: %s", result.peer, exc)
-            return
-        log.info("punch: re-punched %s over %s", again.peer, again.transport)
+        return self._paths.punched(peer)
 
     # --- both sides --------------------------------------------------------------------------
 
@@ -292,11 +249,3 @@ class HolePuncher:
             candidates[transport] = list(dict.fromkeys(public + local))
         return Offer(txid, tuple(candidates["udp"]), tuple(candidates["tcp"]),
                      self.config.mapping, reachable, bytes(self.config.offer_padding))
-
-    @staticmethod
-    def _check_strategy(ours: Offer, theirs: Offer) -> None:
-        hard = MappingHint.ENDPOINT_DEPENDENT
-        if ours.mapping is hard and theirs.mapping is hard:
-            raise PunchFailed("both sides have endpoint-dependent mapping: stay on the relay")
-        if not theirs.udp and not theirs.tcp:
-            raise PunchFailed("the peer offered no candidate address")

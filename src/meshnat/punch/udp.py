@@ -9,6 +9,7 @@ import logging
 import math
 import socket
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -24,6 +25,15 @@ from meshnat.traversal.budget import SendBudget, udp_wire_bytes
 from meshnat.wire import encode, frame_datagram
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class HeardOnPort:
+    """The hard side heard the easy side: what it heard, and the local UDP port of the socket
+    that heard it (closed by now; its NAT mapping stays)."""
+
+    heard: HeardOn
+    port: int
 
 
 async def punch_udp(node: MeshNode, session: EasySideSession, budget: SendBudget) -> Heard:
@@ -55,12 +65,12 @@ async def punch_udp(node: MeshNode, session: EasySideSession, budget: SendBudget
 
 
 async def punch_udp_many(session: HardSideSession, sockets: int,
-                         budget: SendBudget) -> tuple[HeardOn, int]:
+                         budget: SendBudget) -> HeardOnPort:
     """Run a hard-side birthday session on `sockets` fresh UDP sockets, each probe paid from
     `budget` (not sent when the easy side's unproven allowance is spent).
 
-    Returns what was heard and the local port of the socket that heard it. Every socket is
-    closed on return, so the caller can bind that port again (the NAT mapping stays).
+    Every socket is closed on return, so the caller can bind the port that heard again (the
+    NAT mapping stays). Raises PunchFailed when the session gives up.
     """
     send, receive = trio.open_memory_channel[tuple[int, Probe, Endpoint]](256)
     socks: list[trio.socket.SocketType] = []
@@ -92,7 +102,7 @@ async def punch_udp_many(session: HardSideSession, sockets: int,
         if isinstance(outcome, PunchFailed):
             raise outcome
         assert isinstance(outcome, HeardOn)
-        return outcome, socks[outcome.socket].getsockname()[1]
+        return HeardOnPort(outcome, socks[outcome.socket].getsockname()[1])
     finally:
         for sock in socks:
             sock.close()

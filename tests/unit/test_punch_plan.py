@@ -1,0 +1,125 @@
+"""`plan_punch` as a table: one row per NAT kind of this side, of the peer, and role."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+
+import pytest
+
+from meshnat.endpoint import Endpoint
+from meshnat.punch.config import PunchConfig
+from meshnat.punch.messages import MappingHint, Offer
+from meshnat.punch.plan import Birthday, PunchPlan, Role, TcpPath, UdpPath, plan_punch
+
+TXID = bytes(range(16))
+UDP, TCP = (Endpoint.parse("198.18.0.20:4001"),), (Endpoint.parse("198.18.0.20:4001"),)
+EI, ED, UNKNOWN = (MappingHint.ENDPOINT_INDEPENDENT, MappingHint.ENDPOINT_DEPENDENT,
+                   MappingHint.UNKNOWN)
+KINDS = {
+    "public": Offer(TXID, UDP, TCP, EI, public=True),
+    "cone": Offer(TXID, UDP, TCP, EI),
+    "symmetric": Offer(TXID, UDP, TCP, ED),
+    "unknown": Offer(TXID, UDP, TCP, UNKNOWN),
+    "cone-no-udp": Offer(TXID, (), TCP, EI),  # no QUIC listener, or every UDP candidate refused
+    "cone-no-tcp": Offer(TXID, UDP, (), EI),
+    "nothing": Offer(TXID, (), (), EI),
+}
+INIT, RESP = Role.INITIATOR, Role.RESPONDER
+TRAV, HARD, EASY = UdpPath.TRAVERSAL, UdpPath.BIRTHDAY_HARD, UdpPath.BIRTHDAY_EASY
+DIAL, DAR, ACCEPT = TcpPath.DIAL, TcpPath.DIAL_AS_RESPONDER, TcpPath.ACCEPT
+H, E = 39_595, 9_899  # padding: a third of 2048 probes / of 2 x 256 probes, 58 bytes each
+GIVE_UP = "give up"
+
+# ours, theirs, role: UDP path, this side dials QUIC, TCP path, padding
+TABLE = [
+    ("public", "public", INIT, TRAV, True, DIAL, 0),
+    ("public", "public", RESP, TRAV, False, ACCEPT, 0),
+    ("public", "cone", INIT, TRAV, True, ACCEPT, 0),
+    ("public", "cone", RESP, TRAV, False, ACCEPT, 0),
+    ("public", "symmetric", INIT, EASY, False, ACCEPT, E),
+    ("public", "symmetric", RESP, EASY, False, ACCEPT, E),
+    ("public", "unknown", INIT, TRAV, True, ACCEPT, 0),
+    ("public", "unknown", RESP, TRAV, False, ACCEPT, 0),
+    ("cone", "public", INIT, TRAV, True, DIAL, 0),
+    ("cone", "public", RESP, TRAV, False, DIAL, 0),
+    ("cone", "cone", INIT, TRAV, True, DIAL, 0),
+    ("cone", "cone", RESP, TRAV, False, DAR, 0),
+    ("cone", "symmetric", INIT, EASY, False, DIAL, E),
+    ("cone", "symmetric", RESP, EASY, False, DAR, E),
+    ("cone", "unknown", INIT, TRAV, True, DIAL, 0),
+    ("cone", "unknown", RESP, TRAV, False, DAR, 0),
+    ("symmetric", "public", INIT, HARD, True, DIAL, H),
+    ("symmetric", "public", RESP, HARD, True, DIAL, H),
+    ("symmetric", "cone", INIT, HARD, True, DIAL, H),
+    ("symmetric", "cone", RESP, HARD, True, DAR, H),
+    ("symmetric", "unknown", INIT, TRAV, True, DIAL, 0),
+    ("symmetric", "unknown", RESP, TRAV, False, DAR, 0),
+    ("unknown", "public", INIT, TRAV, True, DIAL, 0),
+    ("unknown", "public", RESP, TRAV, False, DIAL, 0),
+    ("unknown", "cone", INIT, TRAV, True, DIAL, 0),
+    ("unknown", "cone", RESP, TRAV, False, DAR, 0),
+    ("unknown", "symmetric", INIT, TRAV, True, DIAL, 0),
+    ("unknown", "symmetric", RESP, TRAV, False, DAR, 0),
+    ("unknown", "unknown", INIT, TRAV, True, DIAL, 0),
+    ("unknown", "unknown", RESP, TRAV, False, DAR, 0),
+    # the peer has no UDP path: none here; the padding still pays for its probes to us
+    ("cone", "cone-no-udp", INIT, None, False, DIAL, 0),
+    ("symmetric", "cone-no-udp", RESP, None, False, DAR, H),
+    ("cone-no-tcp", "cone", INIT, TRAV, True, DIAL, 0),
+    ("cone", "cone-no-tcp", RESP, TRAV, False, None, 0),
+]
+GIVING_UP = [
+    ("symmetric", "symmetric", INIT, "both sides have endpoint-dependent mapping"),
+    ("symmetric", "symmetric", RESP, "both sides have endpoint-dependent mapping"),
+    ("cone", "nothing", INIT, "the peer offered no candidate address"),
+    ("symmetric", "nothing", RESP, "the peer offered no candidate address"),  # and pays nothing
+]
+
+
+def plan(ours: str, theirs: str, role: Role, config: PunchConfig | None = None) -> PunchPlan:
+    return plan_punch(KINDS[ours], KINDS[theirs], role, config or PunchConfig())
+
+
+@pytest.mark.parametrize(("ours", "theirs", "role", "udp", "dials", "tcp", "padding"), TABLE)
+def test_the_plan_for_each_pair_of_nat_kinds_and_role(
+        ours: str, theirs: str, role: Role, udp: UdpPath | None, dials: bool,
+        tcp: TcpPath | None, padding: int) -> None:
+    p = plan(ours, theirs, role)
+    assert (p.give_up, p.udp, p.udp_dials, p.tcp, p.padding) == (None, udp, dials, tcp, padding)
+    assert p.half_rtt_delay is (role is INIT)  # DCUtR: only the initiator waits RTT/2
+    assert (p.path_timeout, p.backstop) == (3.0, 4.0)
+    assert p.birthday == {HARD: Birthday(256, 256, 1.0),
+                          EASY: Birthday(2048, 20, 0.01)}.get(udp)  # type: ignore[call-overload]
+
+
+@pytest.mark.parametrize(("ours", "theirs", "role", "reason"), GIVING_UP)
+def test_a_plan_that_gives_up_sends_and_pays_nothing(ours: str, theirs: str, role: Role,
+                                                     reason: str) -> None:
+    p = plan(ours, theirs, role)
+    assert p.give_up is not None and p.give_up.startswith(reason)
+    assert (p.udp, p.udp_dials, p.birthday, p.tcp, p.padding) == (None, False, None, None, 0)
+
+
+def test_birthday_numbers_and_timeouts_come_from_the_config() -> None:
+    config = replace(PunchConfig(), birthday_sockets=64, birthday_max_probes=300,
+                     birthday_probes_per_tick=5, punch_timeout=1.5)
+    hard, easy = plan("symmetric", "cone", INIT, config), plan("cone", "symmetric", RESP, config)
+    assert hard.birthday == Birthday(64, 64, 1.0) and easy.birthday == Birthday(300, 5, 0.01)
+    assert (hard.padding, easy.padding) == (5_800, 2_475)  # 300 x 58 / 3; 64 x 2 x 58 / 3
+    assert (hard.path_timeout, hard.backstop) == (1.5, 2.5)
+
+
+@pytest.mark.parametrize(("a", "b"), list(itertools.product(
+    ["public", "cone", "symmetric", "unknown"], repeat=2)))
+def test_the_initiators_and_the_responders_plans_fit_together(a: str, b: str) -> None:
+    """What one side waits for, the other does: one QUIC dialler, one TCP dialler per
+    simultaneous open (with opposite Noise roles), a dialler for every public side."""
+    init, resp = plan(a, b, INIT), plan(b, a, RESP)
+    if init.give_up or resp.give_up:
+        assert init.give_up == resp.give_up
+        return
+    assert {init.udp, resp.udp} in ({TRAV}, {HARD, EASY})
+    assert init.udp_dials != resp.udp_dials
+    assert sorted([init.tcp, resp.tcp]) in (sorted([DIAL, ACCEPT]), sorted([DIAL, DAR]))
+    assert (init.padding > 0) is (resp.padding > 0) is (init.udp is not TRAV)
