@@ -18,17 +18,19 @@ from libp2p.abc import IHost
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.serialization import deserialize_private_key
+from libp2p.custom_types import TProtocol
 from libp2p.exceptions import BaseLibp2pError
 from libp2p.network.config import ConnectionConfig
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.rcmgr import ResourceLimits, new_resource_manager
 from libp2p.rcmgr.connection_limits import ConnectionLimits
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.transport.quic.config import QUICTransportConfig
 from libp2p.utils.address_validation import expand_wildcard_address
 from multiaddr.exceptions import Error as MultiaddrError
 
-from meshnat._libp2p import admission, identity
+from meshnat._libp2p import admission, identity, yamux
 from meshnat.endpoint import Endpoint
 from meshnat.errors import (
     ConfigError,
@@ -70,6 +72,9 @@ def new_libp2p_host(key_pair: KeyPair, listen: Sequence[multiaddr.Multiaddr], *,
                     max_connections: int, max_connections_per_network: int) -> IHost:
     """A py-libp2p host with TCP (Noise only, Yamux) and, for /quic-v1 addresses, QUIC.
 
+    Yamux is py-libp2p's with a reader that never blocks on a write (`yamux`); mplex is not
+    offered.
+
     Every remote peer id it accepts is proven by a checked signature (`identity`): Noise is
     the only security protocol offered or accepted, and QUIC certificates are checked here.
 
@@ -102,6 +107,7 @@ def new_libp2p_host(key_pair: KeyPair, listen: Sequence[multiaddr.Multiaddr], *,
     # ERROR; streams that may rightly sit idle (tunnels) bound their own waits instead.
     quic = QUICTransportConfig(STREAM_READ_TIMEOUT=STREAM_IDLE_LIMIT)
     identity.install()
+    yamux.install()
     host = new_host(
         key_pair=key_pair,
         sec_opt=identity.secure_transports(key_pair),
@@ -110,6 +116,7 @@ def new_libp2p_host(key_pair: KeyPair, listen: Sequence[multiaddr.Multiaddr], *,
         quic_transport_opt=quic,
         connection_config=quiet,
         resource_manager=resources,
+        muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): yamux.NonBlockingReaderYamux},
     )
 
     async def no_auto_dial() -> None:

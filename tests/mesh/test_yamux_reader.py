@@ -1,0 +1,98 @@
+"""The Yamux reader keeps reading while the replies it owes cannot be sent (`_libp2p.yamux`).
+
+The connection here is a lockstep stream: a write completes only when the other side reads
+it, the limit of a full TCP send buffer. The test side plays the remote peer with raw frames.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+import trio.testing
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo
+
+from meshnat._libp2p.yamux import MAX_PENDING_REPLIES, NonBlockingReaderYamux
+from tests.support.fake_reflectors import nodes
+
+HEADER = struct.Struct(">BBHII")  # version, type, flags, stream id, length
+TYPE_PING, FLAG_SYN, FLAG_ACK = 2, 1, 2
+
+
+def ping(nonce: int) -> bytes:
+    return HEADER.pack(0, TYPE_PING, FLAG_SYN, 0, nonce)
+
+
+class LockstepConn:
+    """What Yamux needs of a secure connection, over one end of a lockstep stream."""
+
+    is_initiator = False
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+
+    async def read(self, n: int | None = None) -> bytes:
+        return await self.stream.receive_some(n)
+
+    async def write(self, data: bytes) -> None:
+        await self.stream.send_all(data)
+
+    async def close(self) -> None:
+        await self.stream.aclose()
+
+
+@asynccontextmanager
+async def muxer() -> AsyncIterator[tuple[NonBlockingReaderYamux, trio.abc.Stream]]:
+    ours, theirs = trio.testing.lockstep_stream_pair()
+    peer = ID.from_pubkey(create_new_key_pair().public_key)
+    yamux = NonBlockingReaderYamux(LockstepConn(ours), peer, is_initiator=False)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(yamux.start)
+        await yamux.event_started.wait()
+        yield yamux, theirs
+        nursery.cancel_scope.cancel()
+
+
+async def read_pongs(stream: trio.abc.Stream, count: int) -> list[int]:
+    """Nonces of the next `count` ping replies (other frames, e.g. our own pings, skipped)."""
+    buffer, nonces = b"", []
+    while len(nonces) < count:
+        buffer += await stream.receive_some(4096)
+        while len(buffer) >= HEADER.size:
+            _, typ, flags, _, value = HEADER.unpack_from(buffer)
+            buffer = buffer[HEADER.size:]
+            if typ == TYPE_PING and flags & FLAG_ACK:
+                nonces.append(value)
+    return nonces
+
+
+async def test_pings_are_read_while_the_peer_reads_none_of_the_replies() -> None:
+    with trio.fail_after(30):  # a hang guard only: stock py-libp2p deadlocks at the 2nd ping
+        async with muxer() as (_, theirs):
+            for nonce in range(1, 101):
+                await theirs.send_all(ping(nonce))  # completes only once our reader read it
+            assert await read_pongs(theirs, 100) == list(range(1, 101))
+
+
+async def test_a_peer_that_never_reads_its_replies_loses_the_connection() -> None:
+    with trio.fail_after(60):
+        async with muxer() as (yamux, theirs):
+            with pytest.raises((trio.BrokenResourceError, trio.ClosedResourceError)):
+                for nonce in range(MAX_PENDING_REPLIES + 200):
+                    await theirs.send_all(ping(nonce))
+            assert yamux.event_shutting_down.is_set()
+
+
+async def test_the_connections_a_node_makes_and_accepts_use_this_yamux() -> None:
+    with trio.fail_after(20):
+        async with nodes(2) as (a, b):
+            tcp = [addr for addr in b.addrs if "/tcp/" in str(addr)]
+            await a.connect(PeerInfo(b.peer_id, tcp))
+            for node, peer in ((a, b), (b, a)):
+                (conn,) = node.host.get_network().get_connections(peer.peer_id)
+                assert type(conn.muxed_conn) is NonBlockingReaderYamux
