@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import trio
 
 from meshnat import _libp2p
-from meshnat._libp2p import ID, INetConn, PeerInfo, TaskStatus
+from meshnat._libp2p import ID, Connection, INetConn, PeerInfo, TaskStatus
 from meshnat.config import require_positive
 from meshnat.endpoint import Endpoint
 from meshnat.errors import ConfigError, MeshNatError, NotMounted, PeerUnavailable
 from meshnat.events import EventSink, PathEstablished, PathUpgraded, ignore_events
 from meshnat.node import MeshNode
+from meshnat.paths import PathKind
 from meshnat.punch import HolePuncher, Punched
 from meshnat.relay import RelayClient
 
@@ -54,8 +56,7 @@ class Path:
     """How this node reaches a peer right now."""
 
     peer: ID
-    kind: str
-    """`direct` (dialled), `punched` (through the NATs) or `relayed` (circuit)."""
+    kind: PathKind
     transport: str
     remote: Endpoint | None
     """The peer's address on a direct path; None through a relay."""
@@ -96,13 +97,16 @@ class Connector:
         self._punched: dict[ID, Punched] = {}
 
     async def serve(self, node: MeshNode, *, task_status: TaskStatus[None]) -> None:
-        async with trio.open_nursery() as nursery:
-            self._node, self._nursery = node, nursery
-            try:
-                task_status.started()
-                await trio.sleep_forever()
-            finally:
-                self._node = self._nursery = None
+        with ExitStack() as stack:
+            if self._puncher is not None:
+                stack.enter_context(node.track_punched(self._puncher))
+            async with trio.open_nursery() as nursery:
+                self._node, self._nursery = node, nursery
+                try:
+                    task_status.started()
+                    await trio.sleep_forever()
+                finally:
+                    self._node = self._nursery = None
 
     def _mounted(self) -> tuple[MeshNode, trio.Nursery]:
         if self._node is None or self._nursery is None:
@@ -115,14 +119,13 @@ class Connector:
         A relayed path is punched in the background; `wait_direct()` waits for that.
         Raises PeerUnavailable when no rung of the ladder reaches the peer.
         """
-        node, nursery = self._mounted()
+        node, _ = self._mounted()
         started = trio.current_time()
-        existing = node.host.get_network().get_connections(peer.peer_id)
+        existing = node.connections(peer.peer_id)
         if existing:  # a direct connection if there is one: the relayed one may be draining
-            return await self._found(peer.peer_id, min(existing, key=_libp2p.is_relayed),
-                                     started, kind=None, attempts=["existing connection"])
+            return await self._found(existing[0], started, attempts=["existing connection"])
         attempts: list[str] = []
-        direct = [a for a in peer.addrs if "/p2p-circuit" not in str(a)]
+        direct = [a for a in peer.addrs if not _libp2p.is_circuit_addr(a)]
         if direct:
             try:
                 await node.connect(PeerInfo(peer.peer_id, direct),
@@ -131,27 +134,37 @@ class Connector:
                 log.debug("connect: %s not reachable directly: %s", peer.peer_id, exc)
                 attempts.append(f"direct: {exc}")
             else:
-                conns = node.host.get_network().get_connections(peer.peer_id)
+                conns = node.connections(peer.peer_id)
                 if conns:
-                    return await self._found(peer.peer_id, min(conns, key=_libp2p.is_relayed),
-                                             started, kind="direct",
-                                             attempts=[*attempts, "direct"])
+                    return await self._found(conns[0], started, attempts=[*attempts, "direct"])
                 attempts.append("direct: the connection closed at once")
-        for relay in self._relays:
-            assert self._relay_client is not None
+        return await self._via_relays(peer.peer_id, self._relays, started, attempts,
+                                      "no direct address, no relay")
+
+    async def connect_via(self, peer: ID, relays: Sequence[PeerInfo]) -> Path:
+        """A relay circuit to `peer` through the first of `relays` that gives one (the last
+        rung of `connect()`'s ladder alone, with these relays); punched in the background as
+        there. Raises PeerUnavailable naming what each relay said."""
+        return await self._via_relays(peer, relays, trio.current_time(), [], "no relay")
+
+    async def _via_relays(self, peer: ID, relays: Sequence[PeerInfo], started: float,
+                          attempts: list[str], none_tried: str) -> Path:
+        node, nursery = self._mounted()
+        for relay in relays:
+            if self._relay_client is None:
+                raise ConfigError("relays need a RelayClient to dial them")
             try:
                 with trio.fail_after(self.config.relay_timeout):
-                    conn = await self._relay_client.dial(relay, peer.peer_id)
+                    conn = await self._relay_client.dial(relay, peer)
             except (MeshNatError, trio.TooSlowError) as exc:
                 attempts.append(f"via {relay.peer_id}: {exc or 'timed out'}")
                 continue
             if self._puncher is not None:
-                self._upgraded[peer.peer_id] = trio.Event()
-                nursery.start_soon(self._upgrade, peer.peer_id, conn)
-            return await self._found(peer.peer_id, conn, started, kind="relayed",
+                self._upgraded[peer] = trio.Event()
+                nursery.start_soon(self._upgrade, peer, conn)
+            return await self._found(node.describe(conn), started,
                                      attempts=[*attempts, f"relayed via {relay.peer_id}"])
-        raise PeerUnavailable(f"no path to {peer.peer_id}: " + ("; ".join(attempts) or
-                                                                "no direct address, no relay"))
+        raise PeerUnavailable(f"no path to {peer}: " + ("; ".join(attempts) or none_tried))
 
     def last_punch(self, peer: ID) -> Punched | None:
         """The punch that upgraded `peer`'s relayed path, if one did."""
@@ -164,8 +177,7 @@ class Connector:
             return False
         with trio.move_on_after(timeout):
             await event.wait()
-        return any(not _libp2p.is_relayed(c)
-                   for c in self._mounted()[0].host.get_network().get_connections(peer))
+        return any(c.kind.is_direct for c in self._mounted()[0].connections(peer))
 
     async def _upgrade(self, peer: ID, relayed: INetConn) -> None:
         assert self._puncher is not None
@@ -192,19 +204,12 @@ class Connector:
                      _libp2p.stream_count(relayed))
         await relayed.close()
 
-    def _is_punched(self, peer: ID, conn: INetConn) -> bool:
-        kept = self._puncher.punched(peer) if self._puncher is not None else None
-        return kept is not None and kept.connection is conn
-
-    async def _found(self, peer: ID, conn: INetConn, started: float, *, kind: str | None,
-                     attempts: list[str]) -> Path:
-        relayed = _libp2p.is_relayed(conn)
-        if kind is None:
-            kind = "relayed" if relayed else "punched" if self._is_punched(peer, conn) else "direct"
+    async def _found(self, found: Connection, started: float, *, attempts: list[str]) -> Path:
+        peer, conn, kind = found.peer, found.conn, found.kind
         elapsed = trio.current_time() - started
         punched = self._punched.get(peer)
-        time_to_direct = (None if relayed else punched.elapsed
-                          if kind == "punched" and punched is not None else elapsed)
+        time_to_direct = (None if not kind.is_direct else punched.elapsed
+                          if kind is PathKind.PUNCHED and punched is not None else elapsed)
         node, _ = self._mounted()
         pinged = trio.current_time()
         try:
@@ -213,8 +218,7 @@ class Connector:
         except MeshNatError as exc:
             log.debug("connect: no ping answer from %s: %s", peer, exc)
             rtt = None
-        path = Path(peer, kind, _libp2p.transport_of(conn),
-                    None if relayed else _libp2p.connection_remote(conn), elapsed, conn,
+        path = Path(peer, kind, found.transport, found.remote, elapsed, conn,
                     rtt=rtt, time_to_direct=time_to_direct, attempts=tuple(attempts))
         self._events(PathEstablished(str(peer), path.kind, path.transport))
         return path

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from contextlib import AsyncExitStack
+from collections.abc import Iterator
+from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass, field
 from ipaddress import ip_address
 from pathlib import Path
@@ -16,11 +17,13 @@ import trio
 from meshnat import _libp2p
 from meshnat._libp2p import (
     ID,
+    Connection,
     DatagramTap,
     IHost,
     INetConn,
     INetStream,
     PeerInfo,
+    PunchedConnections,
     TaskStatus,
     TProtocol,
 )
@@ -33,6 +36,7 @@ from meshnat.errors import (
     PeerUnavailable,
     ServiceFailed,
 )
+from meshnat.paths import PathKind
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +147,7 @@ class MeshNode:
         self._mounted: dict[int, _Mounted] = {}
         self._stack: AsyncExitStack | None = None
         self._listen_port_conns: dict[ID, INetConn] = {}
+        self._punch_sources: list[PunchedConnections] = []
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -294,6 +299,39 @@ class MeshNode:
         await entry.done.wait()
 
     # --- connections and streams -------------------------------------------------------------
+
+    def connections(self, peer: ID) -> list[Connection]:
+        """The open connections to `peer`, best first, each labelled with its path.
+
+        The rule (`paths.best_first_key`): a direct or punched connection before a relayed
+        one, oldest first among equals. A connection is `punched` when a source registered
+        with `track_punched` (a HolePuncher) holds it for the peer.
+        """
+        return _libp2p.connections_to(self.host, peer, self._punch_sources)
+
+    def describe(self, conn: INetConn) -> Connection:
+        """`conn` labelled with its path, as `connections()` labels it."""
+        return _libp2p.describe_connection(conn, self._punch_sources)
+
+    def best_connection(self, peer: ID) -> Connection:
+        """The first of `connections(peer)`; PeerUnavailable when there is none."""
+        found = self.connections(peer)
+        if not found:
+            raise PeerUnavailable(f"no connection to {peer}")
+        return found[0]
+
+    def path_of(self, stream: INetStream) -> PathKind:
+        """The path of the connection `stream` runs over, labelled as by `connections()`."""
+        return _libp2p.path_of_stream(stream, self._punch_sources)
+
+    @contextmanager
+    def track_punched(self, source: PunchedConnections) -> Iterator[None]:
+        """While inside, label the connections `source` punched as PathKind.PUNCHED."""
+        self._punch_sources.append(source)
+        try:
+            yield
+        finally:
+            self._punch_sources.remove(source)
 
     async def connect(self, peer: PeerInfo, *, timeout: float | None = None) -> None:
         """Connect to `peer` at its known addresses (reusing an existing connection)."""

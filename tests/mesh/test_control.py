@@ -78,7 +78,7 @@ async def test_no_json_value_in_a_traversal_request_is_an_internal_error(tmp_pat
         traversals = await node.mount(TraversalService())
         relay_client = await node.mount(RelayClient())
         connector = await node.mount(Connector(relay_client=relay_client))
-        handlers = traversal_handlers(traversals, connector, relay_client)
+        handlers = traversal_handlers(traversals, connector)
         with trio.fail_after(60):
             async with trio.open_nursery() as nursery:
                 await nursery.start(partial(serve_control, path, handlers))

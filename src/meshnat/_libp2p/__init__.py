@@ -31,6 +31,13 @@ from libp2p.peer.peerinfo import PeerInfo
 
 from meshnat._libp2p.bytestream import StreamBytes
 from meshnat._libp2p.connections import (
+    Connection,
+    PunchedConnections,
+    connections_to,
+    describe_connection,
+    is_circuit_addr,
+    path_of_stream,
+    peer_by_id,
     ping_over,
     stream_count,
     wait_closed,
@@ -56,6 +63,7 @@ from meshnat._libp2p.streams import (
     carried_by,
     connection_remote,
     guarded_handler,
+    handling,
     is_relayed,
     map_peer_errors,
     open_stream_on,
@@ -66,6 +74,7 @@ from meshnat._libp2p.streams import (
     transport_of,
     write_frame,
 )
+from meshnat._libp2p.taps import tapped
 from meshnat._libp2p.tcp import dial_tcp_from
 from meshnat._libp2p.tcp import install as install_leak_free_tcp_dial
 from meshnat._libp2p.udp import (
@@ -86,6 +95,7 @@ else:
 
 __all__ = [
     "ID",
+    "Connection",
     "DatagramTap",
     "IHost",
     "INetConn",
@@ -93,6 +103,7 @@ __all__ = [
     "KeyPair",
     "PeerInfo",
     "PrivateKey",
+    "PunchedConnections",
     "StreamBytes",
     "TProtocol",
     "TaskStatus",
@@ -101,13 +112,17 @@ __all__ = [
     "close_listener",
     "concrete_addrs",
     "connection_remote",
+    "connections_to",
+    "describe_connection",
     "dial_quic_from",
     "dial_tcp_from",
     "enable_quic_dial_with_source",
     "endpoint_of",
     "ensure_ports_free",
     "guarded_handler",
+    "handling",
     "install_leak_free_tcp_dial",
+    "is_circuit_addr",
     "is_relayed",
     "listen_parts",
     "listen_quic",
@@ -119,6 +134,8 @@ __all__ = [
     "open_stream_on",
     "parse_multiaddr",
     "parse_peer_addr",
+    "path_of_stream",
+    "peer_by_id",
     "ping_over",
     "read_frame",
     "remote_endpoint",
@@ -126,6 +143,7 @@ __all__ = [
     "single_exception",
     "stream_count",
     "stream_peer",
+    "tapped",
     "tcp_first",
     "transport_of",
     "wait_closed",

@@ -1,11 +1,13 @@
-"""py-libp2p connections: watching them come and go, waiting for a direct one, pinging."""
+"""py-libp2p connections: their paths (`Connection`), watching them come and go, waiting for
+a direct one, pinging; circuit addresses and peers known by id only."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, cast
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
 
 import multiaddr
 import trio
@@ -13,13 +15,89 @@ from libp2p.abc import IHost, INetConn, INetStream, INotifee
 from libp2p.host.ping import ID as PING_PROTOCOL
 from libp2p.host.ping import perform_ping_roundtrip
 from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo
 
-from meshnat._libp2p.streams import is_relayed, map_peer_errors, open_stream_on, reset_quietly
-from meshnat.errors import (
-    MalformedMessage,
+from meshnat._libp2p.streams import (
+    carried_by,
+    connection_remote,
+    is_relayed,
+    map_peer_errors,
+    open_stream_on,
+    reset_quietly,
+    stream_peer,
+    transport_of,
 )
+from meshnat.endpoint import Endpoint
+from meshnat.errors import MalformedMessage
+from meshnat.paths import PathKind, best_first_key
 
 log = logging.getLogger(__name__)
+
+
+def is_circuit_addr(addr: multiaddr.Multiaddr) -> bool:
+    """True for a relay circuit address (`/…/p2p/<relay>/p2p-circuit/…`)."""
+    return any(p.name == "p2p-circuit" for p in addr.protocols())
+
+
+class _Carried(Protocol):
+    @property
+    def connection(self) -> INetConn: ...
+
+
+class PunchedConnections(Protocol):
+    """Knows the connections it opened through the NATs (a HolePuncher)."""
+
+    def punched(self, peer: ID) -> _Carried | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """One open connection to a peer and the path it takes (`MeshNode.connections`)."""
+
+    peer: ID
+    kind: PathKind
+    transport: str
+    """`tcp`, or `udp` for QUIC."""
+    conn: INetConn
+
+    @property
+    def remote(self) -> Endpoint | None:
+        """The peer's transport address on a direct path; None through a relay."""
+        return None if self.kind is PathKind.RELAYED else connection_remote(self.conn)
+
+
+def _punched(peer: ID, sources: Sequence[PunchedConnections]) -> list[INetConn]:
+    return [kept.connection for source in sources if (kept := source.punched(peer)) is not None]
+
+
+def _kind(relayed: bool, punched: bool) -> PathKind:
+    return PathKind.RELAYED if relayed else PathKind.PUNCHED if punched else PathKind.DIRECT
+
+
+def describe_connection(conn: INetConn, sources: Sequence[PunchedConnections]) -> Connection:
+    """`conn` with its path: relayed (a circuit), punched (held by one of `sources`), direct."""
+    peer = conn.muxed_conn.peer_id
+    punched = any(p is conn for p in _punched(peer, sources))
+    return Connection(peer, _kind(is_relayed(conn), punched), transport_of(conn), conn)
+
+
+def connections_to(host: IHost, peer: ID,
+                   sources: Sequence[PunchedConnections]) -> list[Connection]:
+    """The connections to `peer`, described, best first (`paths.best_first_key`)."""
+    found = [describe_connection(c, sources) for c in host.get_network().get_connections(peer)]
+    return sorted(found, key=lambda c: best_first_key(c.kind))
+
+
+def path_of_stream(stream: INetStream, sources: Sequence[PunchedConnections]) -> PathKind:
+    """The path of the connection under `stream`, as `describe_connection` labels it."""
+    punched = _punched(stream_peer(stream), sources)
+    return _kind(is_relayed(stream), any(carried_by(stream, p) for p in punched))
+
+
+def peer_by_id(peer: ID) -> PeerInfo:
+    """`peer` with no address: reached over a connection that exists already (or, for the
+    Connector, through a relay); nothing is dialled at an address."""
+    return PeerInfo(peer, [])
 
 
 class _ConnectionWatcher(INotifee):

@@ -186,3 +186,16 @@ def guarded_handler(
                 slots.release(claim)
 
     return run
+
+
+@contextmanager
+def handling(host: IHost, protocol: TProtocol, name: str,
+             handler: Callable[[INetStream], Awaitable[None]], *,
+             bounded: bool = True) -> Iterator[None]:
+    """Serve `protocol` with `handler` (through `guarded_handler`) while inside; the handler
+    is removed on the way out, however the block ends."""
+    host.set_stream_handler(protocol, guarded_handler(name, handler, bounded=bounded))
+    try:
+        yield
+    finally:
+        host.remove_stream_handler(protocol)

@@ -11,11 +11,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import trio
 
 from meshnat import _libp2p
-from meshnat._libp2p import ID, INetConn, INetStream, TaskStatus, TProtocol
+from meshnat._libp2p import ID, INetStream, TaskStatus, TProtocol
 from meshnat.chat.messages import Bye, Say, check_text
 from meshnat.config import require_in_range, require_positive
 from meshnat.errors import (
@@ -27,6 +28,7 @@ from meshnat.errors import (
     RemoteProtocolError,
 )
 from meshnat.node import MeshNode
+from meshnat.paths import PathKind
 from meshnat.ratelimit import RateLimiter
 from meshnat.wire import decode, encode, new_txid
 
@@ -58,17 +60,8 @@ class Heard:
 
     peer: ID
     text: str | None
-    path: str
-    """`relayed` or `direct`."""
+    path: PathKind
     transport: str
-
-
-def best_connection(node: MeshNode, peer: ID) -> INetConn:
-    """A direct connection to `peer` if there is one, else a relayed one."""
-    conns = node.host.get_network().get_connections(peer)
-    if not conns:
-        raise PeerUnavailable(f"no connection to {peer}")
-    return min(conns, key=_libp2p.is_relayed)
 
 
 class ChatService:
@@ -85,17 +78,16 @@ class ChatService:
 
     async def serve(self, node: MeshNode, *, task_status: TaskStatus[None]) -> None:
         self._node = node
-        node.host.set_stream_handler(self.protocol_id,
-                                     _libp2p.guarded_handler("chat", self._handle))
         try:
-            task_status.started()
-            await trio.sleep_forever()
+            with _libp2p.handling(node.host, self.protocol_id, "chat",
+                                  partial(self._handle, node)):
+                task_status.started()
+                await trio.sleep_forever()
         finally:
-            node.host.remove_stream_handler(self.protocol_id)
             self._node = None
 
-    async def say(self, peer: ID, text: str) -> str:
-        """Send one line to `peer`; returns the path used (`relayed` or `direct`).
+    async def say(self, peer: ID, text: str) -> PathKind:
+        """Send one line to `peer` over `node.best_connection(peer)`; returns its path.
 
         Raises ConfigError (not a valid line), PeerUnavailable or PeerTimeout.
         """
@@ -109,13 +101,13 @@ class ChatService:
         """Tell `peer` this node leaves."""
         await self._send(peer, Bye(new_txid()))
 
-    async def _send(self, peer: ID, message: Say | Bye) -> str:
+    async def _send(self, peer: ID, message: Say | Bye) -> PathKind:
         if self._node is None:
             raise NotMounted("mount ChatService on a running MeshNode first")
         node, timeout = self._node, self.config.stream_timeout
-        conn = best_connection(node, peer)
+        best = node.best_connection(peer)
         with _libp2p.map_peer_errors("chat", timeout), trio.fail_after(timeout):
-            stream = await _libp2p.open_stream_on(node.host, conn, CHAT_PROTOCOL, timeout)
+            stream = await _libp2p.open_stream_on(node.host, best.conn, CHAT_PROTOCOL, timeout)
             sent = False
             try:
                 await _libp2p.write_frame(stream, encode(message))
@@ -125,9 +117,9 @@ class ChatService:
                 if not sent:
                     with trio.CancelScope(shield=True):
                         await _libp2p.reset_quietly(stream)
-        return "relayed" if _libp2p.is_relayed(conn) else "direct"
+        return best.kind
 
-    async def _handle(self, stream: INetStream) -> None:
+    async def _handle(self, node: MeshNode, stream: INetStream) -> None:
         peer = _libp2p.stream_peer(stream)
         if not self._accept(peer) or not self._limiter.allow(str(peer), trio.current_time()):
             log.debug("chat: refused a stream from %s", peer)
@@ -143,5 +135,4 @@ class ChatService:
             await _libp2p.reset_quietly(stream)
             return
         self._on_heard(Heard(peer, message.text if isinstance(message, Say) else None,
-                             "relayed" if _libp2p.is_relayed(stream) else "direct",
-                             _libp2p.transport_of(stream)))
+                             node.path_of(stream), _libp2p.transport_of(stream)))

@@ -13,6 +13,7 @@ from pathlib import Path
 import trio
 
 from meshnat import _libp2p
+from meshnat._libp2p import ID
 from meshnat.classify import (
     NatClassifier,
     NatReport,
@@ -22,9 +23,11 @@ from meshnat.classify import (
 from meshnat.discovery import DiscoveryConfig, PeerAddressDiscovery
 from meshnat.errors import ConfigError, InsufficientResponses, NoConsensus
 from meshnat.node import MeshNode, NodeConfig
+from meshnat.paths import PathKind
 from meshnat.reflection import ReflectionService
 from meshnat.relay import RelayService
 from meshnat.rendezvous import RendezvousService
+from meshnat.wire.codec import describe
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,15 @@ class Output:
 
     def emit(self, obj: dict[str, object], text: str) -> None:
         print(json.dumps(obj) if self.as_json else text, flush=True)
+
+
+def parse_peer_id(value: object) -> ID:
+    """A peer id given on the command line or in a control request; ConfigError if it is not
+    one (the message shows only the start of the value)."""
+    try:
+        return ID.from_base58(str(value))
+    except ValueError as exc:
+        raise ConfigError(f"not a peer id: {describe(value)}") from exc
 
 
 def node_config_from_listen(listen: Sequence[str], key_file: Path | None,
@@ -167,7 +179,7 @@ async def run_demo(args: argparse.Namespace, out: Output) -> int:
         started = trio.current_time()
         answer = await echo(client, reflectors[0], b"hello mesh")
         elapsed = (trio.current_time() - started) * 1e3
-        out.emit({"event": "path", "peer": str(reflectors[0].peer_id), "path": "direct",
+        out.emit({"event": "path", "peer": str(reflectors[0].peer_id), "path": PathKind.DIRECT,
                   "echo_ok": answer == b"hello mesh", "time_ms": round(elapsed, 2)},
                  f"path to {reflectors[0].peer_id}: direct, echo in {elapsed:.1f} ms")
     return 0

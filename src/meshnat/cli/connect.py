@@ -11,17 +11,25 @@ from functools import partial
 import trio
 
 from meshnat import _libp2p
-from meshnat._libp2p import ID, INetConn, PeerInfo
+from meshnat._libp2p import ID, INetConn, PeerInfo, peer_by_id
 from meshnat.classify import ProbeHelperConfig, ProbeHelperService
-from meshnat.cli.commands import DEFAULT_PORT, Output, node_config_from_listen, wait_for_signal
+from meshnat.cli.commands import (
+    DEFAULT_PORT,
+    Output,
+    node_config_from_listen,
+    parse_peer_id,
+    wait_for_signal,
+)
 from meshnat.cli.control import serve_control
 from meshnat.cli.traversal import traversal_handlers
 from meshnat.connect import Connector
 from meshnat.discovery import DiscoveryConfig, PeerAddressDiscovery
+from meshnat.discovery.mapping import discover_mapping
 from meshnat.echo import EchoService, echo
-from meshnat.errors import ConfigError, MeshNatError, NoConsensus
+from meshnat.errors import MeshNatError
 from meshnat.events import EventSink, MeshEvent, PunchAbandoned, ignore_events
 from meshnat.node import MeshNode, NodeConfig
+from meshnat.paths import PathKind
 from meshnat.punch import HolePuncher, PunchConfig
 from meshnat.punch.messages import MappingHint
 from meshnat.reflection import ReflectionService
@@ -84,27 +92,17 @@ async def mount_discovery(node: MeshNode, args: argparse.Namespace
     reflectors = _libp2p.merge_peer_addrs(args.reflector)
     config = DiscoveryConfig(min_responses=max(1, min(3, len(reflectors))))
     discovery = await node.mount(PeerAddressDiscovery(reflectors, config))
-    mapping = MappingHint.UNKNOWN
-    for transport in ("udp", "tcp") if reflectors else ():
-        try:
-            consensus = await discovery.discover(transport)
-        except NoConsensus as exc:
-            if transport == "udp" and exc.consensus.endpoint_dependent:
-                mapping = MappingHint.ENDPOINT_DEPENDENT
-            continue
-        except MeshNatError as exc:
-            log.info("connect: %s discovery failed: %s", transport, exc)
-            continue
-        if transport == "udp" and consensus.address is not None:
-            mapping = MappingHint.ENDPOINT_INDEPENDENT  # one mapping seen by all
+    mapping = await discover_mapping(discovery) if reflectors else MappingHint.UNKNOWN
     return discovery, mapping
 
 
-def _describe(conn: INetConn) -> dict[str, object]:
-    relayed = _libp2p.is_relayed(conn)
-    remote = None if relayed else _libp2p.connection_remote(conn)
-    return {"peer": str(conn.muxed_conn.peer_id), "path": "relayed" if relayed else "direct",
-            "transport": _libp2p.transport_of(conn), "remote": str(remote) if remote else None}
+def _describe(node: MeshNode, conn: INetConn) -> dict[str, object]:
+    """A connection line: `direct` or `relayed` (these lines never say `punched`)."""
+    found = node.describe(conn)
+    remote = found.remote
+    return {"peer": str(found.peer),
+            "path": PathKind.DIRECT if found.kind.is_direct else PathKind.RELAYED,
+            "transport": found.transport, "remote": str(remote) if remote else None}
 
 
 async def run_listen(args: argparse.Namespace, out: Output) -> int:
@@ -143,10 +141,10 @@ async def run_listen(args: argparse.Namespace, out: Output) -> int:
                                                            relay_client=relay_client))
                     await nursery.start(partial(
                         serve_control, args.control,
-                        traversal_handlers(traversals, connector, relay_client)))
+                        traversal_handlers(traversals, connector)))
                 async for conn in receive:
                     if conn.muxed_conn.peer_id not in relay_ids:
-                        facts = _describe(conn)
+                        facts = _describe(node, conn)
                         out.emit({"event": "connection", **facts},
                                  f"{facts['peer']} connected, {facts['path']} "
                                  f"over {facts['transport']}")
@@ -155,10 +153,7 @@ async def run_listen(args: argparse.Namespace, out: Output) -> int:
 
 async def run_connect(args: argparse.Namespace, out: Output) -> int:
     """Relay first (always works), then punch a direct path; echo over the final one."""
-    try:
-        peer = ID.from_base58(args.peer_id)
-    except ValueError as exc:
-        raise ConfigError(f"not a peer id: {args.peer_id!r}") from exc
+    peer = parse_peer_id(args.peer_id)
     config = NodeConfig(tcp_port=args.port, udp_port=args.port, key_file=args.key_file)
     abandoned: list[PunchAbandoned] = []
 
@@ -171,21 +166,21 @@ async def run_connect(args: argparse.Namespace, out: Output) -> int:
         connector = await node.mount(Connector(
             relays=_relays(args), relay_client=relay_client,
             puncher=puncher if args.wait_direct > 0 else None, events=on_event))
-        path = await connector.connect(PeerInfo(peer, []))
+        path = await connector.connect(peer_by_id(peer))
         result: dict[str, object] = {"time_to_path_ms": _ms(path.time_to_path)}
         punched = None
         if args.wait_direct > 0 and await connector.wait_direct(peer, args.wait_direct):
             punched = connector.last_punch(peer)
-            path = await connector.connect(PeerInfo(peer, []))  # the direct one now
+            path = await connector.connect(peer_by_id(peer))  # the direct one now
         echo_started = trio.current_time()
-        answer = await echo(node, PeerInfo(peer, []), b"meshnat echo", connection=path.connection)
+        answer = await echo(node, peer_by_id(peer), b"meshnat echo", connection=path.connection)
         result.update({k: v for k, v in path.to_json().items()
                        if k not in ("time_to_path_ms", "time_to_direct_ms")},
                       rtt_ms=_ms(trio.current_time() - echo_started),
                       echo_ok=answer == b"meshnat echo",
                       punch_error=abandoned[-1].reason if abandoned else None)
         if punched is not None:
-            result.update(path="punched", time_to_direct_ms=_ms(punched.elapsed),
+            result.update(path=PathKind.PUNCHED, time_to_direct_ms=_ms(punched.elapsed),
                           punch=punched.to_json())
         out.emit(result, f"{peer}: {result['path']} over {result['transport']}, "
                          f"echo {'ok' if result['echo_ok'] else 'FAILED'} "
@@ -203,12 +198,12 @@ async def _echo_on_each_line(node: MeshNode, peer: ID, conn: INetConn, out: Outp
     while await stdin.readline():
         started = trio.current_time()
         try:
-            answer = await echo(node, PeerInfo(peer, []), b"meshnat echo", connection=conn)
+            answer = await echo(node, peer_by_id(peer), b"meshnat echo", connection=conn)
         except MeshNatError as exc:
             out.emit({"echo_ok": False, "error": str(exc)}, f"echo failed: {exc}")
             ok = False
             continue
-        facts = {"echo_ok": answer == b"meshnat echo", **_describe(conn),
+        facts = {"echo_ok": answer == b"meshnat echo", **_describe(node, conn),
                  "rtt_ms": _ms(trio.current_time() - started)}
         ok = ok and bool(facts["echo_ok"])
         out.emit(facts, f"echo {'ok' if facts['echo_ok'] else 'FAILED'} over {facts['path']}")

@@ -13,8 +13,7 @@ from typing import Any
 import trio
 
 from meshnat import _libp2p
-from meshnat._libp2p import ID, PeerInfo
-from meshnat.cli.commands import Output
+from meshnat.cli.commands import Output, parse_peer_id
 from meshnat.cli.control import (
     MAX_OP_TIME,
     Handler,
@@ -24,10 +23,8 @@ from meshnat.cli.control import (
 )
 from meshnat.connect import Connector
 from meshnat.echo import ECHO_PROTOCOL, MAX_ECHO
-from meshnat.errors import ConfigError, MeshNatError
-from meshnat.relay import RelayClient
+from meshnat.errors import ConfigError, UnknownPair
 from meshnat.traversal import PairState, TraversalService
-from meshnat.wire.codec import describe
 
 MAX_WAIT = 60.0
 MESSAGE = b"meshnat traversal echo"
@@ -98,27 +95,19 @@ def _text(answer: dict[str, Any]) -> str:
     return " ".join(f"{k}={v}" for k, v in answer.items() if k != "ok")
 
 
-def traversal_handlers(traversals: TraversalService, connector: Connector,
-                       relay_client: RelayClient) -> dict[str, Handler]:
+def traversal_handlers(traversals: TraversalService,
+                       connector: Connector) -> dict[str, Handler]:
     """The control socket's `traversal.*` operations on a running node."""
 
     async def new(request: dict[str, Any]) -> dict[str, object]:
-        peer = _peer(request.get("peer"))
+        peer = parse_peer_id(request.get("peer"))
         via = request.get("via") or []
         if not isinstance(via, list) or not all(isinstance(v, str) for v in via):
             raise ConfigError("via: expected a list of multiaddrs")
         if via:  # reach the peer through these relays first
-            errors = []
-            for relay in _libp2p.merge_peer_addrs(via):
-                try:
-                    await relay_client.dial(relay, peer)
-                    break
-                except MeshNatError as exc:
-                    errors.append(str(exc))
-            else:
-                raise MeshNatError("; ".join(errors))
+            await connector.connect_via(peer, _libp2p.merge_peer_addrs(via))
         else:
-            await connector.connect(PeerInfo(peer, []))
+            await connector.connect(_libp2p.peer_by_id(peer))
         traversal = await traversals.start(peer)
         return {"traversal": traversal.id, "local_port": traversal.table.local_port}
 
@@ -152,13 +141,6 @@ def traversal_handlers(traversals: TraversalService, connector: Connector,
             "traversal.stream": stream}
 
 
-def _peer(value: object) -> ID:
-    try:
-        return ID.from_base58(str(value))
-    except ValueError as exc:
-        raise ConfigError(f"not a peer id: {describe(value)}") from exc
-
-
 def _pair(request: dict[str, Any]) -> str:
     pair = request.get("pair")
     if not isinstance(pair, str) or not pair:
@@ -180,6 +162,6 @@ def _state(value: object) -> PairState:
 def _newest(traversals: TraversalService) -> str:
     known = traversals.traversals()
     if not known:
-        raise MeshNatError("no traversal yet: start one with `meshnat traversal new`")
+        raise UnknownPair("no traversal yet: start one with `meshnat traversal new`")
     return known[-1].id
 

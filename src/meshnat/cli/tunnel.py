@@ -9,14 +9,15 @@ from pathlib import Path
 import trio
 
 from meshnat import _libp2p
-from meshnat._libp2p import ID, PeerInfo
-from meshnat.cli.commands import Output, wait_for_signal
+from meshnat._libp2p import PeerInfo
+from meshnat.cli.commands import Output, parse_peer_id, wait_for_signal
 from meshnat.cli.connect import _mount_mesh, _relays
 from meshnat.connect import Connector
 from meshnat.endpoint import Endpoint
 from meshnat.errors import ConfigError, MeshNatError
 from meshnat.events import EventSink, MeshEvent, PathEstablished, PathUpgraded, TunnelClosed
 from meshnat.node import MeshNode, NodeConfig
+from meshnat.paths import PathKind
 from meshnat.tunnel import ANY_PEER, TunnelConfig, TunnelService
 
 log = logging.getLogger(__name__)
@@ -73,13 +74,6 @@ def _host_port(text: str, flag: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _peer_id(text: str) -> ID:
-    try:
-        return ID.from_base58(text)
-    except ValueError as exc:
-        raise ConfigError(f"not a peer id: {text!r}") from exc
-
-
 def _describe(event: MeshEvent, tunnel_event: str) -> tuple[dict[str, object], str] | None:
     match event:
         case TunnelClosed():
@@ -92,7 +86,7 @@ def _describe(event: MeshEvent, tunnel_event: str) -> tuple[dict[str, object], s
             return ({"event": "path", "peer": event.peer, "path": event.kind,
                      "transport": event.transport}, f"{event.peer}: {event.kind} path")
         case PathUpgraded():
-            return ({"event": "path", "peer": event.peer, "path": "punched",
+            return ({"event": "path", "peer": event.peer, "path": PathKind.PUNCHED,
                      "transport": event.transport, "remote": str(event.remote)},
                     f"{event.peer}: punched path to {event.remote}")
     return None
@@ -138,7 +132,7 @@ def _sink(send: trio.MemorySendChannel[MeshEvent]) -> EventSink:
 async def run_expose(args: argparse.Namespace, out: Output) -> int:
     """Expose `--to` as NAME to the allowed peers; print one line per tunnel."""
     target = _host_port(args.to, "--to")
-    allow = ANY_PEER if args.allow_any else {_peer_id(p) for p in args.allow}
+    allow = ANY_PEER if args.allow_any else {parse_peer_id(p) for p in args.allow}
     config = TunnelConfig(max_tunnels=args.max_tunnels,
                           max_tunnels_per_peer=args.max_tunnels_per_peer,
                           connect_timeout=args.connect_timeout, idle_timeout=args.idle_timeout)
@@ -165,7 +159,7 @@ async def run_expose(args: argparse.Namespace, out: Output) -> int:
 
 async def run_forward(args: argparse.Namespace, out: Output) -> int:
     """Listen on `--listen`; tunnel each local connection to the peer's NAME."""
-    peer = _peer_id(args.peer_id)
+    peer = parse_peer_id(args.peer_id)
     listen = _host_port(args.listen, "--listen")
     addrs = []
     for text in args.peer_addr:

@@ -20,7 +20,7 @@ from functools import lru_cache
 
 from meshnat.endpoint import Endpoint
 from meshnat.errors import RemoteProtocolError, UnexpectedMessage
-from meshnat.limits import Claim, SlotLimit, network_of, site_of
+from meshnat.limits import RELAYED, Claim, SlotLimit, network_of, site_of
 from meshnat.ratelimit import RateLimiter
 from meshnat.reflection.messages import (
     MsgType,
@@ -38,10 +38,6 @@ _site_of = lru_cache(maxsize=4096)(site_of)
 
 _REQUEST_HEAD = bytes([0x00, 0x01, 0x01, MsgType.OBSERVE_REQUEST])
 """After the map header, `0: 1` (version) and `1: 1` (type): how meshnat encodes a request."""
-
-RELAYED_NETWORK = "relayed"
-"""The network a stream over a relay counts for (its transport address is the relay's)."""
-
 
 @dataclass(frozen=True, slots=True)
 class ReflectionStatistics:
@@ -86,7 +82,7 @@ class ReflectorCore:
     def open_stream(self, peer: str, observed: Endpoint | None) -> Claim | None:
         """A slot for a stream from `peer` arriving from `observed` (None: over a relay), or
         None when the peer, its network or the reflector holds its share already."""
-        network = RELAYED_NETWORK if observed is None else _network_of(observed.ip)
+        network = RELAYED if observed is None else _network_of(observed.ip)
         return self._streams.acquire(peer, network)
 
     def close_stream(self, claim: Claim) -> None:

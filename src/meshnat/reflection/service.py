@@ -107,36 +107,28 @@ class ReflectionService:
         return self._core.statistics()
 
     async def serve(self, node: MeshNode, *, task_status: TaskStatus[None]) -> None:
-        send, receive = trio.open_memory_channel[tuple[bytes, Endpoint, Claim]](
-            self.config.udp_queue)
+        core = self._core
 
-        def enqueue(data: bytes, src: Endpoint) -> None:
-            claim = self._core.enqueue_datagram(src)  # a fair share of the queue per network
-            if claim is None:
-                return
-            try:
-                send.send_nowait((data, src, claim))
-            except trio.WouldBlock:  # never block the QUIC receive loop
-                self._core.dequeue_datagram(claim)
-                self._core.note_dropped()
+        def accept(data: bytes, src: Endpoint) -> tuple[bytes, Endpoint, Claim] | None:
+            claim = core.enqueue_datagram(src)  # a fair share of the queue per network
+            return None if claim is None else (data, src, claim)
 
-        node.host.set_stream_handler(
-            self.protocol_id, _libp2p.guarded_handler("reflect", self._handle)
-        )
-        unsubscribe = node.udp.subscribe(enqueue)
-        try:
+        def on_full(item: tuple[bytes, Endpoint, Claim]) -> None:
+            core.dequeue_datagram(item[2])
+            core.note_dropped()
+
+        with (_libp2p.handling(node.host, self.protocol_id, "reflect", self._handle),
+              _libp2p.tapped(node.udp, accept, self.config.udp_queue,
+                             on_full=on_full) as receive):
             task_status.started()
             async for data, src, claim in receive:
-                self._core.dequeue_datagram(claim)
-                reply = self._core.answer_datagram(data, src, trio.current_time())
+                core.dequeue_datagram(claim)
+                reply = core.answer_datagram(data, src, trio.current_time())
                 if reply is not None:
                     try:
                         await node.udp.sendto(reply, src)
                     except (OSError, MeshNatError) as exc:
                         log.debug("reflect: udp reply to %s failed: %s", src, exc)
-        finally:
-            unsubscribe()
-            node.host.remove_stream_handler(self.protocol_id)
 
     async def _handle(self, stream: INetStream) -> None:
         observed = _libp2p.remote_endpoint(stream)

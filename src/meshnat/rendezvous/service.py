@@ -55,15 +55,11 @@ class RendezvousService:
                                     self._streams.held, sum(self._streams.refused.values()))
 
     async def serve(self, node: MeshNode, *, task_status: TaskStatus[None]) -> None:
-        node.host.set_stream_handler(self.protocol_id,
-                                     _libp2p.guarded_handler("rendezvous", self._handle))
-        try:
+        with _libp2p.handling(node.host, self.protocol_id, "rendezvous", self._handle):
             task_status.started()
             while True:  # bounded memory even for namespaces nobody touches again
                 await trio.sleep(self.config.min_ttl)
                 self.core.expire(trio.current_time())
-        finally:
-            node.host.remove_stream_handler(self.protocol_id)
 
     async def _handle(self, stream: INetStream) -> None:
         peer = str(_libp2p.stream_peer(stream))

@@ -27,6 +27,7 @@ from meshnat.errors import (
 )
 from meshnat.events import EventSink, TunnelClosed
 from meshnat.node import MeshNode
+from meshnat.paths import PathKind
 from meshnat.tunnel.core import TunnelConfig
 from meshnat.tunnel.messages import (
     OpenRefused,
@@ -43,9 +44,9 @@ log = logging.getLogger(__name__)
 class Tunnel:
     """An open tunnel: a byte stream to a peer's exposed service, and the path it takes."""
 
-    def __init__(self, peer: ID, service: str, path: str, stream: StreamBytes) -> None:
+    def __init__(self, peer: ID, service: str, path: PathKind, stream: StreamBytes) -> None:
         self.peer, self.service, self.path = peer, service, path
-        """`path` is `direct`, `punched` or `relayed`, fixed for the tunnel's life."""
+        """The path the tunnel takes, fixed for its life."""
         self._stream = stream
 
     async def receive_some(self, max_bytes: int) -> bytes:
@@ -90,16 +91,13 @@ class PathLocks:
 
 
 async def _path(node: MeshNode, connector: Connector | None,
-                peer: PeerInfo) -> tuple[INetConn, str]:
+                peer: PeerInfo) -> tuple[INetConn, PathKind]:
     if connector is not None:
         path = await connector.connect(peer)
         return path.connection, path.kind
     await node.connect(peer)
-    conns = node.host.get_network().get_connections(peer.peer_id)
-    if not conns:
-        raise PeerUnavailable(f"no connection to {peer.peer_id}")
-    conn = min(conns, key=_libp2p.is_relayed)  # a direct connection if there is one
-    return conn, "relayed" if _libp2p.is_relayed(conn) else "direct"
+    best = node.best_connection(peer.peer_id)
+    return best.conn, best.kind
 
 
 async def open_tunnel(node: MeshNode, connector: Connector | None, config: TunnelConfig,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection
+from contextlib import ExitStack
 
 import trio
 
@@ -22,7 +23,7 @@ from meshnat._libp2p import INetStream, PeerInfo, StreamBytes, TaskStatus, TProt
 from meshnat.connect import Connector
 from meshnat.errors import MeshNatError, NotMounted, RemoteProtocolError
 from meshnat.events import EventSink, TunnelClosed, ignore_events
-from meshnat.limits import network_of
+from meshnat.limits import RELAYED, network_of
 from meshnat.node import MeshNode
 from meshnat.punch import HolePuncher
 from meshnat.records import RecordAuthority
@@ -42,8 +43,6 @@ from meshnat.wire import TXID_SIZE, decode, encode
 log = logging.getLogger(__name__)
 
 TUNNEL_PROTOCOL = TProtocol("/meshnat/tunnel/1.0.0")
-RELAYED_NETWORK = "relayed"
-"""The network a tunnel over a relay counts for (its transport address is the relay's)."""
 
 
 class TunnelService:
@@ -97,21 +96,22 @@ class TunnelService:
         return self._table.statistics()
 
     async def serve(self, node: MeshNode, *, task_status: TaskStatus[None]) -> None:
-        node.host.set_stream_handler(self.protocol_id,
-                                     _libp2p.guarded_handler("tunnel", self._handle,
-                                                             bounded=False))
-        self._node = node
-        try:
-            task_status.started()
-            await trio.sleep_forever()
-        finally:
-            node.host.remove_stream_handler(self.protocol_id)
-            self._node = None
+        with ExitStack() as stack:
+            stack.enter_context(_libp2p.handling(node.host, self.protocol_id, "tunnel",
+                                                 self._handle, bounded=False))
+            if self._puncher is not None:
+                stack.enter_context(node.track_punched(self._puncher))
+            self._node = node
+            try:
+                task_status.started()
+                await trio.sleep_forever()
+            finally:
+                self._node = None
 
     async def _handle(self, stream: INetStream) -> None:
         peer = str(_libp2p.stream_peer(stream))
         observed = _libp2p.remote_endpoint(stream)
-        network = RELAYED_NETWORK if observed is None else network_of(observed.ip)
+        network = RELAYED if observed is None else network_of(observed.ip)
         started = trio.current_time()
         refusal = self._table.acquire(peer, network)
         if refusal is not None:  # not allowed or over a limit: answer at once, read nothing
@@ -196,17 +196,8 @@ class TunnelService:
 
     def _report(self, peer: str, service: str, stream: INetStream, sent: int, received: int,
                 started: float, outcome: str, error: str | None = None) -> None:
-        self._events(TunnelClosed("expose", peer, service, self._path_of(stream), sent,
+        self._events(TunnelClosed("expose", peer, service, self._mounted().path_of(stream), sent,
                                   received, trio.current_time() - started, outcome, error))
-
-    def _path_of(self, stream: INetStream) -> str:
-        if _libp2p.is_relayed(stream):
-            return "relayed"
-        punched = (self._puncher.punched(_libp2p.stream_peer(stream))
-                   if self._puncher is not None else None)
-        if punched is not None and _libp2p.carried_by(stream, punched.connection):
-            return "punched"
-        return "direct"
 
     # --- forwarding ----------------------------------------------------------------------------
 
