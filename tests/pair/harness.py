@@ -101,12 +101,12 @@ def run(net: SimNet, cores: Sequence[PairCore], starts: Sequence[float], *, unti
 
     now = net.now
     for _ in range(max_steps):
-        times = [s for s, done in zip(starts, started, strict=True) if not done]
-        times += [t for core, done in zip(cores, started, strict=True) if done
-                  and (t := core.get_timer()) is not None]
+        due = [core.get_timer() if done else start
+               for core, start, done in zip(cores, starts, started, strict=True)]
+        upcoming = [t for t in due if t is not None]
         if (arrival := net.next_delivery_time()) is not None:
-            times.append(arrival)
-        now = max(now, min(times, default=math.inf))
+            upcoming.append(arrival)
+        now = max(now, min(upcoming, default=math.inf))
         if now > until:
             return Run(traces, until, unclaimed)
         for dst, src, payload in net.deliver_until(now):
@@ -118,11 +118,12 @@ def run(net: SimNet, cores: Sequence[PairCore], starts: Sequence[float], *, unti
             cores[i].feed(dst, src, payload, now)
             drain(i, now)
         for i, core in enumerate(cores):
-            if not started[i] and starts[i] <= now:
+            if (t := due[i]) is None or t > now:
+                continue
+            if started[i]:
+                core.handle_timer(now)  # a core that finished meanwhile must do nothing
+            else:
                 started[i] = True
                 core.start(now)
-                drain(i, now)
-            elif started[i] and (timer := core.get_timer()) is not None and timer <= now:
-                core.handle_timer(now)
-                drain(i, now)
+            drain(i, now)
     raise AssertionError(f"pair run still busy after {max_steps} steps at t={now}")

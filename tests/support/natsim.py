@@ -76,6 +76,8 @@ class Binding:
 
     private: Endpoint
     public: Endpoint
+    key: tuple[Endpoint, object] | None = None
+    """The mapping key: the private endpoint and the destination part its behaviour uses."""
     permits: set[object] = field(default_factory=set)
     """Outside sources (per the filtering behaviour) this binding has sent to."""
     last_active: float = 0.0
@@ -124,7 +126,7 @@ class Nat:
             port = self._allocate(private.port, now)
             if port is None:
                 return None
-            binding = Binding(private, Endpoint(self.public_ip, port))
+            binding = Binding(private, Endpoint(self.public_ip, port), key)
             self._bindings[key] = self._by_port[port] = binding
             self.history[binding.public] = private
         binding.permits.add(self._filter_key(dst))
@@ -153,8 +155,10 @@ class Nat:
     def _alive(self, binding: Binding, now: float) -> bool:
         if binding.static or now - binding.last_active < self.binding_timeout:
             return True
-        self._by_port.pop(binding.public.port, None)  # expired: forget it, free its port
-        self._bindings = {k: b for k, b in self._bindings.items() if b is not binding}
+        if self._by_port.get(binding.public.port) is binding:  # expired: free its port
+            del self._by_port[binding.public.port]
+        if binding.key is not None and self._bindings.get(binding.key) is binding:
+            del self._bindings[binding.key]
         return False
 
     def _free(self, port: int, now: float) -> bool:
@@ -312,7 +316,8 @@ class SimNet:
             raise ConfigError(f"address {ip} is already in the simulation")
 
     def _travel(self, src: Endpoint, dst: Endpoint, payload: bytes, now: float) -> None:
-        model = self._paths.get(frozenset((src.ip, dst.ip)), self.path)
+        model = self._paths.get(frozenset((src.ip, dst.ip)), self.path) if self._paths \
+            else self.path
         copies = 2 if model.duplicate and self.rng.random() < model.duplicate else 1
         for _ in range(copies):
             if model.loss and self.rng.random() < model.loss:
