@@ -62,8 +62,8 @@ SYMMETRIC_SEQUENTIAL = NatKind("symmetric-sequential", APDM,
 EXTRA_KINDS = (FULL_CONE, RESTRICTED_CONE, ADDRESS_DEPENDENT, SYMMETRIC_SEQUENTIAL)
 ALL_KINDS = LAB_KINDS + EXTRA_KINDS
 
-PAIRS = list(itertools.combinations_with_replacement(ALL_KINDS, 2))
-"""Every unordered pair of kinds: 15 of the lab's, 45 in all."""
+ORDERED = list(itertools.product(ALL_KINDS, repeat=2))
+"""Every ordered pair (initiator, responder) of kinds: 25 of the lab's, 81 in all."""
 
 
 def add_site(net: SimNet, kind: NatKind, n: int, *, binding_timeout: float = 120.0,

@@ -18,7 +18,7 @@ from meshnat.endpoint import Endpoint
 from meshnat.punch.birthday import EasySideSession, HardSideSession, HeardOn, SendFrom
 from meshnat.punch.config import PunchConfig
 from meshnat.punch.core import GaveUp, Heard, SendProbe
-from meshnat.punch.messages import Offer, Probe
+from meshnat.punch.messages import MappingHint, Offer, Probe
 from meshnat.punch.plan import PunchPlan, Role, UdpPath, plan_punch
 from meshnat.wire import encode, frame_datagram
 from meshnat.wire.codec import TXID_SIZE
@@ -73,6 +73,16 @@ class SessionCore:
                 case Heard() | HeardOn() | GaveUp():
                     out.append(Finished(action))
         return out
+
+
+def expected(initiator: NatKind, responder: NatKind) -> str:
+    """What a punch between these kinds must come to: `punched` (both endpoint-independent),
+    `birthday` (one endpoint-dependent), `relay` (both: the plan gives up) or `no-udp` (a
+    side's UDP is blocked)."""
+    if initiator.blocked or responder.blocked:
+        return "no-udp"
+    hard = sum(k.hint is MappingHint.ENDPOINT_DEPENDENT for k in (initiator, responder))
+    return ("punched", "birthday", "relay")[hard]
 
 
 def heard_from(outcome: object) -> Endpoint | None:

@@ -14,7 +14,6 @@ simulator: the outcome each pair must reach on a clean path (20 ms one way).
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import pytest
@@ -25,29 +24,22 @@ from meshnat.punch.core import GaveUp, Heard
 from meshnat.punch.messages import MappingHint
 from meshnat.punch.plan import UdpPath
 from tests.pair.harness import run
-from tests.pair.kinds import ALL_KINDS, APDF, CONE, SYMMETRIC, NatKind
+from tests.pair.kinds import APDF, CONE, ORDERED, SYMMETRIC, NatKind
 from tests.pair.punch_cores import (
     Scenario,
     broken_invariants,
     direct_core,
+    expected,
     heard_from,
     punch_scenario,
 )
 
 HARD = MappingHint.ENDPOINT_DEPENDENT
 DELAY = 0.02  # the default PathModel's one-way delay
-ORDERED = list(itertools.product(ALL_KINDS, repeat=2))
 
 
 def _id(pair: tuple[NatKind, NatKind]) -> str:
     return f"{pair[0]}-{pair[1]}"
-
-
-def expected(a: NatKind, b: NatKind) -> str:
-    if a.blocked or b.blocked:
-        return "no-udp"
-    hard = (a.hint is HARD) + (b.hint is HARD)
-    return ("punched", "birthday", "relay")[hard]
 
 
 def check_heard_each_other(s: Scenario, outcomes: list[object]) -> None:

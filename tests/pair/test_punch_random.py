@@ -16,8 +16,15 @@ from meshnat.punch.config import PunchConfig
 from meshnat.punch.core import GaveUp
 from meshnat.punch.messages import Probe
 from tests.pair.harness import Finished, Outgoing
-from tests.pair.punch_cores import Scenario, broken_invariants, heard_from, punch_scenario, wire
-from tests.pair.test_punch_pairs import ORDERED, expected
+from tests.pair.kinds import ORDERED
+from tests.pair.punch_cores import (
+    Scenario,
+    broken_invariants,
+    expected,
+    heard_from,
+    punch_scenario,
+    wire,
+)
 from tests.support.natsim import PathModel
 
 RUNS = 2000
