@@ -78,21 +78,22 @@ class PathRace:
         failures: list[PunchFailed] = []
 
         async def attempt(path: str) -> None:
+            opened: PathOpened | None = None
             try:
-                with trio.fail_after(plan.backstop):
+                with trio.move_on_after(plan.backstop):  # its own deadline should end it first
                     if path == "udp":
                         opened = await self._udp(node, peer, ours, theirs, plan, budget)
                     else:
                         opened = await self._tcp(node, peer, theirs, plan, budget)
-            except trio.TooSlowError:
-                failures.append(PunchFailed(f"{path}: timed out"))
-                return
             except PunchFailed as exc:
                 failures.append(PunchFailed(f"{path}: {exc.reason}",
                                             probes_sent=exc.probes_sent))
                 return
             except MeshNatError as exc:
                 failures.append(PunchFailed(f"{path}: {exc}"))
+                return
+            if opened is None:
+                failures.append(PunchFailed(f"{path}: timed out"))
                 return
             if not won:
                 won.append(Punched(peer, path, opened.local, opened.remote, rtt,

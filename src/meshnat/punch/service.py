@@ -2,8 +2,9 @@
 
 Coordination follows libp2p DCUtR's timing: the initiator sends its Offer, measures the round
 trip to the responder's Offer, sends Sync and punches RTT/2 later; the responder punches as
-soon as Sync arrives, so both start at about the same moment. Both then race the UDP and TCP
-paths (`punch/race.py`), and the first direct connection wins.
+soon as Sync arrives, so both start at about the same moment. Each side plans the punch from
+the two Offers (`punch/plan.py`), then races the UDP and TCP paths (`punch/race.py`); the first
+direct connection wins and is kept alive (`punch/keepalive.py`).
 """
 
 from __future__ import annotations
