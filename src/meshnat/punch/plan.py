@@ -72,6 +72,7 @@ class Birthday:
     per_tick: int
     """Probes sent each `interval`: hard side one per socket, easy side a burst."""
     interval: float
+    """Seconds between the hard side's rounds or the easy side's bursts."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
