@@ -60,7 +60,7 @@ async def muxer() -> AsyncIterator[tuple[NonBlockingReaderYamux, trio.abc.Stream
 
 async def read_pongs(stream: trio.abc.Stream, count: int) -> list[int]:
     """Nonces of the next `count` ping replies (other frames, e.g. our own pings, skipped)."""
-    buffer, nonces = b"", []
+    buffer, nonces = b"", list[int]()
     while len(nonces) < count:
         buffer += await stream.receive_some(4096)
         while len(buffer) >= HEADER.size:

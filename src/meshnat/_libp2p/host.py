@@ -30,7 +30,7 @@ from libp2p.transport.quic.config import QUICTransportConfig
 from libp2p.utils.address_validation import expand_wildcard_address
 from multiaddr.exceptions import Error as MultiaddrError
 
-from meshnat._libp2p import admission, identity, yamux
+from meshnat._libp2p import admission, identity, quic_stream, yamux
 from meshnat.endpoint import Endpoint
 from meshnat.errors import (
     ConfigError,
@@ -73,7 +73,7 @@ def new_libp2p_host(key_pair: KeyPair, listen: Sequence[multiaddr.Multiaddr], *,
     """A py-libp2p host with TCP (Noise only, Yamux) and, for /quic-v1 addresses, QUIC.
 
     Yamux is py-libp2p's with a reader that never blocks on a write (`yamux`); mplex is not
-    offered.
+    offered. QUIC streams deliver every byte or fail (`quic_stream`).
 
     Every remote peer id it accepts is proven by a checked signature (`identity`): Noise is
     the only security protocol offered or accepted, and QUIC certificates are checked here.
@@ -108,6 +108,7 @@ def new_libp2p_host(key_pair: KeyPair, listen: Sequence[multiaddr.Multiaddr], *,
     quic = QUICTransportConfig(STREAM_READ_TIMEOUT=STREAM_IDLE_LIMIT)
     identity.install()
     yamux.install()
+    quic_stream.install()
     host = new_host(
         key_pair=key_pair,
         sec_opt=identity.secure_transports(key_pair),
