@@ -51,7 +51,8 @@ class Trace:
 
     started: float
     sent: list[tuple[float, Outgoing]] = field(default_factory=list)
-    received: int = 0
+    received: list[tuple[float, Endpoint]] = field(default_factory=list)
+    """When each datagram was fed to the core, and its source."""
     outcomes: list[tuple[float, object]] = field(default_factory=list)
     after_finish: list[tuple[float, Outgoing | Finished]] = field(default_factory=list)
     """Anything drained after the first outcome: must stay empty."""
@@ -114,7 +115,7 @@ def run(net: SimNet, cores: Sequence[PairCore], starts: Sequence[float], *, unti
             if i < 0 or not started[i]:
                 unclaimed += 1
                 continue
-            traces[i].received += 1
+            traces[i].received.append((now, src))
             cores[i].feed(dst, src, payload, now)
             drain(i, now)
         for i, core in enumerate(cores):

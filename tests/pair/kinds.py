@@ -3,7 +3,6 @@ a simulator can build, as RFC 4787 behaviours; and sites of those kinds in a `Si
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 from ipaddress import ip_address
 
@@ -62,7 +61,7 @@ SYMMETRIC_SEQUENTIAL = NatKind("symmetric-sequential", APDM,
 EXTRA_KINDS = (FULL_CONE, RESTRICTED_CONE, ADDRESS_DEPENDENT, SYMMETRIC_SEQUENTIAL)
 ALL_KINDS = LAB_KINDS + EXTRA_KINDS
 
-ORDERED = list(itertools.product(ALL_KINDS, repeat=2))
+ORDERED = [(a, b) for a in ALL_KINDS for b in ALL_KINDS]
 """Every ordered pair (initiator, responder) of kinds: 25 of the lab's, 81 in all."""
 
 

@@ -87,7 +87,7 @@ def test_random_scenarios_keep_every_invariant(chunk: int) -> None:
     for i in range(chunk, RUNS, CHUNKS):
         s, path = scenario(i)
         targets = [side.offer.udp[0] for side in s.sides if side.offer.udp]
-        spoofer = Spoofer(targets, random.Random(-i), interval=0.1)
+        spoofer = Spoofer(targets, random.Random(-i), interval=0.25)
         result = s.run(extra=[spoofer], extra_start=min(side.start for side in s.sides))
         assert broken_invariants(s, result) == [], (i, s.sides[0].kind, s.sides[1].kind, path)
         outcomes = [None if (t := s.trace(result, n)) is None else t.outcome for n in (0, 1)]
