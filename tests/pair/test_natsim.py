@@ -176,7 +176,8 @@ def test_who_names_the_socket_behind_an_external_endpoint() -> None:
     net = site()
     public = seen_as(net, S1, 0.0)
     assert net.who(public) == INSIDE and net.who(S1) == S1
-    assert net.who(Endpoint(NAT_IP, 9)) is None and net.who(INSIDE) is None
+    assert net.who(Endpoint(NAT_IP, 9)) is None and net.who(INSIDE) == INSIDE
+    assert net.who(Endpoint(ip_address("192.0.2.1"), 1)) is None
 
 
 def _arrivals(seed: int, model: PathModel, n: int = 400) -> list[tuple[float, bytes]]:

@@ -15,17 +15,19 @@ simulator: the outcome each pair must reach on a clean path (20 ms one way).
 from __future__ import annotations
 
 import math
+from ipaddress import ip_address
 
 import pytest
 
 from meshnat.punch.birthday import HeardOn
 from meshnat.punch.config import PunchConfig
 from meshnat.punch.core import GaveUp, Heard
-from meshnat.punch.messages import MappingHint
+from meshnat.punch.messages import MappingHint, Offer
 from meshnat.punch.plan import UdpPath
 from tests.pair.harness import run
-from tests.pair.kinds import APDF, CONE, ORDERED, SYMMETRIC, NatKind
+from tests.pair.kinds import APDF, CONE, ORDERED, PORT, REFLECTOR, SYMMETRIC, NatKind, discover
 from tests.pair.punch_cores import (
+    TXID,
     Scenario,
     broken_invariants,
     direct_core,
@@ -33,6 +35,7 @@ from tests.pair.punch_cores import (
     heard_from,
     punch_scenario,
 )
+from tests.support.natsim import SimNet
 
 HARD = MappingHint.ENDPOINT_DEPENDENT
 DELAY = 0.02  # the default PathModel's one-way delay
@@ -152,3 +155,31 @@ def test_birthday_probing_with_the_default_budget_almost_always_succeeds() -> No
     assert 1 - p < 5e-4
     low, _ = binomial_band(60, p, 1e-6)
     assert birthday_runs(60, config, (1024, 65535)) >= low
+
+
+@pytest.mark.parametrize(("hairpin", "lan", "heard"), [
+    (True, False, "public"),  # through the NAT and back (RFC 4787 §6)
+    (False, False, None),  # no hairpin, no LAN candidate: nothing gets through
+    (False, True, "lan"),  # the LAN candidate needs no NAT at all
+])
+def test_two_nodes_behind_one_nat_punch_by_hairpin_or_over_the_lan(
+        hairpin: bool, lan: bool, heard: str | None) -> None:
+    net = SimNet(1)
+    net.add_host(REFLECTOR.ip)
+    nat = net.add_nat(ip_address("198.18.0.11"), hairpin=hairpin)
+    hosts = [net.add_host(ip_address(f"10.1.0.{10 + i}"), behind=nat) for i in (0, 1)]
+    public = [seen for h in hosts if (seen := discover(net, h.endpoint(PORT)))]
+    assert len(public) == 2 and public[0] != public[1]  # the second could not keep 4001
+    offers = [Offer(TXID, (p,) + ((h.endpoint(PORT),) if lan else ()), (), MappingHint.
+                    ENDPOINT_INDEPENDENT) for p, h in zip(public, hosts, strict=True)]
+    cores = [direct_core(hosts[i], offers[1 - i], PunchConfig()) for i in (0, 1)]
+    start = net.now + 0.1
+    result = run(net, cores, [start, start], until=start + 4)
+    for i, trace in enumerate(result.traces):
+        remote = heard_from(trace.outcome)
+        if heard is None:
+            assert isinstance(trace.outcome, GaveUp)
+            continue
+        peer = hosts[1 - i].endpoint(PORT)
+        assert remote == (public[1 - i] if heard == "public" else peer)
+        assert net.who(remote) == peer

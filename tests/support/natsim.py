@@ -249,14 +249,14 @@ class SimNet:
         """The path model between public addresses `a` and `b` (both ways)."""
         self._paths[frozenset((a, b))] = model
 
-    def who(self, public: Endpoint) -> Endpoint | None:
-        """The socket a public endpoint is (or was) for: a NAT's external endpoint maps to the
-        private one it was allocated to, a public host's endpoint is itself."""
-        nat = self._nats.get(public.ip)
+    def who(self, seen: Endpoint) -> Endpoint | None:
+        """The socket behind a source as a receiver saw it: a NAT's external endpoint maps to
+        the private one it was (ever) allocated to; a host's own endpoint (a public host's, or
+        a LAN neighbour's) is itself; anything else is no one's."""
+        nat = self._nats.get(seen.ip)
         if nat is not None:
-            return nat.history.get(public)
-        host = self._hosts.get(public.ip)
-        return public if host is not None and host.nat is None else None
+            return nat.history.get(seen)
+        return seen if seen.ip in self._hosts else None
 
     def send(self, src: Endpoint, dst: Endpoint, payload: bytes, now: float) -> None:
         """Send a datagram from socket `src` (a host's endpoint) to `dst` at virtual `now`."""
