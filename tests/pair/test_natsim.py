@@ -140,7 +140,10 @@ def test_an_expired_binding_frees_its_port_for_another_mapping() -> None:
                allocation=PortAllocation.SEQUENTIAL, port_range=(20000, 20000))
     assert seen_as(net, S1, 0.0).port == 20000
     assert exchange(net, INSIDE, S2, 1.0) == []  # the only port is taken
+    assert [b.permits for b in net.nat(NAT_IP).bindings(5.5)] == []  # expired, forgotten
     assert seen_as(net, S2, 6.0).port == 20000  # the first mapping expired
+    assert [(b.private, b.public.port) for b in net.nat(NAT_IP).bindings(6.5)] == [
+        (INSIDE, 20000)]
     assert exchange(net, S1, Endpoint(NAT_IP, 20000), 7.0) == []  # now S2's: filtered
 
 

@@ -115,7 +115,7 @@ class Nat:
 
     def bindings(self, now: float) -> list[Binding]:
         """The live bindings at `now`."""
-        return [b for b in self._by_port.values() if self._alive(b, now)]
+        return [b for b in list(self._by_port.values()) if self._alive(b, now)]
 
     def outbound(self, private: Endpoint, dst: Endpoint, now: float) -> Endpoint | None:
         """Translate a datagram leaving the site: its external source, or None (no free port)."""
