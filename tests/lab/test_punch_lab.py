@@ -46,12 +46,15 @@ def connect(host: Host, peer: str, relay: str, reflectors: list[str]) -> dict:
     return result
 
 
-@pytest.mark.parametrize(("left", "right", "transport"), [
-    (Nat.CONE, Nat.CONE, "udp"),
-    (Nat.UDP_BLOCKED, Nat.CONE, "tcp"),
+@pytest.mark.parametrize(("left", "right", "transports"), [
+    # Both paths open between two cones and the race takes whichever lands first: which one
+    # that is depends on the machine's load, so either is right (UDP alone is shown by the
+    # cone/symmetric pairs below and by the traversal lab tests).
+    (Nat.CONE, Nat.CONE, {"udp", "tcp"}),
+    (Nat.UDP_BLOCKED, Nat.CONE, {"tcp"}),
 ])
 def test_two_nats_that_allow_it_end_up_on_a_punched_path(
-    lab: Lab, left: Nat, right: Nat, transport: str
+    lab: Lab, left: Nat, right: Nat, transports: set[str]
 ) -> None:
     relay, reflectors = start_relay(lab)
     a, b = lab.site("left", left), lab.site("right", right)
@@ -59,7 +62,7 @@ def test_two_nats_that_allow_it_end_up_on_a_punched_path(
     for _ in range(2):  # a second run reuses the ports the first one punched and left
         result = connect(a.hosts[0], peer, relay, reflectors)
         assert result["path"] == "punched", result
-        assert result["transport"] == transport
+        assert result["transport"] in transports
         assert result["remote"] == f"{b.public_ip}:{PORT}"  # the NAT kept the port
         assert result["time_to_direct_ms"] < 3000
 
