@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import errno
+from ipaddress import IPv4Address, IPv6Address
+
 import pytest
 import trio
 
-from meshnat import EchoService
-from meshnat._libp2p import connection_remote, local_port
+from meshnat import EchoService, _libp2p
+from meshnat._libp2p import IHost, connection_remote, local_port
 from meshnat.echo import ECHO_PROTOCOL
-from meshnat.errors import ConfigError, PairExpired, PairTaken, UnknownPair
+from meshnat.errors import ConfigError, PairExpired, PairTaken, PeerRefused, UnknownPair
 from meshnat.traversal import PairState, TraversalConfig, TraversalService
+from meshnat.traversal.carrier import OwnSocket
 from tests.support.fake_reflectors import nodes
 
 
@@ -123,3 +127,70 @@ async def test_one_pair_per_traversal_is_taken_and_deadlines_must_be_sane() -> N
             for other in traversal.table.pairs():
                 with pytest.raises(PairTaken):
                     await ours.take(other.id)
+
+
+async def test_a_rate_limited_start_is_refused_as_such_under_the_requests_id() -> None:
+    """The responder's refusal reaches the initiator as PeerRefused("rate-limited") (not as
+    `MalformedMessage: reply to a request id this node did not send`), and the refused
+    traversal is forgotten on both sides."""
+    async with nodes(2) as (a, b):
+        await a.connect(b.peer_info())
+        ours = await a.mount(TraversalService())
+        theirs = await b.mount(TraversalService(TraversalConfig(responder_rate=0.001,
+                                                                responder_burst=1)))
+        with trio.fail_after(20):
+            first = await ours.start(b.peer_id)
+            with pytest.raises(PeerRefused) as refused:
+                await ours.start(b.peer_id)
+        assert refused.value.code == "rate-limited"
+        assert theirs.statistics().refused == {"peer-rate": 1}
+        assert [t.id for t in ours.traversals()] == [first.id]
+        assert len(theirs.traversals()) == 1
+
+
+async def test_a_responder_without_a_socket_refuses_and_keeps_its_error_to_itself(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A local failure of the responder (no socket for the traversal) is answered as a
+    refusal (`unavailable`) carrying a fixed reason, not as a reset stream, and its own error
+    text never goes to the peer."""
+    real_open, opened = OwnSocket.open, []
+
+    async def open_once(ip: IPv4Address | IPv6Address) -> OwnSocket:
+        opened.append(ip)
+        if len(opened) > 1:  # the initiator's socket opens; the responder's does not
+            raise OSError(errno.EMFILE, "Too many open files (local detail)")
+        return await real_open(ip)
+
+    monkeypatch.setattr(OwnSocket, "open", staticmethod(open_once))
+    async with nodes(2) as (a, b):
+        await a.connect(b.peer_info())
+        ours = await a.mount(TraversalService())
+        await b.mount(TraversalService())
+        with trio.fail_after(20), pytest.raises(PeerRefused) as refused:
+            await ours.start(b.peer_id)
+        assert refused.value.code == "unavailable"
+        assert "local detail" not in refused.value.reason
+        assert ours.traversals() == []
+
+
+async def test_a_take_the_peer_cannot_serve_is_refused_without_its_local_detail(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The peer cannot listen on its end of the pair: the take is refused (`unavailable`),
+    the reason names no port of the peer's, and the pair expires here."""
+    async def port_held(host: IHost, ip: IPv4Address | IPv6Address, port: int) -> str:
+        raise OSError(errno.EADDRINUSE, f"port {port} held")
+
+    monkeypatch.setattr(_libp2p, "listen_quic", port_held)
+    async with nodes(2) as (a, b):
+        await a.connect(b.peer_info())
+        ours = await a.mount(TraversalService())
+        theirs = await b.mount(TraversalService())
+        with trio.fail_after(20):
+            traversal = await ours.start(b.peer_id)
+            alive = await ours.wait_for(traversal.id, PairState.ALIVE, 5)
+            with pytest.raises(PeerRefused) as refused:
+                await ours.take(alive.id)  # the peer must listen: it cannot
+        assert refused.value.code == "unavailable"
+        their_port = theirs.traversals()[0].table.local_port
+        assert str(their_port) not in refused.value.reason
+        assert ours.pair(alive.id)[1].state is PairState.EXPIRED

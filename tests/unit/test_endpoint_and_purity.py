@@ -20,6 +20,8 @@ PURE = ["endpoint.py", "errors.py", "events.py", "ratelimit.py", "wire/codec.py"
         "punch/config.py", "punch/payment.py", "config.py",
         "relay/policy.py", "tunnel/messages.py", "tunnel/core.py", "records/messages.py",
         "traversal/messages.py", "traversal/pairs.py", "traversal/scope.py", "limits.py",
+        "traversal/core.py", "traversal/config.py", "traversal/admission.py",
+        "traversal/budget.py",
         "records/store.py", "rendezvous/messages.py", "rendezvous/core.py", "chat/messages.py"]
 
 

@@ -24,7 +24,7 @@ from meshnat.punch.payment import (
     probes_allowed,
 )
 from meshnat.traversal.budget import SendBudget, tcp_dial_bytes, udp_wire_bytes
-from meshnat.traversal.probing import UnprovenPacer
+from meshnat.traversal.core import UnprovenPacer
 from meshnat.wire import decode, encode, frame_datagram
 
 VICTIM, PEER = IPv4Address("192.0.2.7"), IPv4Address("198.51.100.1")

@@ -8,9 +8,8 @@ pair closes nothing, the node's own QUIC listener answers, and QUIC dials from t
 
 from __future__ import annotations
 
-import contextlib
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address
 
 import trio
@@ -20,7 +19,8 @@ from meshnat.endpoint import Endpoint
 from meshnat.node import MeshNode
 from meshnat.traversal.messages import Probe
 
-ProbeHandler = Callable[[Probe, Endpoint], Awaitable[None]]
+ProbeHandler = Callable[[Probe, Endpoint], None]
+"""Takes each probe as it arrives; must not block."""
 
 
 class OwnSocket:
@@ -49,7 +49,7 @@ class OwnSocket:
     async def run(self, on_probe: ProbeHandler) -> None:
         """Hand every traversal probe arriving on the socket to `on_probe`, until cancelled."""
         async for probe, src in receive_messages(self._sock, Probe):
-            await on_probe(probe, src)
+            on_probe(probe, src)
 
     def close(self) -> None:
         self._sock.close()
@@ -68,19 +68,17 @@ class SharedPort:
         await self._node.udp.sendto(data, dst)
 
     async def run(self, on_probe: ProbeHandler) -> None:
-        """Hand every traversal probe the tap sees to `on_probe`, until cancelled."""
-        send, receive = trio.open_memory_channel[tuple[Probe, Endpoint]](64)
+        """Hand every traversal probe the tap sees to `on_probe` (inside the tap's receive
+        loop, which `on_probe` does not block), until cancelled."""
 
         def on_datagram(data: bytes, src: Endpoint) -> None:
             probe = parse_datagram(data, Probe)
-            if probe is not None:  # a burst beyond the queue is dropped: probes repeat
-                with contextlib.suppress(trio.WouldBlock):
-                    send.send_nowait((probe, src))
+            if probe is not None:
+                on_probe(probe, src)
 
         unsubscribe = self._node.udp.subscribe(on_datagram)
         try:
-            async for probe, src in receive:
-                await on_probe(probe, src)
+            await trio.sleep_forever()
         finally:
             unsubscribe()
 

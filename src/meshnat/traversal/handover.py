@@ -1,31 +1,29 @@
-"""Handing a taken pair to QUIC: the take on either side, the peer told (`Take`), a listener on
-the pair's local port or one dial from it, the take deadline, and streams on the pair."""
+"""Handing a taken pair to QUIC: the peer told (`Take`), a listener on the pair's local port
+or one dial from it, and streams on the pair. Which side takes, dials or listens, and when a
+pair expires, is the session's (`traversal/core.py`); this is the I/O."""
 
 from __future__ import annotations
 
 import errno
 import logging
-import math
 from collections.abc import Callable
 
 import trio
 
 from meshnat import _libp2p, exchange
-from meshnat._libp2p import ID, INetConn, PeerInfo, TProtocol
+from meshnat._libp2p import INetConn, PeerInfo, TProtocol
 from meshnat.endpoint import Endpoint
 from meshnat.errors import (
-    ConfigError,
     ListenerMissing,
     MeshNatError,
     PairExpired,
-    PairTaken,
     PortInUse,
 )
 from meshnat.node import MeshNode
+from meshnat.traversal.config import TraversalConfig
 from meshnat.traversal.messages import Take, TakeAccept
 from meshnat.traversal.pairs import PairState, PortPair
-from meshnat.traversal.session import PairStream, Traversal, TraversalConfig
-from meshnat.wire.codec import describe
+from meshnat.traversal.session import PairStream, Traversal
 
 log = logging.getLogger(__name__)
 
@@ -34,42 +32,13 @@ class Handover:
     """Taken pairs handed from their traversal to the QUIC transport."""
 
     def __init__(self, config: TraversalConfig, *, protocol: TProtocol,
-                 mounted: Callable[[], tuple[MeshNode, trio.Nursery]],
-                 expire: Callable[[Traversal], None]) -> None:
+                 mounted: Callable[[], tuple[MeshNode, trio.Nursery]]) -> None:
         """`protocol`: the one the peer is told on; `mounted`: the node and nursery, or
-        NotMounted; `expire`: marks a traversal's stale and unused pairs expired."""
+        NotMounted."""
         self.config = config
-        self._protocol, self._mounted, self._expire = protocol, mounted, expire
+        self._protocol, self._mounted = protocol, mounted
 
-    async def take(self, traversal: Traversal, pair_id: str, *, initiate: bool,
-                   deadline: float | None) -> PortPair:
-        """This node takes `pair_id` (see `TraversalService.take`)."""
-        if deadline is not None and not (math.isfinite(deadline) and 0 < deadline <= 600):
-            raise ConfigError(f"deadline must be within (0, 600] seconds, got {describe(deadline)}")
-        if traversal.dialer is not None:
-            raise PairTaken(f"traversal {traversal.id} has a pair taken already")
-        use_within = self.config.take_deadline if deadline is None else deadline
-        pair = traversal.table.take(pair_id, trio.current_time(), use_within=use_within)
-        traversal.dialer = initiate
-        traversal.notify()
-        traversal.stop()  # keepalives end here; an own socket frees its port
-        self._watch_deadline(traversal, pair)
-        log.info("traversal %s: took pair %s (%s -> %s), %s", traversal.id, pair.id,
-                 pair.local_port, pair.remote, "dialling" if initiate else "listening")
-        if traversal.shared and initiate:
-            self._mounted()[1].start_soon(self._tell_peer_quietly, traversal, pair)
-            return pair
-        if not initiate:
-            await self._listen(traversal, pair)
-        try:
-            await self._tell_peer(traversal, pair)
-        except MeshNatError:
-            traversal.table.expire(pair_id)
-            await self.close_listener(traversal)
-            raise
-        return pair
-
-    async def _tell_peer(self, traversal: Traversal, pair: PortPair) -> None:
+    async def tell_peer(self, traversal: Traversal, pair: PortPair) -> None:
         """Send `Take` for `pair`; raises PeerRefused when the peer does not accept."""
         node, _ = self._mounted()
         await exchange.request(node, PeerInfo(traversal.peer, []), self._protocol,
@@ -77,40 +46,29 @@ class Handover:
                                     dial=not traversal.dialer),
                                TakeAccept, timeout=self.config.stream_timeout)
 
-    async def _tell_peer_quietly(self, traversal: Traversal, pair: PortPair) -> None:
-        try:
-            await self._tell_peer(traversal, pair)
-        except MeshNatError as exc:  # its listener answers the dial all the same
-            log.info("traversal %s: the peer did not take pair %s: %s", traversal.id, pair.id,
-                     exc)
+    def tell_peer_soon(self, traversal: Traversal, pair: PortPair) -> None:
+        """`tell_peer` in the background: its own listener answers the dial all the same."""
 
-    async def accept(self, traversal: Traversal, request: Take) -> TakeAccept:
-        """The peer took a pair of `traversal` (its own with this peer): take ours."""
-        if traversal.dialer is not None:
-            raise PairTaken("a pair of this traversal is taken already")
-        pair = _their_pair(traversal, request)
-        taken = traversal.table.take(pair.id, trio.current_time(),
-                                     use_within=self.config.take_deadline, peer_confirmed=True)
-        traversal.dialer = request.dial
-        traversal.notify()
-        traversal.stop()
-        if not request.dial:
-            await self._listen(traversal, taken)
-        self._watch_deadline(traversal, taken)
-        log.info("traversal %s: peer took pair %s, %s", traversal.id, taken.id,
-                 "dialling" if request.dial else "listening")
-        return TakeAccept(request.txid)
+        async def tell() -> None:
+            try:
+                await self.tell_peer(traversal, pair)
+            except MeshNatError as exc:
+                log.info("traversal %s: the peer did not take pair %s: %s", traversal.id,
+                         pair.id, exc)
 
-    async def dial_taken(self, traversal: Traversal, peer: ID) -> None:
+        self._mounted()[1].start_soon(tell)
+
+    def dial_soon(self, traversal: Traversal, pair: PortPair) -> None:
         """Dial on the pair the peer took for this node to dial on; a failure is logged."""
-        pair = next((p for p in traversal.table.pairs() if p.state is PairState.TAKEN), None)
-        if pair is None:
-            return
-        try:
-            await self._dial(traversal, pair)
-        except MeshNatError as exc:
-            log.info("traversal %s: dialling %s on pair %s failed: %s", traversal.id, peer,
-                     pair.id, exc)
+
+        async def dial() -> None:
+            try:
+                await self._dial(traversal, pair)
+            except MeshNatError as exc:
+                log.info("traversal %s: dialling %s on pair %s failed: %s", traversal.id,
+                         traversal.peer, pair.id, exc)
+
+        self._mounted()[1].start_soon(dial)
 
     async def connect(self, traversal: Traversal, pair: PortPair) -> INetConn:
         """The QUIC connection on taken `pair` (see `TraversalService.connect`)."""
@@ -136,7 +94,7 @@ class Handover:
             stream = await _libp2p.open_stream_on(node.host, conn, protocol, limit)
         return PairStream(pair, stream, conn, pair.local_port, pair.remote)
 
-    async def _listen(self, traversal: Traversal, pair: PortPair) -> None:
+    async def listen(self, traversal: Traversal, pair: PortPair) -> None:
         """Accept the peer's QUIC connection on the pair's local port: an ephemeral listener
         there (the node's own one on the shared port), until that connection closes or the
         pair's deadline passes unused."""
@@ -173,10 +131,13 @@ class Handover:
     def _connected(self, traversal: Traversal, conn: INetConn) -> None:
         traversal.connection = conn
         traversal.connected.set()
+        traversal.session.connected(trio.current_time())
+        traversal.wake.set()  # the deadline no longer applies
         self._mounted()[1].start_soon(self._close_listener_after, traversal, conn)
 
     async def _close_listener_after(self, traversal: Traversal, conn: INetConn) -> None:
         await _libp2p.wait_closed(conn)
+        traversal.session.disconnected(trio.current_time())
         await self.close_listener(traversal)
 
     async def close_listener(self, traversal: Traversal) -> None:
@@ -185,18 +146,6 @@ class Handover:
             node, _ = self._mounted()
             await _libp2p.close_listener(node.host, traversal.listener)
             traversal.listener = None
-
-    def _watch_deadline(self, traversal: Traversal, pair: PortPair) -> None:
-        """At the deadline, an unused pair expires and its listener goes."""
-
-        async def watch() -> None:
-            assert pair.deadline is not None
-            await trio.sleep_until(pair.deadline)
-            if traversal.connection is None:
-                self._expire(traversal)
-                await self.close_listener(traversal)
-
-        self._mounted()[1].start_soon(watch)
 
     async def _dial(self, traversal: Traversal, pair: PortPair) -> None:
         """Dial the peer's QUIC listener from the pair's local port: one dial per pair,
@@ -208,24 +157,12 @@ class Handover:
             source = Endpoint(node.listen_endpoint("udp").ip, pair.local_port)
             limit = self.config.stream_timeout
             try:
-                with trio.fail_after(limit):
+                with _libp2p.map_peer_errors("QUIC dial on a pair", limit), \
+                        trio.fail_after(limit):
                     conn = await _libp2p.dial_quic_from(node.host, traversal.peer,
                                                         pair.remote, source)
-            except (MeshNatError, trio.TooSlowError) as exc:
+            except MeshNatError as exc:
                 raise ListenerMissing(
                     f"no QUIC listener answered at {pair.remote}: {exc}") from exc
             self._connected(traversal, conn)
 
-
-def _their_pair(traversal: Traversal, request: Take) -> PortPair:
-    """Our pair toward the taker's endpoint `mine` (alive, or at least heard from: the
-    taker's own check proved the other direction); with no match, the only alive pair."""
-    usable = [p for p in traversal.table.pairs() if p.state is PairState.ALIVE
-              or (p.state is PairState.PROBING and p.last_seen is not None)]
-    for pair in usable:
-        if pair.remote == request.mine:
-            return pair
-    alive = [p for p in usable if p.state is PairState.ALIVE]
-    if len(alive) == 1:
-        return alive[0]
-    raise PairExpired("no alive pair matches the one taken")

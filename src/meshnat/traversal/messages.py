@@ -15,6 +15,7 @@ from typing import ClassVar, Self
 
 from meshnat.endpoint import Endpoint
 from meshnat.wire.codec import Fields, TxidOnly
+from meshnat.wire.error_response import ErrorCode, ErrorResponse
 
 CANDIDATES, ACK, OBSERVED, YOURS, MINE, DIAL, SHARED, PADDING = 8, 9, 10, 11, 12, 13, 14, 15
 MAX_CANDIDATES = 8
@@ -114,3 +115,24 @@ class TakeAccept(TxidOnly):
     """The receiver took its end of the pair (listening, or about to dial)."""
 
     TYPE: ClassVar[MsgType] = MsgType.TAKE_ACCEPT
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """This node will not do what a request asked: the code and a fixed reason that go to
+    the peer (never the text of a local error)."""
+
+    code: ErrorCode
+    reason: str
+
+    def answer(self, txid: bytes) -> ErrorResponse:
+        """The ErrorResponse to the request `txid`."""
+        return ErrorResponse(txid, self.code, self.reason)
+
+
+UNAVAILABLE = Refusal(ErrorCode.UNAVAILABLE, "not available here now")
+"""What a local failure (no socket, the pair's port held) is answered with."""
+ID_IN_USE = Refusal(ErrorCode.BAD_REQUEST, "traversal id in use")
+UNKNOWN_TRAVERSAL = Refusal(ErrorCode.UNAVAILABLE, "no such traversal with you")
+ALREADY_TAKEN = Refusal(ErrorCode.UNAVAILABLE, "a pair of this traversal is taken already")
+NO_MATCHING_PAIR = Refusal(ErrorCode.UNAVAILABLE, "no alive pair matches the one taken")

@@ -10,6 +10,45 @@ from meshnat.endpoint import Endpoint
 from meshnat.errors import PairExpired, PairTaken, UnknownPair
 from meshnat.wire.codec import describe
 
+TRAVERSAL_ID_SIZE = 8
+"""Hex digits of a traversal id: the first 4 bytes of its txid."""
+
+
+def traversal_id(txid: bytes) -> str:
+    """The short id both sides know a traversal by (`1a2b3c4d`)."""
+    return txid.hex()[:TRAVERSAL_ID_SIZE]
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class PairId:
+    """A pair's id: its traversal's id and its number there (`1a2b3c4d.1`)."""
+
+    traversal: str
+    index: int
+
+    def __str__(self) -> str:
+        return f"{self.traversal}.{self.index}"
+
+    @classmethod
+    def parse(cls, text: str) -> PairId:
+        """`<traversal>.<n>` as the control socket names it; raises UnknownPair."""
+        traversal, index = parse_ref(text)
+        if index is None:
+            raise UnknownPair(f"not a pair id: {describe(text)}")
+        return cls(traversal, index)
+
+
+def parse_ref(text: str) -> tuple[str, int | None]:
+    """A traversal id (`1a2b3c4d`, index None) or a pair id (`1a2b3c4d.1`); raises
+    UnknownPair for anything else, naming no more than a few bytes of it."""
+    head, dot, tail = text.partition(".")
+    if len(head) == TRAVERSAL_ID_SIZE and all(c in "0123456789abcdef" for c in head):
+        if not dot:
+            return head, None
+        if tail.isdecimal() and tail.isascii() and len(tail) <= 3:
+            return head, int(tail)
+    raise UnknownPair(f"not a traversal or pair id: {describe(text)}")
+
 
 class PairState(Enum):
     """Where a port pair stands."""
@@ -28,7 +67,7 @@ class PairState(Enum):
 class PortPair:
     """One path through both NATs: this node's local port to one endpoint of the peer."""
 
-    id: str
+    ref: PairId
     local_port: int
     local: Endpoint | None
     """This node's public endpoint for `local_port` as far as known (None: not learnt)."""
@@ -39,6 +78,11 @@ class PortPair:
     rtt: float | None
     deadline: float | None = None
     """For TAKEN: when the pair must have been used by."""
+
+    @property
+    def id(self) -> str:
+        """The id as the control socket shows it (`1a2b3c4d.1`)."""
+        return str(self.ref)
 
     def to_json(self, now: float) -> dict[str, object]:
         return {"id": self.id, "state": self.state.value, "local_port": self.local_port,
@@ -58,22 +102,27 @@ class PairTable:
         self.traversal_id, self.local_port = traversal_id, local_port
         self.pair_timeout, self.max_pairs = pair_timeout, max_pairs
         self._pairs: dict[Endpoint, PortPair] = {}
+        self._remotes: dict[int, Endpoint] = {}  # pair index -> the peer's endpoint
         self._sent: dict[Endpoint, float] = {}
 
     def pairs(self) -> list[PortPair]:
         return list(self._pairs.values())
 
-    def get(self, pair_id: str) -> PortPair:
-        for pair in self._pairs.values():
-            if pair.id == pair_id:
-                return pair
-        raise UnknownPair(f"no pair {describe(pair_id)}")
+    def get(self, pair_id: PairId) -> PortPair:
+        remote = self._remotes.get(pair_id.index) \
+            if pair_id.traversal == self.traversal_id else None
+        if remote is None:
+            raise UnknownPair(f"no pair {pair_id}")
+        return self._pairs[remote]
+
+    def find(self, remote: Endpoint) -> PortPair | None:
+        """The pair toward the peer's endpoint `remote`, if there is one."""
+        return self._pairs.get(remote)
 
     def add_candidate(self, remote: Endpoint, now: float) -> None:
         """Start probing `remote` (a candidate the peer offered)."""
         if remote not in self._pairs and len(self._pairs) < self.max_pairs:
-            self._pairs[remote] = PortPair(self._new_id(), self.local_port, None, remote,
-                                           PairState.PROBING, now, None, None)
+            self._pairs[remote] = self._new_pair(remote, now)
 
     def sent(self, remote: Endpoint, now: float) -> None:
         """A probe went to `remote` at `now` (for the RTT of its answer)."""
@@ -91,8 +140,7 @@ class PairTable:
         if pair is None:
             if len(self._pairs) >= self.max_pairs:
                 return False
-            pair = PortPair(self._new_id(), self.local_port, None, remote,
-                            PairState.PROBING, now, None, None)
+            pair = self._new_pair(remote, now)
         if pair.state in (PairState.TAKEN, PairState.EXPIRED):
             self._pairs[remote] = pair
             return True
@@ -106,7 +154,7 @@ class PairTable:
             local=observed if observed is not None else pair.local)
         return True
 
-    def take(self, pair_id: str, now: float, *, use_within: float,
+    def take(self, pair_id: PairId, now: float, *, use_within: float,
              peer_confirmed: bool = False) -> PortPair:
         """Hand the pair to the transport: it must be used within `use_within` seconds.
 
@@ -123,19 +171,24 @@ class PairTable:
         self._pairs[pair.remote] = taken
         return taken
 
+    def silent_until(self, pair: PortPair) -> float | None:
+        """When alive `pair` expires unless the peer is heard on it again."""
+        if pair.state is not PairState.ALIVE or pair.last_seen is None:
+            return None
+        return pair.last_seen + self.pair_timeout
+
     def expire_stale(self, now: float) -> list[PortPair]:
         """Mark pairs silent for `pair_timeout` expired; returns those just expired. A taken
         pair is not refreshed by keepalives any more: the transport keeps it (or not)."""
         expired = []
-        for remote, pair in list(self._pairs.items()):
-            if pair.state is PairState.ALIVE and pair.last_seen is not None \
-                    and now - pair.last_seen > self.pair_timeout:
-                expired.append(replace(pair, state=PairState.EXPIRED))
-                self._pairs[remote] = expired[-1]
+        for pair in self.pairs():
+            until = self.silent_until(pair)
+            if until is not None and now >= until:
+                expired.append(self.expire(pair.ref))
         return expired
 
-    def expire(self, pair_id: str) -> PortPair:
-        """A taken pair that was not used before its deadline."""
+    def expire(self, pair_id: PairId) -> PortPair:
+        """Mark the pair expired (silent, or taken and not used in time)."""
         pair = replace(self.get(pair_id), state=PairState.EXPIRED)
         self._pairs[pair.remote] = pair
         return pair
@@ -145,5 +198,8 @@ class PairTable:
         return [p.remote for p in self._pairs.values()
                 if p.state in (PairState.PROBING, PairState.ALIVE)]
 
-    def _new_id(self) -> str:
-        return f"{self.traversal_id}.{len(self._pairs) + 1}"
+    def _new_pair(self, remote: Endpoint, now: float) -> PortPair:
+        index = len(self._pairs) + 1
+        self._remotes[index] = remote
+        return PortPair(PairId(self.traversal_id, index), self.local_port, None, remote,
+                        PairState.PROBING, now, None, None)

@@ -11,8 +11,9 @@ mappings the probes made are reused, and TLS binds the connection to the peer id
 
 from __future__ import annotations
 
+import hmac
 import logging
-from collections import Counter
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,28 +24,41 @@ from meshnat._libp2p import ID, INetConn, INetStream, PeerInfo, TaskStatus, TPro
 from meshnat.discovery import PeerAddressDiscovery
 from meshnat.endpoint import Endpoint
 from meshnat.errors import (
+    ConfigError,
+    LocalProtocolError,
     MeshNatError,
     NotMounted,
     PeerRefused,
     PeerTimeout,
+    PeerUnavailable,
+    PortInUse,
     RemoteProtocolError,
     UnknownPair,
 )
-from meshnat.limits import SlotLimit
 from meshnat.node import MeshNode
-from meshnat.ratelimit import RateLimiter
+from meshnat.traversal.admission import Admission
 from meshnat.traversal.budget import SendBudget
 from meshnat.traversal.carrier import Carrier, OwnSocket, SharedPort
+from meshnat.traversal.config import TraversalConfig
+from meshnat.traversal.core import ProbeCounters, TraversalSession
+from meshnat.traversal.driver import Driver
 from meshnat.traversal.handover import Handover
-from meshnat.traversal.messages import Offer, Take, TakeAccept
-from meshnat.traversal.pairs import PairState, PairTable, PortPair
-from meshnat.traversal.probing import ProbeCounters, run_probing
+from meshnat.traversal.messages import (
+    ID_IN_USE,
+    UNAVAILABLE,
+    UNKNOWN_TRAVERSAL,
+    Offer,
+    Refusal,
+    Take,
+    TakeAccept,
+)
+from meshnat.traversal.pairs import PairId, PairState, PortPair, parse_ref, traversal_id
 from meshnat.traversal.scope import admit_candidates, peer_scopes
-from meshnat.traversal.session import PairStream, Traversal, TraversalConfig
+from meshnat.traversal.session import PairStream, Traversal
 from meshnat.traversal.sources import direct_ips, own_endpoints, peer_ips, source_network
 from meshnat.wire import decode, encode, new_txid
 from meshnat.wire.codec import describe
-from meshnat.wire.error_response import ErrorCode, ErrorResponse, refusal_for
+from meshnat.wire.error_response import ErrorResponse, refusal_for
 
 log = logging.getLogger(__name__)
 
@@ -81,23 +95,14 @@ class TraversalService:
         self._discovery = discovery
         self._node: MeshNode | None = None
         self._nursery: trio.Nursery | None = None
-        self._traversals: dict[bytes, Traversal] = {}
-        cfg = self.config
-        self._limiter = RateLimiter(rate=cfg.responder_rate, burst=cfg.responder_burst,
-                                    max_keys=10_000)
-        self._network_limiter = RateLimiter(rate=cfg.network_rate, burst=cfg.network_burst,
-                                            max_keys=10_000)
-        self._total_limiter = RateLimiter(rate=cfg.total_rate, burst=cfg.total_burst,
-                                          max_keys=1)
-        self._slots = SlotLimit(total=cfg.max_traversals,
-                                per_peer=min(cfg.max_per_peer, cfg.max_traversals),
-                                per_network=min(cfg.max_per_network, cfg.max_traversals))
-        self._refused: Counter[str] = Counter()
+        self._traversals: dict[str, Traversal] = {}  # by traversal id
+        self._admission = Admission(self.config)
         self._started_by_peers = 0
         self._refused_candidates = 0
         self._counters = ProbeCounters()
-        self._handover = Handover(cfg, protocol=self.protocol_id, mounted=self._mounted,
-                                  expire=self._expire)
+        self._handover = Handover(self.config, protocol=self.protocol_id,
+                                  mounted=self._mounted)
+        self._driver = Driver(self._handover)
 
     async def serve(self, node: MeshNode, *, task_status: TaskStatus[None]) -> None:
         node.host.set_stream_handler(self.protocol_id,
@@ -123,31 +128,30 @@ class TraversalService:
 
     def statistics(self) -> TraversalStatistics:
         return TraversalStatistics(len(self._traversals), self._started_by_peers,
-                                   dict(self._refused), self._counters.unproven_bytes,
+                                   dict(self._admission.refused), self._counters.unproven_bytes,
                                    self._counters.withheld, self._refused_candidates)
 
-    def pair(self, pair_id: str) -> tuple[Traversal, PortPair]:
+    def pair(self, pair_id: str | PairId) -> tuple[Traversal, PortPair]:
         """The traversal holding `pair_id` and the pair; raises UnknownPair."""
-        traversal = self._find(pair_id.partition(".")[0])
-        self._expire(traversal)
-        return traversal, traversal.table.get(pair_id)
+        ref = PairId.parse(pair_id) if isinstance(pair_id, str) else pair_id
+        traversal = self._find(ref.traversal)
+        return traversal, traversal.table.get(ref)
 
     def _find(self, traversal_id: str) -> Traversal:
-        for traversal in self._traversals.values():
-            if traversal.id == traversal_id:
-                return traversal
-        raise UnknownPair(f"no traversal {describe(traversal_id)}")
+        traversal = self._traversals.get(traversal_id)
+        if traversal is None:
+            raise UnknownPair(f"no traversal {describe(traversal_id)}")
+        return traversal
 
     async def wait_for(self, ref: str, state: PairState, timeout: float) -> PortPair:
         """The first pair of traversal (or pair) `ref` in `state`, waiting up to `timeout`
         seconds; raises PeerTimeout, or UnknownPair."""
-        traversal_id, _, pair_id = ref.partition(".")
+        traversal_id, index = parse_ref(ref)
         with trio.move_on_after(timeout):
             while True:
                 traversal = self._find(traversal_id)
-                self._expire(traversal)
                 for pair in traversal.table.pairs():
-                    if pair.state is state and pair_id in ("", pair.id.partition(".")[2]):
+                    if pair.state is state and index in (None, pair.ref.index):
                         return pair
                 await traversal.changed.wait()
         raise PeerTimeout(f"no pair of {ref} became {state.value} within {timeout} s")
@@ -159,7 +163,11 @@ class TraversalService:
         fresh socket; both sides then use their listen ports and QUIC listeners.
         """
         node, _ = self._mounted()
-        traversal = await self._open(new_txid(), peer, shared=shared)
+        txid = next((t for t in (new_txid() for _ in range(8))
+                     if traversal_id(t) not in self._traversals), None)
+        if txid is None:
+            raise LocalProtocolError("no free traversal id")
+        traversal = await self._open_own(txid, peer, shared=shared)
         try:
             reply = await exchange.request(node, PeerInfo(peer, []), self.protocol_id,
                                            self._offer(traversal), Offer,
@@ -179,12 +187,13 @@ class TraversalService:
         """Open a traversal whose candidates were already exchanged by the caller (the hole
         puncher's own coordination, which also paces both sides to start together): both sides
         adopt the same `txid`, and the pairs, `take` and `connect` work as after `start`.
-        `budget`: what the peer's coordination paid for, shared with the caller's other paths."""
-        traversal = await self._open(txid, peer, shared=shared, budget=budget)
+        `budget`: what the peer's coordination paid for, shared with the caller's other paths.
+        Raises PeerRefused when a traversal with that id is open already."""
+        traversal = await self._open_own(txid, peer, shared=shared, budget=budget)
         self._probe(traversal, tuple(candidates))
         return traversal
 
-    async def take(self, pair_id: str, *, initiate: bool = True,
+    async def take(self, pair_id: str | PairId, *, initiate: bool = True,
                    deadline: float | None = None) -> PortPair:
         """Hand `pair_id` to the transport; it must be used within `deadline` seconds.
 
@@ -194,17 +203,34 @@ class TraversalService:
         background and the dial need not wait for it. Raises UnknownPair, PairExpired,
         PairTaken, PortInUse or PeerRefused (the peer did not accept).
         """
-        traversal, _ = self.pair(pair_id)
-        return await self._handover.take(traversal, pair_id, initiate=initiate,
-                                         deadline=deadline)
+        if deadline is not None and not (math.isfinite(deadline) and 0 < deadline <= 600):
+            raise ConfigError(f"deadline must be within (0, 600] seconds, got {describe(deadline)}")
+        traversal, pair = self.pair(pair_id)
+        use_within = self.config.take_deadline if deadline is None else deadline
+        taken = traversal.session.take(pair.ref, trio.current_time(), dial=initiate,
+                                       use_within=use_within)
+        log.info("traversal %s: took pair %s (%s -> %s), %s", traversal.id, taken.id,
+                 taken.local_port, taken.remote, "dialling" if initiate else "listening")
+        await self._driver.drain(traversal)  # the carrier stops; a listener if not dialling
+        if traversal.shared and initiate:
+            self._handover.tell_peer_soon(traversal, taken)
+            return taken
+        try:
+            await self._handover.tell_peer(traversal, taken)
+        except MeshNatError:
+            traversal.session.take_refused(trio.current_time())
+            with trio.CancelScope(shield=True):
+                await self._driver.drain(traversal)
+            raise
+        return taken
 
-    async def connect(self, pair_id: str) -> INetConn:
+    async def connect(self, pair_id: str | PairId) -> INetConn:
         """The QUIC connection on taken pair `pair_id`: dialled now if this node took it to
         dial, else the one the peer dials (waited for until the pair's deadline)."""
         traversal, pair = self.pair(pair_id)
         return await self._handover.connect(traversal, pair)
 
-    async def open_stream(self, pair_id: str, protocol: TProtocol) -> PairStream:
+    async def open_stream(self, pair_id: str | PairId, protocol: TProtocol) -> PairStream:
         """A stream speaking `protocol` over the QUIC connection on taken pair `pair_id`."""
         conn = await self.connect(pair_id)
         _, pair = self.pair(pair_id)
@@ -212,17 +238,17 @@ class TraversalService:
 
     async def close(self, traversal_id: str) -> None:
         """Stop a traversal and forget it (a connection made on one of its pairs stays)."""
-        traversal = self._find(traversal_id)
-        await self._forget(traversal)
+        await self._forget(self._find(traversal_id))
 
     async def _forget(self, traversal: Traversal) -> None:
         """Stop and unregister; an ephemeral listener stays while its connection is open
         (closing it would close the connection), and goes with it."""
-        if self._traversals.pop(traversal.txid, None) is None:
+        if self._traversals.pop(traversal.id, None) is None:
             return
         if traversal.claim is not None:
-            self._slots.release(traversal.claim)
+            self._admission.release(traversal.claim)
             traversal.claim = None
+        traversal.running.cancel()
         traversal.stop()
         if traversal.connection is None or traversal.connection.is_closed:
             await self._handover.close_listener(traversal)
@@ -233,54 +259,52 @@ class TraversalService:
         peer = _libp2p.stream_peer(stream)
         limit = self.config.stream_timeout
         try:
-            await self._answer_stream(stream, peer, source_network(stream), limit)
-        except MeshNatError as exc:
+            with _libp2p.map_peer_errors("traversal request", limit), trio.fail_after(limit):
+                frame = await _libp2p.read_frame(stream)
+                await _libp2p.write_frame(stream, encode(await self._reply(peer, stream, frame)))
+                await stream.close()
+        except (RemoteProtocolError, PeerTimeout, PeerUnavailable) as exc:
             log.debug("traversal: request from %s dropped: %s", peer, exc)
             await _libp2p.reset_quietly(stream)
 
-    async def _answer_stream(self, stream: INetStream, peer: ID, network: str,
-                             limit: float) -> None:
-        with _libp2p.map_peer_errors("traversal request", limit), trio.fail_after(limit):
-            request: Offer | Take | None = None
-            try:
-                frame = await _libp2p.read_frame(stream)
-                request = decode(frame, Offer, Take)
-                reply: Offer | TakeAccept | ErrorResponse = await self._answer(
-                    peer, network, request, len(frame))
-            except PeerRefused as exc:  # refused here: answer with the request's txid
-                assert request is not None
-                code = (ErrorCode.RATE_LIMITED if exc.code == "rate-limited"
-                        else ErrorCode.BAD_REQUEST)
-                reply = ErrorResponse(request.txid, code, exc.reason[:120])
-            except RemoteProtocolError as exc:
-                reply = refusal_for(exc)
-            except MeshNatError as exc:
-                assert request is not None
-                reply = ErrorResponse(request.txid, ErrorCode.UNAVAILABLE, str(exc)[:120])
-            await _libp2p.write_frame(stream, encode(reply))
-            await stream.close()
-        if isinstance(request, Take) and request.dial and isinstance(reply, TakeAccept):
-            await self._dial_taken(peer, request)
-
-    async def _answer(self, peer: ID, network: str, request: Offer | Take,
-                      paid: int) -> Offer | TakeAccept:
+    async def _reply(self, peer: ID, stream: INetStream,
+                     frame: bytes) -> Offer | TakeAccept | ErrorResponse:
+        """The answer to `frame`: a refusal is answered under the request's txid (under
+        zeros if it does not decode), with a fixed reason."""
+        try:
+            request = decode(frame, Offer, Take)
+        except RemoteProtocolError as exc:
+            log.debug("traversal: undecodable request from %s: %s", peer, exc)
+            return refusal_for(exc)
+        now = trio.current_time()
         if isinstance(request, Offer):
-            self._admit(peer, network)
-            started = await self._open(request.txid, peer, shared=request.shared,
-                                       network=network, budget=SendBudget(paid=paid))
+            network = source_network(stream)
+            refusal = self._admission.admit(str(peer), network, now)
+            started = refusal or await self._open(request.txid, peer, shared=request.shared,
+                                                  budget=SendBudget(paid=len(frame)),
+                                                  network=network)
+            if isinstance(started, Refusal):
+                log.debug("traversal: refused %s (%s): %s", peer, network, started.reason)
+                return started.answer(request.txid)
             self._started_by_peers += 1
             self._probe(started, request.candidates)
             log.info("traversal %s: started by %s (%s)", started.id, peer, network)
             return self._offer(started)
-        traversal = self._traversals.get(request.txid)
-        if traversal is None or traversal.peer != peer:
-            raise UnknownPair("no such traversal with this peer")
-        return await self._handover.accept(traversal, request)
-
-    async def _dial_taken(self, peer: ID, request: Take) -> None:
-        traversal = self._traversals.get(request.txid)
-        if traversal is not None:
-            await self._handover.dial_taken(traversal, peer)
+        traversal = self._traversals.get(traversal_id(request.txid))
+        if traversal is None or traversal.peer != peer or \
+                not hmac.compare_digest(traversal.txid, request.txid):
+            return UNKNOWN_TRAVERSAL.answer(request.txid)
+        taken = traversal.session.peer_take(request, now)
+        if isinstance(taken, Refusal):
+            return taken.answer(request.txid)
+        log.info("traversal %s: peer took pair %s, %s", traversal.id, taken.id,
+                 "dialling" if request.dial else "listening")
+        try:
+            await self._driver.drain(traversal)  # the carrier stops; we listen, or dial
+        except (PortInUse, OSError) as exc:  # ours, not the peer's: its text stays here
+            log.info("traversal %s: cannot listen on pair %s: %s", traversal.id, taken.id, exc)
+            return UNAVAILABLE.answer(request.txid)
+        return TakeAccept(request.txid)
 
     # --- both sides --------------------------------------------------------------------------
 
@@ -289,67 +313,51 @@ class TraversalService:
             raise NotMounted("mount TraversalService on a running MeshNode first")
         return self._node, self._nursery
 
-    def _admit(self, peer: ID, network: str) -> None:
-        """Start rates: per peer, per source network, in total; raises PeerRefused."""
-        now = trio.current_time()
-        for bound, limiter, key in (("peer-rate", self._limiter, str(peer)),
-                                    ("network-rate", self._network_limiter, network),
-                                    ("total-rate", self._total_limiter, None)):
-            if not limiter.allow(key, now):
-                self._refused[bound] += 1
-                log.debug("traversal: refused %s (%s): %s", peer, network, bound)
-                raise PeerRefused("rate-limited", f"too many traversals ({bound})")
+    async def _open_own(self, txid: bytes, peer: ID, *, shared: bool,
+                        budget: SendBudget | None = None) -> Traversal:
+        """Open a traversal this node starts (bounded by its own calls only)."""
+        opened = await self._open(txid, peer, shared=shared, budget=budget)
+        if isinstance(opened, Refusal):
+            raise PeerRefused("bad-request", opened.reason)
+        return opened
 
-    async def _open(self, txid: bytes, peer: ID, *, shared: bool, network: str | None = None,
-                    budget: SendBudget | None = None) -> Traversal:
+    async def _open(self, txid: bytes, peer: ID, *, shared: bool, budget: SendBudget | None,
+                    network: str | None = None) -> Traversal | Refusal:
         """`network`: the peer started it, from there (a slot is claimed); None: this node."""
         node, _ = self._mounted()
         await self._evict_finished()
-        if txid in self._traversals:
-            raise PeerRefused("bad-request", "traversal id in use")
-        claim = None
-        if network is not None:  # this node's own traversals are bounded by its own calls
-            claim = self._slots.acquire(str(peer), network)
-            if claim is None:
-                bound = self._slots.last_refusal or "total"
-                self._refused[bound] += 1
-                log.debug("traversal: refused %s (%s): %s slots held", peer, network, bound)
-                raise PeerRefused("rate-limited", f"too many traversals open ({bound})")
+        if traversal_id(txid) in self._traversals:
+            return ID_IN_USE
+        claim = None if network is None else self._admission.claim(str(peer), network)
+        if isinstance(claim, Refusal):
+            return claim
         try:
             carrier: Carrier = (SharedPort(node) if shared
                                 else await OwnSocket.open(node.listen_endpoint("udp").ip))
-        except BaseException:
-            if claim is not None:
-                self._slots.release(claim)
-            raise
+        except BaseException as exc:
+            if claim is None:
+                raise
+            self._admission.release(claim)
+            if not isinstance(exc, OSError):
+                raise
+            log.warning("traversal: no socket for one %s started: %s", peer, exc)
+            return UNAVAILABLE  # ours, not the peer's: its text stays here
         budget = budget if budget is not None else SendBudget(paid=0)
         for ip in direct_ips(node, peer):
             budget.prove(ip)
-        traversal = Traversal(txid.hex()[:8], txid, peer,
-                              PairTable(txid.hex()[:8], carrier.local_port,
-                                        pair_timeout=self.config.pair_timeout),
-                              trio.current_time(), carrier, shared, by_peer=claim is not None,
-                              budget=budget, claim=claim)
-        self._traversals[txid] = traversal
+        session = TraversalSession(txid, carrier.local_port, self.config, trio.current_time(),
+                                   budget=budget, counters=self._counters)
+        traversal = Traversal(peer, session, carrier, shared, claim=claim)
+        self._traversals[traversal.id] = traversal
         return traversal
 
     async def _evict_finished(self) -> None:
-        """Forget traversals that can give nothing more: taken and done with (expired, or its
-        connection closed), probed to the end without a pair coming alive, or running for
-        `max_untaken` without a pair taken."""
+        """Forget traversals that can give nothing more (`TraversalSession.retirement`)."""
         now = trio.current_time()
         for traversal in list(self._traversals.values()):
-            self._expire(traversal)
-            states = {p.state for p in traversal.table.pairs()}
-            conn = traversal.connection
-            age = now - traversal.started
-            used_up = traversal.closed and (conn.is_closed if conn is not None
-                                            else PairState.TAKEN not in states)
-            fruitless = (age > self.config.probe_timeout
-                         and PairState.ALIVE not in states and PairState.TAKEN not in states)
-            idle = traversal.dialer is None and age > self.config.max_untaken
-            if used_up or fruitless or idle:
-                log.info("traversal %s: finished, forgotten", traversal.id)
+            retired = traversal.session.retirement(now)
+            if retired is not None:
+                log.info("traversal %s: finished (%s), forgotten", traversal.id, retired.value)
                 await self._forget(traversal)
 
     def _offer(self, traversal: Traversal) -> Offer:
@@ -368,6 +376,7 @@ class TraversalService:
                      bytes(self.config.offer_padding))
 
     def _probe(self, traversal: Traversal, candidates: tuple[Endpoint, ...]) -> None:
+        """Start probing the candidates this node may probe, and the traversal's driver."""
         node, nursery = self._mounted()
         candidates, refused = admit_candidates(
             candidates, peer_scopes(peer_ips(node, traversal.peer)), own_endpoints(node))
@@ -375,24 +384,5 @@ class TraversalService:
             self._refused_candidates += refused
             log.debug("traversal %s: %d candidates of %s refused (scope)", traversal.id,
                       refused, traversal.peer)
-        now = trio.current_time()
-        traversal.started = now  # probing starts now, whatever the exchange before cost
-        for candidate in candidates:
-            traversal.table.add_candidate(candidate, now)
-        nursery.start_soon(self._run_probing, traversal)
-
-    async def _run_probing(self, traversal: Traversal) -> None:
-        await run_probing(traversal, self.config, self._counters, self._expire)
-
-    def _expire(self, traversal: Traversal) -> None:
-        now = trio.current_time()
-        expired = traversal.table.expire_stale(now)
-        for pair in expired:
-            log.info("traversal %s: pair %s expired (silent)", traversal.id, pair.id)
-        for pair in traversal.table.pairs():
-            if pair.state is PairState.TAKEN and pair.deadline is not None and \
-                    now >= pair.deadline and traversal.connection is None:
-                expired.append(traversal.table.expire(pair.id))
-                log.info("traversal %s: pair %s expired unused", traversal.id, pair.id)
-        if expired:
-            traversal.notify()
+        traversal.session.start(candidates, trio.current_time())
+        nursery.start_soon(self._driver.run, traversal)

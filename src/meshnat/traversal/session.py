@@ -1,4 +1,5 @@
-"""One traversal's settings and state: `TraversalConfig`, `Traversal` and `PairStream`."""
+"""One traversal as the service runs it (`Traversal`), and a stream on a taken pair
+(`PairStream`)."""
 
 from __future__ import annotations
 
@@ -7,115 +8,81 @@ from dataclasses import dataclass, field
 import trio
 
 from meshnat._libp2p import ID, INetConn, INetStream
-from meshnat.config import require_in_range, require_positive
 from meshnat.endpoint import Endpoint
 from meshnat.limits import Claim
 from meshnat.traversal.budget import SendBudget
 from meshnat.traversal.carrier import Carrier
-from meshnat.traversal.messages import MAX_PADDING
+from meshnat.traversal.core import TraversalSession
 from meshnat.traversal.pairs import PairTable, PortPair
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TraversalConfig:
-    """How traversals probe, keep pairs alive and hand them over."""
-
-    probe_interval: float = 0.05
-    """Seconds between probes to candidates that have not answered (ICE's Ta)."""
-    probe_timeout: float = 10.0
-    """Seconds a candidate is probed before it is given up."""
-    keepalive_interval: float = 5.0
-    """Seconds between keepalives on an alive pair (well under NAT UDP timeouts of 30 s+)."""
-    pair_timeout: float = 20.0
-    """Seconds without hearing the peer on a pair before it is reported expired."""
-    take_deadline: float = 10.0
-    """Seconds a taken pair may wait for the transport before it is reported expired."""
-    stream_timeout: float = 5.0
-    """Seconds for each coordination exchange and for the QUIC handshake on a pair."""
-    unproven_interval: float = 0.5
-    """Longest gap, seconds, between probes to a candidate whose IP is not proven yet: they
-    start `probe_interval` apart and back off by doubling to this (ICE's RTO is >= 500 ms)."""
-    offer_padding: int = 320
-    """Padding bytes this node puts in its Offers: the peer sends at most 3x an Offer's bytes
-    to each network (/24, /56) of this node's candidate IPs before one is proven, so this pays
-    for ~19 probes per network."""
-    max_traversals: int = 16
-    """Traversals peers may have open here at once; more are refused."""
-    max_per_network: int = 4
-    """Traversals peers of one source network (IPv4 /24, IPv6 /56; over a relay: the relay's
-    network) may have open here at once: a fair share, 4 networks fill `max_traversals`."""
-    responder_rate: float = 0.5
-    """Traversals per second a peer may start here (each makes this node probe up to 8
-    endpoints of the peer's choosing), so a peer cannot turn it into a traffic source."""
-    responder_burst: int = 8
-    """Traversals a peer may start at once before `responder_rate` applies."""
-    network_rate: float = 1.0
-    """Traversals per second peers of one source network may start here."""
-    network_burst: int = 8
-    """Traversals one source network may start at once before `network_rate` applies."""
-    total_rate: float = 4.0
-    """Traversals per second all peers together may start here."""
-    total_burst: int = 16
-    """Traversals all peers may start at once before `total_rate` applies."""
-    max_per_peer: int = 2
-    """Traversals one peer may have open here at once (this node's own are not counted):
-    half of `max_per_network`, so one peer id cannot hold a whole network's share (over a
-    relay every peer behind it counts for the relay's network); two fresh ids still can."""
-    max_untaken: float = 300.0
-    """Seconds a traversal may run without a pair being taken before it is forgotten."""
-
-    def __post_init__(self) -> None:
-        require_positive(self, "probe_interval", "probe_timeout", "keepalive_interval",
-                         "pair_timeout", "take_deadline", "stream_timeout", "max_traversals",
-                         "responder_rate", "responder_burst", "max_per_peer", "max_untaken",
-                         "unproven_interval", "max_per_network", "network_rate",
-                         "network_burst", "total_rate", "total_burst")
-        require_in_range(self, 0, MAX_PADDING, "offer_padding")
 
 
 @dataclass(eq=False)
 class Traversal:
-    """One traversal toward a peer: where it probes from, its pairs, and what was taken."""
+    """One traversal toward a peer as the service runs it: its session (the rules, pure),
+    the carrier its probes travel by, and the transport's side of a taken pair."""
 
-    id: str
-    txid: bytes
     peer: ID
-    table: PairTable
-    started: float
+    session: TraversalSession
     carrier: Carrier | None
     """None once stopped (a pair was taken, or the traversal closed)."""
     shared: bool
     """Probing from the node's UDP listen port rather than a socket of its own."""
-    dialer: bool | None = None
-    """Once a pair is taken: whether this node dials on it (else the peer does)."""
-    by_peer: bool = False
-    """Started by the peer (counted against its limits), not by this node."""
-    budget: SendBudget = field(default_factory=lambda: SendBudget(paid=0))
-    """What may go to the peer's candidate IPs before they are proven."""
     claim: Claim | None = None
     """The slot a traversal the peer started holds (per peer, network, total)."""
-    dialling: trio.Lock = field(default_factory=trio.Lock)
-    probing: trio.CancelScope = field(default_factory=trio.CancelScope)
-    keepalives_sent: int = 0
-    probes_sent: int = 0
     listener: str | None = None
     """The ephemeral QUIC listen address on a taken pair's local port, while it exists."""
     connection: INetConn | None = None
     connected: trio.Event = field(default_factory=trio.Event)
     changed: trio.Event = field(default_factory=trio.Event)
-    """Set (and replaced) whenever a pair changes state."""
+    """Set (and replaced) whenever the session took an input."""
+    wake: trio.Event = field(default_factory=trio.Event)
+    """Set when an input arrived outside the driver loop (it recomputes its timer)."""
+    acting: trio.Lock = field(default_factory=trio.Lock)
+    """Held while the session's actions are executed, so they run once and in order."""
+    dialling: trio.Lock = field(default_factory=trio.Lock)
+    running: trio.CancelScope = field(default_factory=trio.CancelScope)
+    """The driver loop's scope, cancelled when the traversal is forgotten."""
+    receiving: trio.CancelScope = field(default_factory=trio.CancelScope)
 
-    def notify(self) -> None:
-        self.changed.set()
-        self.changed = trio.Event()
+    @property
+    def id(self) -> str:
+        return self.session.id
+
+    @property
+    def txid(self) -> bytes:
+        return self.session.txid
+
+    @property
+    def table(self) -> PairTable:
+        return self.session.table
+
+    @property
+    def budget(self) -> SendBudget:
+        return self.session.budget
+
+    @property
+    def dialer(self) -> bool | None:
+        return self.session.dialer
+
+    @property
+    def probes_sent(self) -> int:
+        return self.session.stats.probes_sent
+
+    @property
+    def keepalives_sent(self) -> int:
+        return self.session.stats.keepalives_sent
 
     @property
     def closed(self) -> bool:
         return self.carrier is None
 
+    def notify(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
     def stop(self) -> None:
-        """End probing and keepalives; an own socket is closed, freeing its port."""
-        self.probing.cancel()
+        """End receiving and close an own socket, freeing its port."""
+        self.receiving.cancel()
         if self.carrier is not None:
             self.carrier.close()
             self.carrier = None
