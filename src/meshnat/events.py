@@ -1,6 +1,7 @@
 """Public events: past-tense facts that services report to an `EventSink`.
 
-A sink must not block or raise; `Counters` in metrics.py is one, tests collect into lists.
+A sink must not block or raise: the CLI queues events for printing (`cli/tunnel.py`), tests
+collect them into lists. Paths are `paths.PathKind` labels (`direct`, `punched`, `relayed`).
 """
 
 from __future__ import annotations

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import pytest
 import trio
 
-from meshnat._libp2p import ID, map_peer_errors, read_frame, write_frame
+from meshnat._libp2p import ID, PeerInfo, map_peer_errors, read_frame, write_frame
 from meshnat.chat import CHAT_PROTOCOL, ChatService, Heard
+from meshnat.chat.events import ChatEvent, LineHeard, MemberConnected, MemberLeft
 from meshnat.chat.messages import Say
+from meshnat.chat.network import ChatNetwork, ChatNetworkConfig
+from meshnat.connect import Connector
 from meshnat.errors import ConfigError, PeerUnavailable
+from meshnat.node import MeshNode
+from meshnat.records import AddressRecord, RecordAuthority, RecordConfig
+from meshnat.rendezvous import RendezvousClient, RendezvousService
 from meshnat.wire import encode, new_txid
 from tests.support.fake_reflectors import nodes
+
+E = TypeVar("E", bound=ChatEvent)
 
 
 async def test_members_lines_arrive_and_strangers_are_refused() -> None:
@@ -40,3 +50,86 @@ async def test_members_lines_arrive_and_strangers_are_refused() -> None:
         # one stream per line: the two may be handled in either order
         assert sorted((str(h.peer), h.text or "", h.path) for h in heard) == [
             (str(a.peer_id), "", "direct"), (str(a.peer_id), "hello b", "direct")]
+
+
+# --- ChatNetwork: members found by name at a rendezvous point ------------------------------
+
+
+class Seen:
+    """A chat event sink whose events can be waited for."""
+
+    def __init__(self) -> None:
+        self.events: list[ChatEvent] = []
+        self._changed = trio.Event()
+
+    def __call__(self, event: ChatEvent) -> None:
+        self.events.append(event)
+        self._changed.set()
+
+    async def first(self, kind: type[E]) -> E:
+        while True:
+            found = [e for e in self.events if isinstance(e, kind)]
+            if found:
+                return found[0]
+            self._changed = trio.Event()
+            await self._changed.wait()
+
+
+class CountingClient(RendezvousClient):
+    """Counts the lookups done, so a test can wait for whole lookups."""
+
+    def __init__(self, authority: RecordAuthority) -> None:
+        super().__init__(authority)
+        self.lookups, self._looked = 0, trio.Event()
+
+    async def discover(self, rendezvous: PeerInfo, namespace: str) -> list[AddressRecord]:
+        found = await super().discover(rendezvous, namespace)
+        self.lookups += 1
+        self._looked.set()
+        return found
+
+    async def wait_lookups(self, count: int) -> None:
+        while self.lookups < count:
+            self._looked = trio.Event()
+            await self._looked.wait()
+
+
+async def _join(node: MeshNode, rendezvous: MeshNode, name: str, seen: Seen,
+                network: str = "test-net") -> tuple[ChatNetwork, CountingClient]:
+    authority = await node.mount(RecordAuthority(RecordConfig(name=name, publish_local=True)))
+    client = await node.mount(CountingClient(authority))
+    chat = await node.mount(ChatNetwork(
+        network, rendezvous=rendezvous.peer_info(), connector=await node.mount(Connector()),
+        client=client, config=ChatNetworkConfig(lookup_interval=0.05, dial_grace=20),
+        events=seen))
+    return chat, client
+
+
+async def test_members_find_each_other_by_name_talk_and_stay_gone_after_leaving() -> None:
+    with trio.fail_after(30):
+        async with nodes(4) as (rv, alice, bob, outsider):
+            await rv.mount(RendezvousService())
+            seen_a, seen_b = Seen(), Seen()
+            chat_a, client_a = await _join(alice, rv, "alice", seen_a)
+            chat_b, client_b = await _join(bob, rv, "bob", seen_b)
+            chat_o, _ = await _join(outsider, rv, "olga", Seen(), network="other-net")
+            to_b, to_a = await seen_a.first(MemberConnected), await seen_b.first(MemberConnected)
+            assert (to_b.member.name, to_b.path, to_a.member.name, to_a.path) == (
+                "bob", "direct", "alice", "direct")
+            assert len(alice.connections(bob.peer_id)) == 1  # only the lower peer id dialled
+            sent = await chat_a.say("hello bob")
+            assert [(d.member.name, d.path) for d in sent.to] == [("bob", "direct")]
+            assert sent.failed == ()
+            heard = await seen_b.first(LineHeard)
+            assert (heard.member.name, heard.text, heard.path) == ("alice", "hello bob", "direct")
+            with pytest.raises(ConfigError):
+                await chat_a.say("\x07 a bell")
+            await chat_b.leave()
+            left = await seen_a.first(MemberLeft)
+            assert (left.member.name, left.reason) == ("bob", "bye")
+            await client_b.register(rv.peer_info(), "test-net")  # the record it left with
+            await client_a.wait_lookups(client_a.lookups + 2)  # whole ones that list bob again
+            assert list(chat_a.members()) == []
+            assert str(outsider.peer_id) not in {e.member.peer for e in seen_a.events}
+            for chat in (chat_a, chat_o):  # no lookup may redial while the nodes close
+                await chat.leave()

@@ -70,6 +70,8 @@ async def test_a_stream_open_on_the_relay_finishes_there_after_the_upgrade() -> 
             assert await connector.wait_direct(b.peer_id, 10)
             new = await a.open_stream(PeerInfo(b.peer_id, []), ECHO_PROTOCOL)
             assert not is_relayed(new) and not relayed.is_closed  # new streams: direct
+            assert [c.kind for c in a.connections(b.peer_id)] == ["punched", "relayed"]
+            assert a.best_connection(b.peer_id).conn is not relayed
             await reset_quietly(new)
             await old.write(b"still relayed")
             assert await old.read(100) == b"still relayed"
@@ -104,3 +106,18 @@ async def test_no_rung_of_the_ladder_reaches_the_peer() -> None:
             await connector.connect(PeerInfo(b.peer_id, []))
         with pytest.raises(ConfigError):
             Connector(relays=[b.peer_info()])  # relays without a RelayClient
+
+
+async def test_a_peer_is_reached_through_the_relays_given_for_one_call() -> None:
+    with trio.fail_after(30):
+        async with AsyncExitStack() as stack:
+            relay, a, b = [await stack.enter_async_context(MeshNode(LOOPBACK)) for _ in range(3)]
+            await relay.mount(RelayService())
+            await (await b.mount(RelayClient())).reserve(relay.peer_info())
+            connector = await a.mount(Connector(relay_client=await a.mount(RelayClient())))
+            with pytest.raises(PeerUnavailable, match=f"via {b.peer_id}"):
+                await connector.connect_via(b.peer_id, [b.peer_info()])  # b is no relay
+            path = await connector.connect_via(b.peer_id, [b.peer_info(), relay.peer_info()])
+            assert path.kind == "relayed" and path.attempts[-1] == f"relayed via {relay.peer_id}"
+            with pytest.raises(PeerUnavailable, match="no relay"):
+                await connector.connect_via(b.peer_id, [])

@@ -175,3 +175,29 @@ async def test_a_service_that_fails_to_start_is_reported_by_mount_not_restarted(
         with pytest.raises(RuntimeError, match="cannot start"):
             await node.mount(service)
         assert service.runs == 1
+
+
+async def test_connections_are_labelled_by_path_and_punched_ones_by_their_source() -> None:
+    from types import SimpleNamespace
+
+    from meshnat.echo import ECHO_PROTOCOL
+    from meshnat.paths import PathKind
+
+    async with nodes(3) as (a, b, stranger):
+        await b.mount(EchoService())
+        with trio.fail_after(10):
+            await a.connect(b.peer_info())
+            (found,) = a.connections(b.peer_id)
+            assert (found.kind, found.transport) == (PathKind.DIRECT, "tcp")
+            assert found.remote is not None and a.best_connection(b.peer_id) == found
+            source = SimpleNamespace(punched=lambda peer: (
+                SimpleNamespace(connection=found.conn) if peer == b.peer_id else None))
+            with a.track_punched(source):
+                assert [c.kind for c in a.connections(b.peer_id)] == [PathKind.PUNCHED]
+                stream = await a.open_stream(b.peer_info(), ECHO_PROTOCOL)
+                assert a.path_of(stream) is PathKind.PUNCHED
+                await stream.reset()
+            assert a.describe(found.conn).kind is PathKind.DIRECT  # the source is gone
+            assert a.connections(stranger.peer_id) == []
+            with pytest.raises(PeerUnavailable, match="no connection"):
+                a.best_connection(stranger.peer_id)

@@ -22,7 +22,8 @@ PURE = ["endpoint.py", "errors.py", "events.py", "ratelimit.py", "wire/codec.py"
         "traversal/messages.py", "traversal/pairs.py", "traversal/scope.py", "limits.py",
         "traversal/core.py", "traversal/config.py", "traversal/admission.py",
         "traversal/budget.py",
-        "records/store.py", "rendezvous/messages.py", "rendezvous/core.py", "chat/messages.py"]
+        "records/store.py", "rendezvous/messages.py", "rendezvous/core.py", "chat/messages.py",
+        "paths.py", "chat/events.py"]
 
 
 @pytest.mark.parametrize("text", ["1.2.3.4:5", "[2001:db8::1]:443"])

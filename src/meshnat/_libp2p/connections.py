@@ -11,7 +11,10 @@ from typing import Any, Protocol, cast
 
 import multiaddr
 import trio
+from google.protobuf.message import DecodeError
 from libp2p.abc import IHost, INetConn, INetStream, INotifee
+from libp2p.crypto.serialization import deserialize_public_key
+from libp2p.exceptions import BaseLibp2pError
 from libp2p.host.ping import ID as PING_PROTOCOL
 from libp2p.host.ping import perform_ping_roundtrip
 from libp2p.peer.id import ID
@@ -92,6 +95,34 @@ def path_of_stream(stream: INetStream, sources: Sequence[PunchedConnections]) ->
     """The path of the connection under `stream`, as `describe_connection` labels it."""
     punched = _punched(stream_peer(stream), sources)
     return _kind(is_relayed(stream), any(carried_by(stream, p) for p in punched))
+
+
+MAX_PEER_ID_TEXT = 64
+"""Characters of a base58 peer id at most (an Ed25519 one has 52, an RSA one 46)."""
+MAX_INLINE_KEY = 42
+"""Bytes of a public key a peer id may carry inline (the libp2p peer-id spec's limit)."""
+
+
+def peer_id_of(text: str) -> ID | None:
+    """The peer id `text` spells, or None. py-libp2p's `ID.from_base58` takes any base58
+    string (`None`, 30,000 `x`s); a peer id is an identity multihash of a public key of at
+    most 42 bytes, or a SHA-256 multihash (libp2p peer-id spec)."""
+    if len(text) > MAX_PEER_ID_TEXT:
+        return None
+    try:
+        peer = ID.from_base58(text)
+    except ValueError:
+        return None
+    raw = peer.to_bytes()
+    if len(raw) == 34 and raw[:2] == b"\x12\x20":
+        return peer  # the SHA-256 of a key too large to inline
+    if len(raw) < 2 or raw[0] != 0x00 or not raw[1] == len(raw) - 2 <= MAX_INLINE_KEY:
+        return None
+    try:  # an inline key must be a key, encoded as libp2p encodes it
+        key = deserialize_public_key(raw[2:])
+    except (DecodeError, ValueError, BaseLibp2pError):
+        return None
+    return peer if ID.from_pubkey(key) == peer else None
 
 
 def peer_by_id(peer: ID) -> PeerInfo:

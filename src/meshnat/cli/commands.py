@@ -47,10 +47,10 @@ class Output:
 def parse_peer_id(value: object) -> ID:
     """A peer id given on the command line or in a control request; ConfigError if it is not
     one (the message shows only the start of the value)."""
-    try:
-        return ID.from_base58(str(value))
-    except ValueError as exc:
-        raise ConfigError(f"not a peer id: {describe(value)}") from exc
+    peer = _libp2p.peer_id_of(value) if isinstance(value, str) else None
+    if peer is None:
+        raise ConfigError(f"not a peer id: {describe(value)}")
+    return peer
 
 
 def node_config_from_listen(listen: Sequence[str], key_file: Path | None,
