@@ -92,3 +92,15 @@ def discover(net: SimNet, local: Endpoint) -> Endpoint | None:
             if dst == REFLECTOR:
                 return src
     raise AssertionError("discovery: the simulator kept delivering")
+
+
+def two_sites(seed: int, kinds: tuple[NatKind, NatKind], *, binding_timeout: float = 120.0,
+              port_range: tuple[int, int] = (1024, 65535)
+              ) -> tuple[SimNet, tuple[Host, Host], tuple[Endpoint | None, Endpoint | None]]:
+    """A simulator with a reflector and sites 1 and 2 of `kinds`, each node's port already
+    discovered over a clean path (None: nothing arrived): the net, the hosts, what was seen."""
+    net = SimNet(seed)
+    net.add_host(REFLECTOR.ip)
+    a, b = (add_site(net, kind, n + 1, binding_timeout=binding_timeout, port_range=port_range)
+            for n, kind in enumerate(kinds))
+    return net, (a, b), (discover(net, a.endpoint(PORT)), discover(net, b.endpoint(PORT)))

@@ -23,7 +23,7 @@ from meshnat.punch.plan import PunchPlan, Role, UdpPath, plan_punch
 from meshnat.wire import encode, frame_datagram
 from meshnat.wire.codec import TXID_SIZE
 from tests.pair.harness import Finished, Outgoing, PairCore, Run, Trace, run
-from tests.pair.kinds import PORT, REFLECTOR, NatKind, add_site, discover
+from tests.pair.kinds import PORT, NatKind, two_sites
 from tests.support.natsim import Host, PathModel, SimNet
 
 
@@ -143,15 +143,11 @@ def punch_scenario(initiator: NatKind, responder: NatKind, *, seed: int,
     discovery would, over a clean path), planned with `plan_punch` from the two Offers and
     started together (the initiator `skew` seconds late), on a path modelled by `path`."""
     config = config or PunchConfig()
-    net = SimNet(seed)
-    net.add_host(REFLECTOR.ip)
     kinds = (initiator, responder)
-    hosts = tuple(add_site(net, kind, n + 1, binding_timeout=binding_timeout,
-                           port_range=port_range) for n, kind in enumerate(kinds))
-    offers = []
-    for kind, host in zip(kinds, hosts, strict=True):
-        seen = discover(net, host.endpoint(PORT))
-        offers.append(Offer(TXID, () if seen is None else (seen,), (), kind.hint))
+    net, hosts, seen = two_sites(seed, kinds, binding_timeout=binding_timeout,
+                                 port_range=port_range)
+    offers = [Offer(TXID, () if ep is None else (ep,), (), kind.hint)
+              for kind, ep in zip(kinds, seen, strict=True)]
     if path is not None:
         net.path = path
     start = net.now + 0.1

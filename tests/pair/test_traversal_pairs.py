@@ -25,7 +25,7 @@ from meshnat.traversal.config import TraversalConfig
 from meshnat.traversal.core import Retired
 from meshnat.traversal.pairs import PairState, PortPair
 from tests.pair.harness import Run, run
-from tests.pair.kinds import APDF, ORDERED, PORT, REFLECTOR, NatKind, add_site, discover
+from tests.pair.kinds import APDF, ORDERED, PORT, NatKind, two_sites
 from tests.pair.punch_cores import TXID, rounds
 from tests.pair.traversal_cores import TraversalCore, traversal_pair
 from tests.support.natsim import PathModel, SimNet
@@ -49,11 +49,7 @@ def must_connect(a: NatKind, b: NatKind) -> bool:
 
 def traversal(a: NatKind, b: NatKind, seed: int, path: PathModel | None = None,
               binding_timeout: float = 120.0) -> tuple[SimNet, TraversalCore, TraversalCore]:
-    net = SimNet(seed)
-    net.add_host(REFLECTOR.ip)
-    hosts = [add_site(net, kind, n + 1, binding_timeout=binding_timeout)
-             for n, kind in enumerate((a, b))]
-    seen = [discover(net, h.endpoint(PORT)) for h in hosts]
+    net, hosts, seen = two_sites(seed, (a, b), binding_timeout=binding_timeout)
     if path is not None:
         net.path = path
     ta, tb = traversal_pair(TXID, (hosts[0].endpoint(PORT), [s for s in seen[1:] if s]),
