@@ -3,8 +3,10 @@ timeouts, hairpinning, port forwards, and a deterministic path model."""
 
 from __future__ import annotations
 
+import ast
 import itertools
 from ipaddress import ip_address
+from pathlib import Path
 
 import pytest
 
@@ -240,3 +242,14 @@ def test_misuse_is_refused() -> None:
     net.deliver_until(5.0)
     with pytest.raises(LocalProtocolError):
         net.send(INSIDE, S1, b"", 4.0)  # time went backwards
+
+
+@pytest.mark.parametrize("module", ["support/natsim.py", "pair/harness.py", "pair/kinds.py",
+                                    "pair/punch_cores.py", "pair/traversal_cores.py"])
+def test_the_pair_tier_uses_no_sockets_event_loop_or_clock(module: str) -> None:
+    tree = ast.parse((Path(__file__).parents[1] / module).read_text())
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree)
+                if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom)}
+    assert not imported & {"trio", "socket", "time", "asyncio", "libp2p", "subprocess"}, module

@@ -120,6 +120,7 @@ def test_random_traversals_keep_every_invariant(chunk: int) -> None:
                               binding_timeout=rng.choice((2.0, 30.0, 120.0)))
         result, _ = drive(net, (a, b))
         assert broken_invariants(net, (a, b), result) == [], (i, pair, path)
+        assert not a.refused, (i, pair, path)  # what the taker found alive, the peer can take
         if not must_connect(*pair):
             assert [t.outcome for t in result.traces] == [None, None], (i, pair)
         elif path.loss == 0.0:
