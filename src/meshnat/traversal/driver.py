@@ -44,7 +44,10 @@ class Driver:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._receive, traversal)
                 while True:
-                    await self.drain(traversal)
+                    try:
+                        await self.drain(traversal)
+                    except (MeshNatError, OSError) as exc:  # an action of a timer's failed
+                        log.warning("traversal %s: %s", traversal.id, exc)
                     timer = session.get_timer()
                     with trio.move_on_at(math.inf if timer is None else timer):
                         await traversal.wake.wait()
@@ -61,7 +64,12 @@ class Driver:
             traversal.wake.set()
 
         with traversal.receiving:
-            await carrier.run(on_probe)
+            try:
+                await carrier.run(on_probe)
+            except (OSError, trio.ClosedResourceError) as exc:
+                # a socket closed by StopCarrier while a datagram woke its reader: done
+                if not traversal.closed:
+                    log.warning("traversal %s: receiving failed: %s", traversal.id, exc)
 
     async def drain(self, traversal: Traversal) -> None:
         """Execute the session's pending actions, in order; the first error of one is raised

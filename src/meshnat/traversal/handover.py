@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import errno
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -48,27 +48,22 @@ class Handover:
 
     def tell_peer_soon(self, traversal: Traversal, pair: PortPair) -> None:
         """`tell_peer` in the background: its own listener answers the dial all the same."""
-
-        async def tell() -> None:
-            try:
-                await self.tell_peer(traversal, pair)
-            except MeshNatError as exc:
-                log.info("traversal %s: the peer did not take pair %s: %s", traversal.id,
-                         pair.id, exc)
-
-        self._mounted()[1].start_soon(tell)
+        self._soon(traversal, f"telling the peer of pair {pair.id}",
+                   lambda: self.tell_peer(traversal, pair))
 
     def dial_soon(self, traversal: Traversal, pair: PortPair) -> None:
         """Dial on the pair the peer took for this node to dial on; a failure is logged."""
+        self._soon(traversal, f"dialling on pair {pair.id}", lambda: self._dial(traversal, pair))
 
-        async def dial() -> None:
+    def _soon(self, traversal: Traversal, doing: str,
+              call: Callable[[], Awaitable[None]]) -> None:
+        async def run() -> None:
             try:
-                await self._dial(traversal, pair)
+                await call()
             except MeshNatError as exc:
-                log.info("traversal %s: dialling %s on pair %s failed: %s", traversal.id,
-                         traversal.peer, pair.id, exc)
+                log.info("traversal %s: %s failed: %s", traversal.id, doing, exc)
 
-        self._mounted()[1].start_soon(dial)
+        self._mounted()[1].start_soon(run)
 
     async def connect(self, traversal: Traversal, pair: PortPair) -> INetConn:
         """The QUIC connection on taken `pair` (see `TraversalService.connect`)."""
