@@ -127,7 +127,13 @@ async def test_members_find_each_other_by_name_talk_and_stay_gone_after_leaving(
             await chat_b.leave()
             left = await seen_a.first(MemberLeft)
             assert (left.member.name, left.reason) == ("bob", "bye")
-            await client_b.register(rv.peer_info(), "test-net")  # the record it left with
+            for attempt in range(3):  # the record it left with, listed again
+                try:  # leave() cancels a lookup mid-stream, which can break py-libp2p's
+                    await client_b.register(rv.peer_info(), "test-net")  # connection
+                    break
+                except PeerUnavailable:
+                    if attempt == 2:
+                        raise
             await client_a.wait_lookups(client_a.lookups + 2)  # whole ones that list bob again
             assert list(chat_a.members()) == []
             assert str(outsider.peer_id) not in {e.member.peer for e in seen_a.events}

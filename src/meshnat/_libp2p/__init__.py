@@ -33,6 +33,7 @@ from meshnat._libp2p.bytestream import StreamBytes
 from meshnat._libp2p.connections import (
     Connection,
     PunchedConnections,
+    connection_reports,
     connections_to,
     describe_connection,
     is_circuit_addr,
@@ -113,6 +114,7 @@ __all__ = [
     "close_listener",
     "concrete_addrs",
     "connection_remote",
+    "connection_reports",
     "connections_to",
     "describe_connection",
     "dial_quic_from",

@@ -166,6 +166,23 @@ def watch_connections(host: IHost, on_connected: Callable[[INetConn], None]) -> 
         network.remove_notifee(watcher)
 
 
+@contextmanager
+def connection_reports(host: IHost, capacity: int
+                       ) -> Iterator[trio.MemoryReceiveChannel[INetConn]]:
+    """While inside, each new connection is queued for reading; past `capacity` queued ones a
+    report is dropped (the swarm's callback must not block)."""
+    send, receive = trio.open_memory_channel[INetConn](capacity)
+
+    def on_connected(conn: INetConn) -> None:
+        try:
+            send.send_nowait(conn)
+        except trio.WouldBlock:
+            log.debug("connection report dropped")
+
+    with watch_connections(host, on_connected):
+        yield receive
+
+
 def stream_count(conn: INetConn) -> int:
     """Streams open on `conn` (0 once it is closed)."""
     return 0 if conn.is_closed else len(conn.get_streams())

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -129,31 +128,21 @@ class ChatNetwork:
         return {key: member.path for key, member in self._members.items()}
 
     async def serve(self, node: MeshNode, *, task_status: TaskStatus[None]) -> None:
-        send, receive = trio.open_memory_channel[ID](256)
-
-        def connection_added(conn: INetConn) -> None:  # a swarm callback: must not block
-            try:
-                send.send_nowait(conn.muxed_conn.peer_id)
-            except trio.WouldBlock:
-                log.debug("chat: connection report dropped")
-
         with _libp2p.single_exception():  # a failed registration is raised as it is
             async with trio.open_nursery() as nursery:
                 await nursery.start(self._chat.serve, node)
-                await self._serve(node, receive, connection_added, task_status)
+                await self._serve(node, task_status)
 
-    async def _serve(self, node: MeshNode, receive: trio.MemoryReceiveChannel[ID],
-                     connection_added: Callable[[INetConn], None],
-                     task_status: TaskStatus[None]) -> None:
+    async def _serve(self, node: MeshNode, task_status: TaskStatus[None]) -> None:
         await self._client.register(self.rendezvous, self.name)
         self._node = node
         try:
-            with (_libp2p.watch_connections(node.host, connection_added),
+            with (_libp2p.connection_reports(node.host, 256) as added,
                   trio.CancelScope() as self._activity):
                 async with trio.open_nursery() as activity:
                     activity.start_soon(self._client.keep_registered, self.rendezvous,
                                         self.name)
-                    activity.start_soon(self._watch, receive)
+                    activity.start_soon(self._watch, added)
                     activity.start_soon(self._look_up, activity)
                     task_status.started()
         finally:  # after leave() the chat protocol goes on until unmounted
@@ -215,9 +204,9 @@ class ChatNetwork:
         finally:
             member.connecting = False
 
-    async def _watch(self, added: trio.MemoryReceiveChannel[ID]) -> None:
-        async for peer in added:  # a new connection: look at that member's path again
-            self._report(str(peer))
+    async def _watch(self, added: trio.MemoryReceiveChannel[INetConn]) -> None:
+        async for conn in added:  # a new connection: look at that member's path again
+            self._report(str(conn.muxed_conn.peer_id))
 
     def _report(self, key: str, *, kind: PathKind | None = None) -> None:
         """Report a member reachable the first time, and punched when a member first reached

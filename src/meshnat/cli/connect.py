@@ -114,17 +114,9 @@ async def run_listen(args: argparse.Namespace, out: Output) -> int:
         relay_client, _ = await mount_relay_and_puncher(node, discovery, mapping,
                                                         traversals=traversals)
         await node.mount(EchoService())
-        send, receive = trio.open_memory_channel[INetConn](64)
-
-        def on_connected(conn: INetConn) -> None:
-            try:
-                send.send_nowait(conn)
-            except trio.WouldBlock:
-                log.debug("listen: connection report dropped")
-
         relays = _relays(args)
         relay_ids = {relay.peer_id for relay in relays}
-        with _libp2p.watch_connections(node.host, on_connected):
+        with _libp2p.connection_reports(node.host, 64) as receive:
             circuits = await relay_client.reserve_best(relays, count=args.keep_relays)
             addrs = [*(str(c) for c in circuits), *(str(a) for a in node.addrs)]
             out.emit({"event": "ready", "peer_id": str(node.peer_id), "addrs": addrs},

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import multiaddr
 
-from meshnat._libp2p import ID, PrivateKey
+from meshnat._libp2p import ID, PrivateKey, is_circuit_addr
 from meshnat._libp2p import records as envelopes
 from meshnat.classify.report import Mapping, NatReport, NatType
 from meshnat.errors import ForgedRecord, InvalidRecord, StaleRecord
@@ -67,10 +67,10 @@ class AddressRecord:
         return float(self.issued_at + self.ttl)
 
     def direct_addrs(self) -> list[multiaddr.Multiaddr]:
-        return [a for a in self.addrs if "/p2p-circuit" not in str(a)]
+        return [a for a in self.addrs if not is_circuit_addr(a)]
 
     def relay_addrs(self) -> list[multiaddr.Multiaddr]:
-        return [a for a in self.addrs if "/p2p-circuit" in str(a)]
+        return [a for a in self.addrs if is_circuit_addr(a)]
 
     def display_name(self) -> str:
         return self.name or str(self.peer_id)[-8:]
