@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from meshnat.endpoint import Endpoint
+from meshnat.paths import PathKind
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,10 +68,10 @@ class PathLost:
 
 @dataclass(frozen=True, slots=True)
 class PathEstablished:
-    """Connector reached `peer`: `kind` is `direct`, `punched` or `relayed`."""
+    """Connector reached `peer` over a path of this kind."""
 
     peer: str
-    kind: str
+    kind: PathKind
     transport: str
 
 
