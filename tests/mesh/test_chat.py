@@ -139,3 +139,12 @@ async def test_members_find_each_other_by_name_talk_and_stay_gone_after_leaving(
             assert str(outsider.peer_id) not in {e.member.peer for e in seen_a.events}
             for chat in (chat_a, chat_o):  # no lookup may redial while the nodes close
                 await chat.leave()
+
+
+async def test_a_rendezvous_that_does_not_answer_fails_the_mount_with_one_error() -> None:
+    async with nodes(2) as (node, not_a_rendezvous):
+        with trio.fail_after(20), pytest.raises(PeerUnavailable):
+            await _join(node, not_a_rendezvous, "alice", Seen())
+        with pytest.raises(ConfigError, match="network name"):
+            ChatNetwork("no spaces", rendezvous=not_a_rendezvous.peer_info(),
+                        connector=Connector(), client=RendezvousClient(RecordAuthority()))

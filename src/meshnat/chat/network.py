@@ -128,10 +128,13 @@ class ChatNetwork:
         return {key: member.path for key, member in self._members.items()}
 
     async def serve(self, node: MeshNode, *, task_status: TaskStatus[None]) -> None:
-        with _libp2p.single_exception():  # a failed registration is raised as it is
-            async with trio.open_nursery() as nursery:
-                await nursery.start(self._chat.serve, node)
-                await self._serve(node, task_status)
+        try:
+            with _libp2p.single_exception():  # a failed registration is raised as it is
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(self._chat.serve, node)
+                    await self._serve(node, task_status)
+        finally:
+            self._node = None
 
     async def _serve(self, node: MeshNode, task_status: TaskStatus[None]) -> None:
         await self._client.register(self.rendezvous, self.name)
