@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 
 from tests.support.netlab import Host, Lab, Nat
+from tests.support.wan import Wan
 
 pytestmark = pytest.mark.lab
 
 NAIVE_PUNCH = str(Path(__file__).with_name("naive_punch.py"))
+UDP_PROBE = str(Path(__file__).with_name("udp_probe.py"))
 PORT = 40000
 
 
@@ -134,3 +136,53 @@ def _tcp_listener(host: Host) -> subprocess.Popen[str]:
     proc, ready = host.start_json(["python3", "-c", _TCP_ACCEPT_ONCE], timeout=10)
     assert ready == {"ready": True}
     return proc
+
+
+# --- WAN emulation ----------------------------------------------------------------------------
+
+def _probe(lab: Lab, left: Wan | None, right: Wan | None, *, count: int, interval: float,
+           kill_emulator: bool = False) -> dict:
+    """Echo `count` probes from a CONE site (`left`) to a PORT_FORWARD site (`right`)."""
+    client = lab.site("left", Nat.CONE, wan=left).hosts[0]
+    server_site = lab.site("right", Nat.PORT_FORWARD, forwarded_port=PORT, wan=right)
+    server = server_site.hosts[0]
+    _, ready = server.start_json(server.python(UDP_PROBE, "serve", str(PORT)), timeout=10)
+    assert ready == {"ready": True}
+    if kill_emulator:
+        assert lab.wan is not None
+        lab.wan.kill()
+    proc = client.run(client.python(UDP_PROBE, "probe", f"{server_site.public_ip}:{PORT}",
+                                    str(count), str(interval), "3"), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    result: dict = json.loads(proc.stdout)
+    assert result["sent"] == count
+    return result
+
+
+def test_wan_delay_adds_up_over_both_uplinks_and_both_directions(lab: Lab) -> None:
+    left, right = Wan(delay=0.020, jitter=0.002), Wan(delay=0.010)
+    result = _probe(lab, left, right, count=40, interval=0.1)
+    rtts = sorted(result["rtts_ms"])
+    assert len(rtts) == 40  # no loss configured, none seen
+    floor = 2 * (20 + 10) - 2 * 2  # the jitter is +-2 ms on each of left's two pipes
+    assert rtts[0] >= floor, rtts  # the emulator only ever holds a packet, never hurries it
+    assert 2 * (20 + 10) - 1 <= rtts[len(rtts) // 2] <= 2 * (20 + 10) + 30, rtts
+
+
+def test_wan_jitter_never_reorders_a_burst(lab: Lab) -> None:
+    result = _probe(lab, Wan(delay=0.010, jitter=0.010), None, count=300, interval=0.0005)
+    assert len(result["order"]) == 300
+    assert result["order"] == sorted(result["order"])  # release times never go backwards
+
+
+def test_wan_loss_drops_its_share_on_each_crossing(lab: Lab) -> None:
+    # 5% on each of left's two pipes: a probe and its echo both survive with p = 0.95^2
+    result = _probe(lab, Wan(delay=0.002, loss=0.05), None, count=2000, interval=0.001)
+    lost = 1 - len(result["rtts_ms"]) / 2000
+    expected, sd = 1 - 0.95**2, (0.0975 * 0.9025 / 2000) ** 0.5
+    assert abs(lost - expected) < 6 * sd, lost  # a band of 6 sd: a false alarm < 1e-8
+
+
+def test_wan_fails_closed_when_the_emulator_dies(lab: Lab) -> None:
+    result = _probe(lab, Wan(delay=0.005), None, count=20, interval=0.05, kill_emulator=True)
+    assert result["rtts_ms"] == []

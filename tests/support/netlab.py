@@ -31,6 +31,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.support.wan import Wan, WanEmulator
+
 INET_PREFIX = "198.18.0"
 
 
@@ -127,10 +129,12 @@ class Site:
 class Lab:
     """Builds namespaces on demand and deletes every one of them (and their processes) on close."""
 
-    def __init__(self, prefix: str | None = None) -> None:
+    def __init__(self, prefix: str | None = None, *, wan_seed: int = 1) -> None:
         self.prefix = prefix or f"mnlab{os.getpid()}"
         self.namespaces: list[str] = []
         self.processes: list[subprocess.Popen[str]] = []
+        self.wan_seed = wan_seed
+        self.wan: WanEmulator | None = None  # started with the first emulated uplink
         self._inet_ips = itertools.count(10)
         self._site_numbers = itertools.count(1)
         self._links = itertools.count(1)
@@ -148,8 +152,9 @@ class Lab:
         _run("ip", "-n", ns, "link", "set", "lo", "up")
         return ns
 
-    def _link(self, ns: str, ifname: str, peer_ns: str, bridge: str | None) -> None:
-        """A veth from `ns` (named `ifname`) to `peer_ns`, enslaved to `bridge` there if given."""
+    def _link(self, ns: str, ifname: str, peer_ns: str, bridge: str | None) -> str:
+        """A veth from `ns` (named `ifname`) to `peer_ns`, enslaved to `bridge` there if given;
+        returns the name of its end in `peer_ns`."""
         peer = f"v{next(self._links)}"
         _run("ip", "-n", ns, "link", "add", "name", ifname, "type", "veth",
              "peer", "name", peer, "netns", peer_ns)
@@ -157,30 +162,42 @@ class Lab:
             _run("ip", "-n", peer_ns, "link", "set", peer, "master", bridge)
         _run("ip", "-n", peer_ns, "link", "set", peer, "up")
         _run("ip", "-n", ns, "link", "set", ifname, "up")
+        return peer
 
-    def public_host(self, name: str) -> Host:
-        """A host on the internet segment, with no NAT in front of it."""
+    def _emulate(self, port: str, wan: Wan | None) -> None:
+        """Put `wan` on the internet bridge's port `port` (nothing for None)."""
+        if wan is None:
+            return
+        if self.wan is None:
+            self.wan = WanEmulator(self.inet, self.wan_seed)
+        self.wan.add_uplink(port, wan)
+
+    def public_host(self, name: str, *, wan: Wan | None = None) -> Host:
+        """A host on the internet segment, with no NAT in front of it (`wan` on its link)."""
         ns = self._namespace(name)
         ip = f"{INET_PREFIX}.{next(self._inet_ips)}"
-        self._link(ns, "eth0", self.inet, "br0")
+        self._emulate(self._link(ns, "eth0", self.inet, "br0"), wan)
         _run("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", "eth0")
         return Host(ns, ip, self)
 
     def site(
         self, name: str, nat: Nat, *, hosts: int = 1, behind: Site | None = None,
-        forwarded_port: int = 4001, hairpin: bool = False,
+        forwarded_port: int = 4001, hairpin: bool = False, wan: Wan | None = None,
     ) -> Site:
         """A router of kind `nat` with `hosts` hosts behind it; `behind` nests it (double NAT).
 
         With `hairpin` (PORT_FORWARD only) the forwarded port also works from inside the LAN.
+        `wan` emulates delay, jitter and loss on the uplink (top-level sites only).
         """
         n = next(self._site_numbers)
         router_ns = self._namespace(f"{name}-r")
         if behind is None:
             wan_ip = f"{INET_PREFIX}.{next(self._inet_ips)}"
-            self._link(router_ns, "wan", self.inet, "br0")
+            self._emulate(self._link(router_ns, "wan", self.inet, "br0"), wan)
             _run("ip", "-n", router_ns, "addr", "add", f"{wan_ip}/24", "dev", "wan")
         else:
+            if wan is not None:
+                raise ValueError("WAN emulation is on the internet bridge: top-level sites only")
             wan_ip = behind.next_lan_ip()
             self._link(router_ns, "wan", behind.router.ns, "lanbr")
             _run("ip", "-n", router_ns, "addr", "add", f"{wan_ip}/24", "dev", "wan")
@@ -207,6 +224,8 @@ class Lab:
     # --- teardown ----------------------------------------------------------------------------
 
     def close(self) -> None:
+        if self.wan is not None:
+            self.wan.close()
         for proc in self.processes:
             if proc.poll() is None:
                 proc.kill()

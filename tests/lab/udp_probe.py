@@ -1,0 +1,58 @@
+"""A UDP echo server and a paced prober, plain sockets only, for measuring the lab's WAN.
+
+    udp_probe.py serve PORT                          echo every datagram; prints {"ready": true}
+    udp_probe.py probe IP:PORT COUNT INTERVAL WAIT   send COUNT numbered probes INTERVAL s apart,
+                                                     collect echoes until WAIT s after the last;
+                                                     prints {"sent", "rtts_ms", "order"}
+"""
+
+from __future__ import annotations
+
+import json
+import select
+import socket
+import struct
+import sys
+import time
+
+
+def serve(port: int) -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("0.0.0.0", port))
+    print(json.dumps({"ready": True}), flush=True)
+    while True:
+        data, addr = sock.recvfrom(2048)
+        sock.sendto(data, addr)
+
+
+def probe(target: str, count: int, interval: float, wait: float) -> None:
+    ip, port = target.rsplit(":", 1)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+    sock.connect((ip, int(port)))
+    sent_at: dict[int, float] = {}
+    rtts: dict[int, float] = {}
+    order: list[int] = []
+    start = time.monotonic()
+    end = start + count * interval + wait
+    while (now := time.monotonic()) < end:
+        if len(sent_at) < count and now >= start + len(sent_at) * interval:
+            seq = len(sent_at)
+            sent_at[seq] = now
+            sock.send(struct.pack("!I", seq) + bytes(60))
+            continue
+        due = start + len(sent_at) * interval if len(sent_at) < count else end
+        ready, _, _ = select.select([sock], [], [], max(0.0, min(due, end) - now))
+        if ready:
+            (seq,) = struct.unpack("!I", sock.recv(2048)[:4])
+            rtts[seq] = (time.monotonic() - sent_at[seq]) * 1e3
+            order.append(seq)
+    print(json.dumps({"sent": len(sent_at), "rtts_ms": [rtts[s] for s in order],
+                      "order": order}))
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "serve":
+        serve(int(sys.argv[2]))
+    else:
+        probe(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]))
