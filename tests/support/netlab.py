@@ -183,12 +183,17 @@ class Lab:
     def site(
         self, name: str, nat: Nat, *, hosts: int = 1, behind: Site | None = None,
         forwarded_port: int = 4001, hairpin: bool = False, wan: Wan | None = None,
+        udp_timeout: int | None = None,
     ) -> Site:
         """A router of kind `nat` with `hosts` hosts behind it; `behind` nests it (double NAT).
 
         With `hairpin` (PORT_FORWARD only) the forwarded port also works from inside the LAN.
         `wan` emulates delay, jitter and loss on the uplink (top-level sites only).
+        `udp_timeout` (seconds) is how long the router keeps an idle UDP binding, for both
+        conntrack's one-way and its "stream" (replied) entries; None keeps the kernel's.
         """
+        if wan is not None and behind is not None:
+            raise ValueError("WAN emulation is on the internet bridge: top-level sites only")
         n = next(self._site_numbers)
         router_ns = self._namespace(f"{name}-r")
         if behind is None:
@@ -196,8 +201,6 @@ class Lab:
             self._emulate(self._link(router_ns, "wan", self.inet, "br0"), wan)
             _run("ip", "-n", router_ns, "addr", "add", f"{wan_ip}/24", "dev", "wan")
         else:
-            if wan is not None:
-                raise ValueError("WAN emulation is on the internet bridge: top-level sites only")
             wan_ip = behind.next_lan_ip()
             self._link(router_ns, "wan", behind.router.ns, "lanbr")
             _run("ip", "-n", router_ns, "addr", "add", f"{wan_ip}/24", "dev", "wan")
@@ -219,7 +222,15 @@ class Lab:
         _run("ip", "netns", "exec", router_ns, "nft", "-f", "-",
              input=_ruleset(nat, site.hosts[0].ip if site.hosts else None, forwarded_port,
                             wan_ip, lan if hairpin else None))
+        if udp_timeout is not None:  # conntrack is loaded in the namespace by the ruleset
+            for key in ("nf_conntrack_udp_timeout", "nf_conntrack_udp_timeout_stream"):
+                _run("ip", "netns", "exec", router_ns, "sysctl", "-q", "-w",
+                     f"net.netfilter.{key}={udp_timeout}")
         return site
+
+    def flush_nat(self, site: Site) -> None:
+        """Forget every binding of `site`'s router (`conntrack -F`), as a router reboot does."""
+        _run("ip", "netns", "exec", site.router.ns, "conntrack", "-F")
 
     # --- teardown ----------------------------------------------------------------------------
 
