@@ -25,6 +25,8 @@ class EchoService:
     def __init__(self, *, stream_timeout: float = 10.0) -> None:
         self._stream_timeout = stream_timeout
         self.served = 0
+        """Streams answered; counted before the answer is written, so a peer holding the
+        answer can rely on the count (closing the stream comes after)."""
 
     async def serve(self, node: MeshNode, *, task_status: TaskStatus[None]) -> None:
         handler = _libp2p.guarded_handler("echo", self._handle)
@@ -42,9 +44,9 @@ class EchoService:
                 trio.fail_after(self._stream_timeout),
             ):
                 data = await stream.read(MAX_ECHO)
+                self.served += 1
                 await stream.write(data)
                 await stream.close()
-            self.served += 1
         except MeshNatError as exc:
             log.debug("echo: dropped stream: %s", exc)
             await _libp2p.reset_quietly(stream)
