@@ -1,0 +1,99 @@
+"""Connecting over real-looking paths: every pair of site kinds at 40 ms RTT and 1% loss per
+site (the lab's WAN emulator), connected first over the relay, then direct where it can be."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import selectors
+import subprocess
+import time
+
+import pytest
+
+from tests.lab.test_discovery_lab import start_reflectors
+from tests.lab.test_punch_lab import PORT, mesh_args
+from tests.support.netlab import Host, Lab, Nat
+from tests.support.wan import Wan
+
+pytestmark = pytest.mark.lab
+
+# 10 ms each way on each uplink: 40 ms site to site; 1% lost on each crossing of an uplink
+SITE_WAN = Wan(delay=0.010, jitter=0.001, loss=0.01)
+KINDS = {"public": None, "cone": Nat.CONE, "symmetric": Nat.SYMMETRIC,
+         "udp-blocked": Nat.UDP_BLOCKED, "port-forward": Nat.PORT_FORWARD}
+PAIRS = list(itertools.combinations_with_replacement(KINDS, 2))
+NO_DIRECT_PATH = {("symmetric", "symmetric"), ("symmetric", "udp-blocked")}
+BATCH = 5  # pairs connecting at once: the 2-core machine runs 4 meshnat processes per pair
+
+
+def first_json(proc: subprocess.Popen[str], timeout: float) -> dict:
+    """The first JSON line `proc` prints, within `timeout` seconds."""
+    assert proc.stdout is not None
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        if not sel.select(timeout):
+            raise TimeoutError(f"nothing printed in {timeout}s")
+    line = proc.stdout.readline()
+    if not line:
+        raise RuntimeError(f"exited: {proc.communicate(timeout=10)[1][-3000:]}")
+    answer: dict = json.loads(line)
+    return answer
+
+
+def start_generous_relay(lab: Lab) -> tuple[str, list[str]]:
+    """A relay that takes every lab site at once (they all share one /24) and 2 reflectors."""
+    host = lab.public_host("relay")
+    limits = [f"--max-{what}-per-network" for what in ("reservations", "circuits", "connections")]
+    args = [arg for flag in limits for arg in (flag, "256")]
+    _, ready = host.start_json(host.python("-m", "meshnat", "relay", "--json", *args),
+                               timeout=60)
+    relay_tcp = next(a for a in ready["addrs"] if "/tcp/" in a)
+    return relay_tcp, [*ready["addrs"], *start_reflectors(lab, count=2)]
+
+
+def wan_host(lab: Lab, name: str, kind: str) -> Host:
+    nat = KINDS[kind]
+    if nat is None:
+        return lab.public_host(name, wan=SITE_WAN)
+    return lab.site(name, nat, forwarded_port=PORT, wan=SITE_WAN).hosts[0]
+
+
+def connect_batch(lab: Lab, batch: list[tuple[int, str, str]], relay: str,
+                  reflectors: list[str]) -> dict[tuple[str, str], dict]:
+    """Listen on the second kind of each pair, connect from the first, all pairs at once."""
+    ends = {n: (wan_host(lab, f"m{n}a", a), wan_host(lab, f"m{n}b", b)) for n, a, b in batch}
+    listeners = {n: b.popen(b.python("-m", "meshnat", "listen", *mesh_args(relay, reflectors)))
+                 for n, (_, b) in ends.items()}
+    peers = {n: str(first_json(proc, timeout=120)["peer_id"]) for n, proc in listeners.items()}
+    dialers = {n: a.popen(a.python("-m", "meshnat", "connect", peers[n], "--wait-direct", "20",
+                                   *mesh_args(relay, reflectors)))
+               for n, (a, _) in ends.items()}
+    results = {}
+    for n, kind_a, kind_b in batch:
+        out, err = dialers[n].communicate(timeout=180)
+        lines = out.splitlines()
+        results[kind_a, kind_b] = (json.loads(lines[-1]) if dialers[n].returncode == 0 and lines
+                                   else {"error": err[-2000:]})
+        listeners[n].kill()
+    return results
+
+
+def test_every_pair_of_site_kinds_connects_at_40_ms_rtt_and_1_percent_loss(lab: Lab) -> None:
+    relay, reflectors = start_generous_relay(lab)
+    numbered = [(n, a, b) for n, (a, b) in enumerate(PAIRS)]
+    started = time.monotonic()
+    results: dict[tuple[str, str], dict] = {}
+    for i in range(0, len(numbered), BATCH):
+        results.update(connect_batch(lab, numbered[i:i + BATCH], relay, reflectors))
+    elapsed = time.monotonic() - started
+    table = {f"{a}/{b}": (r.get("path"), r.get("transport"), r.get("rtt_ms"),
+                          r.get("punch_error") or r.get("error")) for (a, b), r in results.items()}
+    print(f"matrix of {len(PAIRS)} pairs in {elapsed:.0f} s:",
+          *(f"{pair}: {json.dumps(row)}" for pair, row in table.items()), sep="\n  ")
+    connected = [pair for pair, r in results.items() if r.get("echo_ok") is True]
+    assert len(connected) == 15, table
+    # every path, direct or through the relay, crosses two emulated uplinks each way
+    assert all(r["rtt_ms"] >= 40 - 4 for r in results.values()), table
+    direct = {pair for pair, r in results.items() if r.get("path") in ("direct", "punched")}
+    assert direct == set(PAIRS) - NO_DIRECT_PATH, table
