@@ -183,7 +183,7 @@ class Lab:
     def site(
         self, name: str, nat: Nat, *, hosts: int = 1, behind: Site | None = None,
         forwarded_port: int = 4001, hairpin: bool = False, wan: Wan | None = None,
-        udp_timeout: int | None = None,
+        udp_timeout: int | None = None, carrier: bool = False,
     ) -> Site:
         """A router of kind `nat` with `hosts` hosts behind it; `behind` nests it (double NAT).
 
@@ -191,6 +191,8 @@ class Lab:
         `wan` emulates delay, jitter and loss on the uplink (top-level sites only).
         `udp_timeout` (seconds) is how long the router keeps an idle UDP binding, for both
         conntrack's one-way and its "stream" (replied) entries; None keeps the kernel's.
+        A `carrier` router is a carrier-grade NAT: its LAN is 100.64.N.0/24 (RFC 6598's shared
+        space), for home sites `behind` it; like every Linux NAT here it does not hairpin.
         """
         if wan is not None and behind is not None:
             raise ValueError("WAN emulation is on the internet bridge: top-level sites only")
@@ -208,7 +210,7 @@ class Lab:
         _run("ip", "-n", router_ns, "link", "add", "name", "lanbr", "type", "bridge")
         _run("ip", "-n", router_ns, "link", "set", "lanbr", "up")
         _plain_bridges(router_ns)
-        lan = f"10.{n}.0"
+        lan = f"100.64.{n}" if carrier else f"10.{n}.0"
         _run("ip", "-n", router_ns, "addr", "add", f"{lan}.1/24", "dev", "lanbr")
         _run("ip", "netns", "exec", router_ns, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
         site = Site(name, nat, Host(router_ns, wan_ip, self), lan)
