@@ -16,7 +16,8 @@ from libp2p.custom_types import TProtocol
 from libp2p.peer.peerinfo import PeerInfo
 
 from meshnat import MeshNode
-from meshnat._libp2p import StreamBytes, open_stream_on
+from meshnat._libp2p import FRAME_PAYLOAD, StreamBytes, open_stream_on
+from meshnat.tunnel import TunnelConfig
 from tests.support.fake_reflectors import nodes
 
 ECHO = TProtocol("/meshnat-test/echo/1")
@@ -71,3 +72,7 @@ async def test_a_large_stream_and_many_short_ones_arrive_whole(transport: str) -
     assert digests[-1] == hashlib.sha256(large).hexdigest()
     assert [digests[i] for i in range(len(short))] == [
         hashlib.sha256(p).hexdigest() for p in short]
+
+
+def test_a_tunnel_reads_what_one_yamux_frame_in_one_noise_message_carries() -> None:
+    assert TunnelConfig().chunk_size == FRAME_PAYLOAD == 65_519 - 12

@@ -29,7 +29,7 @@ from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
-from meshnat._libp2p.bytestream import StreamBytes
+from meshnat._libp2p.bytestream import FRAME_PAYLOAD, StreamBytes
 from meshnat._libp2p.connections import (
     Connection,
     PunchedConnections,
@@ -96,6 +96,7 @@ else:
     TaskStatus = trio.TaskStatus
 
 __all__ = [
+    "FRAME_PAYLOAD",
     "ID",
     "Connection",
     "DatagramTap",

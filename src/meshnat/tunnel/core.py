@@ -58,8 +58,9 @@ class TunnelConfig:
     idle_timeout: float = 300.0
     """Seconds without a byte in either direction before a tunnel is closed."""
 
-    chunk_size: int = 64 * 1024
-    """Bytes read at once per direction: the most a tunnel buffers itself in each direction."""
+    chunk_size: int = 65_507
+    """Bytes read at once per direction: the most a tunnel buffers itself in each direction.
+    The default fills one Yamux frame inside one Noise message (`_libp2p.FRAME_PAYLOAD`)."""
 
     def __post_init__(self) -> None:
         require_in_range(self, 1, 1_000_000, "max_tunnels", "max_tunnels_per_peer",
