@@ -4,13 +4,15 @@ The mesh reflects addresses (`ReflectionService`), votes on them (`PeerAddressDi
 classifies NATs (`NatClassifier`), punches holes (`HolePuncher`), relays (`RelayService`,
 `RelayClient`), puts it together in one call (`Connector`), carries TCP services over it
 (`TunnelService`), publishes signed address records (`RecordAuthority`), finds peers by
-network name (`RendezvousService`) and chats (`ChatService`). Every capability is a service
-mounted on a `MeshNode`.
+network name (`RendezvousService`) and chats (`ChatService`, `ChatNetwork`). Every capability is
+a service mounted on a `MeshNode`; `MeshNode.connections(peer)` says which connection reaches a
+peer and by what path (`Connection`, `PathKind`).
 """
 
 import logging
 
-from meshnat.chat import ChatConfig, ChatService
+from meshnat._libp2p import Connection
+from meshnat.chat import ChatConfig, ChatNetwork, ChatNetworkConfig, ChatService
 from meshnat.classify import (
     ClassifierConfig,
     NatClassifier,
@@ -48,6 +50,7 @@ from meshnat.errors import (
 )
 from meshnat.events import TunnelClosed
 from meshnat.node import MeshNode, NodeConfig, Service
+from meshnat.paths import PathKind
 from meshnat.punch import HolePuncher, PunchConfig, Punched
 from meshnat.records import (
     AddressRecord,
@@ -78,10 +81,13 @@ __all__ = [
     "ANY_PEER",
     "AddressRecord",
     "ChatConfig",
+    "ChatNetwork",
+    "ChatNetworkConfig",
     "ChatService",
     "ClassifierConfig",
     "ConfigError",
     "ConnectConfig",
+    "Connection",
     "Connector",
     "Consensus",
     "DiscoveryConfig",
@@ -105,6 +111,7 @@ __all__ = [
     "PairState",
     "PairTaken",
     "Path",
+    "PathKind",
     "PeerAddressDiscovery",
     "PeerTimeout",
     "PeerUnavailable",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from contextlib import ExitStack
 from dataclasses import dataclass
 
 import trio
@@ -97,16 +96,13 @@ class Connector:
         self._punched: dict[ID, Punched] = {}
 
     async def serve(self, node: MeshNode, *, task_status: TaskStatus[None]) -> None:
-        with ExitStack() as stack:
-            if self._puncher is not None:
-                stack.enter_context(node.track_punched(self._puncher))
-            async with trio.open_nursery() as nursery:
-                self._node, self._nursery = node, nursery
-                try:
-                    task_status.started()
-                    await trio.sleep_forever()
-                finally:
-                    self._node = self._nursery = None
+        async with trio.open_nursery() as nursery:
+            self._node, self._nursery = node, nursery
+            try:
+                task_status.started()
+                await trio.sleep_forever()
+            finally:
+                self._node = self._nursery = None
 
     def _mounted(self) -> tuple[MeshNode, trio.Nursery]:
         if self._node is None or self._nursery is None:

@@ -29,13 +29,9 @@ class EchoService:
         answer can rely on the count (closing the stream comes after)."""
 
     async def serve(self, node: MeshNode, *, task_status: TaskStatus[None]) -> None:
-        handler = _libp2p.guarded_handler("echo", self._handle)
-        node.host.set_stream_handler(self.protocol_id, handler)
-        try:
+        with _libp2p.handling(node.host, self.protocol_id, "echo", self._handle):
             task_status.started()
             await trio.sleep_forever()
-        finally:
-            node.host.remove_stream_handler(self.protocol_id)
 
     async def _handle(self, stream: INetStream) -> None:
         try:

@@ -24,7 +24,6 @@ from meshnat.chat.events import (
 )
 from meshnat.cli.commands import parse_peer_id
 from meshnat.discovery import Consensus
-from meshnat.discovery.mapping import mapping_hint_from
 from meshnat.endpoint import Endpoint
 from meshnat.errors import ConfigError
 from meshnat.paths import PathKind, best_first_key
@@ -60,7 +59,8 @@ def _round(address: str | None, *, endpoint_dependent: bool) -> Consensus:
 ])
 def test_the_mapping_hint_follows_the_round(address: str | None, endpoint_dependent: bool,
                                             hint: MappingHint) -> None:
-    assert mapping_hint_from(_round(address, endpoint_dependent=endpoint_dependent)) is hint
+    consensus = _round(address, endpoint_dependent=endpoint_dependent)
+    assert MappingHint.from_consensus(consensus) is hint
 
 
 def test_circuit_addresses_are_recognised_by_protocol() -> None:

@@ -76,7 +76,7 @@ from meshnat._libp2p.streams import (
     transport_of,
     write_frame,
 )
-from meshnat._libp2p.taps import tapped
+from meshnat._libp2p.taps import Arrival, first_datagram, tapped
 from meshnat._libp2p.tcp import dial_tcp_from
 from meshnat._libp2p.tcp import install as install_leak_free_tcp_dial
 from meshnat._libp2p.udp import (
@@ -98,6 +98,7 @@ else:
 __all__ = [
     "FRAME_PAYLOAD",
     "ID",
+    "Arrival",
     "Connection",
     "DatagramTap",
     "IHost",
@@ -123,6 +124,7 @@ __all__ = [
     "enable_quic_dial_with_source",
     "endpoint_of",
     "ensure_ports_free",
+    "first_datagram",
     "guarded_handler",
     "handling",
     "install_leak_free_tcp_dial",

@@ -22,6 +22,7 @@ relay itself enforces it.
 from __future__ import annotations
 
 import logging
+from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any
 
 import multiaddr
@@ -39,7 +40,7 @@ from libp2p.relay.circuit_v2.transport import CircuitV2Transport
 from libp2p.relay.circuit_v2.utils import maybe_consume_signed_record, read_delimited_msg
 from libp2p.tools.anyio_service import background_trio_service
 
-from meshnat._libp2p.streams import guarded_handler, is_relayed, remote_endpoint, reset_quietly
+from meshnat._libp2p.streams import handling, is_relayed, remote_endpoint, reset_quietly
 from meshnat.limits import network_of
 
 if TYPE_CHECKING:
@@ -75,20 +76,16 @@ class CircuitRelay:
         if self._hop:
             handlers[HOP_PROTOCOL] = (self._protocol._handle_hop_stream if self._gate is None
                                       else self._gate.handle)
-        try:
-            async with background_trio_service(self._protocol):
-                await self._protocol.event_started.wait()
-                # py-libp2p's service registers its own, unguarded handlers as it starts:
-                # ours replace them only once it has
+        async with background_trio_service(self._protocol):
+            await self._protocol.event_started.wait()
+            # py-libp2p's service registers its own, unguarded handlers as it starts: ours
+            # replace them only once it has (and it removes them again as it stops)
+            with ExitStack() as stack:
                 for protocol_id, handler in handlers.items():
-                    self._host.set_stream_handler(protocol_id,
-                                                  guarded_handler(str(protocol_id), handler,
-                                                                  bounded=False))
+                    stack.enter_context(handling(self._host, protocol_id, str(protocol_id),
+                                                 handler, bounded=False))
                 task_status.started()
                 await trio.sleep_forever()
-        finally:
-            for protocol_id in handlers:
-                self._host.remove_stream_handler(protocol_id)
 
     async def reserve(self, stream: INetStream, relay: ID, nursery: trio.Nursery) -> bool:
         """Reserve over an open hop stream; refreshing runs in `nursery` before expiry."""

@@ -95,26 +95,28 @@ class ProbeHelperService:
         with trio.socket.socket(family, socket.SOCK_DGRAM) as alt:
             await alt.bind((str(primary.ip), self.config.alt_port))
             self._alt, self._node = alt, node
-            node.host.set_stream_handler(
-                self.protocol_id, _libp2p.guarded_handler("classify", self._handle))
             try:
-                task_status.started()
-                while True:  # answer observe requests on the second port
-                    data, addr = await alt.recvfrom(MAX_DATAGRAM_SIZE + 1)
-                    src = udp_source(addr)
-                    if src is None:  # port 0, multicast, ...: nobody to answer
-                        self.impossible_sources += 1
-                        log.debug("classify: dropped a datagram from %.60s", addr)
-                        continue
-                    reply = self._alt_core.answer_datagram(data, src, trio.current_time())
-                    if reply is not None:
-                        try:
-                            await alt.sendto(reply, src.to_sockaddr())
-                        except OSError as exc:
-                            log.debug("classify: reply to %s failed: %s", src, exc)
+                with _libp2p.handling(node.host, self.protocol_id, "classify", self._handle):
+                    task_status.started()
+                    await self._answer_on(alt)
             finally:
-                node.host.remove_stream_handler(self.protocol_id)
                 self._alt = self._node = None
+
+    async def _answer_on(self, alt: trio.socket.SocketType) -> None:
+        """Answer observe requests on the second port, until cancelled."""
+        while True:
+            data, addr = await alt.recvfrom(MAX_DATAGRAM_SIZE + 1)
+            src = udp_source(addr)
+            if src is None:  # port 0, multicast, ...: nobody to answer
+                self.impossible_sources += 1
+                log.debug("classify: dropped a datagram from %.60s", addr)
+                continue
+            reply = self._alt_core.answer_datagram(data, src, trio.current_time())
+            if reply is not None:
+                try:
+                    await alt.sendto(reply, src.to_sockaddr())
+                except OSError as exc:
+                    log.debug("classify: reply to %s failed: %s", src, exc)
 
     @property
     def alt_port(self) -> int:

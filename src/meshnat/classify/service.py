@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TypeVar
 
 import trio
 
+from meshnat import _libp2p
 from meshnat._libp2p import PeerInfo, TaskStatus, endpoint_of
 from meshnat.classify.classifier import (
     MappingObservation,
@@ -34,12 +34,11 @@ from meshnat.errors import (
     InsufficientResponses,
     MeshNatError,
     NotMounted,
-    RemoteProtocolError,
 )
 from meshnat.exchange import request
 from meshnat.node import MeshNode
 from meshnat.reflection.client import observe_over_udp
-from meshnat.wire import Message, decode, encode, frame_datagram, new_txid, unframe_datagram
+from meshnat.wire import Message, encode, frame_datagram, new_txid
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=Message)
@@ -256,27 +255,9 @@ class _Run:
                   since)
         return arrived.is_set()
 
-    @contextmanager
-    def watch_for(self, txid: bytes) -> Iterator[trio.Event]:
-        """An Event set when a ProbeDatagram carrying `txid` reaches the node's UDP socket."""
-        arrived = trio.Event()
-
-        def on_datagram(data: bytes, src: Endpoint) -> None:
-            payload = unframe_datagram(data)
-            if payload is None or arrived.is_set():
-                return
-            try:
-                probe = decode(payload, ProbeDatagram)
-            except RemoteProtocolError:
-                return
-            if hmac.compare_digest(probe.txid, txid):
-                arrived.set()
-
-        unsubscribe = self.node.udp.subscribe(on_datagram)
-        try:
-            yield arrived
-        finally:
-            unsubscribe()
+    def watch_for(self, txid: bytes) -> AbstractContextManager[_libp2p.Arrival[ProbeDatagram]]:
+        """While inside, watch the node's UDP socket for a ProbeDatagram carrying `txid`."""
+        return _libp2p.first_datagram(self.node.udp, ProbeDatagram, txid)
 
     async def request(self, peer: PeerInfo, message: Message, expected: type[M]) -> M:
         """One request/response over a fresh `/meshnat/classify/1.0.0` stream."""

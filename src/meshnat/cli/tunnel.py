@@ -140,9 +140,8 @@ async def run_expose(args: argparse.Namespace, out: Output) -> int:
     sink = _sink(send)
     node_config = NodeConfig(tcp_port=args.port, udp_port=args.port, key_file=args.key_file)
     async with MeshNode(node_config) as node:
-        relay_client, puncher = await _mount_mesh(node, args)
-        tunnels = await node.mount(TunnelService(config, puncher=puncher,
-                                                 events=sink))
+        relay_client, _ = await _mount_mesh(node, args)  # the puncher labels its paths
+        tunnels = await node.mount(TunnelService(config, events=sink))
         tunnels.expose(args.name, target, allow=allow)
         addrs = [str(a) for a in node.addrs]
         if args.relay:
@@ -180,8 +179,7 @@ async def run_forward(args: argparse.Namespace, out: Output) -> int:
         connector = await node.mount(Connector(
             relays=_relays(args), relay_client=relay_client,
             puncher=puncher, events=sink))
-        tunnels = await node.mount(TunnelService(config, connector=connector, puncher=puncher,
-                                                 events=sink))
+        tunnels = await node.mount(TunnelService(config, connector=connector, events=sink))
         async with trio.open_nursery() as nursery:
             host, port = await nursery.start(tunnels.forward, target, args.name, listen)
             bound = str(Endpoint.parse(f"{host}:{port}"))

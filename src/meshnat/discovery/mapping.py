@@ -1,29 +1,15 @@
-"""What a discovery round says about this node's NAT mapping, as the hint a punch offer carries.
-
-`mapping_hint_from` belongs on `MappingHint` as a classmethod (`MappingHint.from_consensus`);
-it lives here until punch/messages.py takes it.
-"""
+"""What a discovery round says about this node's NAT mapping, as the hint a punch offer carries
+(`MappingHint.from_consensus`)."""
 
 from __future__ import annotations
 
 import logging
 
-from meshnat.discovery.consensus import Consensus
 from meshnat.discovery.service import PeerAddressDiscovery
 from meshnat.errors import MeshNatError, NoConsensus
 from meshnat.punch.messages import MappingHint
 
 log = logging.getLogger(__name__)
-
-
-def mapping_hint_from(consensus: Consensus) -> MappingHint:
-    """The mapping a UDP round shows: one address seen by a majority means endpoint-independent
-    mapping; honest reflectors disagreeing on the port means endpoint-dependent; else unknown."""
-    if consensus.address is not None:
-        return MappingHint.ENDPOINT_INDEPENDENT
-    if consensus.endpoint_dependent:
-        return MappingHint.ENDPOINT_DEPENDENT
-    return MappingHint.UNKNOWN
 
 
 async def discover_mapping(discovery: PeerAddressDiscovery) -> MappingHint:
@@ -39,5 +25,5 @@ async def discover_mapping(discovery: PeerAddressDiscovery) -> MappingHint:
             log.info("discovery: %s round failed: %s", transport, exc)
             continue
         if transport == "udp":
-            mapping = mapping_hint_from(consensus)
+            mapping = MappingHint.from_consensus(consensus)
     return mapping

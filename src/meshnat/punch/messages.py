@@ -11,10 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import ClassVar, Self
+from typing import TYPE_CHECKING, ClassVar, Self
 
 from meshnat.endpoint import Endpoint
 from meshnat.wire.codec import Fields, TxidOnly
+
+if TYPE_CHECKING:  # the discovery package imports trio; this module stays pure
+    from meshnat.discovery.consensus import Consensus
 
 UDP, TCP, MAPPING, ACK, PUBLIC, PADDING = 8, 9, 10, 11, 12, 13
 MAX_CANDIDATES = 8
@@ -35,6 +38,17 @@ class MappingHint(IntEnum):
     UNKNOWN = 0
     ENDPOINT_INDEPENDENT = 1
     ENDPOINT_DEPENDENT = 2
+
+    @classmethod
+    def from_consensus(cls, consensus: Consensus) -> MappingHint:
+        """The mapping a UDP round shows: one address seen by a majority means
+        endpoint-independent mapping; honest reflectors disagreeing on the port means
+        endpoint-dependent; else unknown."""
+        if consensus.address is not None:
+            return cls.ENDPOINT_INDEPENDENT
+        if consensus.endpoint_dependent:
+            return cls.ENDPOINT_DEPENDENT
+        return cls.UNKNOWN
 
 
 def _endpoints(f: Fields, key: int) -> tuple[Endpoint, ...]:

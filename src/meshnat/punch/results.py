@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from meshnat._libp2p import ID, INetConn
 from meshnat.endpoint import Endpoint
+from meshnat.paths import PathKind
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +76,7 @@ class Punched:
     connection: INetConn
 
     def to_json(self) -> dict[str, object]:
-        return {"peer": str(self.peer), "path": "punched", "transport": self.transport,
+        return {"peer": str(self.peer), "path": PathKind.PUNCHED, "transport": self.transport,
                 "local": str(self.local), "remote": str(self.remote),
                 "rtt_ms": round(self.rtt * 1e3, 3), "time_ms": round(self.elapsed * 1e3, 3),
                 "probes_sent": self.probes_sent}

@@ -16,7 +16,7 @@ from functools import partial
 import trio
 
 from meshnat import _libp2p
-from meshnat._libp2p import ID, INetStream, PeerInfo, TaskStatus, TProtocol
+from meshnat._libp2p import ID, INetStream, TaskStatus, TProtocol
 from meshnat.discovery import PeerAddressDiscovery
 from meshnat.endpoint import Endpoint
 from meshnat.errors import (
@@ -93,18 +93,21 @@ class HolePuncher:
                                paths=self._paths.statistics())
 
     async def serve(self, node: MeshNode, *, task_status: TaskStatus[None]) -> None:
+        """Answer punches and keep punched paths; while mounted, the node labels the
+        connections this puncher holds as punched (`MeshNode.track_punched`)."""
         self._node = node
-        node.host.set_stream_handler(self.protocol_id,
-                                     _libp2p.guarded_handler("punch", self._respond))
         try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(partial(self._paths.run, node.host))
-                if self._own_traversals:
-                    await nursery.start(partial(self.traversals.serve, node))
-                task_status.started()
-                await trio.sleep_forever()
+            with (
+                node.track_punched(self),
+                _libp2p.handling(node.host, self.protocol_id, "punch", self._respond),
+            ):
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(partial(self._paths.run, node.host))
+                    if self._own_traversals:
+                        await nursery.start(partial(self.traversals.serve, node))
+                    task_status.started()
+                    await trio.sleep_forever()
         finally:
-            node.host.remove_stream_handler(self.protocol_id)
             self._node = None
 
     # --- initiator ---------------------------------------------------------------------------
@@ -133,7 +136,7 @@ class HolePuncher:
         node = self._mounted()
         started = trio.current_time()
         limit = self.config.stream_timeout
-        stream = await node.open_stream(PeerInfo(peer, []), self.protocol_id, timeout=limit)
+        stream = await node.open_stream(_libp2p.peer_by_id(peer), self.protocol_id, timeout=limit)
         try:
             with _libp2p.map_peer_errors("punch coordination", limit), trio.fail_after(limit):
                 offer = self._offer(new_txid())

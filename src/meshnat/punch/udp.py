@@ -14,6 +14,7 @@ from typing import Any
 
 import trio
 
+from meshnat import _libp2p
 from meshnat.datagrams import parse_datagram, receive_messages
 from meshnat.endpoint import Endpoint
 from meshnat.errors import PunchFailed
@@ -39,27 +40,21 @@ class HeardOnPort:
 async def punch_udp(node: MeshNode, session: EasySideSession, budget: SendBudget) -> Heard:
     """Run `session` until the peer is heard; raises PunchFailed when it gives up. Each probe
     is paid from `budget` (not sent when an unproven IP's allowance is spent)."""
-    send, receive = trio.open_memory_channel[tuple[Probe, Endpoint]](64)
 
-    def on_datagram(data: bytes, src: Endpoint) -> None:
-        probe = parse_datagram(data, Probe)
-        if probe is None:
-            return  # another meshnat message on the shared socket
-        try:
-            send.send_nowait((probe, src))
-        except trio.WouldBlock:
-            log.debug("punch: probe queue full, dropped one from %s", src)
+    def accept(data: bytes, src: Endpoint) -> tuple[Probe, Endpoint] | None:
+        probe = parse_datagram(data, Probe)  # None: another meshnat message on the socket
+        return None if probe is None else (probe, src)
+
+    def on_full(item: tuple[Probe, Endpoint]) -> None:
+        log.debug("punch: probe queue full, dropped one from %s", item[1])
 
     async def send_probe(action: SendProbe) -> None:
         data = frame_datagram(encode(action.probe))
         if budget.spend(action.dst.ip, udp_wire_bytes(len(data), action.dst.ip)):
             await node.udp.sendto(data, action.dst)
 
-    unsubscribe = node.udp.subscribe(on_datagram)
-    try:
+    with _libp2p.tapped(node.udp, accept, 64, on_full=on_full) as receive:
         heard = await _drive(session, receive, send_probe, budget)
-    finally:
-        unsubscribe()
     assert isinstance(heard, Heard)
     return heard
 

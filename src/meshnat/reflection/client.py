@@ -15,7 +15,6 @@ from meshnat.errors import (
     MalformedMessage,
     PeerRefused,
     PeerTimeout,
-    RemoteProtocolError,
 )
 from meshnat.node import MeshNode
 from meshnat.reflection.messages import (
@@ -25,7 +24,7 @@ from meshnat.reflection.messages import (
     Transport,
 )
 from meshnat.reflection.service import REFLECT_PROTOCOL
-from meshnat.wire import decode, encode, frame_datagram, new_txid, unframe_datagram
+from meshnat.wire import decode, encode, frame_datagram, new_txid
 from meshnat.wire.error_response import ErrorResponse
 
 log = logging.getLogger(__name__)
@@ -80,36 +79,19 @@ async def observe_over_udp(node: MeshNode, reflector: Endpoint, *, timeout: floa
     """
     txid = new_txid()
     datagram = frame_datagram(encode(ObserveRequest(txid, bytes(REQUEST_PADDING))))
-    answered: list[tuple[ObserveResponse, float]] = []
-    got = trio.Event()
-
-    def on_datagram(data: bytes, src: Endpoint) -> None:
-        if got.is_set() or src != reflector or (payload := unframe_datagram(data)) is None:
-            return
-        try:
-            reply = decode(payload, ObserveResponse)
-        except RemoteProtocolError:
-            return  # not an answer for us (other messages share the socket)
-        if hmac.compare_digest(reply.txid, txid):
-            answered.append((reply, trio.current_time()))
-            got.set()
-
-    unsubscribe = node.udp.subscribe(on_datagram)
-    try:
+    with _libp2p.first_datagram(node.udp, ObserveResponse, txid, src=reflector) as answer:
         interval, sent_at = FIRST_RETRANSMIT, 0.0
         with trio.move_on_after(timeout):
-            while not got.is_set():
+            while not answer.is_set():
                 sent_at = trio.current_time()
                 try:
                     await node.udp.sendto(datagram, reflector)
                 except OSError as exc:
                     log.debug("reflect: udp request to %s failed: %s", reflector, exc)
                 with trio.move_on_after(interval):
-                    await got.wait()
+                    await answer.wait()
                 interval *= 2
-    finally:
-        unsubscribe()
-    if not answered:
+    reply = answer.message
+    if reply is None:
         raise PeerTimeout(f"udp reflection from {reflector}", timeout)
-    reply, at = answered[0]
-    return Reflection(reply.observed, reply.transport, at - sent_at)
+    return Reflection(reply.observed, reply.transport, answer.at - sent_at)

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from meshnat import _libp2p, exchange
-from meshnat._libp2p import INetConn, PeerInfo, TProtocol
+from meshnat._libp2p import INetConn, TProtocol
 from meshnat.endpoint import Endpoint
 from meshnat.errors import (
     ListenerMissing,
@@ -41,7 +41,7 @@ class Handover:
     async def tell_peer(self, traversal: Traversal, pair: PortPair) -> None:
         """Send `Take` for `pair`; raises PeerRefused when the peer does not accept."""
         node, _ = self._mounted()
-        await exchange.request(node, PeerInfo(traversal.peer, []), self._protocol,
+        await exchange.request(node, _libp2p.peer_by_id(traversal.peer), self._protocol,
                                Take(traversal.txid, pair.remote, pair.local,
                                     dial=not traversal.dialer),
                                TakeAccept, timeout=self.config.stream_timeout)

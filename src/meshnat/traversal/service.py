@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import trio
 
 from meshnat import _libp2p, exchange
-from meshnat._libp2p import ID, INetConn, INetStream, PeerInfo, TaskStatus, TProtocol
+from meshnat._libp2p import ID, INetConn, INetStream, TaskStatus, TProtocol
 from meshnat.discovery import PeerAddressDiscovery
 from meshnat.endpoint import Endpoint
 from meshnat.errors import (
@@ -105,15 +105,13 @@ class TraversalService:
         self._driver = Driver(self._handover)
 
     async def serve(self, node: MeshNode, *, task_status: TaskStatus[None]) -> None:
-        node.host.set_stream_handler(self.protocol_id,
-                                     _libp2p.guarded_handler("traversal", self._respond))
         try:
-            async with trio.open_nursery() as nursery:
-                self._node, self._nursery = node, nursery
-                task_status.started()
-                await trio.sleep_forever()
+            with _libp2p.handling(node.host, self.protocol_id, "traversal", self._respond):
+                async with trio.open_nursery() as nursery:
+                    self._node, self._nursery = node, nursery
+                    task_status.started()
+                    await trio.sleep_forever()
         finally:
-            node.host.remove_stream_handler(self.protocol_id)
             with trio.CancelScope(shield=True):
                 for traversal in list(self._traversals.values()):
                     traversal.stop()
@@ -169,7 +167,7 @@ class TraversalService:
             raise LocalProtocolError("no free traversal id")
         traversal = await self._open_own(txid, peer, shared=shared)
         try:
-            reply = await exchange.request(node, PeerInfo(peer, []), self.protocol_id,
+            reply = await exchange.request(node, _libp2p.peer_by_id(peer), self.protocol_id,
                                            self._offer(traversal), Offer,
                                            timeout=self.config.stream_timeout)
         except BaseException:

@@ -9,12 +9,9 @@ from meshnat import _libp2p
 from meshnat._libp2p import ID, INetStream
 from meshnat.endpoint import Endpoint
 from meshnat.errors import MeshNatError
-from meshnat.limits import network_of
+from meshnat.limits import RELAYED, network_of
 from meshnat.node import MeshNode
 from meshnat.traversal.budget import IP
-
-RELAYED_NETWORK = "relayed"
-"""The source network of a request over a relay whose own address py-libp2p does not report."""
 
 
 def source_network(stream: INetStream) -> str:
@@ -29,18 +26,16 @@ def source_network(stream: INetStream) -> str:
     except (MeshNatError, ValueError, OSError, AttributeError):
         remote = None
     if _libp2p.is_relayed(stream):
-        return RELAYED_NETWORK if remote is None else f"relayed via {network_of(remote.ip)}"
-    return RELAYED_NETWORK if remote is None else network_of(remote.ip)
+        return RELAYED if remote is None else f"relayed via {network_of(remote.ip)}"
+    return RELAYED if remote is None else network_of(remote.ip)
 
 
 def direct_ips(node: MeshNode, peer: ID) -> Iterator[IP]:
     """IPs this node sees `peer` at on direct (non-relayed) connections: proven by the
     connection's handshake, so probes may go there in volume."""
-    for conn in node.host.get_network().get_connections(peer):
-        if not _libp2p.is_relayed(conn):
-            remote = _libp2p.connection_remote(conn)
-            if remote is not None:
-                yield remote.ip
+    for conn in node.connections(peer):
+        if (remote := conn.remote) is not None:  # None through a relay
+            yield remote.ip
 
 
 def peer_ips(node: MeshNode, peer: ID) -> Iterator[IP]:

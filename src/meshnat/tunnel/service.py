@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection
-from contextlib import ExitStack
 
 import trio
 
@@ -25,7 +24,6 @@ from meshnat.errors import MeshNatError, NotMounted, RemoteProtocolError
 from meshnat.events import EventSink, TunnelClosed, ignore_events
 from meshnat.limits import RELAYED, network_of
 from meshnat.node import MeshNode
-from meshnat.punch import HolePuncher
 from meshnat.records import RecordAuthority
 from meshnat.tunnel import client
 from meshnat.tunnel.core import (
@@ -49,19 +47,19 @@ class TunnelService:
     """Maps service names to local TCP targets for allowed peers; opens tunnels to peers.
 
     `connector` (optional) picks the path for outbound tunnels (direct, punched, relayed);
-    without it the peer's given addresses are dialled. `puncher` (optional) lets inbound
-    tunnels be reported as `punched` rather than `direct`.
+    without it the peer's given addresses are dialled. Tunnels are reported with the path the
+    node labels (`MeshNode.path_of`: `punched` while a mounted HolePuncher holds it).
     """
 
     protocol_id = TUNNEL_PROTOCOL
 
     def __init__(self, config: TunnelConfig | None = None, *, connector: Connector | None = None,
-                 puncher: HolePuncher | None = None, records: RecordAuthority | None = None,
+                 records: RecordAuthority | None = None,
                  events: EventSink = ignore_events) -> None:
         self.config = config or TunnelConfig()
         self._records = records
         self._table = TunnelTable(self.config)
-        self._connector, self._puncher, self._events = connector, puncher, events
+        self._connector, self._events = connector, events
         self._node: MeshNode | None = None
         self._locks = client.PathLocks()
 
@@ -96,11 +94,8 @@ class TunnelService:
         return self._table.statistics()
 
     async def serve(self, node: MeshNode, *, task_status: TaskStatus[None]) -> None:
-        with ExitStack() as stack:
-            stack.enter_context(_libp2p.handling(node.host, self.protocol_id, "tunnel",
-                                                 self._handle, bounded=False))
-            if self._puncher is not None:
-                stack.enter_context(node.track_punched(self._puncher))
+        with _libp2p.handling(node.host, self.protocol_id, "tunnel", self._handle,
+                              bounded=False):
             self._node = node
             try:
                 task_status.started()
