@@ -29,7 +29,7 @@ from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
-from meshnat._libp2p.bytestream import FRAME_PAYLOAD, StreamBytes
+from meshnat._libp2p.bytestream import StreamBytes
 from meshnat._libp2p.connections import (
     Connection,
     PunchedConnections,
@@ -87,6 +87,7 @@ from meshnat._libp2p.udp import (
     listen_quic,
     local_port,
 )
+from meshnat._libp2p.yamux import FRAME_PAYLOAD
 
 if TYPE_CHECKING:
     # py-libp2p pulls in trio-typing, whose `trio-stubs` shadow trio's own annotations for

@@ -10,11 +10,6 @@ py-libp2p specifics handled here:
   receive window, so any reader that pauses for 5 s would kill a tunnel. `send_all()` waits
   for the window itself, without that limit, and writes no more than the window allows, so
   backpressure can last as long as the caller's own (idle) timeout.
-- A Yamux frame of 64 KiB does not fit one Noise message (65,519 bytes of plaintext at most),
-  and py-libp2p splits a 64 KiB write into a 65,524-byte frame and a 12-byte one: three Noise
-  messages, three sends and three decryptions for one chunk, and a small window update for the
-  small frame. `send_all()` writes at most `FRAME_PAYLOAD` bytes at a time, one frame in one
-  Noise message.
 """
 
 from __future__ import annotations
@@ -24,13 +19,8 @@ from typing import Any, cast
 import trio
 from libp2p.abc import INetStream
 from libp2p.network.stream.exceptions import StreamEOF, StreamReset
-from libp2p.security.noise.io import MAX_PLAINTEXT_LENGTH
-from libp2p.stream_muxer.yamux.yamux import HEADER_SIZE
 
 from meshnat._libp2p.streams import map_peer_errors, reset_quietly
-
-FRAME_PAYLOAD = MAX_PLAINTEXT_LENGTH - HEADER_SIZE
-"""Bytes of one Yamux data frame that fills one Noise message (65,507)."""
 
 _WINDOW_POLL = 0.01
 """Seconds between send-window checks: py-libp2p's own Yamux polling period."""
@@ -60,7 +50,7 @@ class StreamBytes:
         with map_peer_errors(self._stage):
             while view:
                 window = await self._send_window()
-                size = len(view) if window is None else min(len(view), window, FRAME_PAYLOAD)
+                size = len(view) if window is None else min(len(view), window)
                 await self.stream.write(bytes(view[:size]))
                 view = view[size:]
 

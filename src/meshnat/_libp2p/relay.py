@@ -17,18 +17,23 @@ Conformance: against js-libp2p 2.10's circuit relay v2 server (tests/interop) py
 needs no workaround: reservation, STATUS codes and circuits work as the spec says. The `limit` a
 relay sends (js: duration in milliseconds, not the spec's seconds) is ignored by py-libp2p; the
 relay itself enforces it.
+
+Speed: the hop copies a circuit's bytes with reads of 65,535 bytes, one more than a Yamux frame
+in one Noise message holds, so every read went out as two frames and three Noise messages;
+the read size is set to `FRAME_PAYLOAD` (`_forward_whole_frames`).
 """
 
 from __future__ import annotations
 
 import logging
 from contextlib import ExitStack
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import multiaddr
 import trio
 from libp2p.abc import IHost, INetConn, INetStream
 from libp2p.peer.id import ID
+from libp2p.relay.circuit_v2 import protocol as relay_protocol
 from libp2p.relay.circuit_v2.config import RelayConfig, RelayRole
 from libp2p.relay.circuit_v2.pb.circuit_pb2 import HopMessage
 from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID as HOP_PROTOCOL
@@ -41,6 +46,7 @@ from libp2p.relay.circuit_v2.utils import maybe_consume_signed_record, read_deli
 from libp2p.tools.anyio_service import background_trio_service
 
 from meshnat._libp2p.streams import handling, is_relayed, remote_endpoint, reset_quietly
+from meshnat._libp2p.yamux import FRAME_PAYLOAD
 from meshnat.limits import network_of
 
 if TYPE_CHECKING:
@@ -62,6 +68,7 @@ class CircuitRelay:
                              max_circuit_conns=max_circuits, max_reservations=max_reservations,
                              reservation_ttl=int(reservation_ttl))
         self._host, self._hop = host, hop
+        _forward_whole_frames()
         self._protocol = CircuitV2Protocol(host, limits=limits, allow_hop=hop)
         self._gate = None if hop_limits is None else _HopGate(
             self._protocol, hop_limits, read_timeout=hop_read_timeout,
@@ -96,6 +103,11 @@ class CircuitRelay:
         """A relayed connection, secured and muxed end to end (raises ConnectionError)."""
         conn: INetConn = await self._transport.dial(circuit)
         return conn
+
+
+def _forward_whole_frames() -> None:
+    """Make py-libp2p's hop read what one Yamux frame in one Noise message carries."""
+    cast(Any, relay_protocol).MAX_READ_LEN = FRAME_PAYLOAD
 
 
 class _HopGate:

@@ -16,6 +16,12 @@ order among themselves.
 
 py-libp2p builds its Yamux class by name once `/yamux/1.0.0` is negotiated, whatever muxer
 class it was given, so `install()` points that name at this class.
+
+Frames: py-libp2p's largest Yamux frame (64 KiB of payload) does not fit one Noise message
+(65,519 bytes of plaintext), so every full frame went out as two Noise messages, and a 64 KiB
+write as a 65,524-byte frame plus a 12-byte one: three encryptions, sends and decryptions, and
+a window update for the small frame. `install()` caps a frame at one Noise message
+(`FRAME_PAYLOAD` bytes of payload); smaller frames are always valid Yamux.
 """
 
 from __future__ import annotations
@@ -26,10 +32,16 @@ from typing import Any, cast
 import trio
 from libp2p.io.exceptions import IOException
 from libp2p.network.connection.exceptions import RawConnError
+from libp2p.security.noise.io import MAX_PLAINTEXT_LENGTH
 from libp2p.stream_muxer import muxer_multistream
-from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.stream_muxer.yamux import yamux as yamux_module
+from libp2p.stream_muxer.yamux.yamux import HEADER_SIZE, Yamux
 
 log = logging.getLogger(__name__)
+
+FRAME_PAYLOAD = MAX_PLAINTEXT_LENGTH - HEADER_SIZE
+"""Payload of the largest Yamux frame that fits one Noise message (65,507 bytes): what a
+tunnel reads at once and a relay hop copies at once."""
 
 MAX_PENDING_REPLIES = 4096
 """Replies (12-byte frames) a peer may have us owe before its connection is closed."""
@@ -89,5 +101,7 @@ class NonBlockingReaderYamux(Yamux):
 
 
 def install() -> None:
-    """Make every Yamux connection py-libp2p negotiates a `NonBlockingReaderYamux`."""
+    """Make every Yamux connection py-libp2p negotiates a `NonBlockingReaderYamux` whose
+    frames each fit one Noise message."""
     cast(Any, muxer_multistream).Yamux = NonBlockingReaderYamux
+    cast(Any, yamux_module).MAX_MESSAGE_SIZE = HEADER_SIZE + FRAME_PAYLOAD
