@@ -54,6 +54,7 @@ def main() -> None:
     cone_cone: list[float] = []
     print(row("dialer -> listener", "direct", "median ms", "p90 ms", "probes", "relayed ms",
               "ratio", widths=WIDTHS))
+    failures: list[str] = []
     for n, (left, right) in enumerate(PAIRS):
         with Lab(f"mnbench{n}") as lab:
             relay, reflectors = start_relay(lab)
@@ -66,6 +67,10 @@ def main() -> None:
                     proc = dialer.run(dialer.python(
                         "-m", "meshnat", "connect", peer, "--wait-direct", str(wait),
                         *mesh_args(relay, reflectors)), timeout=90)
+                    if proc.returncode != 0 or not proc.stdout.strip():
+                        failures.append(f"{left or 'public'} -> {right}: exit "
+                                        f"{proc.returncode}: {proc.stderr[-600:]}")
+                        continue
                     result = json.loads(proc.stdout.splitlines()[-1])
                     if wait == 0:
                         sink.append(result["time_to_path_ms"] + result["rtt_ms"])
@@ -83,6 +88,8 @@ def main() -> None:
             print(row(name, f"{len(direct)}/{ROUNDS}", f"{med:.1f}", f"{p90:.1f}",
                       f"{median_p([float(p) for p in probes], 50)[0]:.0f}", f"{base:.1f}",
                       f"{med / base:.2f}", widths=WIDTHS))
+    for failure in failures:  # a connect that printed no result is a failed run, not a crash
+        print("failed run:", failure)
     baseline = dcutr_baseline()
     if baseline and cone_cone:
         ours, theirs = median_p(cone_cone, 50)[0], median_p(baseline, 50)[0]
