@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import itertools
-import json
-import selectors
 import subprocess
 import time
 
@@ -13,6 +11,7 @@ import pytest
 
 from tests.lab.test_chat_lab import NETWORK, join
 from tests.lab.test_punch_lab import listen, mesh_args, start_relay
+from tests.support.jsnode import read_json_line
 from tests.support.netlab import Host, Lab, Nat
 
 pytestmark = pytest.mark.lab
@@ -25,27 +24,14 @@ def hold(host: Host, peer: str, relay: str, reflectors: list[str]
     """`meshnat connect --hold`: the process (one echo per stdin line) and its first line."""
     proc = host.popen(host.python("-m", "meshnat", "connect", peer, "--hold", "--wait-direct",
                                   "10", *mesh_args(relay, reflectors)), stdin=True)
-    return proc, next_line(proc, timeout=90)
-
-
-def next_line(proc: subprocess.Popen[str], timeout: float) -> dict:
-    assert proc.stdout is not None
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        if not sel.select(timeout):
-            raise TimeoutError(f"no line from connect in {timeout}s")
-    line = proc.stdout.readline()
-    if not line:
-        raise RuntimeError(f"connect exited: {proc.communicate(timeout=10)[1][-3000:]}")
-    answer: dict = json.loads(line)
-    return answer
+    return proc, dict(read_json_line(proc, "meshnat connect", 90))
 
 
 def echo(proc: subprocess.Popen[str], timeout: float = 60) -> dict:
     assert proc.stdin is not None
     proc.stdin.write("again\n")
     proc.stdin.flush()
-    return next_line(proc, timeout)
+    return dict(read_json_line(proc, "meshnat connect", timeout))
 
 
 def test_a_punched_udp_path_survives_90_s_idle_behind_30_s_binding_timeouts(lab: Lab) -> None:

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import itertools
 import json
-import selectors
-import subprocess
 import time
 
 import pytest
 
 from tests.lab.test_discovery_lab import start_reflectors
 from tests.lab.test_punch_lab import PORT, mesh_args
+from tests.support.jsnode import read_json_line
 from tests.support.netlab import Host, Lab, Nat
 from tests.support.wan import Wan
 
@@ -25,20 +24,6 @@ KINDS = {"public": None, "cone": Nat.CONE, "symmetric": Nat.SYMMETRIC,
 PAIRS = list(itertools.combinations_with_replacement(KINDS, 2))
 NO_DIRECT_PATH = {("symmetric", "symmetric"), ("symmetric", "udp-blocked")}
 BATCH = 5  # pairs connecting at once: the 2-core machine runs 4 meshnat processes per pair
-
-
-def first_json(proc: subprocess.Popen[str], timeout: float) -> dict:
-    """The first JSON line `proc` prints, within `timeout` seconds."""
-    assert proc.stdout is not None
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        if not sel.select(timeout):
-            raise TimeoutError(f"nothing printed in {timeout}s")
-    line = proc.stdout.readline()
-    if not line:
-        raise RuntimeError(f"exited: {proc.communicate(timeout=10)[1][-3000:]}")
-    answer: dict = json.loads(line)
-    return answer
 
 
 def start_generous_relay(lab: Lab) -> tuple[str, list[str]]:
@@ -65,7 +50,8 @@ def connect_batch(lab: Lab, batch: list[tuple[int, str, str]], relay: str,
     ends = {n: (wan_host(lab, f"m{n}a", a), wan_host(lab, f"m{n}b", b)) for n, a, b in batch}
     listeners = {n: b.popen(b.python("-m", "meshnat", "listen", *mesh_args(relay, reflectors)))
                  for n, (_, b) in ends.items()}
-    peers = {n: str(first_json(proc, timeout=120)["peer_id"]) for n, proc in listeners.items()}
+    peers = {n: str(read_json_line(proc, "meshnat listen", 120)["peer_id"])
+             for n, proc in listeners.items()}
     dialers = {n: a.popen(a.python("-m", "meshnat", "connect", peers[n], "--wait-direct", "20",
                                    *mesh_args(relay, reflectors)))
                for n, (a, _) in ends.items()}

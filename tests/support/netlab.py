@@ -18,7 +18,6 @@ Router kinds (RFC 4787 terms):
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import itertools
 import json
@@ -31,7 +30,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support.wan import Wan, WanEmulator
+from tests.support.wan import Wan, WanEmulator, stop_process
 
 INET_PREFIX = "198.18.0"
 
@@ -240,13 +239,7 @@ class Lab:
         if self.wan is not None:
             self.wan.close()
         for proc in self.processes:
-            if proc.poll() is None:
-                proc.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=5)
-            for pipe in (proc.stdin, proc.stdout, proc.stderr):
-                if pipe is not None:
-                    pipe.close()
+            stop_process(proc)
         for ns in reversed(self.namespaces):
             pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
             for pid in pids.stdout.split():

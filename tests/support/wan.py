@@ -168,16 +168,9 @@ class WanEmulator:
 
     def kill(self) -> None:
         """Kill the emulator process (by pid); its rules stay, so emulated traffic stops."""
-        if self.proc is None:
-            return
-        proc, self.proc = self.proc, None
-        if proc.poll() is None:
-            proc.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=10)
-        for pipe in (proc.stdin, proc.stdout, proc.stderr):
-            if pipe is not None:
-                pipe.close()
+        if self.proc is not None:
+            stop_process(self.proc)
+            self.proc = None
 
     def close(self) -> None:
         """Kill the process and remove the rules."""
@@ -185,6 +178,17 @@ class WanEmulator:
         for args in (("-D", "FORWARD", "-j", CHAIN), ("-F", CHAIN), ("-X", CHAIN)):
             subprocess.run(["ip", "netns", "exec", self.ns, "iptables", *args],
                            capture_output=True, timeout=30)
+
+
+def stop_process(proc: subprocess.Popen[str]) -> None:
+    """Kill `proc` (by pid) unless it has exited, reap it and close its pipes."""
+    if proc.poll() is None:
+        proc.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
 
 
 def _ns_run(ns: str, *args: str) -> str:
