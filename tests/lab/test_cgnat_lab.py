@@ -27,9 +27,11 @@ def test_a_home_behind_a_cgnat_reaches_a_cone_home_directly(
     assert result["remote"].split(":")[0] == other.public_ip
 
 
-def test_two_homes_behind_one_cgnat_without_hairpin_stay_on_the_relay(lab: Lab) -> None:
+@pytest.mark.parametrize("carrier", [Nat.CONE, Nat.SYMMETRIC])
+def test_two_homes_behind_one_cgnat_without_hairpin_stay_on_the_relay(
+        lab: Lab, carrier: Nat) -> None:
     relay, reflectors = start_relay(lab)
-    cgnat = lab.site("isp", Nat.CONE, hosts=0, carrier=True)
+    cgnat = lab.site("isp", carrier, hosts=0, carrier=True)
     first, second = (lab.site(name, Nat.CONE, behind=cgnat) for name in ("home1", "home2"))
     peer = listen(second.hosts[0], relay, reflectors)
     result = connect(first.hosts[0], peer, relay, reflectors)
