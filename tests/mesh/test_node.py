@@ -9,10 +9,16 @@ import pytest
 import trio
 import trio.testing
 
-from meshnat import EchoService, MeshNode, NodeConfig
+from meshnat import EchoService, MeshNode, NatClassifier, NodeConfig
 from meshnat._libp2p import INetStream, PeerInfo, TaskStatus, TProtocol, guarded_handler
 from meshnat.echo import echo
-from meshnat.errors import ConfigError, LocalProtocolError, PeerUnavailable, ServiceFailed
+from meshnat.errors import (
+    ConfigError,
+    LocalProtocolError,
+    NotMounted,
+    PeerUnavailable,
+    ServiceFailed,
+)
 from tests.support.fake_reflectors import LOOPBACK, nodes
 
 
@@ -48,6 +54,19 @@ async def test_unmounted_service_stops_answering_and_cannot_be_unmounted_twice()
             await echo(b, a.peer_info(), b"ping")
         with pytest.raises(LocalProtocolError):
             await a.unmount(service)
+
+
+async def test_a_node_bound_service_holds_the_node_only_while_mounted() -> None:
+    classifier = NatClassifier([])
+    message = "mount NatClassifier on a running MeshNode first"
+    with pytest.raises(NotMounted, match=message):
+        _ = classifier.node
+    async with MeshNode(LOOPBACK) as node:
+        assert (await node.mount(classifier)).node is node
+        await node.unmount(classifier)
+        with pytest.raises(NotMounted, match=message):
+            _ = classifier.node
+        assert (await node.mount(classifier)).node is node  # and it can be mounted again
 
 
 async def test_a_handler_bug_does_not_take_the_node_down() -> None:

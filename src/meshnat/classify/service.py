@@ -11,7 +11,8 @@ from typing import TypeVar
 import trio
 
 from meshnat import _libp2p
-from meshnat._libp2p import PeerInfo, TaskStatus, endpoint_of
+from meshnat._libp2p import PeerInfo, endpoint_of
+from meshnat.bound import NodeBound
 from meshnat.classify.classifier import (
     MappingObservation,
     classify_filtering,
@@ -30,11 +31,7 @@ from meshnat.classify.plan import ProbePlan, ReflectorPorts, make_probe_plan
 from meshnat.classify.report import Evidence, NatReport
 from meshnat.config import require_in_range, require_positive
 from meshnat.endpoint import Endpoint
-from meshnat.errors import (
-    InsufficientResponses,
-    MeshNatError,
-    NotMounted,
-)
+from meshnat.errors import InsufficientResponses, MeshNatError
 from meshnat.exchange import request
 from meshnat.node import MeshNode
 from meshnat.reflection.client import observe_over_udp
@@ -63,7 +60,7 @@ class ClassifierConfig:
         require_in_range(self, 1, 64, "max_reflectors")
 
 
-class NatClassifier:
+class NatClassifier(NodeBound):
     """Classifies this node's UDP NAT (RFC 4787) with mesh reflectors only.
 
     Reflectors should mount ReflectionService and ProbeHelperService (`meshnat reflector`
@@ -74,24 +71,13 @@ class NatClassifier:
                  ) -> None:
         self.config = config or ClassifierConfig()
         self.reflectors = list(reflectors)
-        self._node: MeshNode | None = None
-
-    async def serve(self, node: MeshNode, *, task_status: TaskStatus[None]) -> None:
-        self._node = node
-        try:
-            task_status.started()
-            await trio.sleep_forever()
-        finally:
-            self._node = None
 
     async def classify(self) -> NatReport:
         """Run every test the reflectors allow; facts that could not be measured stay None.
 
         Raises InsufficientResponses when no reflector could be reached at all.
         """
-        if self._node is None:
-            raise NotMounted("mount NatClassifier on a running MeshNode first")
-        run = _Run(self._node, self.config)
+        run = _Run(self.node, self.config)
         return await run.execute(self.reflectors[: self.config.max_reflectors])
 
 

@@ -9,17 +9,16 @@ from typing import NoReturn, TypeVar
 
 import trio
 
-from meshnat._libp2p import PeerInfo, TaskStatus
+from meshnat._libp2p import PeerInfo
+from meshnat.bound import NodeBound
 from meshnat.config import require_in_range, require_positive
 from meshnat.errors import (
     ConfigError,
     MalformedMessage,
     MeshNatError,
-    NotMounted,
     RemoteProtocolError,
 )
 from meshnat.exchange import request
-from meshnat.node import MeshNode
 from meshnat.records import AddressRecord, RecordAuthority, verify_record
 from meshnat.rendezvous.messages import (
     Discover,
@@ -70,23 +69,14 @@ def _namespace(namespace: str) -> str:
         raise ConfigError(str(exc)) from None
 
 
-class RendezvousClient:
+class RendezvousClient(NodeBound):
     """Publishes the record of `authority` at rendezvous points and reads others' records."""
 
     def __init__(self, authority: RecordAuthority,
                  config: RendezvousClientConfig | None = None) -> None:
         self.config = config or RendezvousClientConfig()
         self.authority = authority
-        self._node: MeshNode | None = None
         self._registered = self._rejected = 0
-
-    async def serve(self, node: MeshNode, *, task_status: TaskStatus[None]) -> None:
-        self._node = node
-        try:
-            task_status.started()
-            await trio.sleep_forever()
-        finally:
-            self._node = None
 
     def statistics(self) -> RendezvousStatistics:
         return RendezvousStatistics(self._registered, self._rejected)
@@ -149,7 +139,5 @@ class RendezvousClient:
 
     async def _request(self, rendezvous: PeerInfo,
                        message: Register | Discover | Unregister, expected: type[A]) -> A:
-        if self._node is None:
-            raise NotMounted("mount RendezvousClient on a running MeshNode first")
-        return await request(self._node, rendezvous, RENDEZVOUS_PROTOCOL, message, expected,
+        return await request(self.node, rendezvous, RENDEZVOUS_PROTOCOL, message, expected,
                              timeout=self.config.timeout)
