@@ -62,6 +62,7 @@ def test_two_nats_that_allow_it_end_up_on_a_punched_path(
     for _ in range(2):  # a second run reuses the ports the first one punched and left
         result = connect(a.hosts[0], peer, relay, reflectors)
         assert result["path"] == "punched", result
+        assert result["relayed_rtt_ms"] > 0  # the relay circuit came first and was pinged
         assert result["transport"] in transports
         assert result["remote"] == f"{b.public_ip}:{PORT}"  # the NAT kept the port
         assert result["time_to_direct_ms"] < 3000

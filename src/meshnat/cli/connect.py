@@ -159,7 +159,9 @@ async def run_connect(args: argparse.Namespace, out: Output) -> int:
             relays=_relays(args), relay_client=relay_client,
             puncher=puncher if args.wait_direct > 0 else None, events=on_event))
         path = await connector.connect(peer_by_id(peer))
-        result: dict[str, object] = {"time_to_path_ms": _ms(path.time_to_path)}
+        result: dict[str, object] = {"time_to_path_ms": _ms(path.time_to_path),
+                                     "relayed_rtt_ms": None if path.rtt is None
+                                     or path.kind is not PathKind.RELAYED else _ms(path.rtt)}
         punched = None
         if args.wait_direct > 0 and await connector.wait_direct(peer, args.wait_direct):
             punched = connector.last_punch(peer)
