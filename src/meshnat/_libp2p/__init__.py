@@ -14,6 +14,8 @@ Workarounds for py-libp2p pitfalls live here and only here (see docs/design.md):
 - `map_peer_errors`: py-libp2p and trio exceptions become meshnat's typed errors.
 - `StreamBytes`: a stream as a byte stream for tunnels: EOF as b"", half-close with
   `close_write()`, and Yamux writes that wait for the send window past py-libp2p's 5 s limit.
+- `multiselect`: py-libp2p's client negotiates a protocol in two round trips; ours sends the
+  header and the proposal at once (`open_stream_sending`: the first message too).
 - An exception escaping a stream handler kills py-libp2p's swarm, so every handler meshnat
   registers goes through `guarded_handler`.
 """
@@ -61,6 +63,7 @@ from meshnat._libp2p.host import (
     single_exception,
     tcp_first,
 )
+from meshnat._libp2p.multiselect import open_stream_sending
 from meshnat._libp2p.streams import (
     carried_by,
     connection_remote,
@@ -139,6 +142,7 @@ __all__ = [
     "merge_peer_addrs",
     "new_libp2p_host",
     "open_stream_on",
+    "open_stream_sending",
     "parse_multiaddr",
     "parse_peer_addr",
     "path_of_stream",

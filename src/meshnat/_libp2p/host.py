@@ -30,7 +30,7 @@ from libp2p.transport.quic.config import QUICTransportConfig
 from libp2p.utils.address_validation import expand_wildcard_address
 from multiaddr.exceptions import Error as MultiaddrError
 
-from meshnat._libp2p import admission, identity, quic_stream, yamux
+from meshnat._libp2p import admission, identity, multiselect, quic_stream, yamux
 from meshnat.endpoint import Endpoint
 from meshnat.errors import (
     ConfigError,
@@ -108,6 +108,7 @@ def new_libp2p_host(key_pair: KeyPair, listen: Sequence[multiaddr.Multiaddr], *,
     quic = QUICTransportConfig(STREAM_READ_TIMEOUT=STREAM_IDLE_LIMIT)
     identity.install()
     yamux.install()
+    multiselect.install()
     quic_stream.install()
     host = new_host(
         key_pair=key_pair,

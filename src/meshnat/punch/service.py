@@ -1,7 +1,8 @@
 """`HolePuncher`: coordinate over an existing connection, punch UDP and TCP, keep the winner.
 
-Coordination follows libp2p DCUtR's timing: the initiator sends its Offer, measures the round
-trip to the responder's Offer, sends Sync and punches RTT/2 later; the responder punches as
+Coordination follows libp2p DCUtR's timing: the initiator sends its Offer in the same write as
+the stream's protocol negotiation (`_libp2p.open_stream_sending`), measures the round trip to
+the responder's Offer, sends Sync and punches RTT/2 later; the responder punches as
 soon as Sync arrives, so both start at about the same moment. Each side plans the punch from
 the two Offers (`punch/plan.py`), then races the UDP and TCP paths (`punch/race.py`); the first
 direct connection wins and is kept alive (`punch/keepalive.py`).
@@ -39,7 +40,7 @@ from meshnat.ratelimit import RateLimiter
 from meshnat.traversal import TraversalConfig, TraversalService
 from meshnat.traversal.budget import SendBudget
 from meshnat.traversal.sources import source_network
-from meshnat.wire import TXID_SIZE, decode, encode, new_txid
+from meshnat.wire import TXID_SIZE, decode, encode, frame_stream, new_txid
 from meshnat.wire.error_response import ErrorCode, ErrorResponse, refusal_for
 
 log = logging.getLogger(__name__)
@@ -136,12 +137,13 @@ class HolePuncher:
         node = self._mounted()
         started = trio.current_time()
         limit = self.config.stream_timeout
-        stream = await node.open_stream(_libp2p.peer_by_id(peer), self.protocol_id, timeout=limit)
+        offer = self._offer(new_txid())
+        sent_at = trio.current_time()
+        # the Offer goes out with the stream's negotiation: one round trip to the peer's Offer
+        stream = await _libp2p.open_stream_sending(node.host, peer, self.protocol_id,
+                                                   frame_stream(encode(offer)), limit)
         try:
             with _libp2p.map_peer_errors("punch coordination", limit), trio.fail_after(limit):
-                offer = self._offer(new_txid())
-                sent_at = trio.current_time()
-                await _libp2p.write_frame(stream, encode(offer))
                 budget = SendBudget(paid=0)
                 first = await _libp2p.read_frame(stream)
                 rtt = trio.current_time() - sent_at  # the first frame back: Padding or Offer
