@@ -19,6 +19,7 @@ from pathlib import Path
 
 from tests.lab.test_punch_lab import listen, mesh_args, start_relay
 from tests.support.netlab import Lab, Nat, lab_available
+from tests.support.wan import Wan
 
 from benchmarks._stats import median_p, row
 
@@ -29,19 +30,23 @@ PAIRS = [(Nat.CONE, Nat.CONE), (Nat.CONE, Nat.SYMMETRIC), (Nat.SYMMETRIC, Nat.CO
          (Nat.UDP_BLOCKED, Nat.CONE), (None, Nat.CONE)]
 
 
-def dcutr_baseline() -> list[float]:
-    """py-libp2p's DCUtR, cone -> cone: initiate_hole_punch() to the first echo byte, ms."""
+def dcutr_baseline(rounds: int = ROUNDS, wan: Wan | None = None) -> list[float]:
+    """py-libp2p's DCUtR, cone -> cone (`wan` on both sites' uplinks): the relayed connection
+    to the first echo byte over the direct one (initiate_hole_punch() and one echo), ms."""
     times = []
     with Lab("mnbenchdcutr") as lab:
         relay = lab.public_host("relay")
         _, ready = relay.start_json(relay.python(DCUTR_NODE, "relay", "--ip", relay.ip),
                                     timeout=30)
-        dialer, listener = lab.site("a", Nat.CONE).hosts[0], lab.site("b", Nat.CONE).hosts[0]
+        dialer = lab.site("a", Nat.CONE, wan=wan).hosts[0]
+        listener = lab.site("b", Nat.CONE, wan=wan).hosts[0]
         _, peer = listener.start_json(listener.python(DCUTR_NODE, "listener", "--relay",
                                                       str(ready["addr"])), timeout=30)
-        for _ in range(ROUNDS):
+        for _ in range(rounds):
             proc = dialer.run(dialer.python(DCUTR_NODE, "dialer", "--relay", str(ready["addr"]),
                                             "--peer", str(peer["peer_id"])), timeout=90)
+            if proc.returncode != 0 or not proc.stdout.strip():
+                continue  # a failed round: not direct
             result = json.loads(proc.stdout.splitlines()[-1])
             if result["direct"] and result["echo_ok"]:
                 times.append(result["first_byte_ms"])

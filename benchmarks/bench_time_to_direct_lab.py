@@ -19,6 +19,9 @@ The cone -> symmetric pair is birthday probing: its punched share is the success
 
 Run: sudo .venv/bin/python -m benchmarks.bench_time_to_direct_lab [--rtt 0 20 80]
      [--loss 0 2] [--pairs cone/cone cone/symmetric udp-blocked/cone] [-n 20] [--json]
+     [--baseline OTHER_TREE/src]
+With --baseline each pair also runs on a second pair of sites with the other tree's meshnat,
+the two alternating run by run: before/after figures under the same load.
 """
 
 from __future__ import annotations
@@ -34,11 +37,12 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from tests.lab.test_punch_lab import listen, mesh_args, start_relay
+from tests.lab.test_punch_lab import mesh_args, start_relay
 from tests.support.netlab import Host, Lab, Nat, lab_available
 from tests.support.wan import Wan
 
 from benchmarks._stats import median_p, row
+from benchmarks.bench_punch_lab import dcutr_baseline
 
 KINDS = {"cone": Nat.CONE, "symmetric": Nat.SYMMETRIC, "udp-blocked": Nat.UDP_BLOCKED}
 DEFAULT_PAIRS = ("cone/cone", "cone/symmetric", "udp-blocked/cone")
@@ -60,7 +64,7 @@ for _ in range(int(sys.argv[2])):
     time.sleep(0.05)
 print(json.dumps(statistics.median(rtts)))
 """
-WIDTHS = (8, 7, 18, 9, 16, 18, 10, 8, 11, 22)
+WIDTHS = (8, 7, 29, 9, 16, 18, 10, 8, 11, 22)
 
 
 @dataclass
@@ -122,40 +126,67 @@ def network_rtt(hosts: tuple[Host, Host], server: Host) -> float:
     return total
 
 
-def run_pair(lab: Lab, relay: str, reflectors: list[str], dialer: Host, listener: Host,
-             result: PairResult, n: int, wait_direct: float) -> None:
-    peer = listen(listener, relay, reflectors)
-    for _ in range(n):
-        result.runs += 1
-        try:
-            proc = dialer.run(dialer.python(
-                "-m", "meshnat", "connect", peer, "--wait-direct", str(wait_direct),
-                *mesh_args(relay, reflectors)), timeout=wait_direct + 60)
-        except subprocess.TimeoutExpired:
-            result.failures.append("connect timed out")
-            continue
-        if proc.returncode != 0 or not proc.stdout.strip():
-            result.failures.append(f"exit {proc.returncode}: {proc.stderr[-300:]}")
-            continue
-        out = json.loads(proc.stdout.splitlines()[-1])
-        if out.get("relayed_rtt_ms") is not None:
-            result.relay_rtt_ms.append(out["relayed_rtt_ms"])
-        if out["path"] != "punched":
-            result.failures.append(f"relayed: {out.get('punch_error')}")
-            continue
-        result.punched += 1
-        transport = str(out["transport"])
-        result.transports[transport] = result.transports.get(transport, 0) + 1
-        result.direct_ms.append(out["time_to_direct_ms"])
-        result.first_byte_ms.append(out["time_to_direct_ms"] + out["rtt_ms"])
-        if out.get("path_rtt_ms") is not None:
-            result.direct_rtt_ms.append(out["path_rtt_ms"])
+@dataclass
+class End:
+    """One pair's two hosts running one source tree, and what its runs gave."""
+
+    dialer: Host
+    listener: Host
+    src: str | None
+    """The `src` directory the meshnat processes import (None: this interpreter's own)."""
+    result: PairResult
+    peer: str = ""
+
+    def meshnat(self, host: Host, *args: str) -> list[str]:
+        env = [] if self.src is None else ["env", f"PYTHONPATH={self.src}"]
+        return [*env, *host.python("-m", "meshnat", *args)]
+
+
+def start_listener(end: End, relay: str, reflectors: list[str]) -> None:
+    host = end.listener
+    _, ready = host.start_json(end.meshnat(host, "listen", *mesh_args(relay, reflectors)),
+                               timeout=60)
+    end.peer = str(ready["peer_id"])
+
+
+def connect_once(end: End, relay: str, reflectors: list[str], wait_direct: float) -> None:
+    """One `meshnat connect` from `end`'s dialer; its outcome goes into `end.result`."""
+    result, host = end.result, end.dialer
+    result.runs += 1
+    try:
+        proc = host.run(end.meshnat(host, "connect", end.peer, "--wait-direct",
+                                    str(wait_direct), *mesh_args(relay, reflectors)),
+                        timeout=wait_direct + 60)
+    except subprocess.TimeoutExpired:
+        result.failures.append("connect timed out")
+        return
+    if proc.returncode != 0 or not proc.stdout.strip():
+        result.failures.append(f"exit {proc.returncode}: {proc.stderr[-300:]}")
+        return
+    out = json.loads(proc.stdout.splitlines()[-1])
+    if out.get("relayed_rtt_ms") is not None:
+        result.relay_rtt_ms.append(out["relayed_rtt_ms"])
+    if out["path"] != "punched":
+        result.failures.append(f"relayed: {out.get('punch_error')}")
+        return
+    result.punched += 1
+    transport = str(out["transport"])
+    result.transports[transport] = result.transports.get(transport, 0) + 1
+    result.direct_ms.append(out["time_to_direct_ms"])
+    result.first_byte_ms.append(out["time_to_direct_ms"] + out["rtt_ms"])
+    if out.get("path_rtt_ms") is not None:
+        result.direct_rtt_ms.append(out["path_rtt_ms"])
 
 
 def run_setting(rtt_ms: float, loss: float, pairs: list[str], n: int, wait_direct: float,
-                seed: int) -> list[PairResult]:
-    """One lab for one (RTT, loss): every pair's runs in turn, then the lab is torn down."""
+                seed: int, baseline: str | None) -> list[PairResult]:
+    """One lab for one (RTT, loss): every pair's runs in turn, then the lab is torn down.
+    With a `baseline` tree each pair has a second pair of sites running it, and the runs of
+    the two alternate (the same load on both)."""
     results = []
+    trees: list[tuple[str, str | None]] = [("", None)]
+    if baseline is not None:
+        trees.append((" (baseline)", baseline))
     with Lab(wan_seed=seed) as lab:
         relay, reflectors = start_relay(lab)
         rtt_server = lab.public_host("rtt")
@@ -163,12 +194,18 @@ def run_setting(rtt_ms: float, loss: float, pairs: list[str], n: int, wait_direc
         wan = wan_for(rtt_ms, loss)
         for i, pair in enumerate(pairs):
             left, right = (KINDS[kind] for kind in pair.split("/"))
-            dialer = lab.site(f"p{i}a", left, wan=wan).hosts[0]
-            listener = lab.site(f"p{i}b", right, wan=wan).hosts[0]
-            result = PairResult(rtt_ms, loss, pair,
-                                network_rtt_ms=network_rtt((dialer, listener), rtt_server))
-            run_pair(lab, relay, reflectors, dialer, listener, result, n, wait_direct)
-            results.append(result)
+            ends = []
+            for j, (label, src) in enumerate(trees):
+                dialer = lab.site(f"p{i}{j}a", left, wan=wan).hosts[0]
+                listener = lab.site(f"p{i}{j}b", right, wan=wan).hosts[0]
+                result = PairResult(rtt_ms, loss, pair + label, network_rtt_ms=network_rtt(
+                    (dialer, listener), rtt_server))
+                ends.append(End(dialer, listener, src, result))
+                start_listener(ends[-1], relay, reflectors)
+            for _ in range(n):
+                for end in ends:
+                    connect_once(end, relay, reflectors, wait_direct)
+            results += [end.result for end in ends]
     return results
 
 
@@ -195,7 +232,7 @@ def print_table(results: list[PairResult]) -> None:
         print(row(f"{r.rtt_ms:g}", f"{r.loss:.0%}", r.pair, f"{r.punched}/{r.runs}",
                   *_cells(r), widths=WIDTHS))
     for r in results:
-        if r.pair == "cone/symmetric":
+        if r.pair.startswith("cone/symmetric"):
             print(f"birthday probing (cone -> symmetric) at {r.rtt_ms:g} ms, {r.loss:.0%} loss: "
                   f"{r.punched}/{r.runs} = {r.punched / max(r.runs, 1):.0%} (goal >= 95%)")
     for r in results:
@@ -208,6 +245,19 @@ def print_table(results: list[PairResult]) -> None:
           "open + ping, medians); loss: per uplink crossing, so about twice that end to end")
 
 
+def print_dcutr(rtt: float, times: list[float], runs: int, results: list[PairResult]) -> None:
+    """py-libp2p's DCUtR at `rtt` against meshnat's cone/cone first byte at `rtt`, no loss."""
+    ours = [r for r in results if r.pair == "cone/cone" and r.rtt_ms == rtt and r.loss == 0]
+    line = f"py-libp2p 0.8.1 DCUtR cone -> cone at {rtt:g} ms: {len(times)}/{runs}"
+    if times:
+        med, p90 = median_p(times, 90)
+        line += f" direct, first byte median {med:.0f} ms, p90 {p90:.0f} ms"
+        if ours and ours[0].first_byte_ms:
+            mine = median_p(ours[0].first_byte_ms, 50)[0]
+            line += f"; meshnat cone/cone {mine:.0f} ms, meshnat/DCUtR = {mine / med:.2f}"
+    print(line)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rtt", type=float, nargs="+", default=[0, 20, 80], metavar="MS")
@@ -218,6 +268,11 @@ def main() -> None:
     parser.add_argument("--wait-direct", type=float, default=10.0, metavar="SECONDS")
     parser.add_argument("--seed", type=int, default=1, help="the WAN emulator's seed")
     parser.add_argument("--json", action="store_true", help="one JSON object at the end")
+    parser.add_argument("--dcutr", type=int, default=0, metavar="N",
+                        help="also run py-libp2p 0.8.1's DCUtR cone -> cone N times per RTT "
+                        "(its own lab, no loss), against cone/cone's first byte")
+    parser.add_argument("--baseline", metavar="SRC", help="another tree's src directory (e.g. "
+                        "a worktree of an older commit), run alternately with this one")
     args = parser.parse_args()
     if (reason := lab_available()) is not None:
         raise SystemExit(reason)
@@ -227,18 +282,23 @@ def main() -> None:
     for rtt in args.rtt:
         for loss in args.loss:
             setting = run_setting(rtt, loss / 100, args.pairs, args.n, args.wait_direct,
-                                  args.seed)
+                                  args.seed, args.baseline)
             results += setting
             if not args.json:
                 print_table(setting)
                 sys.stdout.flush()
+    dcutr = {rtt: dcutr_baseline(args.dcutr, wan_for(rtt, 0)) for rtt in args.rtt} \
+        if args.dcutr else {}
     load = os.getloadavg()
     if args.json:
         print(json.dumps({"results": [r.summary() for r in results], "load_average": load,
+                          "dcutr_first_byte_ms": {str(k): v for k, v in dcutr.items()},
                           "seconds": time.monotonic() - started}))
     else:
         print("all settings:")
         print_table(results)
+        for rtt, times in dcutr.items():
+            print_dcutr(rtt, times, args.dcutr, results)
         print(f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} at the end; "
               f"{time.monotonic() - started:.0f} s")
 
