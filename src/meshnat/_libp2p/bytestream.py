@@ -6,10 +6,8 @@ py-libp2p specifics handled here:
   maps to StreamReset; that is end of stream too.
 - Half-close is `close_write()`: `close()` on a QUIC stream closes both directions, and on any
   stream also unregisters it from its connection.
-- Yamux `write()` gives up (MuxedStreamError) after waiting 5 s for the peer to open its
-  receive window, so any reader that pauses for 5 s would kill a tunnel. `send_all()` waits
-  for the window itself, without that limit, and writes no more than the window allows, so
-  backpressure can last as long as the caller's own (idle) timeout.
+- A write waits for the peer's window as long as it takes (meshnat's Yamux has no 5 s limit
+  as py-libp2p's had), so backpressure lasts as long as the caller's own (idle) timeout.
 """
 
 from __future__ import annotations
@@ -21,9 +19,6 @@ from libp2p.abc import INetStream
 from libp2p.network.stream.exceptions import StreamEOF, StreamReset
 
 from meshnat._libp2p.streams import map_peer_errors, reset_quietly
-
-_WINDOW_POLL = 0.01
-"""Seconds between send-window checks: py-libp2p's own Yamux polling period."""
 
 
 class StreamBytes:
@@ -46,13 +41,8 @@ class StreamBytes:
                 raise
 
     async def send_all(self, data: bytes) -> None:
-        view = memoryview(data)
         with map_peer_errors(self._stage):
-            while view:
-                window = await self._send_window()
-                size = len(view) if window is None else min(len(view), window)
-                await self.stream.write(bytes(view[:size]))
-                view = view[size:]
+            await self.stream.write(data)
 
     async def send_eof(self) -> None:
         """Half-close: the peer reads EOF, this side can still receive."""
@@ -71,16 +61,6 @@ class StreamBytes:
 
     async def reset(self) -> None:
         await reset_quietly(self.stream)
-
-    async def _send_window(self) -> int | None:
-        """Bytes the Yamux peer will accept now (waiting while it is 0); None if not Yamux."""
-        muxed = cast(Any, self.stream).muxed_stream
-        if not isinstance(getattr(muxed, "send_window", None), int):
-            return None  # QUIC has its own flow control and no 5 s limit
-        while True:
-            if muxed.send_window > 0 or muxed.closed or muxed.send_closed:
-                return max(1, int(muxed.send_window))
-            await trio.sleep(_WINDOW_POLL)  # py-libp2p has no event for a window update
 
 
 def _closed_cleanly(stream: INetStream) -> bool:

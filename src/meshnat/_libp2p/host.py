@@ -72,8 +72,9 @@ def new_libp2p_host(key_pair: KeyPair, listen: Sequence[multiaddr.Multiaddr], *,
                     max_connections: int, max_connections_per_network: int) -> IHost:
     """A py-libp2p host with TCP (Noise only, Yamux) and, for /quic-v1 addresses, QUIC.
 
-    Yamux is py-libp2p's with a reader that never blocks on a write (`yamux`); mplex is not
-    offered. QUIC streams deliver every byte or fail (`quic_stream`).
+    Yamux is meshnat's own (`yamux`: wire-compatible, a reader that never blocks on a
+    write, auto-tuned windows); mplex is not offered. QUIC streams deliver every byte or
+    fail (`quic_stream`).
 
     Every remote peer id it accepts is proven by a checked signature (`identity`): Noise is
     the only security protocol offered or accepted, and QUIC certificates are checked here.
@@ -118,7 +119,7 @@ def new_libp2p_host(key_pair: KeyPair, listen: Sequence[multiaddr.Multiaddr], *,
         quic_transport_opt=quic,
         connection_config=quiet,
         resource_manager=resources,
-        muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): yamux.NonBlockingReaderYamux},
+        muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): yamux.Yamux},
     )
 
     async def no_auto_dial() -> None:

@@ -18,22 +18,28 @@ needs no workaround: reservation, STATUS codes and circuits work as the spec say
 relay sends (js: duration in milliseconds, not the spec's seconds) is ignored by py-libp2p; the
 relay itself enforces it.
 
-Speed: the hop copies a circuit's bytes with reads of 65,535 bytes, one more than a Yamux frame
-in one Noise message holds, so every read went out as two frames and three Noise messages;
-the read size is set to `FRAME_PAYLOAD` (`_forward_whole_frames`).
+Circuit bytes are forwarded by `_ForwardingProtocol._relay_data`, not py-libp2p's: its loop read
+65,535 bytes at a time (two Yamux frames per read), took any read error, end of stream included,
+for a failure to retry three times with 0.2-0.6 s sleeps, and then closed both streams, so a
+half-close from one side cut off whatever the other side still had to send (a request, then
+its answer). Here each direction copies what one read returns (whole Yamux frames, up to
+`FRAME_PAYLOAD`), passes end of stream on as a half-close and leaves the other direction
+running; a reset or failure on either side resets both. The circuit's byte budget is shared by
+both directions as before; its duration is enforced by `_HopGate`.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any, cast
 
 import multiaddr
 import trio
 from libp2p.abc import IHost, INetConn, INetStream
+from libp2p.network.stream.exceptions import StreamEOF
 from libp2p.peer.id import ID
-from libp2p.relay.circuit_v2 import protocol as relay_protocol
 from libp2p.relay.circuit_v2.config import RelayConfig, RelayRole
 from libp2p.relay.circuit_v2.pb.circuit_pb2 import HopMessage
 from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID as HOP_PROTOCOL
@@ -68,8 +74,7 @@ class CircuitRelay:
                              max_circuit_conns=max_circuits, max_reservations=max_reservations,
                              reservation_ttl=int(reservation_ttl))
         self._host, self._hop = host, hop
-        _forward_whole_frames()
-        self._protocol = CircuitV2Protocol(host, limits=limits, allow_hop=hop)
+        self._protocol = _ForwardingProtocol(host, limits=limits, allow_hop=hop)
         self._gate = None if hop_limits is None else _HopGate(
             self._protocol, hop_limits, read_timeout=hop_read_timeout,
             stream_timeout=hop_stream_timeout, circuit_duration=circuit_duration)
@@ -105,9 +110,35 @@ class CircuitRelay:
         return conn
 
 
-def _forward_whole_frames() -> None:
-    """Make py-libp2p's hop read what one Yamux frame in one Noise message carries."""
-    cast(Any, relay_protocol).MAX_READ_LEN = FRAME_PAYLOAD
+class _ForwardingProtocol(CircuitV2Protocol):
+    """py-libp2p's relay v2 with meshnat's circuit forwarding (see the module docstring)."""
+
+    async def _relay_data(self, src_stream: INetStream, dst_stream: INetStream, peer_id: ID,
+                          deadline: float | None = None,
+                          circuit_data_limit: list[int] | None = None) -> None:
+        clean = False
+        try:
+            while deadline is None or time.monotonic() < deadline:
+                try:
+                    data = await src_stream.read(FRAME_PAYLOAD)
+                except StreamEOF:
+                    await cast(Any, dst_stream).close_write()
+                    clean = True
+                    return
+                if circuit_data_limit is not None:
+                    if len(data) > circuit_data_limit[0]:
+                        log.debug("relay: circuit of %s over its byte budget", peer_id)
+                        break
+                    circuit_data_limit[0] -= len(data)
+                await dst_stream.write(data)
+        except Exception as exc:  # a reset or broken side: the circuit ends both ways
+            log.debug("relay: circuit of %s ended: %s", peer_id, type(exc).__name__)
+        finally:
+            self._active_relays.pop(peer_id, None)
+            if not clean:
+                with trio.CancelScope(shield=True):
+                    await reset_quietly(src_stream)
+                    await reset_quietly(dst_stream)
 
 
 class _HopGate:

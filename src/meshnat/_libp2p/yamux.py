@@ -1,107 +1,304 @@
-"""py-libp2p's Yamux with a frame reader that never waits for the socket to take a write.
+"""Yamux (`/yamux/1.0.0`) of meshnat's own, in place of py-libp2p 0.8.1's, wire-compatible.
 
-py-libp2p 0.8.1's reader task answers some frames inline: the ACK (or RST) for a stream the
-peer opens and the reply to a ping are written from inside the read loop. While that write
-waits for the connection's write lock or for room in the TCP send buffer, nothing is read.
-When both nodes fill their send buffers at once (many streams carrying data both ways, e.g. a
-hundred tunnels through one connection on a loaded machine) and each reader then has a reply
-to write, neither reads again: both connections stall for good, and every stream on them
-with it.
+Why not py-libp2p's: its reader wrote replies (ACKs, RSTs, pings) inline, so two nodes whose
+send buffers filled at once each waited on a write and neither read again (a deadlock seen in
+CI); a full frame (64 KiB of payload) did not fit one Noise message, so it went out as two; a
+writer out of window polled every 10 ms and gave up after 5 s; every frame took several trio
+locks and a dozen debug-log calls; the stream window stayed at 256 KiB; and a connection that
+died ended its streams with a clean EOF, so a cut transfer looked complete. Profiled, ~40% of a
+direct transfer's CPU went to its per-frame Python (docs/performance.md).
 
-Here the reader hands those replies to a queue and a writer task of the connection sends them,
-so reading goes on while the socket is full. A peer that makes us owe more than
-`MAX_PENDING_REPLIES` replies while it does not read them is not following the protocol; its
-connection is closed. Nothing changes on the wire: the same frames are sent, in the same
-order among themselves.
+Here:
+- the reader handles every frame synchronously (`_dispatch`, no await): data goes to the
+  stream's buffer, window updates wake writers; every frame, ours or a reply, goes out through
+  one writer task (`yamux_outbox`), so neither the reader nor a cancelled writer can leave the
+  wire half-written or stuck. A peer that leaves `MAX_PENDING_REPLIES` replies unsent is
+  disconnected;
+- a DATA frame's header and payload are one secure-channel write, at most `FRAME_PAYLOAD`
+  bytes, so one Noise message; the Noise session is read in large pieces (`noise_channel`);
+- windows start at 256 KiB (spec) and auto-tune like go-yamux up to 16 MiB (`yamux_frames`),
+  with the RTT from one ping each side sends at start;
+- a stream ends cleanly only with a FIN; when the connection goes, unfinished streams reset.
+- limits: `MAX_STREAMS` open streams per connection, `ACCEPT_BACKLOG` not yet accepted (more
+  are refused with RST); DATA beyond a window, a bad header or a stream id of the wrong parity
+  closes the connection.
 
-py-libp2p builds its Yamux class by name once `/yamux/1.0.0` is negotiated, whatever muxer
-class it was given, so `install()` points that name at this class.
-
-Frames: py-libp2p's largest Yamux frame (64 KiB of payload) does not fit one Noise message
-(65,519 bytes of plaintext), so every full frame went out as two Noise messages, and a 64 KiB
-write as a 65,524-byte frame plus a 12-byte one: three encryptions, sends and decryptions, and
-a window update for the small frame. `install()` caps a frame at one Noise message
-(`FRAME_PAYLOAD` bytes of payload); smaller frames are always valid Yamux.
+py-libp2p builds its Yamux by name once `/yamux/1.0.0` is negotiated, whatever muxer class it
+was given, so `install()` points that name here.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from typing import Any, cast
 
+import multiaddr
 import trio
+from libp2p.abc import IMuxedConn, IMuxedStream, ISecureConn
+from libp2p.connection_types import ConnectionType
 from libp2p.io.exceptions import IOException
-from libp2p.network.connection.exceptions import RawConnError
-from libp2p.security.noise.io import MAX_PLAINTEXT_LENGTH
+from libp2p.peer.id import ID
 from libp2p.stream_muxer import muxer_multistream
-from libp2p.stream_muxer.yamux import yamux as yamux_module
-from libp2p.stream_muxer.yamux.yamux import HEADER_SIZE, Yamux
+from libp2p.stream_muxer.exceptions import MuxedConnUnavailable, MuxedStreamError
+
+from meshnat._libp2p.noise_channel import secure_channel
+from meshnat._libp2p.yamux_frames import (
+    ACK,
+    DATA,
+    FIN,
+    FRAME_PAYLOAD,
+    GO_AWAY,
+    GO_AWAY_NORMAL,
+    GO_AWAY_PROTOCOL_ERROR,
+    PING,
+    RST,
+    SYN,
+    WINDOW_UPDATE,
+    Frame,
+    FrameParser,
+    YamuxProtocolError,
+    encode,
+)
+from meshnat._libp2p.yamux_outbox import Outbox, OutboxClosed
+from meshnat._libp2p.yamux_stream import YamuxStream
+from meshnat.errors import RemoteProtocolError
+
+__all__ = ["FRAME_PAYLOAD", "MAX_PENDING_REPLIES", "Yamux", "YamuxStream", "install"]
 
 log = logging.getLogger(__name__)
-
-FRAME_PAYLOAD = MAX_PLAINTEXT_LENGTH - HEADER_SIZE
-"""Payload of the largest Yamux frame that fits one Noise message (65,507 bytes): what a
-tunnel reads at once and a relay hop copies at once."""
 
 MAX_PENDING_REPLIES = 4096
 """Replies (12-byte frames) a peer may have us owe before its connection is closed."""
 
-_CONNECTION_GONE = (IOException, trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+MAX_STREAMS = 1024
+"""Open streams per connection, both directions together; go-yamux has no limit of its own
+(the resource manager has), js-libp2p allows 1,024 inbound."""
 
-_REPLIES_PER_WRITE = 64
-"""Queued replies coalesced into one secure-channel message."""
+ACCEPT_BACKLOG = 256
+"""Streams the peer opened that nothing has accepted yet (go-yamux's AcceptBacklog)."""
+
+OUTBOX_BYTES = 256 * 1024
+"""Bytes of DATA queued for the writer task before stream writers wait."""
+
+_CLOSE_TIMEOUT = 1.0
+"""Seconds a close waits to send GO_AWAY and close the secure channel."""
+
+_CONNECTION_GONE = (IOException, trio.BrokenResourceError, trio.ClosedResourceError, OSError,
+                    EOFError)
 
 
-class PeerNotReading(RawConnError):
-    """The peer left `MAX_PENDING_REPLIES` replies unread: the connection is closed."""
+class Yamux(IMuxedConn):
+    """A Yamux session over one secure connection (py-libp2p's IMuxedConn)."""
 
+    def __init__(self, secured_conn: ISecureConn, peer_id: ID, is_initiator: bool | None = None,
+                 on_close: Callable[[], Awaitable[Any]] | None = None) -> None:
+        self.secured_conn = secured_conn
+        self._channel = secure_channel(secured_conn)
+        self.peer_id = peer_id
+        self.on_close = on_close
+        self._initiator = secured_conn.is_initiator if is_initiator is None else is_initiator
+        self._next_id = 1 if self._initiator else 2
+        self._streams: dict[int, YamuxStream] = {}
+        self._accept_out, self._accept_in = trio.open_memory_channel[YamuxStream](ACCEPT_BACKLOG)
+        self._outbox = Outbox(self._channel, OUTBOX_BYTES)
+        self._ping_sent: float | None = None
+        self.rtt = 0.0
+        """Seconds, from one ping at start (0 until its answer came)."""
+        self.event_started = trio.Event()
+        self.event_closed = trio.Event()
+        self._closing = False
+        self._peer_going_away = False
+        self._close_code = GO_AWAY_NORMAL
 
-class NonBlockingReaderYamux(Yamux):
-    """Yamux (`/yamux/1.0.0`, wire-compatible) whose reader queues its replies."""
+    # --- IMuxedConn ------------------------------------------------------------------------
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self._reader: trio.lowlevel.Task | None = None
-        send, receive = trio.open_memory_channel[bytes](MAX_PENDING_REPLIES)
-        self._replies_out, self._replies_in = send, receive
+    @property
+    def is_initiator(self) -> bool:
+        return self._initiator
 
-    async def handle_incoming(self) -> None:
-        self._reader = trio.lowlevel.current_task()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._send_replies)
-            try:
-                await super().handle_incoming()
-            finally:
-                nursery.cancel_scope.cancel()
+    @property
+    def is_established(self) -> bool:
+        return self.event_started.is_set() and not (self._closing or self._peer_going_away)
 
-    async def _write_frame(self, data: bytes) -> None:
-        if trio.lowlevel.current_task() is not self._reader:
-            await super()._write_frame(data)
+    @property
+    def is_closed(self) -> bool:
+        return self.event_closed.is_set()
+
+    async def start(self) -> None:
+        """Run the session: read frames until the connection ends, then close."""
+        if self.event_started.is_set():
             return
         try:
-            self._replies_out.send_nowait(data)
-        except trio.WouldBlock:
-            log.debug("yamux: %s leaves %d replies unread; closing", self.peer_id,
-                      MAX_PENDING_REPLIES)
-            self.event_shutting_down.set()
-            raise PeerNotReading("the peer does not read its replies") from None
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._outbox.run)
+                self._ping()
+                self.event_started.set()
+                await self._read_frames()
+                with trio.CancelScope(shield=True):
+                    await self.close()
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.close()
 
-    async def _send_replies(self) -> None:
-        async for first in self._replies_in:
-            batch = [first]
-            while len(batch) < _REPLIES_PER_WRITE:
-                try:
-                    batch.append(self._replies_in.receive_nowait())
-                except trio.WouldBlock:
-                    break
+    async def close(self, error_code: int = GO_AWAY_NORMAL) -> None:
+        """GO_AWAY (best effort), close the secure channel, reset what is unfinished."""
+        if self._closing:
+            await self.event_closed.wait()
+            return
+        self._closing = True
+        self._accept_out.close()
+        for stream in list(self._streams.values()):
+            stream.kill()
+        self._streams.clear()
+        with trio.move_on_after(_CLOSE_TIMEOUT):
+            with suppress(OutboxClosed):
+                self._outbox.put(encode(GO_AWAY, 0, 0, max(error_code, self._close_code)))
+            await self._outbox.flush()
+        self._outbox.close()
+        with trio.move_on_after(_CLOSE_TIMEOUT):
             try:
-                await super()._write_frame(b"".join(batch))
-            except _CONNECTION_GONE:
-                return  # the reader sees the connection end and shuts it down
+                await self.secured_conn.close()
+            except Exception as exc:  # closing a broken channel: nothing left to do
+                log.debug("yamux: closing %s: %s", self.peer_id, type(exc).__name__)
+        self.event_closed.set()
+        if self.on_close is not None:
+            await self.on_close()
+
+    async def open_stream(self) -> IMuxedStream:
+        if self._closing or self._peer_going_away:
+            raise MuxedStreamError("yamux: connection closed")
+        if len(self._streams) >= MAX_STREAMS:
+            raise MuxedStreamError("yamux: too many open streams")
+        stream_id, self._next_id = self._next_id, self._next_id + 2
+        stream = YamuxStream(self, stream_id, trio.current_time())
+        self._streams[stream_id] = stream
+        try:
+            await self.send_frame(encode(WINDOW_UPDATE, SYN, stream_id, 0))
+        except BaseException:
+            stream.kill()
+            self.forget_if_done(stream)
+            raise
+        return stream
+
+    async def accept_stream(self) -> IMuxedStream:
+        try:
+            return await self._accept_in.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise MuxedConnUnavailable("yamux: connection closed") from None
+
+    def get_transport_addresses(self) -> list[multiaddr.Multiaddr]:
+        return self.secured_conn.get_transport_addresses()
+
+    def get_connection_type(self) -> ConnectionType:
+        return self.secured_conn.get_connection_type()
+
+    def get_remote_address(self) -> tuple[str, int] | None:
+        return self.secured_conn.get_remote_address()
+
+    # --- writing -------------------------------------------------------------------------
+
+    async def send_frame(self, header: bytes, payload: bytes | memoryview = b"") -> None:
+        """Queue one frame (header and payload: one Noise message); waits while the outbox
+        is full; raises MuxedStreamError once the connection is closing."""
+        try:
+            await self._outbox.put_waiting(header + payload if payload else header)
+        except OutboxClosed:
+            raise MuxedStreamError("yamux: connection closed") from None
+
+    def send_control(self, frame: bytes) -> None:
+        """Queue a small frame (a window update, an RST); never waits."""
+        with suppress(OutboxClosed):
+            self._outbox.put(frame)
+
+    def _reply(self, frame: bytes) -> None:
+        """Queue a frame the peer's frame calls for; too many unsent: the peer is not reading."""
+        if self._outbox.small_frames >= MAX_PENDING_REPLIES:
+            raise YamuxProtocolError("yamux: the peer does not read its replies")
+        self.send_control(frame)
+
+    def _ping(self) -> None:
+        self._ping_sent = trio.current_time()
+        self.send_control(encode(PING, SYN, 0, 1))
+
+    # --- reading -------------------------------------------------------------------------
+
+    async def _read_frames(self) -> None:
+        parser = FrameParser()
+        read = self._channel.read
+        try:
+            while True:
+                data = await read()
+                if not data:
+                    return
+                for frame in parser.feed(data):
+                    self._dispatch(frame)
+        except RemoteProtocolError as exc:
+            log.debug("yamux: %s broke the protocol: %s", self.peer_id, exc)
+            self._close_code = GO_AWAY_PROTOCOL_ERROR
+        except (*_CONNECTION_GONE, MuxedStreamError) as exc:
+            log.debug("yamux: connection to %s ended: %s", self.peer_id, type(exc).__name__)
+
+    def _dispatch(self, frame: Frame) -> None:
+        if frame.type == PING:
+            if frame.flags & SYN:
+                self._reply(encode(PING, ACK, 0, frame.length))
+            elif frame.flags & ACK and self._ping_sent is not None:
+                self.rtt, self._ping_sent = trio.current_time() - self._ping_sent, None
+            return
+        if frame.type == GO_AWAY:
+            self._going_away_remote()
+            return
+        stream = self._streams.get(frame.stream_id)
+        if frame.flags & SYN:
+            stream = self._opened_by_peer(frame.stream_id)
+            if stream is None:
+                return
+        if stream is None:
+            return  # a stream we forgot (reset, or both sides done): late frames are dropped
+        if frame.type == DATA:
+            stream.deliver(frame.payload)
+        elif frame.length:
+            stream.grant(frame.length)
+        if frame.flags & RST:
+            stream.kill()
+            self.forget_if_done(stream)
+        elif frame.flags & FIN:
+            stream.finish()
+            self.forget_if_done(stream)
+
+    def _opened_by_peer(self, stream_id: int) -> YamuxStream | None:
+        if stream_id == 0 or stream_id % 2 == self._next_id % 2 or stream_id in self._streams:
+            raise YamuxProtocolError("yamux: SYN with a stream id the peer may not use")
+        if self._closing or self._peer_going_away or len(self._streams) >= MAX_STREAMS:
+            self._reply(encode(WINDOW_UPDATE, RST, stream_id, 0))
+            return None
+        stream = YamuxStream(self, stream_id, trio.current_time())
+        try:
+            self._accept_out.send_nowait(stream)
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            self._reply(encode(WINDOW_UPDATE, RST, stream_id, 0))
+            return None
+        self._streams[stream_id] = stream
+        self._reply(encode(WINDOW_UPDATE, ACK, stream_id, 0))
+        return stream
+
+    def _going_away_remote(self) -> None:
+        """The peer opens no more streams; ours finish, new ones are refused."""
+        self._peer_going_away = True
+        self._accept_out.close()
+
+    def forget_if_done(self, stream: YamuxStream) -> None:
+        if stream.closed and self._streams.get(stream.stream_id) is stream:
+            del self._streams[stream.stream_id]
+
+    def statistics(self) -> dict[str, int]:
+        """Open streams and replies waiting to be sent."""
+        return {"streams": len(self._streams), "pending_replies": self._outbox.small_frames}
 
 
 def install() -> None:
-    """Make every Yamux connection py-libp2p negotiates a `NonBlockingReaderYamux` whose
-    frames each fit one Noise message."""
-    cast(Any, muxer_multistream).Yamux = NonBlockingReaderYamux
-    cast(Any, yamux_module).MAX_MESSAGE_SIZE = HEADER_SIZE + FRAME_PAYLOAD
+    """Make every Yamux connection py-libp2p negotiates one of meshnat's `Yamux`."""
+    cast(Any, muxer_multistream).Yamux = Yamux
