@@ -1,0 +1,295 @@
+"""One QUIC connection as py-libp2p's IMuxedConn: qh3's events to streams, timers, keepalive.
+
+The endpoint (`endpoint.QuicEndpoint`) feeds it datagrams in batches and sends what `flush`
+returns; everything here runs without blocking except the timer task and the waits of
+`open_stream`/`accept_stream`/`handshake`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+import multiaddr
+import trio
+from libp2p.abc import IMuxedConn
+from libp2p.connection_types import ConnectionType
+from libp2p.peer.id import ID
+from libp2p.stream_muxer.exceptions import MuxedConnUnavailable, MuxedStreamReset
+from qh3.quic import events
+from qh3.quic.connection import QuicConnectionError
+
+from meshnat._libp2p.quic.stream import RECEIVE_LIMIT, QuicStream
+from meshnat._libp2p.quic.tls import Libp2pQuicConnection
+
+if TYPE_CHECKING:
+    from meshnat._libp2p.quic.endpoint import QuicEndpoint
+
+log = logging.getLogger(__name__)
+
+KEEPALIVE = 15.0
+"""Seconds of silence after which a PING keeps the path (and NAT mappings) alive."""
+MAX_INBOUND_STREAMS = 256
+"""Streams the peer opened that wait for `accept_stream`; more are reset."""
+_NO_STREAM = 0
+
+
+class QuicConn(IMuxedConn):
+    """A libp2p QUIC connection over `endpoint`'s socket, to `remote`."""
+
+    def __init__(self, endpoint: QuicEndpoint, quic: Libp2pQuicConnection,
+                 remote: tuple[str, int], *, expected_peer: ID | None,
+                 read_timeout: float | None) -> None:
+        self.endpoint, self.quic, self.remote_address = endpoint, quic, remote
+        self._initiator = quic.configuration.is_client
+        self._expected_peer = expected_peer
+        self.peer_id = expected_peer or ID(b"")
+        self.read_timeout = read_timeout
+        self.event_started = trio.Event()
+        self.handshake_done = trio.Event()
+        self.closed = trio.Event()
+        self.failure: str | None = None
+        self.on_close: Callable[[], Awaitable[None]] | None = None
+        self._streams: dict[int, QuicStream] = {}
+        self._incoming: deque[QuicStream] = deque()
+        self._incoming_ready = trio.Event()
+        self._send_progress = trio.Event()
+        self._timer_moved = trio.Event()
+        self._sleeping_until = float("inf")
+        self._last_activity = trio.current_time()
+        self.paused = False
+        self._full: set[int] = set()
+
+    # --- IMuxedConn ---------------------------------------------------------------------
+
+    @property
+    def is_initiator(self) -> bool:
+        return self._initiator
+
+    @property
+    def is_established(self) -> bool:
+        return self.handshake_done.is_set() and not self.closed.is_set()
+
+    @property
+    def is_closed(self) -> bool:
+        return self.closed.is_set()
+
+    async def start(self) -> None:
+        """Called by the swarm; the endpoint drives the connection, so only marks it started."""
+        self.event_started.set()
+        await self.closed.wait()
+
+    async def close(self) -> None:
+        """Close the connection (CONNECTION_CLOSE to the peer, every stream fails)."""
+        self.shut("closed here")
+        await trio.lowlevel.checkpoint()
+
+    async def open_stream(self) -> QuicStream:
+        if self.closed.is_set():
+            raise MuxedConnUnavailable("connection closed")
+        try:
+            stream = QuicStream(self, self.quic._open_stream())
+        except QuicConnectionError as exc:
+            self.shut(f"qh3 failed: {exc.reason_phrase}")
+            raise MuxedConnUnavailable("connection closed") from exc
+        self._streams[stream.stream_id] = stream
+        await trio.lowlevel.checkpoint()
+        return stream
+
+    async def accept_stream(self) -> QuicStream:
+        while not self._incoming:
+            if self.closed.is_set():
+                raise MuxedConnUnavailable("connection closed")
+            await self._incoming_ready.wait()
+            self._incoming_ready = trio.Event()
+        return self._incoming.popleft()
+
+    def get_transport_addresses(self) -> list[multiaddr.Multiaddr]:
+        ip, port = self.remote_address[:2]
+        family = "ip6" if ":" in ip else "ip4"
+        return [multiaddr.Multiaddr(f"/{family}/{ip}/udp/{port}/quic-v1")]
+
+    def get_connection_type(self) -> ConnectionType:
+        return ConnectionType.DIRECT
+
+    def get_remote_address(self) -> tuple[str, int]:
+        return self.remote_address
+
+    # --- streams' calls -----------------------------------------------------------------
+
+    def send(self, stream_id: int, data: bytes, *, end_stream: bool) -> None:
+        try:
+            self.quic.send_stream_data(stream_id, data, end_stream=end_stream)
+        except QuicConnectionError as exc:
+            raise MuxedStreamReset(f"stream {stream_id}: {exc.reason_phrase}") from exc
+        self.flush()
+
+    def send_backlog(self, stream_id: int) -> int:
+        return 0 if self.closed.is_set() else self.quic.get_send_buffer_size(stream_id)
+
+    async def wait_send_progress(self) -> None:
+        await self._send_progress.wait()
+
+    def wake_writers(self) -> None:
+        self._send_progress.set()
+        self._send_progress = trio.Event()
+
+    def reset(self, stream_id: int, code: int) -> None:
+        with contextlib.suppress(QuicConnectionError):  # a stream already finished
+            self.quic.reset_stream(stream_id, code)
+        self.stop_sending(stream_id, code)
+
+    def stop_sending(self, stream_id: int, code: int) -> None:
+        with contextlib.suppress(QuicConnectionError):
+            self.quic.stop_stream(stream_id, code)
+        self.flush()
+
+    def stream_drained(self, stream: QuicStream) -> None:
+        """A reader took data: resume taking datagrams once no stream is over its limit."""
+        if stream.unread <= RECEIVE_LIMIT // 2:
+            self._full.discard(stream.stream_id)
+            self.paused = bool(self._full)
+
+    def forget_if_done(self, stream: QuicStream) -> None:
+        if stream.done:
+            self._streams.pop(stream.stream_id, None)
+
+    # --- the endpoint's calls -----------------------------------------------------------
+
+    def receive(self, datagrams: list[bytes], addr: tuple[str, int], now: float) -> None:
+        """Feed a batch of datagrams from `addr`, then handle qh3's events (no sending)."""
+        self._last_activity = now
+        try:
+            self.quic.receive_many_datagrams(datagrams, addr, now)
+        except QuicConnectionError as exc:
+            self._terminate(f"qh3 failed: {exc.reason_phrase}")
+            return
+        self._handle_events()
+        self.wake_writers()
+
+    def flush(self) -> None:
+        """Send what qh3 has to send now; re-arm the timer task if its deadline moved earlier.
+
+        A qh3 failure ends this connection only (qh3 2.1 raises here, for one, when serving
+        aioquic's single-datagram ClientHello: "packet builder capacity exhausted").
+        """
+        if self.closed.is_set():
+            return
+        now = trio.current_time()
+        try:
+            datagrams = self.quic.datagrams_to_send(now)
+        except QuicConnectionError as exc:
+            self._terminate(f"qh3 failed: {exc.reason_phrase}")
+            return
+        if datagrams:
+            self.endpoint.send_datagrams(datagrams)
+        timer = self.quic.get_timer()
+        if timer is not None and timer < self._sleeping_until:
+            self._timer_moved.set()
+
+    async def run_timers(self) -> None:
+        """qh3's timers and the keepalive, until the connection is closed."""
+        while not self.closed.is_set():
+            timer = self.quic.get_timer()
+            deadline = min(timer if timer is not None else float("inf"),
+                           self._last_activity + KEEPALIVE)
+            self._sleeping_until = deadline
+            self._timer_moved = trio.Event()
+            with trio.move_on_at(deadline):
+                await self._timer_moved.wait()
+            self._sleeping_until = float("inf")
+            now = trio.current_time()
+            if timer is not None and now >= timer:
+                try:
+                    self.quic.handle_timer(now)
+                except QuicConnectionError as exc:
+                    self._terminate(f"qh3 failed: {exc.reason_phrase}")
+                    return
+                self._handle_events()
+            elif now >= self._last_activity + KEEPALIVE and self.handshake_done.is_set():
+                self.quic.send_ping(0)
+                self._last_activity = now
+            if not self.closed.is_set():
+                self.flush()
+
+    def _handle_events(self) -> None:
+        while (event := self.quic.next_event()) is not None:
+            if isinstance(event, events.StreamDataReceived):
+                self._on_stream_data(event.stream_id, event.data, event.end_stream)
+            elif isinstance(event, events.StreamReset):
+                stream = self._streams.get(event.stream_id)
+                if stream is not None:
+                    stream.on_reset()
+                    self.forget_if_done(stream)
+            elif isinstance(event, events.StopSendingReceived):
+                stream = self._streams.get(event.stream_id)
+                if stream is not None:
+                    stream.on_stop_sending()
+                    self.wake_writers()
+            elif isinstance(event, events.HandshakeCompleted):
+                self._on_handshake()
+            elif isinstance(event, events.ConnectionIdIssued):
+                self.endpoint.route(event.connection_id, self)
+            elif isinstance(event, events.ConnectionIdRetired):
+                self.endpoint.unroute(event.connection_id)
+            elif isinstance(event, events.ConnectionTerminated):
+                self._terminate(f"terminated by the peer or qh3 (code {event.error_code})")
+                return
+
+    def _on_handshake(self) -> None:
+        proven = self.quic.proven_peer
+        if proven is None:  # Libp2pTlsContext refuses unproven peers; keep the rule local too
+            self._fail("the peer proved no libp2p identity")
+        elif self._expected_peer is not None and proven != self._expected_peer:
+            self._fail("the peer is not the one dialled")
+        else:
+            self.peer_id = proven
+            self.handshake_done.set()
+
+    def shut(self, reason: str, code: int = 0) -> None:
+        """Send CONNECTION_CLOSE (best effort) and end the connection here."""
+        if not self.closed.is_set():
+            try:
+                self.quic.close(error_code=code, reason_phrase="closed")
+                self.flush()
+            except QuicConnectionError:
+                pass
+            self._terminate(reason)
+
+    def _fail(self, reason: str) -> None:
+        self.shut(reason, code=0x100)
+
+    def _on_stream_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            if self._is_local(stream_id) or len(self._incoming) >= MAX_INBOUND_STREAMS:
+                return  # a stream already forgotten, or too many waiting: drop
+            stream = QuicStream(self, stream_id)
+            self._streams[stream_id] = stream
+            self._incoming.append(stream)
+            self._incoming_ready.set()
+        stream.on_data(data, end_stream)
+        if stream.unread > RECEIVE_LIMIT:
+            self._full.add(stream_id)
+            self.paused = True
+
+    def _is_local(self, stream_id: int) -> bool:
+        return (stream_id & 1) == (0 if self._initiator else 1)
+
+    def _terminate(self, reason: str) -> None:
+        if self.closed.is_set():
+            return
+        self.failure = reason
+        self.closed.set()
+        self._timer_moved.set()
+        self._incoming_ready.set()
+        self.wake_writers()
+        for stream in self._streams.values():
+            stream.on_connection_closed()
+        self.endpoint.forget(self)
+        if self.on_close is not None:
+            self.endpoint.spawn(self.on_close)
+        log.debug("quic: connection to %s closed: %s", self.remote_address, reason)
