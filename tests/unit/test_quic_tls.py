@@ -11,7 +11,8 @@ from libp2p.crypto.keys import KeyPair
 from libp2p.peer.id import ID
 from qh3.quic import events
 
-from meshnat._libp2p.quic.tls import Libp2pQuicConnection, configuration, libp2p_certificate
+from meshnat._libp2p.quic.core import Libp2pQuicConnection
+from meshnat._libp2p.quic.tls import configuration, libp2p_certificate
 from tests.support.impostor import forged_certificate
 
 LIMITS = {"max_stream_data": 1 << 20, "max_data": 1 << 22, "idle_timeout": 30.0}
@@ -91,3 +92,28 @@ def test_streams_flow_after_the_mutual_handshake() -> None:
     received = [e for e in iter(server.next_event, None)
                 if isinstance(e, events.StreamDataReceived)]
     assert b"".join(e.data for e in received) == b"hello" and received[-1].end_stream
+
+
+def test_an_unvalidated_address_gets_at_most_three_times_what_it_sent() -> None:
+    """A client's first flight from a (possibly spoofed) address, never answered: everything
+    the server sends, retransmissions included, stays within 3x the bytes it received."""
+    client = Libp2pQuicConnection(configuration=configuration(
+        genuine(create_new_key_pair()), is_client=True, **LIMITS))
+    client.connect(SERVER_ADDR, now=0.0)
+    flight = [data for data, _ in client.datagrams_to_send(0.0)]
+    server = Libp2pQuicConnection(
+        configuration=configuration(genuine(create_new_key_pair()), is_client=False, **LIMITS),
+        original_destination_connection_id=flight[0][6:6 + flight[0][5]])
+    for data in flight:
+        server.receive_datagram(data, CLIENT_ADDR, 0.0)
+    sent = sum(len(d) for d, _ in server.datagrams_to_send(0.0))
+    now = 0.0
+    for _ in range(30):  # the loss-recovery timer fires again and again
+        timer = server.get_timer()
+        if timer is None:
+            break
+        now = max(now, timer)
+        server.handle_timer(now)
+        sent += sum(len(d) for d, _ in server.datagrams_to_send(now))
+    assert 0 < sent <= 3 * sum(map(len, flight))
+    assert server.withheld > 0

@@ -23,7 +23,7 @@ from qh3.quic import events
 from qh3.quic.connection import QuicConnectionError
 
 from meshnat._libp2p.quic.stream import RECEIVE_LIMIT, QuicStream
-from meshnat._libp2p.quic.tls import Libp2pQuicConnection
+from meshnat._libp2p.quic.core import Libp2pQuicConnection
 
 if TYPE_CHECKING:
     from meshnat._libp2p.quic.endpoint import QuicEndpoint

@@ -23,7 +23,7 @@ from libp2p.peer.id import ID
 from qh3.quic.configuration import QuicConfiguration
 
 from meshnat._libp2p.quic.connection import QuicConn
-from meshnat._libp2p.quic.tls import Libp2pQuicConnection
+from meshnat._libp2p.quic.core import Libp2pQuicConnection
 
 log = logging.getLogger(__name__)
 

@@ -31,8 +31,6 @@ from qh3 import tls as qtls
 from qh3._hazmat import Buffer, SignatureError, verify_with_public_key
 from qh3._hazmat import Certificate as X509Certificate
 from qh3.quic.configuration import QuicConfiguration
-from qh3.quic.connection import QuicConnection
-from qh3.quic.tls_bridge import QuicTlsBridge
 
 from meshnat._libp2p.identity import SIGNATURE_PREFIX, proven_peer_id
 
@@ -209,18 +207,3 @@ class Libp2pTlsContext(qtls.Context):
             self.proven_peer = proven_peer_id(x509.load_der_x509_certificate(der))
         except (QUICPeerVerificationError, ValueError) as exc:
             raise qtls.AlertBadCertificate("the certificate proves no libp2p identity") from exc
-
-
-class Libp2pQuicConnection(QuicConnection):
-    """A qh3 connection whose TLS is `Libp2pTlsContext`."""
-
-    def _create_tls(self, remote_source_cid: bytes | None) -> QuicTlsBridge:
-        bridge = super()._create_tls(remote_source_cid)
-        bridge.tls.__class__ = Libp2pTlsContext
-        return bridge
-
-    @property
-    def proven_peer(self) -> ID | None:
-        """The libp2p identity the peer's certificate proved (None before that)."""
-        context = self.tls
-        return context.proven_peer if isinstance(context, Libp2pTlsContext) else None
