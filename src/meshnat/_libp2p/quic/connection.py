@@ -22,8 +22,8 @@ from libp2p.stream_muxer.exceptions import MuxedConnUnavailable, MuxedStreamRese
 from qh3.quic import events
 from qh3.quic.connection import QuicConnectionError
 
-from meshnat._libp2p.quic.stream import RECEIVE_LIMIT, QuicStream
 from meshnat._libp2p.quic.core import Libp2pQuicConnection
+from meshnat._libp2p.quic.stream import RECEIVE_LIMIT, QuicStream
 
 if TYPE_CHECKING:
     from meshnat._libp2p.quic.endpoint import QuicEndpoint
