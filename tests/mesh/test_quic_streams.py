@@ -1,0 +1,142 @@
+"""Stream semantics of meshnat's QUIC transport between two endpoints on loopback.
+
+Half-close, reset, read timeout, and the receive bound: a reader that stops reading holds at
+most `RECEIVE_LIMIT` plus one window of unread data, and every byte still arrives once it
+reads again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.peer.id import ID
+from libp2p.stream_muxer.exceptions import (
+    MuxedStreamClosed,
+    MuxedStreamEOF,
+    MuxedStreamError,
+    MuxedStreamReset,
+)
+
+from meshnat._libp2p.quic import QuicConn, QuicEndpoint, QuicStream
+from meshnat._libp2p.quic.stream import RECEIVE_LIMIT
+from meshnat._libp2p.quic.tls import configuration, libp2p_certificate
+
+WINDOW = 1 << 20
+
+
+def endpoint(*, server: bool, read_timeout: float | None = None) -> tuple[QuicEndpoint, ID]:
+    pair = create_new_key_pair()
+    certificate = libp2p_certificate(pair.private_key)
+    limits = {"max_stream_data": WINDOW, "max_data": 4 * WINDOW, "idle_timeout": 30.0}
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    return QuicEndpoint(
+        sock, client=configuration(certificate, is_client=True, **limits),
+        server=configuration(certificate, is_client=False, **limits) if server else None,
+        read_timeout=read_timeout), ID.from_pubkey(pair.public_key)
+
+
+@asynccontextmanager
+async def connected(read_timeout: float | None = None
+                    ) -> AsyncIterator[tuple[QuicConn, QuicConn]]:
+    """(dialler's connection, listener's connection) over loopback."""
+    dialler, _ = endpoint(server=False)
+    listener, listener_id = endpoint(server=True, read_timeout=read_timeout)
+    accepted: trio.MemorySendChannel[QuicConn]
+    accepted, incoming = trio.open_memory_channel[QuicConn](1)
+    listener.on_accept = accepted.send_nowait
+    async with trio.open_nursery() as nursery:
+        await nursery.start(dialler.serve)
+        await nursery.start(listener.serve)
+        conn = await dialler.dial(listener.local_address, listener_id, timeout=10)
+        yield conn, await incoming.receive()
+        await dialler.close()
+        await listener.close()
+
+
+async def read_all(stream: QuicStream) -> bytes:
+    data = b""
+    with pytest.raises(MuxedStreamEOF):
+        while True:
+            data += await stream.read(1 << 16)
+    return data
+
+
+async def test_half_close_delivers_everything_then_the_reply() -> None:
+    with trio.fail_after(30):
+        async with connected() as (near, far):
+            stream = await near.open_stream()
+            await stream.write(b"question" * 10_000)
+            await stream.close_write()
+            with pytest.raises(MuxedStreamClosed):
+                await stream.write(b"late")
+            remote = await far.accept_stream()
+            assert await read_all(remote) == b"question" * 10_000
+            await remote.write(b"answer")
+            await remote.close()
+            assert await read_all(stream) == b"answer"
+
+
+async def test_a_reset_reaches_the_reader_and_stops_the_writer() -> None:
+    with trio.fail_after(30):
+        async with connected() as (near, far):
+            stream = await near.open_stream()
+            await stream.write(b"partial")
+            remote = await far.accept_stream()
+            assert await remote.read() == b"partial"
+            await stream.reset()
+            with pytest.raises(MuxedStreamReset):
+                await remote.read()
+            with pytest.raises(MuxedStreamReset):
+                await stream.write(b"more")
+
+
+async def test_a_read_with_nothing_arriving_times_out() -> None:
+    with trio.fail_after(30):
+        async with connected(read_timeout=0.2) as (near, far):
+            stream = await near.open_stream()
+            await stream.write(b"x")
+            remote = await far.accept_stream()
+            assert await remote.read() == b"x"
+            with pytest.raises(MuxedStreamError, match="read timeout"):
+                await remote.read()
+
+
+async def test_a_reader_that_stops_bounds_what_is_buffered_and_loses_nothing() -> None:
+    total = 3 * RECEIVE_LIMIT
+    piece = bytes(range(256)) * 256
+    with trio.fail_after(120):
+        async with connected() as (near, far), trio.open_nursery() as nursery:
+            stream = await near.open_stream()
+            written = trio.Event()
+
+            async def write_all() -> None:
+                for _ in range(total // len(piece)):
+                    await stream.write(piece)
+                await stream.close_write()
+                written.set()
+
+            nursery.start_soon(write_all)
+            remote = await far.accept_stream()
+            while not far.paused:
+                await trio.sleep(0.01)  # noqa: ASYNC110 - waits on the transport's own state
+            assert not written.is_set()
+            assert RECEIVE_LIMIT < remote.unread <= RECEIVE_LIMIT + 4 * WINDOW
+            digest = hashlib.sha256()
+            received = 0
+            try:
+                while True:
+                    data = await remote.read(1 << 20)
+                    digest.update(data)
+                    received += len(data)
+            except MuxedStreamEOF:
+                pass
+            await written.wait()
+            assert received == total
+            assert digest.digest() == hashlib.sha256(piece * (total // len(piece))).digest()
