@@ -124,8 +124,7 @@ async def test_a_reader_that_stops_bounds_what_is_buffered_and_loses_nothing() -
 
             nursery.start_soon(write_all)
             remote = await far.accept_stream()
-            while not far.paused:
-                await trio.sleep(0.01)  # noqa: ASYNC110 - waits on the transport's own state
+            await far.intake_paused.wait()
             assert not written.is_set()
             assert RECEIVE_LIMIT < remote.unread <= RECEIVE_LIMIT + 4 * WINDOW
             digest = hashlib.sha256()

@@ -61,6 +61,9 @@ class QuicConn(IMuxedConn):
         self._sleeping_until = float("inf")
         self._last_activity = trio.current_time()
         self.paused = False
+        """True while a stream holds more than RECEIVE_LIMIT unread: datagrams are dropped."""
+        self.intake_paused = trio.Event()
+        """Set while `paused` (a fresh event once intake resumes)."""
         self._full: set[int] = set()
 
     # --- IMuxedConn ---------------------------------------------------------------------
@@ -149,9 +152,11 @@ class QuicConn(IMuxedConn):
 
     def stream_drained(self, stream: QuicStream) -> None:
         """A reader took data: resume taking datagrams once no stream is over its limit."""
-        if stream.unread <= RECEIVE_LIMIT // 2:
+        if stream.unread <= RECEIVE_LIMIT // 2 and stream.stream_id in self._full:
             self._full.discard(stream.stream_id)
-            self.paused = bool(self._full)
+            if self.paused and not self._full:
+                self.paused = False
+                self.intake_paused = trio.Event()
 
     def forget_if_done(self, stream: QuicStream) -> None:
         if stream.done:
@@ -275,6 +280,7 @@ class QuicConn(IMuxedConn):
         if stream.unread > RECEIVE_LIMIT:
             self._full.add(stream_id)
             self.paused = True
+            self.intake_paused.set()
 
     def _is_local(self, stream_id: int) -> bool:
         return (stream_id & 1) == (0 if self._initiator else 1)
