@@ -1,8 +1,9 @@
 """`Connector`: one call to reach a peer, on the best path available now, upgraded in place.
 
-The ladder: an existing connection (a direct one first), then the peer's direct addresses,
-then a relay circuit; with a HolePuncher, a relayed path is punched in the background. Once a
-direct connection opens, new paths use it; the relayed connection is closed as soon as the
+The ladder: an existing connection (a direct one first), then the peer's router port
+mappings (`mapped`, from its signed record), then its direct addresses, then a relay circuit;
+with a HolePuncher, a relayed path is punched in the background. Once a direct connection
+opens, new paths use it; the relayed connection is closed as soon as the
 streams still open on it have finished (at most `relay_drain_timeout` later).
 """
 
@@ -12,6 +13,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import multiaddr
 import trio
 
 from meshnat import _libp2p
@@ -109,8 +111,11 @@ class Connector:
             raise NotMounted("mount Connector on a running MeshNode first")
         return self._node, self._nursery
 
-    async def connect(self, peer: PeerInfo) -> Path:
-        """The best path to `peer` available now (existing, direct, relayed).
+    async def connect(self, peer: PeerInfo, *, mapped: Sequence[multiaddr.Multiaddr] = ()) -> Path:
+        """The best path to `peer` available now (existing, mapped, direct, relayed).
+
+        `mapped` are the peer's router port mappings (`AddressRecord.mapped_addrs()`): a
+        connection to one of them is a PathKind.MAPPED path.
 
         A relayed path is punched in the background; `wait_direct()` waits for that.
         Raises PeerUnavailable when no rung of the ladder reaches the peer.
@@ -121,7 +126,19 @@ class Connector:
         if existing:  # a direct connection if there is one: the relayed one may be draining
             return await self._found(existing[0], started, attempts=["existing connection"])
         attempts: list[str] = []
-        direct = [a for a in peer.addrs if not _libp2p.is_circuit_addr(a)]
+        if mapped:
+            try:
+                await node.connect(PeerInfo(peer.peer_id, list(mapped)),
+                                   timeout=self.config.direct_timeout)
+            except MeshNatError as exc:
+                log.debug("connect: %s not reachable at its mappings: %s", peer.peer_id, exc)
+                attempts.append(f"mapped: {exc}")
+            else:
+                conns = node.connections(peer.peer_id)
+                if conns:
+                    return await self._found(conns[0], started, attempts=[*attempts, "mapped"],
+                                             kind=PathKind.MAPPED)
+        direct = [a for a in peer.addrs if not _libp2p.is_circuit_addr(a) and a not in mapped]
         if direct:
             try:
                 await node.connect(PeerInfo(peer.peer_id, direct),
@@ -200,8 +217,9 @@ class Connector:
                      _libp2p.stream_count(relayed))
         await relayed.close()
 
-    async def _found(self, found: Connection, started: float, *, attempts: list[str]) -> Path:
-        peer, conn, kind = found.peer, found.conn, found.kind
+    async def _found(self, found: Connection, started: float, *, attempts: list[str],
+                     kind: PathKind | None = None) -> Path:
+        peer, conn, kind = found.peer, found.conn, kind or found.kind
         elapsed = trio.current_time() - started
         punched = self._punched.get(peer)
         time_to_direct = (None if not kind.is_direct else punched.elapsed

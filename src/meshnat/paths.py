@@ -16,12 +16,15 @@ class PathKind(StrEnum):
     """Dialled to (or accepted from) the peer's own address."""
     PUNCHED = "punched"
     """Direct, opened through the NATs by a hole punch."""
+    MAPPED = "mapped"
+    """Direct, dialled to a port the peer's router maps for it (PCP, NAT-PMP, UPnP-IGD), as
+    its signed record says; only `Connector.connect` labels a path so."""
     RELAYED = "relayed"
     """A circuit through a relay."""
 
     @property
     def is_direct(self) -> bool:
-        """True for a path without a relay in it (direct or punched)."""
+        """True for a path without a relay in it (direct, mapped or punched)."""
         return self is not PathKind.RELAYED
 
 

@@ -152,11 +152,62 @@ def targets() -> list[Target]:
         verify_record(data, now=NOW)
         return "decoded"
 
+    found += _portmap_targets()
     found += [Target("record:open_envelope", envelope),
               Target("record:decode_peer_record", peer_record),
               Target("record:verify_record", signed),
               Target("record:signed_body", _sign_and_verify)]
     return found
+
+
+def _portmap_targets() -> list[Target]:
+    """NAT-PMP and PCP decoders, and the mapping session and gateway probe that read the
+    gateway's datagrams (they must drop what they cannot use)."""
+    from meshnat.endpoint import Endpoint
+    from meshnat.portmap import MappingProtocol, natpmp, pcp
+    from meshnat.portmap.probe import GatewayProbe
+    from meshnat.portmap.session import MappingSession
+
+    gateway, client = IPv4Address("10.1.0.1"), IPv4Address("10.1.0.10")
+    source = Endpoint(gateway, natpmp.SERVER_PORT)
+
+    def decoder(decode_response: Callable[[bytes], object]) -> Callable[[bytes], str]:
+        def run(data: bytes) -> str:
+            decode_response(data)
+            return "decoded"
+        return run
+
+    def session(protocol: MappingProtocol) -> Callable[[bytes], str]:
+        def run(data: bytes) -> str:
+            s = MappingSession(protocol, "udp", 4001, gateway=gateway, client_ip=client,
+                               lifetime=7200, nonce=bytes(12), rand=lambda: 0.5,
+                               pick_port=lambda: 5000, external_ip=IPv4Address("11.18.0.10"))
+            s.start(0.0)
+            return "event" if s.receive(data, source, 0.1) else "dropped"
+        return run
+
+    def probe(data: bytes) -> str:
+        p = GatewayProbe(gateway, client, 0.0, lambda: 0.5)
+        p.receive(data, source)
+        return "dropped" if p.ignored else "decoded"
+
+    return [Target("portmap:natpmp.decode_response", decoder(natpmp.decode_response)),
+            Target("portmap:pcp.decode_response", decoder(pcp.decode_response)),
+            Target("datagram:MappingSession(pcp).receive", session(MappingProtocol.PCP),
+                   datagram=True),
+            Target("datagram:MappingSession(nat-pmp).receive", session(MappingProtocol.NATPMP),
+                   datagram=True),
+            Target("datagram:GatewayProbe.receive", probe, datagram=True)]
+
+
+PORTMAP_SEEDS = (
+    "00800000000001f20b120032",                  # NAT-PMP external address (miniupnpd)
+    "00810000000001f2115c115c00000078",          # NAT-PMP UDP mapping (miniupnpd)
+    "0080000100000010",                          # NAT-PMP "unsupported version" to PCP
+    "02800000000000000000007b" + "00" * 12,     # PCP ANNOUNCE answer, epoch 123
+    "0281000000001c20000003e8" + "00" * 12 + "00" * 12 + "11000000" + "0fa10fa1"
+    + "00" * 10 + "ffff0b12000a",                # PCP MAP answer
+)
 
 
 DATAGRAM_TYPES: tuple[type[Message], ...] = (
@@ -208,6 +259,11 @@ def seeds(all_targets: list[Target]) -> dict[str, list[bytes]]:
                                     b"\x02127.0.0.1"],
             "record:open_envelope": [signed], "record:verify_record": [signed],
             "record:decode_peer_record": [peer_record], "record:signed_body": [body]}
+    portmap = [bytes.fromhex(h) for h in PORTMAP_SEEDS]
+    out |= {name: portmap for name in (
+        "portmap:natpmp.decode_response", "portmap:pcp.decode_response",
+        "datagram:MappingSession(pcp).receive", "datagram:MappingSession(nat-pmp).receive",
+        "datagram:GatewayProbe.receive")}
     missing = {t.name for t in all_targets} - set(out)
     assert not missing, f"no seeds for {missing}"
     return out

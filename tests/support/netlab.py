@@ -14,6 +14,10 @@ Router kinds (RFC 4787 terms):
 - UDP_BLOCKED: a cone NAT whose firewall drops all UDP leaving the site.
 - PORT_FORWARD: a cone NAT that forwards `forwarded_port` (TCP and UDP) to the first host:
   endpoint-independent filtering on that port.
+
+Any top-level router can also run miniupnpd (`port_mapping`, tests/support/miniupnpd.py):
+UPnP-IGD, NAT-PMP and PCP for its LAN. Its WAN address is then on MAPPING_PREFIX, a second
+prefix on the internet bridge that every bridge host routes on-link.
 """
 
 from __future__ import annotations
@@ -26,13 +30,17 @@ import selectors
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.support import miniupnpd
 from tests.support.wan import Wan, WanEmulator, stop_process
 
 INET_PREFIX = "198.18.0"
+MAPPING_PREFIX = "11.18.0"
+"""WAN addresses of port-mapping routers: miniupnpd will not map on 198.18.0.0/15 (reserved)."""
 
 
 class Nat(enum.StrEnum):
@@ -132,6 +140,11 @@ class Lab:
         self.prefix = prefix or f"mnlab{os.getpid()}"
         self.namespaces: list[str] = []
         self.processes: list[subprocess.Popen[str]] = []
+        self.daemons: list[subprocess.Popen[bytes]] = []
+        self._workdir: Path | None = None
+        self._bridge_legs: list[tuple[str, str]] = []  # (namespace, interface) on br0
+        self._mapping_ips = itertools.count(10)
+        self._mapping_routed = False
         self.wan_seed = wan_seed
         self.wan: WanEmulator | None = None  # started with the first emulated uplink
         self._inet_ips = itertools.count(10)
@@ -177,12 +190,31 @@ class Lab:
         ip = f"{INET_PREFIX}.{next(self._inet_ips)}"
         self._emulate(self._link(ns, "eth0", self.inet, "br0"), wan)
         _run("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", "eth0")
+        self._on_bridge(ns, "eth0")
         return Host(ns, ip, self)
+
+    def _on_bridge(self, ns: str, ifname: str) -> None:
+        """Route the port-mapping prefix on-link from `ns` (once a port-mapping site exists)."""
+        self._bridge_legs.append((ns, ifname))
+        if self._mapping_routed:
+            _run("ip", "-n", ns, "route", "add", f"{MAPPING_PREFIX}.0/24", "dev", ifname)
+
+    def _mapping_wan_ip(self, router_ns: str) -> str:
+        """A WAN address on MAPPING_PREFIX for `router_ns`; routes the prefix lab-wide."""
+        if not self._mapping_routed:
+            self._mapping_routed = True
+            for ns, ifname in self._bridge_legs:
+                _run("ip", "-n", ns, "route", "add", f"{MAPPING_PREFIX}.0/24", "dev", ifname)
+        ip = f"{MAPPING_PREFIX}.{next(self._mapping_ips)}"
+        _run("ip", "-n", router_ns, "addr", "add", f"{ip}/24", "dev", "wan")
+        _run("ip", "-n", router_ns, "route", "add", f"{INET_PREFIX}.0/24", "dev", "wan", "src", ip)
+        self._bridge_legs.append((router_ns, "wan"))
+        return ip
 
     def site(
         self, name: str, nat: Nat, *, hosts: int = 1, behind: Site | None = None,
         forwarded_port: int = 4001, hairpin: bool = False, wan: Wan | None = None,
-        udp_timeout: int | None = None, carrier: bool = False,
+        udp_timeout: int | None = None, carrier: bool = False, port_mapping: bool = False,
     ) -> Site:
         """A router of kind `nat` with `hosts` hosts behind it; `behind` nests it (double NAT).
 
@@ -192,15 +224,20 @@ class Lab:
         conntrack's one-way and its "stream" (replied) entries; None keeps the kernel's.
         A `carrier` router is a carrier-grade NAT: its LAN is 100.64.N.0/24 (RFC 6598's shared
         space), for home sites `behind` it; like every Linux NAT here it does not hairpin.
+        A `port_mapping` router (top-level only) runs miniupnpd: UPnP-IGD, NAT-PMP and PCP.
         """
-        if wan is not None and behind is not None:
-            raise ValueError("WAN emulation is on the internet bridge: top-level sites only")
+        if (wan is not None or port_mapping) and behind is not None:
+            raise ValueError("WAN emulation and port mapping are for top-level sites only")
         n = next(self._site_numbers)
         router_ns = self._namespace(f"{name}-r")
-        if behind is None:
+        if behind is None and port_mapping:
+            self._emulate(self._link(router_ns, "wan", self.inet, "br0"), wan)
+            wan_ip = self._mapping_wan_ip(router_ns)
+        elif behind is None:
             wan_ip = f"{INET_PREFIX}.{next(self._inet_ips)}"
             self._emulate(self._link(router_ns, "wan", self.inet, "br0"), wan)
             _run("ip", "-n", router_ns, "addr", "add", f"{wan_ip}/24", "dev", "wan")
+            self._on_bridge(router_ns, "wan")
         else:
             wan_ip = behind.next_lan_ip()
             self._link(router_ns, "wan", behind.router.ns, "lanbr")
@@ -222,7 +259,11 @@ class Lab:
             site.hosts.append(Host(ns, ip, self))
         _run("ip", "netns", "exec", router_ns, "nft", "-f", "-",
              input=_ruleset(nat, site.hosts[0].ip if site.hosts else None, forwarded_port,
-                            wan_ip, lan if hairpin else None))
+                            wan_ip, lan if hairpin else None, port_mapping))
+        if port_mapping:
+            if self._workdir is None:
+                self._workdir = Path(tempfile.mkdtemp(prefix=f"{self.prefix}-"))
+            self.daemons.append(miniupnpd.start(router_ns, self._workdir, lan, n))
         if udp_timeout is not None:  # conntrack is loaded in the namespace by the ruleset
             for key in ("nf_conntrack_udp_timeout", "nf_conntrack_udp_timeout_stream"):
                 _run("ip", "netns", "exec", router_ns, "sysctl", "-q", "-w",
@@ -240,6 +281,14 @@ class Lab:
             self.wan.close()
         for proc in self.processes:
             stop_process(proc)
+        for daemon in self.daemons:  # by pid: miniupnpd runs in the foreground
+            if daemon.poll() is None:
+                daemon.kill()
+            daemon.wait(timeout=10)
+        self.daemons.clear()
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
         for ns in reversed(self.namespaces):
             pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
             for pid in pids.stdout.split():
@@ -267,7 +316,7 @@ def _plain_bridges(ns: str) -> None:
 
 
 def _ruleset(nat: Nat, first_host: str | None, forwarded_port: int, wan_ip: str,
-             hairpin_lan: str | None) -> str:
+             hairpin_lan: str | None, port_mapping: bool = False) -> str:
     masquerade = "masquerade random,fully-random" if nat is Nat.SYMMETRIC else "masquerade"
     block_udp = 'iifname "lanbr" meta l4proto udp drop' if nat is Nat.UDP_BLOCKED else ""
     dnat = allow_fwd = hairpin_snat = ""
@@ -283,6 +332,9 @@ def _ruleset(nat: Nat, first_host: str | None, forwarded_port: int, wan_ip: str,
         if hairpin_lan:  # hairpinned replies must come back through the router
             hairpin_snat = (f'oifname "lanbr" ip saddr {hairpin_lan}.0/24 ct status dnat '
                             "masquerade")
+    upnp_jump = f"jump {miniupnpd.FORWARD_CHAIN}" if port_mapping else ""
+    upnp_chain = f"chain {miniupnpd.FORWARD_CHAIN} {{\n  }}" if port_mapping else ""
+    upnp_nat = miniupnpd.NFT_TABLE if port_mapping else ""
     return f"""
 table ip nat {{{dnat}
   chain postrouting {{
@@ -295,6 +347,7 @@ table inet fw {{
   chain forward_filter {{
     type filter hook forward priority filter; policy drop;
     ct state established,related accept
+    {upnp_jump}
     {allow_fwd}
     {block_udp}
     iifname "lanbr" accept
@@ -304,8 +357,9 @@ table inet fw {{
     ct state established,related accept
     iifname {{ "lo", "lanbr" }} accept
   }}
+  {upnp_chain}
 }}
-"""
+{upnp_nat}"""
 
 
 def remove_stale_namespaces() -> None:

@@ -18,6 +18,8 @@ PURE = ["endpoint.py", "errors.py", "events.py", "ratelimit.py", "wire/codec.py"
         "classify/report.py", "classify/classifier.py", "classify/plan.py",
         "punch/messages.py", "punch/core.py", "punch/birthday.py", "punch/plan.py",
         "punch/config.py", "punch/payment.py", "config.py",
+        "portmap/natpmp.py", "portmap/pcp.py", "portmap/timing.py", "portmap/mapping.py",
+        "portmap/session.py", "portmap/probe.py", "portmap/gateway.py", "portmap/config.py",
         "relay/policy.py", "tunnel/messages.py", "tunnel/core.py", "records/messages.py",
         "traversal/messages.py", "traversal/pairs.py", "traversal/scope.py", "limits.py",
         "traversal/core.py", "traversal/config.py", "traversal/admission.py",

@@ -81,6 +81,15 @@ class NatClassifier(NodeBound):
         return await run.execute(self.reflectors[: self.config.max_reflectors])
 
 
+async def dial_back(node: MeshNode, peer: PeerInfo, target: Endpoint,
+                    config: ClassifierConfig | None = None) -> bool | None:
+    """Ask `peer` (a ProbeHelperService) to send a datagram from a fresh port to `target`, one
+    of this node's own public endpoints (the helper refuses any other IP): None if it would
+    not, else whether the datagram reached this node's UDP socket through the NAT (a port
+    mapping or a forwarded port that really works)."""
+    return await _Run(node, config or ClassifierConfig()).unsolicited(peer, target, "dial-back")
+
+
 class _Run:
     """One classification: the probes in RFC 5780 order, with their evidence."""
 

@@ -28,6 +28,7 @@ from meshnat.cli.traversal import add_traversal_commands
 from meshnat.cli.tunnel import add_tunnel_commands
 from meshnat.errors import ConfigError, MeshNatError
 from meshnat.node import NodeConfig
+from meshnat.portmap import MappingProtocol
 from meshnat.relay import RelayServiceConfig
 
 
@@ -115,6 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-relays", type=int, default=2, metavar="N",
                    help="hold reservations on the N best relays: reachable, public first, "
                         "lowest RTT (default %(default)s)")
+    p.add_argument("--port-mapping", action="store_true",
+                   help="ask the router to map the listen ports (PCP, NAT-PMP, UPnP-IGD) and "
+                        "print the mappings a reflector's dial-back confirmed")
+    p.add_argument("--port-mapping-protocol", action="append", default=None,
+                   choices=[m.value for m in MappingProtocol], metavar="PROTOCOL",
+                   help="use only this protocol (repeat; default pcp, nat-pmp, upnp)")
+    p.add_argument("--port-mapping-wait", type=float, default=10.0, metavar="SECONDS",
+                   help="seconds to wait for a confirmed mapping before `ready`")
     mesh_flags(p)
     p.set_defaults(run=run_listen)
 
@@ -122,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("peer_id", help="the peer to reach (it runs `meshnat listen`)")
     p.add_argument("--wait-direct", type=float, default=5.0, metavar="SECONDS",
                    help="seconds to try for a direct path after the relay (0: stay relayed)")
+    p.add_argument("--mapped", action="append", default=[], metavar="MULTIADDR",
+                   help="the peer's router port mapping (its `ready` line's `mapped`): the "
+                        "first rung of the ladder (repeat)")
     p.add_argument("--hold", action="store_true",
                    help="after the first echo, echo again on each line read from stdin, "
                         "until end of input (the connection stays open meanwhile)")

@@ -8,6 +8,7 @@ import sys
 from dataclasses import replace
 from functools import partial
 
+import multiaddr
 import trio
 
 from meshnat import _libp2p
@@ -30,8 +31,10 @@ from meshnat.errors import MeshNatError
 from meshnat.events import EventSink, MeshEvent, PunchAbandoned, ignore_events
 from meshnat.node import MeshNode, NodeConfig
 from meshnat.paths import PathKind
+from meshnat.portmap import MappingProtocol, PortMapConfig, PortMapper
 from meshnat.punch import HolePuncher, PunchConfig
 from meshnat.punch.messages import MappingHint
+from meshnat.records.authority import endpoint_addr
 from meshnat.reflection import ReflectionService
 from meshnat.relay import RelayClient, RelayService, RelayServiceConfig
 from meshnat.rendezvous import RendezvousService
@@ -114,13 +117,16 @@ async def run_listen(args: argparse.Namespace, out: Output) -> int:
         relay_client, _ = await mount_relay_and_puncher(node, discovery, mapping,
                                                         traversals=traversals)
         await node.mount(EchoService())
+        mapped = await _map_ports(node, args) if args.port_mapping else []
         relays = _relays(args)
         relay_ids = {relay.peer_id for relay in relays}
         with _libp2p.connection_reports(node.host, 64) as receive:
             circuits = await relay_client.reserve_best(relays, count=args.keep_relays)
             addrs = [*(str(c) for c in circuits), *(str(a) for a in node.addrs)]
-            out.emit({"event": "ready", "peer_id": str(node.peer_id), "addrs": addrs},
-                     f"listening as {node.peer_id} via " + ", ".join(map(str, circuits)))
+            out.emit({"event": "ready", "peer_id": str(node.peer_id), "addrs": addrs,
+                      "mapped": mapped},
+                     f"listening as {node.peer_id} via " + ", ".join(map(str, circuits))
+                     + "".join(f"\nmapped: {m}" for m in mapped))
             async with trio.open_nursery() as nursery:
 
                 async def stop_on_signal() -> None:
@@ -143,6 +149,18 @@ async def run_listen(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+async def _map_ports(node: MeshNode, args: argparse.Namespace) -> list[str]:
+    """Mount a PortMapper (reflectors confirm); the mapped addresses confirmed within
+    `--port-mapping-wait` seconds, as multiaddrs with this node's peer id."""
+    protocols = tuple(MappingProtocol(p) for p in args.port_mapping_protocol or MappingProtocol)
+    mapper = await node.mount(PortMapper(PortMapConfig(protocols=protocols),
+                                         helpers=_libp2p.merge_peer_addrs(args.reflector)))
+    with trio.move_on_after(args.port_mapping_wait):
+        await mapper.wait_confirmed("udp")
+    return [f"{endpoint_addr(m.transport, str(m.external.ip), m.external.port)}"
+            f"/p2p/{node.peer_id}" for m in mapper.confirmed()]
+
+
 async def run_connect(args: argparse.Namespace, out: Output) -> int:
     """Relay first (always works), then punch a direct path; echo over the final one."""
     peer = parse_peer_id(args.peer_id)
@@ -158,7 +176,8 @@ async def run_connect(args: argparse.Namespace, out: Output) -> int:
         connector = await node.mount(Connector(
             relays=_relays(args), relay_client=relay_client,
             puncher=puncher if args.wait_direct > 0 else None, events=on_event))
-        path = await connector.connect(peer_by_id(peer))
+        mapped = [multiaddr.Multiaddr(a) for a in args.mapped]
+        path = await connector.connect(peer_by_id(peer), mapped=mapped)
         result: dict[str, object] = {"time_to_path_ms": _ms(path.time_to_path),
                                      "relayed_rtt_ms": None if path.rtt is None
                                      or path.kind is not PathKind.RELAYED else _ms(path.rtt)}

@@ -22,7 +22,7 @@ from meshnat.config import require_in_range, require_positive
 from meshnat.discovery import PeerAddressDiscovery
 from meshnat.errors import ConfigError, MalformedMessage, NotMounted
 from meshnat.node import MeshNode
-from meshnat.records.messages import MAX_SERVICES, MAX_TTL, check_label
+from meshnat.records.messages import MAX_MAPPED, MAX_SERVICES, MAX_TTL, check_label
 from meshnat.records.record import AddressRecord, NatSummary, SignedRecord, sign_record
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,7 @@ class RecordAuthority:
         self._discovery = discovery
         self._node: MeshNode | None = None
         self._relay_addrs: tuple[multiaddr.Multiaddr, ...] = ()
+        self._mapped_addrs: tuple[multiaddr.Multiaddr, ...] = ()
         self._nat = NatSummary()
         self._services: tuple[str, ...] = ()
         self._current: SignedRecord | None = None
@@ -112,6 +113,14 @@ class RecordAuthority:
         self._relay_addrs = tuple(addrs)
         self._update_if_mounted()
 
+    def set_mapped_addrs(self, addrs: Sequence[multiaddr.Multiaddr]) -> None:
+        """This node's router port mappings that a dial-back confirmed (PortMapper); they
+        lead the record's addresses."""
+        if len(addrs) > MAX_MAPPED:
+            raise ConfigError(f"at most {MAX_MAPPED} mapped addresses, got {len(addrs)}")
+        self._mapped_addrs = tuple(addrs)
+        self._update_if_mounted()
+
     def set_nat(self, nat: NatSummary) -> None:
         self._nat = nat
         self._update_if_mounted()
@@ -140,7 +149,7 @@ class RecordAuthority:
         if self.config.publish_local and self._node is not None:
             local = (_libp2p.listen_parts(a) for a in self._node.addrs)
             public.extend(endpoint_addr(p[0], p[1], p[2]) for p in local if p is not None)
-        addrs = tuple(dict.fromkeys((*public, *self._relay_addrs)))
+        addrs = tuple(dict.fromkeys((*self._mapped_addrs, *public, *self._relay_addrs)))
         if len(addrs) > MAX_RECORD_ADDRS:
             log.warning("records: %d addresses, only the first %d are published",
                         len(addrs), MAX_RECORD_ADDRS)
@@ -154,14 +163,16 @@ class RecordAuthority:
         addrs, current = self._addrs(), self._current
         if current is not None:
             old = current.record
-            same = (old.addrs, old.nat, old.services) == (addrs, self._nat, self._services)
+            same = ((old.addrs, old.nat, old.services, old.mapped)
+                    == (addrs, self._nat, self._services, len(self._mapped_addrs)))
             if same and now < old.issued_at + old.ttl / 2:
                 return current
         # Sequence numbers are microsecond timestamps: they keep growing across restarts too.
         seq = max(self._last_seq + 1, time.time_ns() // 1000)
         record = AddressRecord(peer_id=self._node.peer_id, seq=seq, addrs=addrs,
                                issued_at=int(now), ttl=self.config.ttl, nat=self._nat,
-                               services=self._services, name=self.config.name)
+                               services=self._services, name=self.config.name,
+                               mapped=len(self._mapped_addrs))
         self._current, self._last_seq = sign_record(self._node.host.get_private_key(), record), seq
         self._changed.set()
         self._changed = trio.Event()

@@ -18,11 +18,14 @@ from meshnat.errors import MalformedMessage
 from meshnat.punch.messages import MappingHint
 from meshnat.wire.codec import Fields, check_printable, describe
 
-PEER_RECORD, ISSUED_AT, TTL, NAT_TYPE, MAPPING, SERVICES, NAME = 8, 9, 10, 11, 12, 13, 14
+PEER_RECORD, ISSUED_AT, TTL, NAT_TYPE, MAPPING, SERVICES, NAME, MAPPED = (8, 9, 10, 11, 12, 13,
+                                                                    14, 15)
 MAX_PEER_RECORD = 1536
 MAX_TTL = 86_400
 """A day: a record is a promise about addresses, which rarely hold longer."""
 MAX_SERVICES = 16
+MAX_MAPPED = 4
+"""Most addresses a record may mark as router port mappings (one per transport and family)."""
 MAX_LABEL = 64
 """Longest service name or display name, in characters."""
 
@@ -53,6 +56,8 @@ class RecordBody:
     mapping: MappingHint = MappingHint.UNKNOWN
     services: tuple[str, ...] = ()
     name: str | None = None
+    mapped: int = 0
+    """How many of the PeerRecord's first addresses are router port mappings (omitted if 0)."""
 
     def to_fields(self) -> dict[int, object]:
         fields: dict[int, object] = {PEER_RECORD: self.peer_record, ISSUED_AT: self.issued_at,
@@ -62,6 +67,8 @@ class RecordBody:
             fields[NAT_TYPE] = str(self.nat_type)
         if self.name is not None:
             fields[NAME] = self.name
+        if self.mapped:
+            fields[MAPPED] = self.mapped
         return fields
 
     @classmethod
@@ -83,4 +90,6 @@ class RecordBody:
                 raise MalformedMessage("services must be strings")
             services.append(check_label(item, "a service name"))
         name = check_label(f.pop_str(NAME, max_len=MAX_LABEL), "name") if NAME in f else None
-        return cls(txid, peer_record, issued_at, ttl, nat_type, mapping, tuple(services), name)
+        mapped = f.pop_int(MAPPED, lo=1, hi=MAX_MAPPED) if MAPPED in f else 0
+        return cls(txid, peer_record, issued_at, ttl, nat_type, mapping, tuple(services), name,
+                   mapped)

@@ -56,6 +56,9 @@ class AddressRecord:
     """Names of services the node offers (tunnels advertise theirs here)."""
     name: str | None = None
     """A display name chosen by the node (chat shows it)."""
+    mapped: int = 0
+    """How many of the first `addrs` are router port mappings a dial-back confirmed
+    (PortMapper): the first rung of a Connector's ladder."""
     record_id: bytes = field(default=b"", compare=False)
 
     @property
@@ -69,6 +72,9 @@ class AddressRecord:
     def direct_addrs(self) -> list[multiaddr.Multiaddr]:
         return [a for a in self.addrs if not is_circuit_addr(a)]
 
+    def mapped_addrs(self) -> list[multiaddr.Multiaddr]:
+        return list(self.addrs[: self.mapped])
+
     def relay_addrs(self) -> list[multiaddr.Multiaddr]:
         return [a for a in self.addrs if is_circuit_addr(a)]
 
@@ -79,7 +85,8 @@ class AddressRecord:
         return {"peer": str(self.peer_id), "seq": self.seq, "name": self.name,
                 "addrs": [str(a) for a in self.addrs], "issued_at": self.issued_at,
                 "ttl": self.ttl, "nat_type": self.nat.nat_type and str(self.nat.nat_type),
-                "mapping": self.nat.mapping.name.lower(), "services": list(self.services)}
+                "mapping": self.nat.mapping.name.lower(), "services": list(self.services),
+                "mapped": [str(a) for a in self.mapped_addrs()]}
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +106,7 @@ def sign_record(key: PrivateKey, record: AddressRecord) -> SignedRecord:
         record.record_id or new_txid(),
         envelopes.encode_peer_record(record.peer_id, record.seq, record.addrs),
         record.issued_at, record.ttl, record.nat.nat_type, record.nat.mapping,
-        record.services, record.name)
+        record.services, record.name, record.mapped)
     return SignedRecord(record, envelopes.seal(key, encode(body)))
 
 
@@ -115,9 +122,12 @@ def verify_record(data: bytes, *, now: float, max_skew: float = MAX_CLOCK_SKEW) 
     peer, seq, addrs = envelopes.decode_peer_record(body.peer_record)
     if peer != signer:
         raise ForgedRecord(f"record names {peer} but is signed by {signer}")
+    if body.mapped > len(addrs) or any(is_circuit_addr(a) for a in addrs[: body.mapped]):
+        raise InvalidRecord("more mapped addresses than direct addresses")
     record = AddressRecord(peer_id=peer, seq=seq, addrs=addrs, issued_at=body.issued_at,
                            ttl=body.ttl, nat=NatSummary(body.nat_type, body.mapping),
-                           services=body.services, name=body.name, record_id=body.txid)
+                           services=body.services, name=body.name, mapped=body.mapped,
+                           record_id=body.txid)
     if record.expires_at <= now:
         raise StaleRecord(f"record of {peer} expired {now - record.expires_at:.0f}s ago")
     if body.issued_at > now + max_skew:

@@ -1,0 +1,58 @@
+"""Router port mapping through a real miniupnpd (UPnP-IGD, NAT-PMP, PCP) in front of a
+symmetric NAT: the node behind it is reached directly, on its mapping, from every kind of
+site; without the mapper it is relayed as before."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.lab.test_punch_lab import mesh_args, start_relay
+from tests.support.netlab import MAPPING_PREFIX, Host, Lab, Nat
+
+pytestmark = pytest.mark.lab
+
+
+def listen(host: Host, relay: str, reflectors: list[str], *flags: str) -> dict:
+    _, ready = host.start_json(host.python("-m", "meshnat", "listen", *flags,
+                                           *mesh_args(relay, reflectors)), timeout=90)
+    assert ready.get("event") == "ready", ready
+    return ready
+
+
+def connect(host: Host, ready: dict, relay: str, reflectors: list[str]) -> dict:
+    mapped = [arg for addr in ready["mapped"] for arg in ("--mapped", addr)]
+    proc = host.run(host.python("-m", "meshnat", "connect", ready["peer_id"], "--wait-direct",
+                                "0", *mapped, *mesh_args(relay, reflectors)), timeout=90)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import json
+    result: dict = json.loads(proc.stdout.splitlines()[-1])
+    assert result["echo_ok"] is True
+    return result
+
+
+@pytest.mark.parametrize("protocol", ["pcp", "nat-pmp", "upnp"])
+def test_a_node_behind_a_mapping_symmetric_nat_is_reached_directly_from_every_site(
+        lab: Lab, protocol: str) -> None:
+    relay, reflectors = start_relay(lab)
+    home = lab.site("home", Nat.SYMMETRIC, port_mapping=True)
+    ready = listen(home.hosts[0], relay, reflectors, "--port-mapping",
+                   "--port-mapping-protocol", protocol)
+    (mapped,) = ready["mapped"]  # the QUIC port, confirmed by a reflector's dial-back
+    assert mapped.startswith(f"/ip4/{home.public_ip}/udp/") and "/quic-v1/p2p/" in mapped
+    assert home.public_ip.startswith(MAPPING_PREFIX)
+    others = [lab.public_host("public"), lab.site("cone", Nat.CONE).hosts[0]]
+    if protocol == "pcp":  # one protocol is enough to check the hardest site too
+        others.append(lab.site("sym", Nat.SYMMETRIC).hosts[0])
+    for host in others:
+        result = connect(host, ready, relay, reflectors)
+        assert result["path"] == "mapped", result
+        assert result["remote"] == mapped.split("/")[2] + ":" + mapped.split("/")[4]
+
+
+def test_without_the_mapper_the_node_behind_the_same_router_stays_relayed(lab: Lab) -> None:
+    relay, reflectors = start_relay(lab)
+    home = lab.site("home", Nat.SYMMETRIC, port_mapping=True)
+    ready = listen(home.hosts[0], relay, reflectors)
+    assert ready["mapped"] == []
+    result = connect(lab.site("cone", Nat.CONE).hosts[0], ready, relay, reflectors)
+    assert result["path"] == "relayed", result

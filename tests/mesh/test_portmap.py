@@ -1,0 +1,74 @@
+"""PortMapper on loopback against a fake NAT-PMP gateway (127.0.0.9:5351): a mapping is
+advertised only after a helper's dial-back reached it; a gateway that lies advertises nothing;
+mappings are deleted on unmount."""
+
+from __future__ import annotations
+
+import socket
+import struct
+from ipaddress import IPv4Address
+
+import pytest
+import trio
+
+from meshnat import MeshNode, NodeConfig
+from meshnat.classify import ProbeHelperService
+from meshnat.portmap import MappingProtocol, PortMapConfig, PortMapper
+from meshnat.portmap.natpmp import SERVER_PORT
+from meshnat.records.authority import RecordAuthority
+
+GATEWAY = IPv4Address("127.0.0.9")
+
+
+async def fake_gateway(sock: trio.socket.SocketType, port_offset: int,
+                       requests: list[bytes]) -> None:
+    """Answers NAT-PMP like a router: external IP 127.0.0.1, the internal port plus
+    `port_offset` as external port (an offset: a router that lies about forwarding)."""
+    epoch = 1000
+    while True:
+        data, addr = await sock.recvfrom(1200)
+        requests.append(data)
+        epoch += 1
+        if data == b"\x00\x00":
+            reply = struct.pack("!BBHI4s", 0, 128, 0, epoch, IPv4Address("127.0.0.1").packed)
+        else:
+            _, op, _, internal, _, lifetime = struct.unpack("!BBHHHI", data)
+            external = internal + port_offset if lifetime else 0
+            reply = struct.pack("!BBHIHHI", 0, 128 + op, 0, epoch, internal, external, lifetime)
+        await sock.sendto(reply, addr)
+
+
+@pytest.mark.parametrize("lies", [False, True])
+async def test_a_mapping_is_advertised_only_once_a_dial_back_reached_it(lies: bool) -> None:
+    requests: list[bytes] = []
+    with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as gateway_sock:
+        await gateway_sock.bind((str(GATEWAY), SERVER_PORT))
+        async with (MeshNode(NodeConfig(listen_ip="127.0.0.1")) as client,
+                    MeshNode(NodeConfig(listen_ip="127.0.0.2")) as helper_node,
+                    trio.open_nursery() as nursery):
+            nursery.start_soon(fake_gateway, gateway_sock, 7 if lies else 0, requests)
+            await helper_node.mount(ProbeHelperService())
+            authority = await client.mount(RecordAuthority())
+            config = PortMapConfig(protocols=(MappingProtocol.NATPMP,), transports=("udp",),
+                                   gateway=GATEWAY, verify_timeout=3.0)
+            mapper = PortMapper(config, helpers=[helper_node.peer_info()], records=authority)
+            await client.mount(mapper)
+            udp_port = client.listen_endpoint("udp").port
+            with trio.fail_after(15):
+                if lies:
+                    while mapper.statistics().refuted == 0:
+                        await mapper.wait_changed()
+                else:
+                    mapping = await mapper.wait_confirmed("udp")
+            record = authority.current().record
+            if lies:
+                assert mapper.confirmed() == [] and record.mapped == 0
+                assert mapper.statistics().held[0].external.port == udp_port + 7
+            else:
+                assert mapping.external.port == udp_port and mapping.protocol == "nat-pmp"
+                assert record.mapped == 1
+                assert str(record.addrs[0]) == f"/ip4/127.0.0.1/udp/{udp_port}/quic-v1"
+            await client.unmount(mapper)
+            nursery.cancel_scope.cancel()
+    deletes = [r for r in requests if len(r) == 12 and r[8:] == bytes(4)]
+    assert len(deletes) == 1  # released on unmount: lifetime 0
