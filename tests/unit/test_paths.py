@@ -33,9 +33,10 @@ PEER = "12D3KooWRsnkwqjeJ6uWNS6e6aZiLyMeHYkdpPAsiZS6gkwtfDHV"
 
 
 def test_path_labels_are_the_json_strings() -> None:
-    assert [json.dumps(k) for k in PathKind] == ['"direct"', '"punched"', '"relayed"']
+    assert [json.dumps(k) for k in PathKind] == ['"direct"', '"punched"', '"mapped"',
+                                                 '"relayed"']
     assert f"{PathKind.PUNCHED}" == "punched"
-    assert [k.is_direct for k in PathKind] == [True, True, False]
+    assert [k.is_direct for k in PathKind] == [True, True, True, False]
 
 
 def test_direct_and_punched_connections_come_before_relayed_ones_in_swarm_order() -> None:
