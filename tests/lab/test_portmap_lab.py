@@ -4,6 +4,9 @@ site; without the mapper it is relayed as before."""
 
 from __future__ import annotations
 
+import json
+import selectors
+
 import pytest
 
 from tests.lab.test_punch_lab import mesh_args, start_relay
@@ -24,7 +27,6 @@ def connect(host: Host, ready: dict, relay: str, reflectors: list[str]) -> dict:
     proc = host.run(host.python("-m", "meshnat", "connect", ready["peer_id"], "--wait-direct",
                                 "0", *mapped, *mesh_args(relay, reflectors)), timeout=90)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    import json
     result: dict = json.loads(proc.stdout.splitlines()[-1])
     assert result["echo_ok"] is True
     return result
@@ -56,3 +58,24 @@ def test_without_the_mapper_the_node_behind_the_same_router_stays_relayed(lab: L
     assert ready["mapped"] == []
     result = connect(lab.site("cone", Nat.CONE).hosts[0], ready, relay, reflectors)
     assert result["path"] == "relayed", result
+
+
+def test_after_a_router_reboot_the_mapping_is_made_again_and_reaches_the_node(lab: Lab) -> None:
+    relay, reflectors = start_relay(lab)
+    home = lab.site("home", Nat.SYMMETRIC, port_mapping=True)
+    proc, ready = home.hosts[0].start_json(home.hosts[0].python(
+        "-m", "meshnat", "listen", "--port-mapping", "--port-mapping-protocol", "pcp",
+        *mesh_args(relay, reflectors)), timeout=90)
+    assert len(ready["mapped"]) == 1
+    lab.reboot_port_mapping(home)  # mappings gone, new epoch, an unsolicited ANNOUNCE
+    assert proc.stdout is not None
+    changes = []
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while not any(c["change"] == "obtained" and c["transport"] == "udp" for c in changes):
+            assert sel.select(30), f"no remap after the reboot: {changes}"
+            changes.append(json.loads(proc.stdout.readline()))
+    assert [c["change"] for c in changes if c["transport"] == "udp"] == ["lost", "obtained"]
+    assert changes[0]["reason"] == "gateway-rebooted"
+    result = connect(lab.site("cone", Nat.CONE).hosts[0], ready, relay, reflectors)
+    assert result["path"] == "mapped", result

@@ -36,6 +36,11 @@ table inet {NAT_TABLE} {{
 """
 
 
+def chains() -> list[tuple[str, str]]:
+    """(table, chain) of every chain miniupnpd writes its rules into."""
+    return [(FILTER_TABLE, FORWARD_CHAIN), *((NAT_TABLE, c) for c in NAT_CHAINS)]
+
+
 def config(lan_prefix: str, uuid_tail: int) -> str:
     """A miniupnpd.conf: every protocol on, mappings only for the LAN's own hosts (secure
     mode), epochs that restart with the daemon (a restart is a router reboot)."""
@@ -63,12 +68,13 @@ def start(ns: str, workdir: Path, lan_prefix: str, number: int) -> subprocess.Po
     """Start miniupnpd in `ns`; returns once it listens for NAT-PMP/PCP (at most 10 s)."""
     conf, pid, log = (workdir / f"miniupnpd-{number}.{ext}" for ext in ("conf", "pid", "log"))
     conf.write_text(config(lan_prefix, number))
-    with log.open("wb") as out:
+    skip = log.stat().st_size if log.exists() else 0  # a restart appends to the same log
+    with log.open("ab") as out:
         proc = subprocess.Popen(["ip", "netns", "exec", ns, "miniupnpd", "-f", str(conf), "-d",
                                  "-P", str(pid)], stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
-    while b"Listening for NAT-PMP/PCP" not in log.read_bytes():
+    while b"Listening for NAT-PMP/PCP" not in log.read_bytes()[skip:]:
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             raise RuntimeError(f"miniupnpd did not start: {log.read_text()[-500:]}")

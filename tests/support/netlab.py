@@ -119,6 +119,8 @@ class Site:
     router: Host
     lan_prefix: str
     hosts: list[Host] = field(default_factory=list)
+    port_mapping: bool = False
+    """Its router runs miniupnpd."""
     _lan_ips: Iterator[int] = field(default_factory=lambda: itertools.count(10), repr=False)
 
     @property
@@ -264,11 +266,27 @@ class Lab:
             if self._workdir is None:
                 self._workdir = Path(tempfile.mkdtemp(prefix=f"{self.prefix}-"))
             self.daemons.append(miniupnpd.start(router_ns, self._workdir, lan, n))
+            site.port_mapping = True
         if udp_timeout is not None:  # conntrack is loaded in the namespace by the ruleset
             for key in ("nf_conntrack_udp_timeout", "nf_conntrack_udp_timeout_stream"):
                 _run("ip", "netns", "exec", router_ns, "sysctl", "-q", "-w",
                      f"net.netfilter.{key}={udp_timeout}")
         return site
+
+    def reboot_port_mapping(self, site: Site) -> None:
+        """Restart `site`'s miniupnpd with its mappings and bindings gone, as a router reboot
+        does: kill it by pid, flush its chains and conntrack, start it again (a new epoch)."""
+        daemon = next(d for d in self.daemons if site.router.ns in d.args)
+        daemon.kill()
+        daemon.wait(timeout=10)
+        self.daemons.remove(daemon)
+        for table, chain in miniupnpd.chains():
+            _run("ip", "netns", "exec", site.router.ns, "nft", "flush", "chain", "inet", table,
+                 chain)
+        self.flush_nat(site)
+        assert self._workdir is not None
+        self.daemons.append(miniupnpd.start(site.router.ns, self._workdir, site.lan_prefix,
+                                            int(site.lan_prefix.split(".")[1])))
 
     def flush_nat(self, site: Site) -> None:
         """Forget every binding of `site`'s router (`conntrack -F`), as a router reboot does."""

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from meshnat.endpoint import Endpoint
-from meshnat.portmap import Failed, Lost, MappingProtocol, Obtained, Released
+from meshnat.portmap import Failed, Lost, MappingProtocol, Obtained, Released, pcp
 from meshnat.portmap.gateway import parse_default_gateway
 from meshnat.portmap.probe import GatewayProbe
 from meshnat.portmap.session import MappingSession
@@ -83,6 +83,34 @@ def test_an_epoch_that_went_back_means_a_reboot_and_the_mapping_is_made_again() 
     assert [type(e) for e in events] == [Lost, Obtained]
     assert isinstance(events[0], Lost) and events[0].reason == "gateway-rebooted"
     assert isinstance(events[1], Obtained) and events[1].mapping.external.port == 4100
+
+
+def pcp_announce(epoch: int) -> bytes:
+    return bytes((2, 0x80, 0, 0)) + bytes(4) + epoch.to_bytes(4, "big") + bytes(12)
+
+
+def test_an_announcement_of_a_reset_epoch_remaps_at_once() -> None:
+    s = session(MappingProtocol.PCP)
+    s.start(0.0)
+    s.pop_datagrams()
+    s.receive(pcp_map_response(epoch=5000), FROM_GATEWAY, 0.0)
+    assert s.announced(pcp_announce(5010), FROM_GATEWAY, 10.0) == []  # a steady clock
+    assert s.pop_datagrams() == []
+    (lost,) = s.announced(pcp_announce(2), FROM_GATEWAY, 20.0)  # it restarted
+    assert isinstance(lost, Lost) and lost.reason == "gateway-rebooted" and s.mapping is None
+    (remap,) = s.pop_datagrams()
+    assert remap[:8] == pcp.map_request(CLIENT, NONCE, "udp", 4001, 4001, 7200)[:8]
+    (obtained,) = s.receive(pcp_map_response(epoch=3), FROM_GATEWAY, 20.1)
+    assert isinstance(obtained, Obtained) and not obtained.renewal
+
+
+def test_announcements_from_elsewhere_or_of_another_protocol_are_ignored() -> None:
+    s = session(MappingProtocol.PCP)
+    s.start(0.0)
+    s.receive(pcp_map_response(epoch=5000), FROM_GATEWAY, 0.0)
+    assert s.announced(pcp_announce(1), Endpoint(CLIENT, 5351), 1.0) == []
+    assert s.announced(bytes.fromhex("00800000000000010b120032"), FROM_GATEWAY, 1.0) == []
+    assert s.mapping is not None and s.ignored == 2
 
 
 def test_an_unrenewed_mapping_is_lost_at_expiry() -> None:

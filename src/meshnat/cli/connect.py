@@ -31,7 +31,15 @@ from meshnat.errors import MeshNatError
 from meshnat.events import EventSink, MeshEvent, PunchAbandoned, ignore_events
 from meshnat.node import MeshNode, NodeConfig
 from meshnat.paths import PathKind
-from meshnat.portmap import MappingProtocol, PortMapConfig, PortMapper
+from meshnat.portmap import (
+    Failed,
+    Lost,
+    MappingEvent,
+    MappingProtocol,
+    Obtained,
+    PortMapConfig,
+    PortMapper,
+)
 from meshnat.punch import HolePuncher, PunchConfig
 from meshnat.punch.messages import MappingHint
 from meshnat.records.authority import endpoint_addr
@@ -117,7 +125,8 @@ async def run_listen(args: argparse.Namespace, out: Output) -> int:
         relay_client, _ = await mount_relay_and_puncher(node, discovery, mapping,
                                                         traversals=traversals)
         await node.mount(EchoService())
-        mapped = await _map_ports(node, args) if args.port_mapping else []
+        ready = trio.Event()  # mapping events are printed after the ready line
+        mapped = await _map_ports(node, args, out, ready) if args.port_mapping else []
         relays = _relays(args)
         relay_ids = {relay.peer_id for relay in relays}
         with _libp2p.connection_reports(node.host, 64) as receive:
@@ -127,6 +136,7 @@ async def run_listen(args: argparse.Namespace, out: Output) -> int:
                       "mapped": mapped},
                      f"listening as {node.peer_id} via " + ", ".join(map(str, circuits))
                      + "".join(f"\nmapped: {m}" for m in mapped))
+            ready.set()
             async with trio.open_nursery() as nursery:
 
                 async def stop_on_signal() -> None:
@@ -149,12 +159,27 @@ async def run_listen(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
-async def _map_ports(node: MeshNode, args: argparse.Namespace) -> list[str]:
+async def _map_ports(node: MeshNode, args: argparse.Namespace, out: Output,
+                     ready: trio.Event) -> list[str]:
     """Mount a PortMapper (reflectors confirm); the mapped addresses confirmed within
-    `--port-mapping-wait` seconds, as multiaddrs with this node's peer id."""
+    `--port-mapping-wait` seconds, as multiaddrs with this node's peer id. Every mapping
+    change once `ready` is set is printed as a `mapping` event."""
     protocols = tuple(MappingProtocol(p) for p in args.port_mapping_protocol or MappingProtocol)
+
+    def on_event(event: MappingEvent) -> None:
+        if not ready.is_set():
+            return
+        facts: dict[str, object] = {"event": "mapping", "change": type(event).__name__.lower()}
+        if isinstance(event, Obtained | Lost):
+            facts.update(protocol=event.mapping.protocol, transport=event.mapping.transport,
+                         external=str(event.mapping.external))
+        if isinstance(event, Lost | Failed):
+            facts["reason"] = event.reason
+        out.emit(facts, " ".join(f"{v}" for v in facts.values()))
+
     mapper = await node.mount(PortMapper(PortMapConfig(protocols=protocols),
-                                         helpers=_libp2p.merge_peer_addrs(args.reflector)))
+                                         helpers=_libp2p.merge_peer_addrs(args.reflector),
+                                         on_event=on_event))
     with trio.move_on_after(args.port_mapping_wait):
         await mapper.wait_confirmed("udp")
     return [f"{endpoint_addr(m.transport, str(m.external.ip), m.external.port)}"

@@ -19,7 +19,7 @@ from meshnat.errors import MalformedMessage, UnsupportedVersion
 VERSION = 0
 SERVER_PORT = 5351
 """RFC 6886 §3.1: requests go to the gateway's UDP port 5351; answers come from it."""
-ANNOUNCE_PORT = 5350
+ANNOUNCE_GROUP, ANNOUNCE_PORT = "224.0.0.1", 5350
 """RFC 6886 §3.2.1: a gateway that restarts multicasts its external address to 224.0.0.1:5350."""
 RESPONSE_BIT = 128
 

@@ -82,6 +82,7 @@ class PortMapper:
         self._refuted = self._attempts = 0
         self._failures: list[str] = []
         self._changed = trio.Event()
+        self._waiting: trio.CancelScope | None = None
 
     # --- public ------------------------------------------------------------------------------
 
@@ -190,6 +191,9 @@ class PortMapper:
         self._protocol = sessions[0].protocol
         for session in sessions:
             session.start(trio.current_time())
+        announcements = await _announcement_socket(sessions[0].gateway)
+        if announcements is not None:
+            nursery.start_soon(self._hear_announcements, announcements, sessions, nursery)
         try:
             await self._pump(sock, sessions, nursery)
         finally:
@@ -208,13 +212,28 @@ class PortMapper:
             timers = [t for s in sessions if (t := s.get_timer()) is not None]
             if not timers:
                 return
-            with trio.move_on_at(min(timers)):
+            with trio.move_on_at(min(timers)) as self._waiting:
                 data, addr = await sock.recvfrom(pcp.MAX_MESSAGE + 1)
                 source = udp_source(addr)
                 for session in sessions:
                     if source is not None:
                         self._handle(session.receive(data, source, trio.current_time()),
                                      nursery)
+
+    async def _hear_announcements(self, announcements: trio.socket.SocketType,
+                                  sessions: list[MappingSession], nursery: trio.Nursery) -> None:
+        """Feed the gateway's multicast announcements to the sessions; wake the pump when one
+        has something to send (a remap after a reboot)."""
+        with announcements:
+            while not all(s.done for s in sessions):
+                data, addr = await announcements.recvfrom(pcp.MAX_MESSAGE + 1)
+                source = udp_source(addr)
+                for session in sessions:
+                    if source is not None:
+                        self._handle(session.announced(data, source, trio.current_time()),
+                                     nursery)
+                if self._waiting is not None:
+                    self._waiting.cancel()
 
     # --- UPnP-IGD ----------------------------------------------------------------------------
 
@@ -332,6 +351,24 @@ def _local_ip_towards(gateway: IPv4Address) -> IPv4Address:
         ip = ip_address(probe.getsockname()[0])
     assert isinstance(ip, IPv4Address)
     return ip
+
+
+async def _announcement_socket(gateway: Endpoint) -> trio.socket.SocketType | None:
+    """A socket on 224.0.0.1:5350, where gateways announce a restart; None if it cannot be
+    bound (mappings are then checked for a reboot only when renewed)."""
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        await sock.bind((natpmp.ANNOUNCE_GROUP, natpmp.ANNOUNCE_PORT))
+        local = _local_ip_towards(IPv4Address(str(gateway.ip)))
+        membership = socket.inet_aton(natpmp.ANNOUNCE_GROUP) + local.packed
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, membership)
+    except (OSError, PeerUnavailable) as exc:
+        log.debug("portmap: no announcements: %s", exc)
+        sock.close()
+        return None
+    return sock
 
 
 async def _send(sock: trio.socket.SocketType, datagram: bytes, to: Endpoint) -> None:

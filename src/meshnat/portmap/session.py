@@ -1,6 +1,7 @@
 """`MappingSession`: one port mapping by PCP or NAT-PMP, sans-IO.
 
-Inputs take `now`: `start`, `receive(data, source)`, `handle_timer`, `release`; outputs are
+Inputs take `now`: `start`, `receive(data, source)`, `announced(data, source)` (the
+gateway's unsolicited multicast), `handle_timer`, `release`; outputs are
 the datagrams to send (`pop_datagrams`, all to `gateway`) and `MappingEvent`s. The session
 asks for a mapping (retransmitting per the protocol's schedule), renews it halfway to
 expiry, remaps by itself when the epoch shows the gateway lost its state, tries another
@@ -128,6 +129,33 @@ class MappingSession:
             events.append(Lost(self.mapping, "gateway-rebooted"))
             self.mapping = None
         return events + self._answered(reply, now)
+
+    def announced(self, data: bytes, source: Endpoint, now: float) -> list[MappingEvent]:
+        """An unsolicited announcement from the gateway (multicast to 224.0.0.1:5350: a PCP
+        ANNOUNCE, RFC 6887 §14.1.3; a NAT-PMP address response, RFC 6886 §3.2.1). If its
+        epoch shows the gateway lost its state, the mapping is lost and asked for again now."""
+        epoch = self._announced_epoch(data) if source == self.gateway else None
+        if epoch is None or self._state is not _State.MAPPED or self.mapping is None:
+            self.ignored += 1
+            return []
+        if not self._epoch.observe(epoch, now):
+            return []
+        lost, self.mapping = self.mapping, None
+        self.start(now)
+        return [Lost(lost, "gateway-rebooted")]
+
+    def _announced_epoch(self, data: bytes) -> int | None:
+        try:
+            if self.protocol is MappingProtocol.PCP:
+                answer = pcp.decode_response(data)
+                ok = answer.opcode is pcp.Opcode.ANNOUNCE
+                return answer.epoch if ok and answer.result is pcp.ResultCode.SUCCESS else None
+            message = natpmp.decode_response(data)
+        except RemoteProtocolError:
+            return None
+        ok = (isinstance(message, natpmp.AddressResponse)
+              and message.result is natpmp.ResultCode.SUCCESS)
+        return message.epoch if ok else None
 
     def handle_timer(self, now: float) -> list[MappingEvent]:
         if self._state is _State.MAPPED and self.mapping is not None:
