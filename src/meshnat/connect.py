@@ -3,15 +3,18 @@
 The ladder: an existing connection (a direct one first), then the peer's router port
 mappings (`mapped`, from its signed record), then its direct addresses, then a relay circuit;
 with a HolePuncher, a relayed path is punched in the background. Once a direct connection
-opens, new paths use it; the relayed connection is closed as soon as the
-streams still open on it have finished (at most `relay_drain_timeout` later).
+opens (and answered a ping), new paths use it; the relayed connection is closed as soon as the
+streams still open on it have finished (at most `relay_drain_timeout` later). A failed punch
+never touches the relayed path. When a punched path dies (the puncher retires it), the peer is
+reached through a relay circuit again at once and punched again, as `punch/repunch.py`'s
+schedule says (backoff, bounded attempts per peer).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import multiaddr
 import trio
@@ -25,6 +28,7 @@ from meshnat.events import EventSink, PathEstablished, PathUpgraded, ignore_even
 from meshnat.node import MeshNode
 from meshnat.paths import PathKind
 from meshnat.punch import HolePuncher, Punched
+from meshnat.punch.repunch import RepunchConfig, RepunchSchedule
 from meshnat.relay import RelayClient
 
 log = logging.getLogger(__name__)
@@ -45,7 +49,11 @@ class ConnectConfig:
     before that connection is closed (the reference relay's circuit lifetime)."""
 
     ping_timeout: float = 2.0
-    """Seconds for the ping that measures a new path's RTT (the path is returned either way)."""
+    """Seconds for the ping that measures a new path's RTT (the path is returned either way),
+    and for each of the two pings a punched path must answer before the relay is let go."""
+
+    repunch: RepunchConfig = field(default_factory=RepunchConfig)
+    """When a relayed path is punched, and punched again after a punched path died."""
 
     def __post_init__(self) -> None:
         require_positive(self, "direct_timeout", "relay_timeout", "relay_drain_timeout",
@@ -95,6 +103,10 @@ class Connector:
         self._node: MeshNode | None = None
         self._nursery: trio.Nursery | None = None
         self._upgraded: dict[ID, trio.Event] = {}
+        self._supervised: set[ID] = set()
+        """Peers whose relayed path an `_upgrade` task punches (one task per peer)."""
+        self._reaching: set[ID] = set()
+        """Peers being reached again through a relay after `suspect` found no connection."""
         self._punched: dict[ID, Punched] = {}
 
     async def serve(self, node: MeshNode, *, task_status: TaskStatus[None]) -> None:
@@ -172,9 +184,10 @@ class Connector:
             except (MeshNatError, trio.TooSlowError) as exc:
                 attempts.append(f"via {relay.peer_id}: {exc or 'timed out'}")
                 continue
-            if self._puncher is not None:
+            if self._puncher is not None and peer not in self._supervised:
                 self._upgraded[peer] = trio.Event()
-                nursery.start_soon(self._upgrade, peer, conn)
+                self._supervised.add(peer)
+                nursery.start_soon(self._upgrade, peer, relays)
             return await self._found(node.describe(conn), started,
                                      attempts=[*attempts, f"relayed via {relay.peer_id}"])
         raise PeerUnavailable(f"no path to {peer}: " + ("; ".join(attempts) or none_tried))
@@ -192,13 +205,74 @@ class Connector:
             await event.wait()
         return any(c.kind.is_direct for c in self._mounted()[0].connections(peer))
 
-    async def _upgrade(self, peer: ID, relayed: INetConn) -> None:
-        assert self._puncher is not None
+    def suspect(self, peer: ID) -> None:
+        """The caller got no answer from `peer` over its best path: if that is a punched
+        one, the puncher checks it now (and retires it if dead; the relay then takes over);
+        with no connection left at all, the peer is reached through a relay again."""
+        if self._puncher is not None:
+            self._puncher.suspect(peer)
+        node, nursery = self._mounted()
+        if not node.connections(peer) and self._relays and peer not in self._reaching:
+            self._reaching.add(peer)
+            nursery.start_soon(self._reach_again, peer)
+
+    async def _reach_again(self, peer: ID) -> None:
+        """No connection is left to `peer` (its punched path died): a relay circuit again,
+        punched in the background as `connect()`'s are."""
         try:
-            punched = await self._puncher.punch(peer)
+            await self._via_relays(peer, self._relays, trio.current_time(), [], "no relay")
         except MeshNatError as exc:
-            log.info("connect: %s stays relayed: %s", peer, exc)
-        else:
+            log.info("connect: %s not reached again: %s", peer, exc)
+        finally:
+            self._reaching.discard(peer)
+
+    async def _upgrade(self, peer: ID, relays: Sequence[PeerInfo]) -> None:
+        """Punch `peer`'s relayed path; each time the punched path dies silently (the puncher
+        retired it), stand on a relay circuit again and punch again, until the schedule gives
+        up."""
+        assert self._puncher is not None
+        schedule = RepunchSchedule(self.config.repunch, trio.current_time())
+        try:
+            while (punched := await self._punch_while_relayed(peer, relays, schedule)):
+                self._upgraded[peer].set()
+                await _libp2p.wait_closed(punched.connection)
+                if not self._puncher.died_silently(punched.connection):
+                    return  # closed by an end on purpose: reached again on demand (`suspect`)
+                schedule.lost(trio.current_time())
+                self._upgraded[peer] = trio.Event()
+                log.info("connect: the punched path to %s died; back to a relay", peer)
+                if await self._relayed_again(peer, relays) is None or schedule.gave_up:
+                    return
+        finally:
+            self._upgraded[peer].set()
+            self._supervised.discard(peer)
+
+    async def _punch_while_relayed(self, peer: ID, relays: Sequence[PeerInfo],
+                                   schedule: RepunchSchedule) -> Punched | None:
+        """Punch as `schedule` says, each time over a relayed path that stands (the old one,
+        or a new circuit); the verified punched path, or None once the schedule gave up (or a
+        direct connection needs no punch)."""
+        assert self._puncher is not None
+        while not schedule.gave_up:
+            due = schedule.get_timer()
+            if due is not None:
+                await trio.sleep_until(due)
+            schedule.start(trio.current_time())
+            standing = await self._relayed_again(peer, relays)
+            if standing is None:
+                schedule.failed(trio.current_time())
+                continue
+            if standing.kind.is_direct:
+                return None
+            relayed = standing.conn
+            try:
+                punched = await self._puncher.punch(peer)
+                await self._verify(punched)
+            except MeshNatError as exc:
+                log.info("connect: %s stays relayed for now: %s", peer, exc)
+                schedule.failed(trio.current_time())
+                continue
+            schedule.punched(trio.current_time())
             self._punched[peer] = punched
             self._events(PathUpgraded(str(peer), punched.transport, punched.remote,
                                       punched.elapsed))
@@ -206,8 +280,40 @@ class Connector:
                 await relayed.close()
             else:  # open streams finish on the relay; new ones take the direct path
                 self._mounted()[1].start_soon(self._close_when_drained, relayed)
-        finally:
-            self._upgraded[peer].set()
+            return punched
+        return None
+
+    async def _verify(self, punched: Punched) -> None:
+        """A punched connection must carry a stream before the relay is let go: a ping over
+        it, tried twice (one lost packet is not a dead path); else it is closed."""
+        node, _ = self._mounted()
+        for attempt in (1, 2):
+            try:
+                await _libp2p.ping_over(node.host, punched.connection,
+                                        timeout=self.config.ping_timeout)
+                return
+            except MeshNatError as exc:
+                if attempt == 2:
+                    with trio.CancelScope(shield=True) as scope:
+                        scope.deadline = trio.current_time() + self.config.ping_timeout
+                        await punched.connection.close()
+                    raise PeerUnavailable(f"the punched path carries nothing: {exc}") from None
+
+    async def _relayed_again(self, peer: ID, relays: Sequence[PeerInfo]) -> Connection | None:
+        """The best open connection to `peer`, else a new circuit through the first of
+        `relays` that gives one; None if none does."""
+        node, _ = self._mounted()
+        open_now = node.connections(peer)
+        if open_now or self._relay_client is None:
+            return open_now[0] if open_now else None
+        for relay in relays:
+            try:
+                with trio.fail_after(self.config.relay_timeout):
+                    return node.describe(await self._relay_client.dial(relay, peer))
+            except (MeshNatError, trio.TooSlowError) as exc:
+                log.info("connect: no circuit to %s via %s: %s", peer, relay.peer_id,
+                         exc or "timed out")
+        return None
 
     async def _close_when_drained(self, relayed: INetConn) -> None:
         node, _ = self._mounted()

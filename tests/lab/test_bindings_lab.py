@@ -50,10 +50,9 @@ def test_a_punched_udp_path_survives_90_s_idle_behind_30_s_binding_timeouts(lab:
 
 @pytest.mark.parametrize("flushed", [
     # the symmetric router maps the next packet to a fresh random port, which the cone side's
-    # filter has never let in: the old path is gone for good and only a new punch can help
-    pytest.param("symmetric", marks=pytest.mark.xfail(strict=True, reason=(
-        "product gap (issue 16): after the flush every line fails 'no answer during chat "
-        "after 10.00s' over the dead punched path; no re-punch and no fallback to the relay"))),
+    # filter has never let in: the old path is gone for good; the keepalives find it dead, the
+    # relay takes over (the flushed side reserves again) and a new punch makes it direct
+    "symmetric",
     # the cone router keeps the port when the cone side sends again
     "cone",
 ])

@@ -6,14 +6,22 @@ from contextlib import AsyncExitStack
 
 import pytest
 import trio
+from libp2p.host.ping import ID as PING_PROTOCOL
 
 from meshnat import EchoService, MeshNode
-from meshnat._libp2p import PeerInfo, is_relayed, open_stream_on, reset_quietly, wait_closed
+from meshnat._libp2p import (
+    PeerInfo,
+    is_relayed,
+    open_stream_on,
+    reset_quietly,
+    wait_closed,
+)
 from meshnat.connect import ConnectConfig, Connector
 from meshnat.echo import ECHO_PROTOCOL, echo
 from meshnat.errors import ConfigError, PeerUnavailable
 from meshnat.events import MeshEvent, PathEstablished, PathUpgraded, PunchSucceeded
-from meshnat.punch import HolePuncher
+from meshnat.punch import HolePuncher, PunchConfig
+from meshnat.punch.repunch import RepunchConfig
 from meshnat.relay import RelayClient, RelayService
 from tests.support.fake_reflectors import LOOPBACK, nodes
 
@@ -48,7 +56,8 @@ async def test_a_peer_known_only_through_a_relay_is_relayed_then_upgraded() -> N
     assert kinds[0] is PathEstablished and PunchSucceeded in kinds and PathUpgraded in kinds
 
 
-async def _relayed_pair(stack: AsyncExitStack, config: ConnectConfig
+async def _relayed_pair(stack: AsyncExitStack, config: ConnectConfig,
+                        punch: PunchConfig | None = None
                         ) -> tuple[MeshNode, MeshNode, Connector]:
     relay, a, b = [await stack.enter_async_context(MeshNode(LOOPBACK)) for _ in range(3)]
     await relay.mount(RelayService())
@@ -57,7 +66,7 @@ async def _relayed_pair(stack: AsyncExitStack, config: ConnectConfig
     await b.mount(EchoService())
     connector = await a.mount(Connector(
         relays=[relay.peer_info()], relay_client=await a.mount(RelayClient()),
-        puncher=await a.mount(HolePuncher()), config=config))
+        puncher=await a.mount(HolePuncher(punch)), config=config))
     return a, b, connector
 
 
@@ -77,6 +86,19 @@ async def test_a_stream_open_on_the_relay_finishes_there_after_the_upgrade() -> 
             assert await old.read(100) == b"still relayed"
             await old.close()
             await wait_closed(relayed)  # closed once its last stream is done
+
+
+async def test_a_punched_path_that_carries_nothing_leaves_the_relayed_path_standing() -> None:
+    with trio.fail_after(30):
+        async with AsyncExitStack() as stack:
+            once = ConnectConfig(repunch=RepunchConfig(attempts=1))
+            a, b, connector = await _relayed_pair(stack, once)
+            b.host.remove_stream_handler(PING_PROTOCOL)  # a punched path would answer nothing
+            relayed = (await connector.connect(PeerInfo(b.peer_id, []))).connection
+            assert not await connector.wait_direct(b.peer_id, 20)
+            assert not relayed.is_closed and connector.last_punch(b.peer_id) is None
+            assert [c.kind for c in a.connections(b.peer_id)] == ["relayed"]
+            assert await echo(a, PeerInfo(b.peer_id, []), b"hi") == b"hi"
 
 
 async def test_a_relayed_stream_outliving_the_drain_timeout_is_cut() -> None:

@@ -6,13 +6,16 @@ from contextlib import AsyncExitStack
 
 import pytest
 import trio
+import trio.testing
+from libp2p.host.ping import ID as PING_PROTOCOL
 
 from meshnat import EchoService, MeshNode
-from meshnat._libp2p import PeerInfo, close_connections, is_relayed
+from meshnat._libp2p import PeerInfo, close_connections, is_relayed, wait_closed
 from meshnat.echo import ECHO_PROTOCOL
 from meshnat.errors import NotMounted, PunchFailed
 from meshnat.events import EventSink, MeshEvent, PathLost, PunchSucceeded, ignore_events
 from meshnat.punch import HolePuncher, PunchConfig
+from meshnat.punch.health import HealthConfig
 from meshnat.punch.messages import MappingHint
 from meshnat.relay import RelayClient, RelayService
 from tests.support.fake_reflectors import LOOPBACK
@@ -69,28 +72,39 @@ async def test_puncher_must_be_mounted() -> None:
         await HolePuncher().punch(PeerInfo(None, []).peer_id)  # type: ignore[arg-type]
 
 
-async def test_a_dead_direct_path_is_noticed_by_keepalives_and_punched_again() -> None:
+async def test_a_punched_path_that_stops_answering_pings_is_retired_and_closed() -> None:
     events: list[MeshEvent] = []
-    repunched = trio.Event()
-
-    def sink(event: MeshEvent) -> None:
-        events.append(event)
-        if sum(isinstance(e, PunchSucceeded) for e in events) == 2:
-            repunched.set()
-
-    fast = PunchConfig(keepalive_interval=0.05, repunch_attempts=1)
+    fast = PunchConfig(health=HealthConfig(interval=0.05, probe_interval=0.05, dead_after=3))
     with trio.fail_after(20):
         async with AsyncExitStack() as stack:
-            _, a, b, puncher = await relayed_pair(stack, fast, a_events=sink)
+            _, a, b, puncher = await relayed_pair(stack, fast, a_events=events.append)
             first = await puncher.punch(b.peer_id)
-            await first.connection.close()  # the direct path dies; the relay still works
-            await repunched.wait()
-            assert [type(e) for e in events] == [PunchSucceeded, PathLost, PunchSucceeded]
+            assert puncher.punched(b.peer_id) is first
+            b.host.remove_stream_handler(PING_PROTOCOL)  # the far end no longer answers
+            await wait_closed(first.connection)
+            assert puncher.punched(b.peer_id) is None
+            lost = [e for e in events if isinstance(e, PathLost)]
+            assert len(lost) == 1 and "3 pings failed in a row" in lost[0].reason
             paths = puncher.statistics().paths
-            assert (paths.paths_lost, paths.repunches, paths.kept) == (1, 1, 1)
-            direct = [c for c in a.host.get_network().get_connections(b.peer_id)
+            assert (paths.paths_lost, paths.kept) == (1, 0)
+            left = a.connections(b.peer_id)
+            assert [c.kind for c in left] == ["relayed"]  # the relay, untouched, stands
+
+
+async def test_a_punched_path_closed_by_the_far_end_is_retired_at_once() -> None:
+    events: list[MeshEvent] = []
+    with trio.fail_after(20):
+        async with AsyncExitStack() as stack:
+            _, a, b, puncher = await relayed_pair(stack, a_events=events.append)
+            first = await puncher.punch(b.peer_id)
+            (far,) = [c for c in b.host.get_network().get_connections(a.peer_id)
                       if not is_relayed(c)]
-            assert direct and first.connection not in direct
+            await far.close()
+            await wait_closed(first.connection)
+            await trio.testing.wait_all_tasks_blocked()  # the keeper's task sees it closed
+            assert puncher.punched(b.peer_id) is None
+            assert [type(e) for e in events] == [PunchSucceeded, PathLost]
+            assert "closed" in events[-1].reason  # type: ignore[attr-defined]
 
 
 async def test_a_peer_asking_for_too_many_punches_is_refused() -> None:

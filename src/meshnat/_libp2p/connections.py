@@ -86,8 +86,10 @@ def describe_connection(conn: INetConn, sources: Sequence[PunchedConnections]) -
 
 def connections_to(host: IHost, peer: ID,
                    sources: Sequence[PunchedConnections]) -> list[Connection]:
-    """The connections to `peer`, described, best first (`paths.best_first_key`)."""
-    found = [describe_connection(c, sources) for c in host.get_network().get_connections(peer)]
+    """The open connections to `peer`, described, best first (`paths.best_first_key`); one
+    closed but not yet dropped by the swarm is left out."""
+    found = [describe_connection(c, sources) for c in host.get_network().get_connections(peer)
+             if not c.is_closed]
     return sorted(found, key=lambda c: best_first_key(c.kind))
 
 

@@ -269,6 +269,7 @@ class ChatNetwork:
                 raise
             except MeshNatError as exc:
                 failed.append(SendFailed(member.who(), str(exc)))
+                self._connector.suspect(member.record.peer_id)  # a dead punched path?
                 continue
             to.append(Delivery(member.who(), self._label(member, path)))
         return LineSent(text, tuple(to), tuple(failed))

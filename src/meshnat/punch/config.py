@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from meshnat.config import require_in_range, require_positive
+from meshnat.punch.health import HealthConfig
 from meshnat.punch.messages import MappingHint
 
 
@@ -25,12 +26,8 @@ class PunchConfig:
     """This node's mapping behaviour (from discovery or its NatReport). One endpoint-dependent
     side against an endpoint-independent one means birthday probing; two give up at once."""
 
-    keepalive_interval: float = 25.0
-    """Seconds between pings over a punched connection, to hold its NAT mappings (Linux
-    conntrack drops a UDP mapping after 30 s of one-exchange flows; Tailscale uses 27 s)."""
-
-    repunch_attempts: int = 2
-    """Times the initiator punches again after a punched connection dies (0: never)."""
+    health: HealthConfig = field(default_factory=HealthConfig)
+    """How punched connections are pinged (holding their NAT mappings) and found dead."""
 
     responder_rate: float = 0.2
     """Punches per second a peer may ask of this node (one every 5 s), so a peer cannot turn
@@ -75,9 +72,8 @@ class PunchConfig:
     def __post_init__(self) -> None:
         require_in_range(self, 1, 65535, "birthday_sockets", "birthday_max_probes",
                          "birthday_probes_per_tick")
-        require_in_range(self, 0, 10, "repunch_attempts")
         require_in_range(self, 1, 100, "responder_burst", "network_burst", "total_burst")
         require_in_range(self, 0, 3072, "offer_padding")
         require_in_range(self, 1, 1024, "max_responding", "max_responding_per_network")
         require_positive(self, "probe_interval", "punch_timeout", "stream_timeout",
-                         "keepalive_interval", "responder_rate", "network_rate", "total_rate")
+                         "responder_rate", "network_rate", "total_rate")

@@ -31,9 +31,7 @@ class PathStatistics:
     keepalives_sent: int
     """Keepalive pings answered, over every kept connection."""
     paths_lost: int
-    """Kept connections that stopped answering keepalives."""
-    repunches: int
-    """Punches started again after a kept connection was lost."""
+    """Kept connections retired as dead (keepalives failed in a row, or closed)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

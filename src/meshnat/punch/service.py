@@ -5,7 +5,7 @@ the stream's protocol negotiation (`_libp2p.open_stream_sending`), measures the 
 the responder's Offer, sends Sync and punches RTT/2 later; the responder punches as
 soon as Sync arrives, so both start at about the same moment. Each side plans the punch from
 the two Offers (`punch/plan.py`), then races the UDP and TCP paths (`punch/race.py`); the first
-direct connection wins and is kept alive (`punch/keepalive.py`).
+direct connection wins and is kept alive until it dies (`punch/keepalive.py`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from functools import partial
 import trio
 
 from meshnat import _libp2p
-from meshnat._libp2p import ID, INetStream, TaskStatus, TProtocol
+from meshnat._libp2p import ID, INetConn, INetStream, TaskStatus, TProtocol
 from meshnat.discovery import PeerAddressDiscovery
 from meshnat.endpoint import Endpoint
 from meshnat.errors import (
@@ -70,9 +70,7 @@ class HolePuncher:
         self._race = PathRace(self.traversals)
         self._events = events
         self._node: MeshNode | None = None
-        self._paths = PathKeeper(interval=self.config.keepalive_interval,
-                                 ping_timeout=self.config.stream_timeout,
-                                 repunch=self._punch_and_keep, events=events)
+        self._paths = PathKeeper(self.config.health, events=events)
         cfg = self.config
         self._limits = (
             ("peer-rate", RateLimiter(rate=cfg.responder_rate, burst=cfg.responder_burst,
@@ -116,21 +114,18 @@ class HolePuncher:
     async def punch(self, peer: ID) -> Punched:
         """Open a direct connection to `peer` over an existing (e.g. relayed) connection.
 
-        The connection is then kept alive with pings and punched again (up to
-        `repunch_attempts` times) if it dies while another connection still reaches the peer.
+        The connection is then kept alive with pings until it dies; then it is closed and
+        reported as `PathLost` (punching again is the caller's choice: the Connector does).
         Raises PunchFailed (no path; the existing connection stays usable), PeerUnavailable or
         PeerTimeout (coordination failed) or a RemoteProtocolError subclass.
         """
-        return await self._punch_and_keep(peer, self.config.repunch_attempts)
-
-    async def _punch_and_keep(self, peer: ID, repunches_left: int) -> Punched:
         try:
             result = await self._punch(peer)
         except PunchFailed as exc:
             self._events(PunchAbandoned(str(peer), exc.reason))
             raise
         self._events(PunchSucceeded(str(peer), result.transport, result.remote, result.elapsed))
-        self._paths.keep(result, repunches_left=repunches_left)
+        self._paths.keep(result)
         return result
 
     async def _punch(self, peer: ID) -> Punched:
@@ -217,7 +212,7 @@ class HolePuncher:
             result = await self._race.run(node, peer, offer, theirs, plan, rtt=0.0,
                                           started=trio.current_time(), budget=budget)
             log.info("punch: responded to %s: %s path %s", peer, result.transport, result.remote)
-            self._paths.keep(result, repunches_left=0)  # re-punching is the initiator's job
+            self._paths.keep(result)
         except MeshNatError as exc:
             log.info("punch: responding to %s ended: %s", peer, exc)
         finally:
@@ -229,6 +224,16 @@ class HolePuncher:
     def punched(self, peer: ID) -> Punched | None:
         """The punched connection to `peer` being kept alive now (either side), if any."""
         return self._paths.punched(peer)
+
+    def died_silently(self, conn: INetConn) -> bool:
+        """True if `conn` was a punched connection retired because pings found it dead (a
+        flushed NAT binding), not one closed by either end."""
+        return self._paths.died_silently(conn)
+
+    def suspect(self, peer: ID) -> None:
+        """The caller saw `peer`'s punched path fail (no answer): check it now, and retire
+        it if it is dead."""
+        self._paths.suspect(peer)
 
     # --- both sides --------------------------------------------------------------------------
 

@@ -20,9 +20,14 @@ from meshnat._libp2p.relay import HOP_PROTOCOL, CircuitRelay
 from meshnat.config import require_in_range, require_positive
 from meshnat.errors import ConfigError, MeshNatError, NotMounted, RelayUnavailable
 from meshnat.node import MeshNode
+from meshnat.punch.health import HealthConfig
+from meshnat.punch.keepalive import HealthWatch, close_dead
 from meshnat.relay.policy import HopLimits, HopStatistics, RelayCandidate, rank_relays
 
 log = logging.getLogger(__name__)
+
+MAX_RESERVE_BACKOFF = 30.0
+"""Seconds between attempts at most to reserve again on a relay whose connection died."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -121,10 +126,18 @@ class RelayService:
 
 
 class RelayClient:
-    """Reserves on relays (so peers can reach this node through them) and dials circuits."""
+    """Reserves on relays (so peers can reach this node through them) and dials circuits.
 
-    def __init__(self, *, timeout: float = 10.0) -> None:
+    A reservation is held while mounted: the connection it rides is pinged (`HealthWatch`, as
+    punched paths are), and when it dies (a NAT that flushed its table breaks it silently) it
+    is closed and the reservation made again on a new one 1 s later (a backoff that doubles
+    with each failure, to at most `MAX_RESERVE_BACKOFF`).
+    """
+
+    def __init__(self, *, timeout: float = 10.0, health: HealthConfig | None = None) -> None:
         self._timeout = timeout
+        self._health = health or HealthConfig()
+        self._held: set[ID] = set()
         self._node: MeshNode | None = None
         self._relay: CircuitRelay | None = None
         self._nursery: trio.Nursery | None = None
@@ -146,7 +159,48 @@ class RelayClient:
         return self._node, self._relay, self._nursery
 
     async def reserve(self, relay: PeerInfo) -> multiaddr.Multiaddr:
-        """Reserve on `relay` (refreshed before expiry); returns this node's circuit address."""
+        """Reserve on `relay` (refreshed before expiry, and made again whenever the connection
+        to the relay dies); returns this node's circuit address."""
+        address = await self._reserve_once(relay)
+        _, _, nursery = self._mounted()
+        if relay.peer_id not in self._held:
+            self._held.add(relay.peer_id)
+            nursery.start_soon(self._hold, relay)
+        return address
+
+    async def _hold(self, relay: PeerInfo) -> None:
+        node, _, _ = self._mounted()
+        delay, answers_ping = 1.0, True
+        try:
+            while True:
+                conns = [c for c in node.host.get_network().get_connections(relay.peer_id)
+                         if not c.is_closed]
+                if conns and answers_ping:
+                    watch = HealthWatch(node.host, conns[0], self._health)
+                    dead = await watch.run()
+                    reason = dead.reason if dead is not None else "stopped"
+                    if watch.pings_answered == 0 and not conns[0].is_closed:
+                        answers_ping = False  # not every relay answers libp2p ping
+                        log.info("relay: %s answers no ping (%s); watching only for its "
+                                 "connection to close", relay.peer_id, reason)
+                        continue
+                    log.info("relay: the connection to %s died (%s); reserving again",
+                             relay.peer_id, reason)
+                    await close_dead(conns[0], self._health.ping_timeout)
+                elif conns:
+                    await _libp2p.wait_closed(conns[0])
+                await trio.sleep(delay)  # the backoff itself (also: a node closing its
+                # connections is unmounting this service next, and must not dial again)
+                try:
+                    await self._reserve_once(relay)
+                    delay = 1.0
+                except MeshNatError as exc:
+                    log.info("relay: reserving again on %s failed: %s", relay.peer_id, exc)
+                    delay = min(2 * delay, MAX_RESERVE_BACKOFF)
+        finally:
+            self._held.discard(relay.peer_id)
+
+    async def _reserve_once(self, relay: PeerInfo) -> multiaddr.Multiaddr:
         node, circuits, nursery = self._mounted()
         stream = await node.open_stream(tcp_first(relay), HOP_PROTOCOL, timeout=self._timeout)
         try:
