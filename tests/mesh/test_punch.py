@@ -10,7 +10,13 @@ import trio.testing
 from libp2p.host.ping import ID as PING_PROTOCOL
 
 from meshnat import EchoService, MeshNode
-from meshnat._libp2p import PeerInfo, close_connections, is_relayed, wait_closed
+from meshnat._libp2p import (
+    PeerInfo,
+    close_connections,
+    is_relayed,
+    wait_closed,
+    wait_direct_connection,
+)
 from meshnat.echo import ECHO_PROTOCOL
 from meshnat.errors import NotMounted, PunchFailed
 from meshnat.events import EventSink, MeshEvent, PathLost, PunchSucceeded, ignore_events
@@ -97,8 +103,7 @@ async def test_a_punched_path_closed_by_the_far_end_is_retired_at_once() -> None
         async with AsyncExitStack() as stack:
             _, a, b, puncher = await relayed_pair(stack, a_events=events.append)
             first = await puncher.punch(b.peer_id)
-            (far,) = [c for c in b.host.get_network().get_connections(a.peer_id)
-                      if not is_relayed(c)]
+            far = await wait_direct_connection(b.host, a.peer_id)  # may be accepted later
             await far.close()
             await wait_closed(first.connection)
             await trio.testing.wait_all_tasks_blocked()  # the keeper's task sees it closed

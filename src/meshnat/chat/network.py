@@ -9,8 +9,11 @@ Rules:
   first, so that they do not open two relayed connections (and two colliding punches).
 - A member that cannot be reached is tried again `retry_interval` later, if its record is
   still listed. A member that said goodbye stays gone until it registers a newer record.
-- A member's path is `direct` or `relayed` when first reached, and `punched` once a member
-  first reached through a relay gets a direct connection.
+- A member's path is `direct` or `relayed` when first reached (`punched` if it was punched
+  before its record was found here), and `punched` once a member first reached through a
+  relay gets a direct connection. A line that fails makes the Connector check the path
+  (`Connector.suspect`): a dead punched path is retired and the member reached through a relay
+  again, then punched again.
 """
 
 from __future__ import annotations
@@ -221,7 +224,10 @@ class ChatNetwork:
         best = conns[0]
         member.transport = best.transport
         if member.path is None:
+            # a member first seen over a punched connection (punched before its record was
+            # found here) is reported as punched: its lines take that path
             member.path = kind if kind in (PathKind.DIRECT, PathKind.RELAYED) else (
+                PathKind.PUNCHED if best.kind is PathKind.PUNCHED else
                 PathKind.DIRECT if best.kind.is_direct else PathKind.RELAYED)
             member.connected.set()
             self._events(MemberConnected(member.who(), member.path, best.transport))
