@@ -72,9 +72,10 @@ log = logging.getLogger(__name__)
 MAX_PENDING_REPLIES = 4096
 """Replies (12-byte frames) a peer may have us owe before its connection is closed."""
 
-MAX_STREAMS = 1024
-"""Open streams per connection, both directions together; go-yamux has no limit of its own
-(the resource manager has), js-libp2p allows 1,024 inbound."""
+MAX_STREAMS = 256
+"""Open streams per connection, both directions together (py-libp2p's backlog was 256 too).
+What a peer can make a connection buffer unread is the sum of its streams' windows: 256 KiB
+each (64 MiB in all), more only on a stream whose reader kept up so far (auto-tuning)."""
 
 ACCEPT_BACKLOG = 256
 """Streams the peer opened that nothing has accepted yet (go-yamux's AcceptBacklog)."""

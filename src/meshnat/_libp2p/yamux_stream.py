@@ -14,7 +14,12 @@ from typing import TYPE_CHECKING
 
 import trio
 from libp2p.abc import IMuxedStream
-from libp2p.stream_muxer.exceptions import MuxedStreamClosed, MuxedStreamEOF, MuxedStreamReset
+from libp2p.stream_muxer.exceptions import (
+    MuxedStreamClosed,
+    MuxedStreamEOF,
+    MuxedStreamError,
+    MuxedStreamReset,
+)
 
 from meshnat._libp2p.yamux_frames import (
     DATA,
@@ -145,7 +150,10 @@ class YamuxStream(IMuxedStream):
             if self.send_closed or self.is_reset:
                 return
             self.send_closed = True
-            await self._conn.send_frame(encode(WINDOW_UPDATE, FIN, self.stream_id, 0))
+            try:
+                await self._conn.send_frame(encode(WINDOW_UPDATE, FIN, self.stream_id, 0))
+            except MuxedStreamError:
+                self.kill()  # the connection is gone: the stream ended with it, not cleanly
         self._conn.forget_if_done(self)
 
     async def close_write(self) -> None:
