@@ -138,33 +138,33 @@ class Connector:
         if existing:  # a direct connection if there is one: the relayed one may be draining
             return await self._found(existing[0], started, attempts=["existing connection"])
         attempts: list[str] = []
-        if mapped:
-            try:
-                await node.connect(PeerInfo(peer.peer_id, list(mapped)),
-                                   timeout=self.config.direct_timeout)
-            except MeshNatError as exc:
-                log.debug("connect: %s not reachable at its mappings: %s", peer.peer_id, exc)
-                attempts.append(f"mapped: {exc}")
-            else:
-                conns = node.connections(peer.peer_id)
-                if conns:
-                    return await self._found(conns[0], started, attempts=[*attempts, "mapped"],
-                                             kind=PathKind.MAPPED)
         direct = [a for a in peer.addrs if not _libp2p.is_circuit_addr(a) and a not in mapped]
-        if direct:
-            try:
-                await node.connect(PeerInfo(peer.peer_id, direct),
-                                   timeout=self.config.direct_timeout)
-            except MeshNatError as exc:
-                log.debug("connect: %s not reachable directly: %s", peer.peer_id, exc)
-                attempts.append(f"direct: {exc}")
-            else:
-                conns = node.connections(peer.peer_id)
-                if conns:
-                    return await self._found(conns[0], started, attempts=[*attempts, "direct"])
-                attempts.append("direct: the connection closed at once")
+        for kind, addrs in ((PathKind.MAPPED, list(mapped)), (PathKind.DIRECT, direct)):
+            found = await self._dial_rung(peer.peer_id, addrs, kind, attempts)
+            if found is not None:
+                return await self._found(found, started, attempts=[*attempts, str(kind)],
+                                         kind=kind if kind is PathKind.MAPPED else None)
         return await self._via_relays(peer.peer_id, self._relays, started, attempts,
                                       "no direct address, no relay")
+
+    async def _dial_rung(self, peer: ID, addrs: list[multiaddr.Multiaddr], kind: PathKind,
+                         attempts: list[str]) -> Connection | None:
+        """Dial `addrs` (the mapped or the direct rung); the connection, or None with what
+        went wrong added to `attempts`."""
+        if not addrs:
+            return None
+        node, _ = self._mounted()
+        try:
+            await node.connect(PeerInfo(peer, addrs), timeout=self.config.direct_timeout)
+        except MeshNatError as exc:
+            log.debug("connect: %s not reachable (%s): %s", peer, kind, exc)
+            attempts.append(f"{kind}: {exc}")
+            return None
+        conns = node.connections(peer)
+        if not conns:
+            attempts.append(f"{kind}: the connection closed at once")
+            return None
+        return conns[0]
 
     async def connect_via(self, peer: ID, relays: Sequence[PeerInfo]) -> Path:
         """A relay circuit to `peer` through the first of `relays` that gives one (the last

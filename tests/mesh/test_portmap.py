@@ -1,6 +1,6 @@
 """PortMapper on loopback against a fake NAT-PMP gateway (127.0.0.9:5351): a mapping is
 advertised only after a helper's dial-back reached it; a gateway that lies advertises nothing;
-mappings are deleted on unmount."""
+mappings are deleted on unmount. And the Connector's mapped rung."""
 
 from __future__ import annotations
 
@@ -8,14 +8,18 @@ import socket
 import struct
 from ipaddress import IPv4Address
 
+import multiaddr
 import pytest
 import trio
 
 from meshnat import MeshNode, NodeConfig
+from meshnat._libp2p import PeerInfo
 from meshnat.classify import ProbeHelperService
+from meshnat.connect import ConnectConfig, Connector
 from meshnat.portmap import MappingProtocol, PortMapConfig, PortMapper
 from meshnat.portmap.natpmp import SERVER_PORT
 from meshnat.records.authority import RecordAuthority
+from tests.support.fake_reflectors import nodes
 
 GATEWAY = IPv4Address("127.0.0.9")
 
@@ -72,3 +76,24 @@ async def test_a_mapping_is_advertised_only_once_a_dial_back_reached_it(lies: bo
             nursery.cancel_scope.cancel()
     deletes = [r for r in requests if len(r) == 12 and r[8:] == bytes(4)]
     assert len(deletes) == 1  # released on unmount: lifetime 0
+
+
+async def test_a_connector_tries_the_mapped_rung_first_and_labels_it_mapped() -> None:
+    async with nodes(2) as (a, b):
+        connector = await a.mount(Connector())
+        mapped = [x for x in b.peer_info().addrs if "/tcp/" in str(x)]
+        with trio.fail_after(10):
+            path = await connector.connect(PeerInfo(b.peer_id, []), mapped=mapped)
+        assert path.kind == "mapped" and path.attempts == ("mapped",)
+
+
+async def test_a_mapping_that_does_not_answer_falls_through_to_the_direct_rung() -> None:
+    async with nodes(2) as (a, b):
+        connector = await a.mount(Connector(config=ConnectConfig(direct_timeout=2.0)))
+        with trio.socket.socket() as closed:  # a port nobody listens on
+            await closed.bind(("127.0.0.1", 0))
+            dead = multiaddr.Multiaddr(f"/ip4/127.0.0.1/tcp/{closed.getsockname()[1]}")
+        with trio.fail_after(10):
+            path = await connector.connect(b.peer_info(), mapped=[dead])
+        assert path.kind == "direct" and path.attempts[-1] == "direct"
+        assert path.attempts[0].startswith("mapped: ")

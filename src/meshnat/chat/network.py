@@ -198,8 +198,9 @@ class ChatNetwork:
                 with trio.move_on_after(self.config.dial_grace):
                     await member.connected.wait()
             if member.path is None:
-                path = await self._connector.connect(PeerInfo(record.peer_id,
-                                                              record.direct_addrs()))
+                path = await self._connector.connect(
+                    PeerInfo(record.peer_id, record.direct_addrs()),
+                    mapped=record.mapped_addrs())
                 self._report(record.key, kind=path.kind)
                 if path.kind is PathKind.RELAYED and await self._connector.wait_direct(
                         record.peer_id, self.config.punch_wait):
