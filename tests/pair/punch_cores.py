@@ -15,7 +15,13 @@ from dataclasses import dataclass
 
 from meshnat.datagrams import parse_datagram
 from meshnat.endpoint import Endpoint
-from meshnat.punch.birthday import EasySideSession, HardSideSession, HeardOn, SendFrom
+from meshnat.punch.birthday import (
+    ANSWER_COPIES,
+    EasySideSession,
+    HardSideSession,
+    HeardOn,
+    SendFrom,
+)
 from meshnat.punch.config import PunchConfig
 from meshnat.punch.core import GaveUp, Heard, SendProbe
 from meshnat.punch.messages import MappingHint, Offer, Probe
@@ -110,7 +116,7 @@ class Side:
     start: float
     max_sent: int
     """The most datagrams the core may send: its probe budget, or one round per interval
-    until its deadline, plus the one answer to what it heard (from the plan, not the core)."""
+    until its deadline, plus the answers to what it heard (from the plan, not the core)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +175,7 @@ def _core(plan: PunchPlan, host: Host, theirs: Offer, config: PunchConfig, rng: 
         return None, 0
     if plan.udp is UdpPath.TRAVERSAL:
         return direct_core(host, theirs, config), \
-            len(theirs.udp) * rounds(plan.path_timeout, config.probe_interval) + 1
+            len(theirs.udp) * rounds(plan.path_timeout, config.probe_interval) + ANSWER_COPIES
     assert plan.birthday is not None
     wanted, per_tick, interval = plan.birthday.wanted, plan.birthday.per_tick, \
         plan.birthday.interval
@@ -177,11 +183,11 @@ def _core(plan: PunchPlan, host: Host, theirs: Offer, config: PunchConfig, rng: 
         session = HardSideSession(TXID, theirs.udp[:1], sockets=wanted,
                                   refresh_interval=interval, timeout=plan.path_timeout)
         return SessionCore(session, host.endpoint(HARD_BASE_PORT), wanted), \
-            wanted * rounds(plan.path_timeout, interval) + 1
+            wanted * rounds(plan.path_timeout, interval) + ANSWER_COPIES
     easy = EasySideSession(TXID, theirs.udp[0].ip, rng=rng, max_probes=wanted,
                            probes_per_tick=per_tick, tick=interval,
                            timeout=plan.path_timeout, port_range=port_range)
-    return SessionCore(easy, host.endpoint(PORT)), wanted + 1
+    return SessionCore(easy, host.endpoint(PORT)), wanted + ANSWER_COPIES
 
 
 def rounds(timeout: float, interval: float) -> int:

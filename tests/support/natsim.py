@@ -25,6 +25,7 @@ from __future__ import annotations
 import heapq
 import random
 from collections import Counter
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 from typing import NamedTuple
@@ -203,8 +204,8 @@ class SimStatistics:
     sent: int
     delivered: int
     dropped: dict[str, int]
-    """Datagrams dropped, by reason: `lost`, `no-mapping`, `filtered`, `blocked`,
-    `hairpin-off`, `no-port`, `unroutable`."""
+    """Datagrams dropped, by reason: `lost`, `lost-first`, `no-mapping`, `filtered`,
+    `blocked`, `hairpin-off`, `no-port`, `unroutable`."""
 
 
 class SimNet:
@@ -220,6 +221,13 @@ class SimNet:
         self._queue: list[tuple[float, int, bool, Endpoint, Endpoint, bytes]] = []
         self._seq = self._sent = self._delivered = 0
         self._dropped: Counter[str] = Counter()
+        self._kind_of: Callable[[bytes], Hashable | None] | None = None
+        self._first_lost: set[tuple[IP, Hashable]] = set()
+
+    def lose_first(self, kind_of: Callable[[bytes], Hashable | None]) -> None:
+        """From now on, lose the first datagram of each kind each host sends (`kind_of` names
+        a payload's kind; None: never lost): one lost packet per rung, deterministically."""
+        self._kind_of = kind_of
 
     def add_nat(self, public_ip: IP, *, mapping: Mapping = _EI,
                 filtering: Filtering = Filtering.ADDRESS_AND_PORT_DEPENDENT,
@@ -266,6 +274,11 @@ class SimNet:
         if host is None:
             raise LocalProtocolError(f"no host has address {src.ip}")
         self._sent += 1
+        kind = self._kind_of(payload) if self._kind_of is not None else None
+        if kind is not None and (src.ip, kind) not in self._first_lost:
+            self._first_lost.add((src.ip, kind))
+            self._dropped["lost-first"] += 1
+            return
         nat = host.nat
         if nat is None:
             self._travel(src, dst, payload, now)

@@ -6,7 +6,13 @@ import random
 from ipaddress import ip_address
 
 from meshnat.endpoint import Endpoint
-from meshnat.punch.birthday import EasySideSession, HardSideSession, HeardOn, SendFrom
+from meshnat.punch.birthday import (
+    ANSWER_COPIES,
+    EasySideSession,
+    HardSideSession,
+    HeardOn,
+    SendFrom,
+)
 from meshnat.punch.core import GaveUp, Heard
 from meshnat.punch.messages import Probe
 
@@ -46,9 +52,10 @@ def test_hard_side_opens_one_mapping_per_socket_and_answers_on_the_socket_that_h
     assert {a.socket for a in sends if isinstance(a, SendFrom)} == set(range(256))
     assert {a.dst for a in sends if isinstance(a, SendFrom)} == {A}
     s.receive_probe(17, Probe(TXID), A, now=0.3)
-    answer, heard = drain(s)
-    assert answer == SendFrom(17, A, Probe(TXID, ack=True))
-    assert isinstance(heard, HeardOn) and heard.socket == 17 and heard.probes_sent == 257
+    *answers, heard = drain(s)
+    assert answers == [SendFrom(17, A, Probe(TXID, ack=True))] * ANSWER_COPIES  # one may be lost
+    assert isinstance(heard, HeardOn) and heard.socket == 17
+    assert heard.probes_sent == 256 + ANSWER_COPIES
 
 
 def test_hard_side_gives_up_at_its_deadline() -> None:

@@ -22,6 +22,11 @@ from meshnat.errors import LocalProtocolError
 from meshnat.punch.core import DeadlineSession, GaveUp, Heard, SendProbe
 from meshnat.punch.messages import Probe
 
+ANSWER_COPIES = 2
+"""Answers (`ack` probes) sent to the probe a session hears: it finishes on hearing, so one
+lost answer would leave the peer (the hard side, which only hears answers) with nothing; the
+classification helper sends its probes twice for the same reason."""
+
 
 @dataclass(frozen=True, slots=True)
 class SendFrom:
@@ -67,8 +72,8 @@ class EasySideSession(DeadlineSession[SendProbe | Heard]):
     def receive_probe(self, probe: Probe, src: Endpoint, now: float) -> None:
         if self._done or src.ip != self._ip or not hmac.compare_digest(probe.txid, self._txid):
             return
-        self._actions.append(SendProbe(src, Probe(self._txid, ack=True)))
-        self._finish(Heard(src, now - self._started_at, self.probes_sent + 1))
+        self._actions.extend([SendProbe(src, Probe(self._txid, ack=True))] * ANSWER_COPIES)
+        self._finish(Heard(src, now - self._started_at, self.probes_sent + ANSWER_COPIES))
 
     def get_timer(self) -> float | None:
         if not self._done and len(self._tried) >= self._max:
@@ -113,8 +118,9 @@ class HardSideSession(DeadlineSession[SendFrom | HeardOn]):
     def receive_probe(self, socket: int, probe: Probe, src: Endpoint, now: float) -> None:
         if self._done or not hmac.compare_digest(probe.txid, self._txid):
             return
-        self._actions.append(SendFrom(socket, src, Probe(self._txid, ack=True)))
-        self._probes_sent += 1
+        self._actions.extend([SendFrom(socket, src, Probe(self._txid, ack=True))]
+                             * ANSWER_COPIES)
+        self._probes_sent += ANSWER_COPIES
         self._finish(HeardOn(socket, src, now - self._started_at, self._probes_sent))
 
     def _give_up(self) -> GaveUp:
