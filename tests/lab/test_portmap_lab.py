@@ -39,7 +39,7 @@ def test_a_node_behind_a_mapping_symmetric_nat_is_reached_directly_from_every_si
     home = lab.site("home", Nat.SYMMETRIC, port_mapping=True)
     ready = listen(home.hosts[0], relay, reflectors, "--port-mapping",
                    "--port-mapping-protocol", protocol)
-    (mapped,) = ready["mapped"]  # the QUIC port, confirmed by a reflector's dial-back
+    mapped = next(a for a in ready["mapped"] if "/udp/" in a)  # confirmed by a dial-back
     assert mapped.startswith(f"/ip4/{home.public_ip}/udp/") and "/quic-v1/p2p/" in mapped
     assert home.public_ip.startswith(MAPPING_PREFIX)
     others = [lab.site("cone", Nat.CONE).hosts[0]]
@@ -48,7 +48,7 @@ def test_a_node_behind_a_mapping_symmetric_nat_is_reached_directly_from_every_si
     for host in others:
         result = connect(host, ready, relay, reflectors)
         assert result["path"] == "mapped", result
-        assert result["remote"] == mapped.split("/")[2] + ":" + mapped.split("/")[4]
+        assert result["remote"].startswith(f"{home.public_ip}:")
 
 
 def test_without_the_mapper_the_node_behind_the_same_router_stays_relayed(lab: Lab) -> None:
@@ -66,7 +66,7 @@ def test_after_a_router_reboot_the_mapping_is_made_again_and_reaches_the_node(la
     proc, ready = home.hosts[0].start_json(home.hosts[0].python(
         "-m", "meshnat", "listen", "--port-mapping", "--port-mapping-protocol", "pcp",
         *mesh_args(relay, reflectors)), timeout=90)
-    assert len(ready["mapped"]) == 1
+    assert ready["mapped"]
     lab.reboot_port_mapping(home)  # mappings gone, new epoch, an unsolicited ANNOUNCE
     assert proc.stdout is not None
     changes = []

@@ -15,7 +15,9 @@ import trio
 from meshnat import MeshNode, NodeConfig
 from meshnat._libp2p import PeerInfo
 from meshnat.classify import ProbeHelperService
+from meshnat.classify.service import dial_back_tcp
 from meshnat.connect import ConnectConfig, Connector
+from meshnat.endpoint import Endpoint
 from meshnat.portmap import MappingProtocol, PortMapConfig, PortMapper
 from meshnat.portmap.natpmp import SERVER_PORT
 from meshnat.records.authority import RecordAuthority
@@ -53,29 +55,33 @@ async def test_a_mapping_is_advertised_only_once_a_dial_back_reached_it(lies: bo
             nursery.start_soon(fake_gateway, gateway_sock, 7 if lies else 0, requests)
             await helper_node.mount(ProbeHelperService())
             authority = await client.mount(RecordAuthority())
-            config = PortMapConfig(protocols=(MappingProtocol.NATPMP,), transports=("udp",),
-                                   gateway=GATEWAY, verify_timeout=3.0)
+            config = PortMapConfig(protocols=(MappingProtocol.NATPMP,), gateway=GATEWAY,
+                                   verify_timeout=4.0)
             mapper = PortMapper(config, helpers=[helper_node.peer_info()], records=authority)
             await client.mount(mapper)
             udp_port = client.listen_endpoint("udp").port
-            with trio.fail_after(15):
+            tcp_port = client.listen_endpoint("tcp").port
+            with trio.fail_after(20):
                 if lies:
-                    while mapper.statistics().refuted == 0:
+                    while mapper.statistics().refuted < 2:
                         await mapper.wait_changed()
                 else:
                     mapping = await mapper.wait_confirmed("udp")
+                    await mapper.wait_confirmed("tcp")
             record = authority.current().record
-            if lies:
+            if lies:  # neither the datagram nor the TCP dial-back reached the node
                 assert mapper.confirmed() == [] and record.mapped == 0
-                assert mapper.statistics().held[0].external.port == udp_port + 7
+                held = {m.transport: m.external.port for m in mapper.statistics().held}
+                assert held == {"udp": udp_port + 7, "tcp": tcp_port + 7}
             else:
                 assert mapping.external.port == udp_port and mapping.protocol == "nat-pmp"
-                assert record.mapped == 1
-                assert str(record.addrs[0]) == f"/ip4/127.0.0.1/udp/{udp_port}/quic-v1"
+                assert record.mapped == 2
+                assert {str(a) for a in record.addrs[:2]} == {
+                    f"/ip4/127.0.0.1/udp/{udp_port}/quic-v1", f"/ip4/127.0.0.1/tcp/{tcp_port}"}
             await client.unmount(mapper)
             nursery.cancel_scope.cancel()
-    deletes = [r for r in requests if len(r) == 12 and r[8:] == bytes(4)]
-    assert len(deletes) == 1  # released on unmount: lifetime 0
+    deletes = {r[1] for r in requests if len(r) == 12 and r[8:] == bytes(4)}
+    assert deletes == {1, 2}  # both released on unmount (lifetime 0): UDP and TCP opcodes
 
 
 async def test_a_connector_tries_the_mapped_rung_first_and_labels_it_mapped() -> None:
@@ -97,3 +103,13 @@ async def test_a_mapping_that_does_not_answer_falls_through_to_the_direct_rung()
             path = await connector.connect(b.peer_info(), mapped=[dead])
         assert path.kind == "direct" and path.attempts[-1] == "direct"
         assert path.attempts[0].startswith("mapped: ")
+
+
+async def test_a_tcp_dial_back_goes_only_to_the_requesters_own_address() -> None:
+    async with nodes(2) as (a, b):
+        helper = await b.mount(ProbeHelperService())
+        elsewhere = Endpoint(IPv4Address("127.0.0.5"), a.listen_endpoint("tcp").port)
+        with trio.fail_after(10):
+            assert await dial_back_tcp(a, b.peer_info(), elsewhere) is None  # refused
+            assert await dial_back_tcp(a, b.peer_info(), a.listen_endpoint("tcp")) is True
+        assert helper.refused == 1 and helper.probes_sent == 1

@@ -12,6 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from meshnat.classify.messages import (
+    DialBackRequest,
+    DialBackResult,
     InfoRequest,
     InfoResponse,
     ProbeAck,
@@ -68,6 +70,9 @@ GOLDEN = {
     "classify_probe_request": ProbeRequest(TXID, Endpoint(ip_address("198.18.0.20"), 4001)),
     "classify_probe_ack": ProbeAck(TXID),
     "classify_probe_datagram": ProbeDatagram(TXID),
+    "classify_dial_back_request": DialBackRequest(TXID, Endpoint(ip_address("11.18.0.10"),
+                                                                 4001)),
+    "classify_dial_back_result": DialBackResult(TXID, reached=True),
     "punch_offer": Offer(TXID, (Endpoint(ip_address("198.18.0.20"), 4001),),
                          (Endpoint(ip_address("10.1.0.10"), 4001),),
                          MappingHint.ENDPOINT_INDEPENDENT, public=True),

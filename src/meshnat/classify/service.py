@@ -21,6 +21,8 @@ from meshnat.classify.classifier import (
 )
 from meshnat.classify.helper import CLASSIFY_PROTOCOL
 from meshnat.classify.messages import (
+    DialBackRequest,
+    DialBackResult,
     InfoRequest,
     InfoResponse,
     ProbeAck,
@@ -88,6 +90,21 @@ async def dial_back(node: MeshNode, peer: PeerInfo, target: Endpoint,
     not, else whether the datagram reached this node's UDP socket through the NAT (a port
     mapping or a forwarded port that really works)."""
     return await _Run(node, config or ClassifierConfig()).unsolicited(peer, target, "dial-back")
+
+
+async def dial_back_tcp(node: MeshNode, peer: PeerInfo, target: Endpoint,
+                        timeout: float = 5.0) -> bool | None:
+    """Ask `peer` (a ProbeHelperService) to open one TCP connection to `target`, one of this
+    node's own public endpoints: None if it would not, else whether this node answered there
+    (the helper's Noise handshake proves it was this node)."""
+    try:
+        result = await request(node, peer, CLASSIFY_PROTOCOL,
+                               DialBackRequest(new_txid(), target), DialBackResult,
+                               timeout=timeout)
+    except MeshNatError as exc:
+        log.debug("classify: no TCP dial-back from %s: %s", peer.peer_id, exc)
+        return None
+    return result.reached
 
 
 class _Run:

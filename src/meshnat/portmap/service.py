@@ -3,12 +3,13 @@ advertises the ones a mesh peer confirmed.
 
 Mounted on a MeshNode it finds the gateway (the default route's), probes PCP and NAT-PMP at
 once (`GatewayProbe`), and runs one `MappingSession` per listen port with the best of them,
-or UPnP-IGD through miniupnpc when neither answers. A granted UDP mapping is advertised only
-once a dial-back proved it: a helper peer (ProbeHelperService) sends a datagram from a fresh
-port to the mapped endpoint, which must carry the node's own public IP (the helper refuses
-any other, so nothing is sent at a third party), and it must reach the node's UDP socket
-through the router. A router that lies therefore advertises nothing. Confirmed endpoints go
-to the RecordAuthority as mapped addresses (first in the record). Mappings are renewed
+or UPnP-IGD through miniupnpc when neither answers. A granted mapping is advertised only once
+a dial-back proved it: a helper peer (ProbeHelperService) sends a datagram from a fresh port
+to the mapped UDP endpoint, or opens one libp2p TCP connection to the mapped TCP endpoint
+(Noise proves this node answered), which must carry the node's own public IP (the helper
+refuses any other, so nothing is sent at a third party). A router that lies therefore
+advertises nothing. Confirmed endpoints go to the RecordAuthority as mapped addresses (first
+in the record). Mappings are renewed
 halfway to expiry, mapped again after a gateway reboot, and deleted when unmounted.
 """
 
@@ -25,7 +26,7 @@ import trio
 
 from meshnat import _libp2p
 from meshnat._libp2p import PeerInfo, TaskStatus
-from meshnat.classify.service import dial_back
+from meshnat.classify.service import dial_back, dial_back_tcp
 from meshnat.endpoint import Endpoint, udp_source
 from meshnat.errors import MeshNatError, NotMounted, PeerUnavailable
 from meshnat.node import MeshNode
@@ -288,8 +289,7 @@ class PortMapper:
                 case Obtained(mapping=mapping):
                     self._forget(mapping.transport)
                     self._held[mapping.transport] = mapping
-                    if mapping.transport == "udp":
-                        nursery.start_soon(self._verify, mapping)
+                    nursery.start_soon(self._verify, mapping)
                 case Lost(mapping=mapping):
                     self._forget(mapping.transport)
             self._changed.set()
@@ -301,8 +301,9 @@ class PortMapper:
             return
         verdict: bool | None = None
         with trio.move_on_after(self.config.verify_timeout):
+            check = dial_back if mapping.transport == "udp" else dial_back_tcp
             for helper in self._helpers:
-                verdict = await dial_back(node, helper, mapping.external)
+                verdict = await check(node, helper, mapping.external)
                 if verdict is not None:
                     break
         if self._held.get(mapping.transport) != mapping:
