@@ -113,3 +113,39 @@ async def test_a_tcp_dial_back_goes_only_to_the_requesters_own_address() -> None
             assert await dial_back_tcp(a, b.peer_info(), elsewhere) is None  # refused
             assert await dial_back_tcp(a, b.peer_info(), a.listen_endpoint("tcp")) is True
         assert helper.refused == 1 and helper.probes_sent == 1
+
+
+async def test_a_gateway_that_refuses_pcp_mappings_is_asked_by_nat_pmp_next() -> None:
+    async def pcp_refusing(sock: trio.socket.SocketType, requests: list[bytes]) -> None:
+        while True:
+            data, addr = await sock.recvfrom(1200)
+            if data[0] != 2:  # NAT-PMP: as a router would
+                requests.append(data)
+                internal = int.from_bytes(data[4:6], "big") if len(data) == 12 else 0
+                reply = (struct.pack("!BBHI4s", 0, 128, 0, 5, IPv4Address("127.0.0.1").packed)
+                         if data == b"\x00\x00" else
+                         struct.pack("!BBHIHHI", 0, 128 + data[1], 0, 5, internal, internal,
+                                     int.from_bytes(data[8:12], "big")))
+            elif data[1] == 0:  # PCP ANNOUNCE: answered, so PCP looks spoken
+                reply = bytes((2, 0x80, 0, 0)) + bytes(4) + (5).to_bytes(4, "big") + bytes(12)
+            else:  # PCP MAP: NOT_AUTHORIZED
+                reply = bytes((2, 0x81, 0, 2)) + bytes(8) + bytes(12) + data[24:60]
+            await sock.sendto(reply, addr)
+
+    requests: list[bytes] = []
+    with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as gateway_sock:
+        await gateway_sock.bind((str(GATEWAY), SERVER_PORT))
+        async with (MeshNode(NodeConfig(listen_ip="127.0.0.1")) as client,
+                    MeshNode(NodeConfig(listen_ip="127.0.0.2")) as helper_node,
+                    trio.open_nursery() as nursery):
+            nursery.start_soon(pcp_refusing, gateway_sock, requests)
+            await helper_node.mount(ProbeHelperService())
+            config = PortMapConfig(protocols=(MappingProtocol.PCP, MappingProtocol.NATPMP),
+                                   transports=("udp",), gateway=GATEWAY)
+            mapper = await client.mount(PortMapper(config, helpers=[helper_node.peer_info()]))
+            with trio.fail_after(15):
+                mapping = await mapper.wait_confirmed("udp")
+            assert mapping.protocol == "nat-pmp"
+            assert mapper.statistics().protocol == "nat-pmp"
+            await client.unmount(mapper)
+            nursery.cancel_scope.cancel()

@@ -84,6 +84,8 @@ class PortMapper:
         self._failures: list[str] = []
         self._changed = trio.Event()
         self._waiting: trio.CancelScope | None = None
+        self._obtained = False
+        """Whether the protocol tried in this round granted anything (else: the next one)."""
 
     # --- public ------------------------------------------------------------------------------
 
@@ -130,38 +132,55 @@ class PortMapper:
     # --- one round: find the gateway, map, keep, release -------------------------------------
 
     async def _map_once(self, node: MeshNode) -> None:
+        """One round: probe, then each protocol the gateway speaks in order of preference
+        until one grants a mapping; returns when that protocol holds none any more."""
         gateway = self.config.gateway or default_gateway()
         if gateway is None:
             raise PeerUnavailable("portmap: no IPv4 default gateway")
         client_ip = _local_ip_towards(gateway)
         wanted = self.config.protocols
-        if {MappingProtocol.PCP, MappingProtocol.NATPMP} & set(wanted):
-            with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-                await sock.bind((str(client_ip), 0))
+        with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            await sock.bind((str(client_ip), 0))
+            probe = None
+            if {MappingProtocol.PCP, MappingProtocol.NATPMP} & set(wanted):
                 probe = await self._probe(sock, gateway, client_ip)
-                protocol = (MappingProtocol.PCP if probe.pcp else MappingProtocol.NATPMP
-                            if probe.natpmp_ip is not None else None)
-                if protocol is not None:
-                    sessions = [self._session(node, protocol, t, gateway, client_ip,
-                                              probe.natpmp_ip)
-                                for t in self.config.transports]
+            candidates = [p for p, speaks in (
+                (MappingProtocol.PCP, probe is not None and probe.pcp),
+                (MappingProtocol.NATPMP, probe is not None and MappingProtocol.NATPMP in wanted
+                 and not probe.natpmp_refused),
+                (MappingProtocol.UPNP, MappingProtocol.UPNP in wanted)) if speaks]
+            refusals = []
+            for protocol in candidates:
+                self._obtained = False
+                if protocol is MappingProtocol.NATPMP and probe and probe.natpmp_ip is None:
+                    probe = await self._probe(sock, gateway, client_ip, ask_pcp=False)
+                    if probe.natpmp_ip is None:  # PCP answered first; NAT-PMP never did
+                        refusals.append("nat-pmp: no answer from the gateway")
+                        continue
+                try:
                     with _libp2p.single_exception():
                         async with trio.open_nursery() as nursery:
-                            await self._drive(sock, sessions, nursery)
+                            if protocol is MappingProtocol.UPNP:
+                                await self._upnp(node, nursery)
+                            else:
+                                assert probe is not None
+                                sessions = [self._session(node, protocol, t, gateway,
+                                                          client_ip, probe.natpmp_ip)
+                                            for t in self.config.transports]
+                                await self._drive(sock, sessions, nursery)
+                except MeshNatError as exc:
+                    refusals.append(str(exc)[:120])
+                if self._obtained:
                     return
-        if MappingProtocol.UPNP not in wanted:
-            raise PeerUnavailable("portmap: the gateway speaks neither PCP nor NAT-PMP")
-        client = UpnpClient(timeout=self.config.upnp_timeout)
-        await client.discover()
-        with _libp2p.single_exception():
-            async with trio.open_nursery() as nursery:
-                await self._upnp(client, node, nursery)
+                refusals.append(f"{protocol}: no mapping granted")
+        raise PeerUnavailable("portmap: " + ("; ".join(refusals) if candidates else
+                                             "the gateway speaks none of the protocols asked"))
 
     async def _probe(self, sock: trio.socket.SocketType, gateway: IPv4Address,
-                     client_ip: IPv4Address) -> GatewayProbe:
+                     client_ip: IPv4Address, *, ask_pcp: bool = True) -> GatewayProbe:
         wanted = self.config.protocols
         probe = GatewayProbe(gateway, client_ip, trio.current_time(), _rand.random,
-                             ask_pcp=MappingProtocol.PCP in wanted,
+                             ask_pcp=ask_pcp and MappingProtocol.PCP in wanted,
                              ask_natpmp=MappingProtocol.NATPMP in wanted)
         with trio.move_on_after(self.config.probe_timeout):
             while not probe.decided(trio.current_time()):
@@ -193,8 +212,10 @@ class PortMapper:
         for session in sessions:
             session.start(trio.current_time())
         announcements = await _announcement_socket(sessions[0].gateway)
+        listening = trio.CancelScope()  # ends with the sessions
         if announcements is not None:
-            nursery.start_soon(self._hear_announcements, announcements, sessions, nursery)
+            nursery.start_soon(self._hear_announcements, announcements, sessions, nursery,
+                               listening)
         try:
             await self._pump(sock, sessions, nursery)
         finally:
@@ -202,6 +223,7 @@ class PortMapper:
                 for session in sessions:
                     self._handle(session.release(trio.current_time()), nursery)
                 await self._pump(sock, sessions, nursery)
+            listening.cancel()
 
     async def _pump(self, sock: trio.socket.SocketType, sessions: list[MappingSession],
                     nursery: trio.Nursery) -> None:
@@ -222,11 +244,12 @@ class PortMapper:
                                      nursery)
 
     async def _hear_announcements(self, announcements: trio.socket.SocketType,
-                                  sessions: list[MappingSession], nursery: trio.Nursery) -> None:
-        """Feed the gateway's multicast announcements to the sessions; wake the pump when one
-        has something to send (a remap after a reboot)."""
-        with announcements:
-            while not all(s.done for s in sessions):
+                                  sessions: list[MappingSession], nursery: trio.Nursery,
+                                  listening: trio.CancelScope) -> None:
+        """Feed the gateway's multicast announcements to the sessions (until `listening` is
+        cancelled); wake the pump when one has something to send (a remap after a reboot)."""
+        with listening, announcements:
+            while True:
                 data, addr = await announcements.recvfrom(pcp.MAX_MESSAGE + 1)
                 source = udp_source(addr)
                 for session in sessions:
@@ -238,7 +261,9 @@ class PortMapper:
 
     # --- UPnP-IGD ----------------------------------------------------------------------------
 
-    async def _upnp(self, client: UpnpClient, node: MeshNode, nursery: trio.Nursery) -> None:
+    async def _upnp(self, node: MeshNode, nursery: trio.Nursery) -> None:
+        client = UpnpClient(timeout=self.config.upnp_timeout)
+        await client.discover()
         self._protocol = MappingProtocol.UPNP
         ports: dict[str, int] = {}
         try:
@@ -282,6 +307,7 @@ class PortMapper:
             log.info("portmap: %s", event)
             if self._on_event is not None:
                 self._on_event(event)
+            self._obtained = self._obtained or isinstance(event, Obtained)
             match event:
                 case Obtained(mapping=mapping, renewal=True) if (
                         mapping.transport in self._confirmed):
