@@ -33,6 +33,7 @@ from meshnat.cli.connect import mount_discovery, mount_relay_and_puncher
 from meshnat.connect import Connector
 from meshnat.errors import ConfigError, MeshNatError
 from meshnat.node import MeshNode, NodeConfig
+from meshnat.portmap import PortMapper
 from meshnat.records import NatSummary, RecordAuthority, RecordConfig
 from meshnat.rendezvous import RendezvousClient
 
@@ -102,6 +103,10 @@ def add_chat_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                    help="seconds between rendezvous lookups (default %(default)s)")
     p.add_argument("--publish-local", action="store_true",
                    help="also publish interface addresses (members on one LAN or loopback)")
+    p.add_argument("--port-mapping", action="store_true",
+                   help="ask the router to map the listen ports (PCP, NAT-PMP, UPnP-IGD) and "
+                        "publish the mappings a reflector's dial-back confirms (first rung "
+                        "for the other members)")
     common(p)
     p.set_defaults(run=run_chat)
 
@@ -119,6 +124,9 @@ async def run_chat(args: argparse.Namespace, out: Output) -> int:
         authority = await node.mount(RecordAuthority(
             RecordConfig(name=args.name, publish_local=args.publish_local), discovery=discovery))
         authority.set_nat(NatSummary(mapping=mapping))
+        if args.port_mapping:
+            await node.mount(PortMapper(helpers=_libp2p.merge_peer_addrs(args.reflector),
+                                        records=authority))
         circuits = []
         for relay in relays:
             try:
