@@ -205,16 +205,34 @@ class Connector:
             await event.wait()
         return any(c.kind.is_direct for c in self._mounted()[0].connections(peer))
 
-    def suspect(self, peer: ID) -> None:
+    def suspect(self, peer: ID) -> bool:
         """The caller got no answer from `peer` over its best path: if that is a punched
         one, the puncher checks it now (and retires it if dead; the relay then takes over);
-        with no connection left at all, the peer is reached through a relay again."""
+        with no connection left at all, the peer is reached through a relay again. True while
+        a path to the peer is being made (`wait_connected` is worth waiting)."""
         if self._puncher is not None:
             self._puncher.suspect(peer)
         node, nursery = self._mounted()
         if not node.connections(peer) and self._relays and peer not in self._reaching:
             self._reaching.add(peer)
             nursery.start_soon(self._reach_again, peer)
+        return peer in self._reaching or peer in self._supervised
+
+    async def wait_connected(self, peer: ID, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for any open connection to `peer` (a relay circuit
+        after `suspect`, say); True if there is one."""
+        node, _ = self._mounted()
+        arrived = trio.Event()
+
+        def on_connected(conn: INetConn) -> None:
+            if conn.muxed_conn.peer_id == peer:
+                arrived.set()
+
+        with _libp2p.watch_connections(node.host, on_connected):
+            if not node.connections(peer):
+                with trio.move_on_after(timeout):
+                    await arrived.wait()
+        return bool(node.connections(peer))
 
     async def _reach_again(self, peer: ID) -> None:
         """No connection is left to `peer` (its punched path died): a relay circuit again,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import subprocess
 import time
+from collections import Counter
 
 import pytest
 
@@ -70,7 +71,9 @@ def test_a_chat_is_direct_again_within_30_s_after_a_nat_table_flush(
         me.read_until(lambda ev, me=me, other=other: me.paths().get(other) == "punched",
                       timeout=90)
     lab.flush_nat(hard if flushed == "symmetric" else easy)
-    deadline = time.monotonic() + 30
+    flushed_at = time.monotonic()
+    deadline = flushed_at + 30
+    outcomes: list[tuple[float, str]] = []  # (seconds after the flush, path or "failed")
     for n in itertools.count():  # one line at a time, each waited for: bounded by the deadline
         text = f"after the flush {n}"
         alice.say(text)
@@ -78,11 +81,18 @@ def test_a_chat_is_direct_again_within_30_s_after_a_nat_table_flush(
             e["event"] in ("sent", "error") and e.get("text") == text for e in ev),
             timeout=max(1.0, deadline - time.monotonic()))
         sent = next(e for e in alice.events if e.get("text") == text)
-        if any(d["name"] == "bob" and d["path"] in ("direct", "punched")
-               for d in sent.get("to", [])):
+        paths = [d["path"] for d in sent.get("to", []) if d["name"] == "bob"]
+        outcomes.append((time.monotonic() - flushed_at, paths[0] if paths else "failed"))
+        if paths and paths[0] in ("direct", "punched"):
             bob.read_until(lambda ev, text=text: ("alice", text) in bob.heard(), timeout=30)
             heard = next(e for e in bob.events if e.get("text") == text)
             assert heard["path"] in ("direct", "punched"), heard
+            failed = [t for t, path in outcomes if path == "failed"]
+            relayed = [t for t, path in outcomes if path == "relayed"]
+            print(f"flush on the {flushed} side: direct again after {outcomes[-1][0]:.1f} s; "
+                  f"{len(failed)} lines failed (last at {max(failed, default=0):.1f} s), "
+                  f"{len(relayed)} relayed (first at {min(relayed, default=0):.1f} s); why: "
+                  f"{Counter(e['error'][:60] for e in alice.events if 'error' in e)}")
             return
         if time.monotonic() > deadline:
             raise AssertionError(f"not direct again 30 s after the flush: {alice.events[-8:]}")

@@ -6,6 +6,7 @@ from contextlib import AsyncExitStack
 
 import pytest
 import trio
+import trio.testing
 from libp2p.host.ping import ID as PING_PROTOCOL
 
 from meshnat import EchoService, MeshNode
@@ -143,3 +144,22 @@ async def test_a_peer_is_reached_through_the_relays_given_for_one_call() -> None
             assert path.kind == "relayed" and path.attempts[-1] == f"relayed via {relay.peer_id}"
             with pytest.raises(PeerUnavailable, match="no relay"):
                 await connector.connect_via(b.peer_id, [])
+
+
+async def test_wait_connected_returns_once_any_connection_to_the_peer_opens() -> None:
+    async with nodes(2) as (a, b):
+        connector = await a.mount(Connector())
+        with trio.fail_after(10):
+            assert not await connector.wait_connected(b.peer_id, 0.05)  # none comes
+            assert not connector.suspect(b.peer_id)  # no relay: no path is being made
+            outcome: list[bool] = []
+            async with trio.open_nursery() as nursery:
+
+                async def wait() -> None:
+                    outcome.append(await connector.wait_connected(b.peer_id, 10))
+
+                nursery.start_soon(wait)
+                await trio.testing.wait_all_tasks_blocked()
+                await a.connect(b.peer_info())
+            assert outcome == [True]
+            assert await connector.wait_connected(b.peer_id, 0.0)  # one is open already

@@ -262,21 +262,27 @@ class ChatNetwork:
         return [m for m in self._members.values() if m.path is not None]
 
     async def say(self, text: str) -> LineSent:
-        """Send one line to every connected member.
+        """Send one line to every connected member. A member with no connection left (its
+        punched path died) is reached through a relay again first, waited for up to the
+        chat's `stream_timeout`.
 
         Raises ConfigError (not a valid line; nothing was sent) or NotMounted.
         """
-        self._mounted()
+        node = self._mounted()
         to: list[Delivery] = []
         failed: list[SendFailed] = []
         for member in self._connected():
+            peer = member.record.peer_id
+            # e.g. its dead punched path was just retired: a relay circuit is on its way
+            if not node.connections(peer) and self._connector.suspect(peer):
+                await self._connector.wait_connected(peer, self.config.chat.stream_timeout)
             try:
-                path = await self._chat.say(member.record.peer_id, text)
+                path = await self._chat.say(peer, text)
             except ConfigError:
                 raise
             except MeshNatError as exc:
                 failed.append(SendFailed(member.who(), str(exc)))
-                self._connector.suspect(member.record.peer_id)  # a dead punched path?
+                self._connector.suspect(peer)  # a dead punched path?
                 continue
             to.append(Delivery(member.who(), self._label(member, path)))
         return LineSent(text, tuple(to), tuple(failed))
