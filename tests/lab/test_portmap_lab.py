@@ -8,6 +8,9 @@ import json
 import os
 import selectors
 import shutil
+import subprocess
+import time
+from collections.abc import Callable
 
 import pytest
 
@@ -24,6 +27,28 @@ def listen(host: Host, relay: str, reflectors: list[str], *flags: str) -> dict:
                                            *mesh_args(relay, reflectors)), timeout=90)
     assert ready.get("event") == "ready", ready
     return ready
+
+
+def read_json_until(proc: subprocess.Popen[str], done: Callable[[list[dict]], bool],
+                    timeout: float) -> list[dict]:
+    """The JSON lines `proc` prints next, until `done(lines)`; fail after `timeout` seconds.
+    Reads the pipe's descriptor itself: a buffered readline() may hold lines select() misses."""
+    assert proc.stdout is not None
+    fd, pending, lines = proc.stdout.fileno(), b"", []
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        while not done(lines):
+            if b"\n" in pending:
+                line, pending = pending.split(b"\n", 1)
+                lines.append(json.loads(line))
+                continue
+            left = deadline - time.monotonic()
+            assert left > 0 and sel.select(left), f"not seen in {timeout}s: {lines}"
+            data = os.read(fd, 65536)
+            assert data, "the process exited"
+            pending += data
+    return lines
 
 
 def connect(host: Host, ready: dict, relay: str, reflectors: list[str]) -> dict:
@@ -72,13 +97,8 @@ def test_after_a_router_reboot_the_mapping_is_made_again_and_reaches_the_node(la
         *mesh_args(relay, reflectors)), timeout=90)
     assert ready["mapped"]
     lab.reboot_port_mapping(home)  # mappings gone, new epoch, an unsolicited ANNOUNCE
-    assert proc.stdout is not None
-    changes = []
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        while not any(c["change"] == "obtained" and c["transport"] == "udp" for c in changes):
-            assert sel.select(30), f"no remap after the reboot: {changes}"
-            changes.append(json.loads(proc.stdout.readline()))
+    changes = read_json_until(proc, lambda seen: any(
+        c["change"] == "obtained" and c["transport"] == "udp" for c in seen), timeout=30)
     assert [c["change"] for c in changes if c["transport"] == "udp"] == ["lost", "obtained"]
     assert changes[0]["reason"] == "gateway-rebooted"
     result = connect(lab.site("cone", Nat.CONE).hosts[0], ready, relay, reflectors)
