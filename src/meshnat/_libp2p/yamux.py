@@ -209,10 +209,11 @@ class Yamux(IMuxedConn):
         except OutboxClosed:
             raise MuxedStreamError("yamux: connection closed") from None
 
-    def send_control(self, frame: bytes) -> None:
-        """Queue a small frame (a window update, an RST); never waits."""
+    def send_control(self, frame: bytes, *, first: bool = False) -> None:
+        """Queue a small frame (a window update, an RST); never waits. `first`: ahead of
+        queued frames (only for frames whose order does not matter: window updates)."""
         with suppress(OutboxClosed):
-            self._outbox.put(frame)
+            self._outbox.put(frame, first=first)
 
     def _reply(self, frame: bytes) -> None:
         """Queue a frame the peer's frame calls for; too many unsent: the peer is not reading."""

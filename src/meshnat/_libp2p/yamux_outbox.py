@@ -4,7 +4,9 @@ Nobody but `Outbox.run` writes to the secure channel, so a caller cancelled whil
 (a timeout around `stream.write`) never leaves half a Noise message on the wire, and the
 connection's reader never waits on a write (the deadlock py-libp2p's Yamux had). Small frames
 in a row (window updates, ACKs, pings) are coalesced into one Noise message. Writers of DATA
-wait while more than `limit` bytes are queued; replies and window updates never wait.
+wait while more than `limit` bytes are queued; replies and window updates never wait, and
+window updates jump the queue (behind 256 KiB of our DATA, a window update
+would leave the peer's writer idle for as long as that takes to send).
 """
 
 from __future__ import annotations
@@ -43,11 +45,16 @@ class Outbox:
         self._empty.set()
         self.closed = False
 
-    def put(self, frame: bytes) -> None:
-        """Queue `frame` whatever the queue holds (small control frames)."""
+    def put(self, frame: bytes, *, first: bool = False) -> None:
+        """Queue `frame` whatever the queue holds (small control frames); `first` puts it
+        ahead of everything queued (a window update: its order among other frames does not
+        matter, and the peer's writer may be waiting on it)."""
         if self.closed:
             raise OutboxClosed
-        self._frames.append(frame)
+        if first:
+            self._frames.appendleft(frame)
+        else:
+            self._frames.append(frame)
         self._bytes += len(frame)
         if len(frame) == HEADER_SIZE:
             self.small_frames += 1

@@ -103,7 +103,8 @@ class YamuxStream(IMuxedStream):
         if not self.recv_closed and not self.is_reset:
             increment = self.window.update(self._buffered, trio.current_time(), self._conn.rtt)
             if increment:
-                self._conn.send_control(encode(WINDOW_UPDATE, 0, self.stream_id, increment))
+                self._conn.send_control(encode(WINDOW_UPDATE, 0, self.stream_id, increment),
+                                        first=True)
         return data
 
     def _take(self, n: int) -> bytes:
