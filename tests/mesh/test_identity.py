@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import multiaddr
@@ -72,7 +73,7 @@ class Who:
 async def impostor_of(victim_public: object) -> AsyncIterator[MeshNode]:
     """A running node whose QUIC certificate claims `victim_public`'s identity."""
     with quic_certificates_claiming(victim_public):  # type: ignore[arg-type]
-        node = MeshNode(LOOPBACK)
+        node = MeshNode(replace(LOOPBACK, quic_stack="py-libp2p"))  # whose certificate it forges
         await node.__aenter__()
     try:
         yield node

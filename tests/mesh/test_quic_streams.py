@@ -139,3 +139,29 @@ async def test_a_reader_that_stops_bounds_what_is_buffered_and_loses_nothing() -
             await written.wait()
             assert received == total
             assert digest.digest() == hashlib.sha256(piece * (total // len(piece))).digest()
+
+
+async def test_more_streams_than_the_peer_allows_at_once_wait_for_credit() -> None:
+    """qh3 grants 100 concurrent bidirectional streams; 250 at once all get through."""
+    with trio.fail_after(60):
+        async with connected() as (near, far), trio.open_nursery() as nursery:
+            async def answer() -> None:
+                for _ in range(250):
+                    remote = await far.accept_stream()
+                    nursery.start_soon(echo, remote)
+
+            async def echo(remote: QuicStream) -> None:
+                await remote.write(await read_all(remote))
+                await remote.close()
+
+            async def ask(index: int) -> None:
+                stream = await near.open_stream()
+                await stream.write(b"%d" % index)
+                await stream.close_write()
+                assert await read_all(stream) == b"%d" % index
+                await stream.close()
+
+            nursery.start_soon(answer)
+            async with trio.open_nursery() as askers:
+                for index in range(250):
+                    askers.start_soon(ask, index)

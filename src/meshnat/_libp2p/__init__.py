@@ -6,9 +6,10 @@ Workarounds for py-libp2p pitfalls live here and only here (see docs/design.md):
   connections); meshnat nodes dial only what they are asked to.
 - `concrete_addrs`: py-libp2p advertises wildcard listen addresses verbatim (`0.0.0.0`), so
   peers would dial themselves; we expand them to interface addresses.
-- `DatagramTap`: py-libp2p's QUIC listener owns the node's UDP socket and hands every datagram
-  to aioquic. The tap diverts meshnat datagrams (magic prefix) before QUIC sees them, so
-  reflection and punch probes share the QUIC port and therefore its NAT mapping.
+- `DatagramTap`: the QUIC listener (py-libp2p's, or meshnat's own `quic` transport on qh3,
+  `NodeConfig.quic_stack`) owns the node's UDP socket. The tap diverts meshnat datagrams (magic
+  prefix) before QUIC sees them, so reflection and punch probes share the QUIC port and
+  therefore its NAT mapping.
 - `read_frame`: `stream.read()` raises StreamEOF and never returns b""; the length prefix is
   checked before the body is read (`read_varint_prefixed_bytes_limited`).
 - `map_peer_errors`: py-libp2p and trio exceptions become meshnat's typed errors.

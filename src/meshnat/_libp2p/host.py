@@ -8,7 +8,7 @@ import socket
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import multiaddr
 import trio
@@ -27,16 +27,21 @@ from libp2p.rcmgr import ResourceLimits, new_resource_manager
 from libp2p.rcmgr.connection_limits import ConnectionLimits
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.transport.quic.config import QUICTransportConfig
+from libp2p.transport.tcp.tcp import TCP
 from libp2p.utils.address_validation import expand_wildcard_address
 from multiaddr.exceptions import Error as MultiaddrError
 
 from meshnat._libp2p import admission, identity, multiselect, quic_stream, yamux
+from meshnat._libp2p.quic import QuicTransport
 from meshnat.endpoint import Endpoint
 from meshnat.errors import (
     ConfigError,
 )
 
 log = logging.getLogger(__name__)
+
+QuicStack = Literal["py-libp2p", "meshnat"]
+"""Which QUIC transport a host uses (`new_libp2p_host`)."""
 
 STREAM_IDLE_LIMIT = 24 * 3600.0
 """Seconds a QUIC stream read may wait for data; meshnat's callers apply their own timeouts."""
@@ -69,8 +74,12 @@ def load_or_create_key(path: Path | None) -> KeyPair:
 
 
 def new_libp2p_host(key_pair: KeyPair, listen: Sequence[multiaddr.Multiaddr], *,
-                    max_connections: int, max_connections_per_network: int) -> IHost:
+                    max_connections: int, max_connections_per_network: int,
+                    quic_stack: QuicStack = "py-libp2p") -> IHost:
     """A py-libp2p host with TCP (Noise only, Yamux) and, for /quic-v1 addresses, QUIC.
+
+    `quic_stack` picks the QUIC transport: py-libp2p's own (aioquic) or meshnat's
+    (`quic`: qh3, one socket per listener that dials too, wire-compatible).
 
     Yamux is meshnat's own (`yamux`: wire-compatible, a reader that never blocks on a
     write, auto-tuned windows); mplex is not offered. QUIC streams deliver every byte or
@@ -111,12 +120,15 @@ def new_libp2p_host(key_pair: KeyPair, listen: Sequence[multiaddr.Multiaddr], *,
     yamux.install()
     multiselect.install()
     quic_stream.install()
+    own_quic = enable_quic and quic_stack == "meshnat"
     host = new_host(
         key_pair=key_pair,
         sec_opt=identity.secure_transports(key_pair),
         listen_addrs=list(listen),
-        enable_quic=enable_quic,
-        quic_transport_opt=quic,
+        transports=[TCP(), QuicTransport(key_pair, read_timeout=STREAM_IDLE_LIMIT)]
+        if own_quic else None,
+        enable_quic=enable_quic and not own_quic,
+        quic_transport_opt=None if own_quic else quic,
         connection_config=quiet,
         resource_manager=resources,
         muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): yamux.Yamux},

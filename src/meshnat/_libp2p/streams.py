@@ -24,6 +24,7 @@ from libp2p.transport.quic.connection import QUICConnection
 from libp2p.transport.quic.exceptions import QUICError
 from libp2p.utils.varint import read_varint_prefixed_bytes_limited
 
+from meshnat._libp2p.quic import QuicConn
 from meshnat.endpoint import Endpoint
 from meshnat.errors import (
     MalformedMessage,
@@ -116,7 +117,7 @@ def remote_endpoint(stream: INetStream) -> Endpoint | None:
 
 def transport_of(stream: INetStream | INetConn) -> str:
     """`udp` for a QUIC connection, `tcp` otherwise."""
-    return "udp" if isinstance(stream.muxed_conn, QUICConnection) else "tcp"
+    return "udp" if isinstance(stream.muxed_conn, QUICConnection | QuicConn) else "tcp"
 
 
 def connection_remote(conn: INetConn) -> Endpoint | None:

@@ -22,6 +22,7 @@ from libp2p.transport.quic.listener import QUICListener
 from libp2p.transport.quic.transport import QUICTransport
 
 from meshnat._libp2p.host import listen_parts
+from meshnat._libp2p.quic import QuicConn, QuicEndpoint, QuicListener
 from meshnat._libp2p.streams import map_peer_errors
 from meshnat.endpoint import Endpoint, udp_source
 from meshnat.errors import (
@@ -104,7 +105,8 @@ async def quic_dial_with_source(transport: Any, tap: DatagramTap, maddr: multiad
 
 
 def enable_quic_dial_with_source(host: IHost, tap: DatagramTap) -> None:
-    """Let `network.dial_addr(quic_addr, peer, source)` dial from the UDP listen port."""
+    """Let `network.dial_addr(quic_addr, peer, source)` dial from the UDP listen port
+    (meshnat's own QUIC transport does that already: its dials share the listener's socket)."""
     for transport in cast(Any, host.get_network()).transport_manager.get_transports():
         if isinstance(transport, QUICTransport):
             async def dial_with_source(maddr: multiaddr.Multiaddr, source: tuple[str, int],
@@ -160,6 +162,8 @@ async def close_listener(host: IHost, key: str) -> None:
 
 def local_port(conn: INetConn) -> int | None:
     """The local UDP port of a QUIC connection (None for other transports)."""
+    if isinstance(conn.muxed_conn, QuicConn):
+        return conn.muxed_conn.endpoint.local_address[1]
     sock = getattr(conn.muxed_conn, "_socket", None)
     return None if sock is None else int(sock.getsockname()[1])
 
@@ -183,7 +187,8 @@ class TapStatistics:
 
 
 class DatagramTap:
-    """Meshnat datagrams on the UDP socket of py-libp2p's QUIC listener.
+    """Meshnat datagrams on the UDP socket of the node's QUIC listener (py-libp2p's or
+    meshnat's own, `quic`).
 
     Every datagram from an impossible source (`endpoint.udp_source`) is dropped and counted
     first, before QUIC sees it. Incoming datagrams with the meshnat magic are handed to every
@@ -193,15 +198,21 @@ class DatagramTap:
     """
 
     def __init__(self, host: IHost) -> None:
-        listeners = [
-            lst for lst in host.get_network().listeners.values() if isinstance(lst, QUICListener)
-        ]
+        listeners = [lst for lst in host.get_network().listeners.values()
+                     if isinstance(lst, QUICListener | QuicListener)]
         if not listeners:
             raise ConfigError("the node has no QUIC (UDP) listener to share")
         self._listener: Any = listeners[0]
         self._handlers: list[DatagramHandler] = []
         self._failed: set[int] = set()
         self._stats = TapStatistics()
+        if isinstance(self._listener, QuicListener):
+            self._endpoint: QuicEndpoint | None = self._listener.endpoint
+            if self._endpoint is not None:
+                self._endpoint.tap = self._claim
+            self._listener.transport.tap = self._claim  # dials from other ports, too
+            return
+        self._endpoint = None
         original = self._listener._process_packet
 
         async def process_packet(data: bytes, addr: tuple[str, int]) -> None:
@@ -223,7 +234,24 @@ class DatagramTap:
     def statistics(self) -> TapStatistics:
         return replace(self._stats)
 
+    def _claim(self, data: bytes, addr: tuple[str, int]) -> bool:
+        """meshnat's QUIC endpoint asks first: True for what QUIC must not see."""
+        src = udp_source(addr)
+        if src is None:
+            self._drop_impossible(addr)
+            return True
+        if is_meshnat_datagram(data):
+            self._dispatch(data, src)
+            return True
+        return False
+
     async def sendto(self, data: bytes, dst: Endpoint) -> None:
+        if self._endpoint is not None:
+            if self._endpoint.sock.fileno() == -1:
+                raise PeerUnavailable("the node's UDP socket is closed")
+            self._endpoint.send_datagrams([(data, dst.to_sockaddr())])
+            await trio.lowlevel.checkpoint()
+            return
         sock = self._listener._socket
         if sock is None:
             raise PeerUnavailable("the node's UDP socket is closed")

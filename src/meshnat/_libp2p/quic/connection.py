@@ -91,16 +91,26 @@ class QuicConn(IMuxedConn):
         await trio.lowlevel.checkpoint()
 
     async def open_stream(self) -> QuicStream:
+        """A new stream; waits while the peer's MAX_STREAMS allows no more."""
+        while not self._may_open_stream():
+            if self.closed.is_set():
+                raise MuxedConnUnavailable("connection closed")
+            await self.wait_send_progress()
         if self.closed.is_set():
             raise MuxedConnUnavailable("connection closed")
         try:
             stream = QuicStream(self, self.quic._open_stream())
-        except QuicConnectionError as exc:
-            self.shut(f"qh3 failed: {exc.reason_phrase}")
+        except (QuicConnectionError, ValueError) as exc:
+            self.shut(f"qh3 failed to open a stream: {exc}")
             raise MuxedConnUnavailable("connection closed") from exc
         self._streams[stream.stream_id] = stream
         await trio.lowlevel.checkpoint()
         return stream
+
+    def _may_open_stream(self) -> bool:
+        """qh3 advances its stream ids before checking the peer's limit, so check first."""
+        opened = self.quic.get_next_available_stream_id() // 4
+        return self.closed.is_set() or opened < self.quic.max_concurrent_bidi_streams
 
     async def accept_stream(self) -> QuicStream:
         while not self._incoming:

@@ -57,6 +57,8 @@ class QuicTransport(ITransport):
         self._nursery: trio.Nursery | None = None
         self.listeners: list[QuicListener] = []
         self._dialers: dict[int, QuicEndpoint] = {}
+        self.tap: Tap | None = None
+        """Sees every datagram on the sockets `dial_with_source` binds (`QuicEndpoint.tap`)."""
 
     def set_background_nursery(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
@@ -89,12 +91,29 @@ class QuicTransport(ITransport):
 
     async def dial_with_source(self, maddr: multiaddr.Multiaddr,
                                source: tuple[str, int]) -> QuicConn:
-        """Connect from the listening socket bound to `source` (its port)."""
+        """Connect from `source`: the listening socket bound to its port, or else a socket of
+        its own bound there for this connection (closed with it)."""
         ip, port, peer = self._target(maddr)
         endpoint = self._listening_endpoint(_family(ip), source[1])
-        if endpoint is None:
-            raise OpenConnectionError(f"no QUIC listener on port {source[1]} to dial from")
-        return await self._dial(endpoint, ip, port, peer)
+        if endpoint is not None:
+            return await self._dial(endpoint, ip, port, peer)
+        sock = socket.socket(_family(ip), socket.SOCK_DGRAM)
+        try:
+            sock.bind(source)
+        except OSError as exc:
+            sock.close()
+            raise OpenConnectionError(f"cannot dial QUIC from port {source[1]}: {exc}") from exc
+        endpoint = QuicEndpoint(sock, client=self._client, server=None,
+                                read_timeout=self._read_timeout)
+        endpoint.tap = self.tap
+        await self.start(endpoint)
+        try:
+            conn = await self._dial(endpoint, ip, port, peer)
+        except BaseException:
+            await endpoint.close()
+            raise
+        endpoint.spawn(lambda: _close_after(conn, endpoint))
+        return conn
 
     async def close(self) -> None:
         for listener in list(self.listeners):
@@ -151,7 +170,7 @@ class QuicListener(IListener):
     """A UDP socket accepting libp2p QUIC connections (and dialling from its port)."""
 
     def __init__(self, transport: QuicTransport, handler: THandler) -> None:
-        self._transport, self._handler = transport, handler
+        self.transport, self._handler = transport, handler
         self.endpoint: QuicEndpoint | None = None
         self.tap: Tap | None = None
         """Set before `listen`, or on `endpoint` after: sees every datagram first."""
@@ -165,9 +184,9 @@ class QuicListener(IListener):
         except OSError:
             sock.close()
             raise
-        endpoint = self._transport.endpoint(sock, self.tap)
+        endpoint = self.transport.endpoint(sock, self.tap)
         endpoint.on_accept = self._accepted
-        await self._transport.start(endpoint)
+        await self.transport.start(endpoint)
         self.endpoint = endpoint
 
     def _accepted(self, conn: QuicConn) -> None:
@@ -184,8 +203,13 @@ class QuicListener(IListener):
     async def close(self) -> None:
         if self.endpoint is not None:
             await self.endpoint.close()
-        if self in self._transport.listeners:
-            self._transport.listeners.remove(self)
+        if self in self.transport.listeners:
+            self.transport.listeners.remove(self)
+
+
+async def _close_after(conn: QuicConn, endpoint: QuicEndpoint) -> None:
+    await conn.closed.wait()
+    await endpoint.close()
 
 
 def _is_quic(maddr: multiaddr.Multiaddr) -> bool:
