@@ -7,6 +7,7 @@ import subprocess
 
 import pytest
 
+from meshnat.punch.birthday import ANSWER_COPIES
 from tests.lab.test_discovery_lab import start_reflectors
 from tests.support.netlab import Host, Lab, Nat
 
@@ -97,7 +98,7 @@ def test_cone_and_symmetric_meet_by_birthday_probing_nearly_every_time(lab: Lab)
     assert len(punched) >= 19, [r.get("punch_error") for r in outcomes]
     # the hard side answered from a fresh public port each time, never its listen port
     assert all(r["remote"].split(":")[0] == hard.public_ip for r in punched)
-    assert all(r["punch"]["probes_sent"] <= 2048 + 1 for r in punched)
+    assert all(r["punch"]["probes_sent"] <= 2048 + ANSWER_COPIES for r in punched)
 
 
 def test_symmetric_dialer_reaches_a_cone_listener_by_birthday_probing(lab: Lab) -> None:
@@ -107,7 +108,8 @@ def test_symmetric_dialer_reaches_a_cone_listener_by_birthday_probing(lab: Lab) 
     result = connect(hard.hosts[0], peer, relay, reflectors)
     assert result["path"] == "punched" and result["transport"] == "udp", result
     assert result["remote"] == f"{easy.public_ip}:{PORT}"
-    assert result["punch"]["probes_sent"] == 256 + 1  # one per socket, and the answer
+    # one per socket, and the answers (sent twice: one may be lost)
+    assert result["punch"]["probes_sent"] == 256 + ANSWER_COPIES
 
 
 def test_two_hosts_behind_one_nat_connect_over_their_lan(lab: Lab) -> None:
