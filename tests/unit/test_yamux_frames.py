@@ -21,6 +21,7 @@ from meshnat._libp2p.yamux_frames import (
     Frame,
     FrameParser,
     ReceiveWindow,
+    WindowBudget,
     YamuxProtocolError,
     encode,
 )
@@ -62,15 +63,19 @@ def test_a_bad_header_is_a_remote_protocol_error(header: bytes) -> None:
     assert isinstance(caught.value, RemoteProtocolError)
 
 
+def fresh_window() -> ReceiveWindow:
+    return ReceiveWindow(now=0.0, budget=WindowBudget())
+
+
 def test_data_past_the_window_is_refused() -> None:
-    window = ReceiveWindow(now=0.0)
+    window = fresh_window()
     window.receive(INITIAL_WINDOW)
     with pytest.raises(YamuxProtocolError):
         window.receive(1)
 
 
 def test_credit_is_topped_up_once_half_the_window_was_read() -> None:
-    window = ReceiveWindow(now=0.0)
+    window = fresh_window()
     window.receive(INITIAL_WINDOW // 2 - 1)
     assert window.update(buffered=0, now=10.0, rtt=0.001) == 0
     window.receive(1)
@@ -79,14 +84,14 @@ def test_credit_is_topped_up_once_half_the_window_was_read() -> None:
 
 
 def test_bytes_not_yet_read_hold_credit_back() -> None:
-    window = ReceiveWindow(now=0.0)
+    window = fresh_window()
     window.receive(INITIAL_WINDOW)
     assert window.update(buffered=INITIAL_WINDOW, now=1.0, rtt=0.0) == 0
     assert window.update(buffered=INITIAL_WINDOW // 4, now=1.0, rtt=0.0) == INITIAL_WINDOW * 3 // 4
 
 
 def test_a_window_read_quickly_doubles_up_to_the_maximum_and_a_slow_one_does_not() -> None:
-    fast, slow, now = ReceiveWindow(now=0.0), ReceiveWindow(now=0.0), 0.0
+    fast, slow, now = fresh_window(), fresh_window(), 0.0
     for _ in range(12):
         now += 0.01
         for window, rtt in ((fast, 0.01), (slow, 0.001)):
@@ -97,7 +102,7 @@ def test_a_window_read_quickly_doubles_up_to_the_maximum_and_a_slow_one_does_not
 
 
 def test_random_reads_never_grant_more_than_the_window() -> None:
-    rng, window, buffered, now = random.Random(5), ReceiveWindow(now=0.0), 0, 0.0
+    rng, window, buffered, now = random.Random(5), fresh_window(), 0, 0.0
     for _ in range(2000):
         now += rng.random() * 0.01
         if rng.random() < 0.5 and window.credit:
@@ -108,3 +113,33 @@ def test_random_reads_never_grant_more_than_the_window() -> None:
             buffered -= rng.randrange(0, buffered + 1)
             window.update(buffered=buffered, now=now, rtt=0.005)
         assert window.credit + buffered <= window.size <= MAX_WINDOW
+
+
+def grow_until_stuck(window: ReceiveWindow, rounds: int = 40) -> None:
+    """A reader that keeps up with a peer that sends all its credit, 10 ms per round."""
+    for n in range(1, rounds + 1):
+        window.receive(window.credit)
+        window.update(buffered=0, now=n * 0.01, rtt=0.01)
+
+
+def test_the_windows_of_one_connection_grow_no_further_than_its_budget_together() -> None:
+    budget = WindowBudget(available=3 * INITIAL_WINDOW)
+    windows = [ReceiveWindow(now=0.0, budget=budget) for _ in range(4)]
+    for window in windows:
+        grow_until_stuck(window)
+    assert sum(w.size for w in windows) == 4 * INITIAL_WINDOW + 3 * INITIAL_WINDOW
+    assert budget.available == 0
+    assert all(w.credit <= w.size for w in windows)
+
+
+def test_a_closed_stream_gives_its_growth_back_once() -> None:
+    budget = WindowBudget(available=MAX_WINDOW)
+    first = ReceiveWindow(now=0.0, budget=budget)
+    grow_until_stuck(first)
+    assert (first.size, budget.available) == (MAX_WINDOW, INITIAL_WINDOW)
+    first.release()
+    first.release()
+    assert budget.available == MAX_WINDOW
+    second = ReceiveWindow(now=0.0, budget=budget)
+    grow_until_stuck(second)
+    assert second.size == MAX_WINDOW

@@ -58,6 +58,7 @@ from meshnat._libp2p.yamux_frames import (
     WINDOW_UPDATE,
     Frame,
     FrameParser,
+    WindowBudget,
     YamuxProtocolError,
     encode,
 )
@@ -75,7 +76,8 @@ MAX_PENDING_REPLIES = 4096
 MAX_STREAMS = 256
 """Open streams per connection, both directions together (py-libp2p's backlog was 256 too).
 What a peer can make a connection buffer unread is the sum of its streams' windows: 256 KiB
-each (64 MiB in all), more only on a stream whose reader kept up so far (auto-tuning)."""
+each (64 MiB in all), plus what auto-tuning grew them by, at most `CONNECTION_GROWTH` (32 MiB)
+for the connection."""
 
 ACCEPT_BACKLOG = 256
 """Streams the peer opened that nothing has accepted yet (go-yamux's AcceptBacklog)."""
@@ -104,6 +106,8 @@ class Yamux(IMuxedConn):
         self._streams: dict[int, YamuxStream] = {}
         self._accept_out, self._accept_in = trio.open_memory_channel[YamuxStream](ACCEPT_BACKLOG)
         self._outbox = Outbox(self._channel, OUTBOX_BYTES)
+        self.window_budget = WindowBudget()
+        """What this connection's stream windows may still grow by together."""
         self._ping_sent: float | None = None
         self.rtt = 0.0
         """Seconds, from one ping at start (0 until its answer came)."""
@@ -295,6 +299,7 @@ class Yamux(IMuxedConn):
     def forget_if_done(self, stream: YamuxStream) -> None:
         if stream.closed and self._streams.get(stream.stream_id) is stream:
             del self._streams[stream.stream_id]
+            stream.window.release()
 
     def statistics(self) -> dict[str, int]:
         """Open streams and replies waiting to be sent."""

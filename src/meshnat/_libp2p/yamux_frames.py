@@ -14,7 +14,10 @@ credit is topped up once the reader has consumed half of the window; if that hap
 4 RTTs of the previous update the window doubles, up to `MAX_WINDOW` (16 MiB, go-libp2p's
 `MaxStreamWindowSize`). A window only grows while its reader keeps up, so a slow reader
 (e.g. a relay whose other side is slow) never makes the window, and the bytes buffered for
-it, larger.
+it, larger. A reader that kept up and then stalls can still be made to buffer its whole
+window, so the growth of all windows of one connection draws on one `WindowBudget` (go-yamux
+reserves it from the connection's resource-manager memory scope): a peer cannot make one
+connection buffer more than its streams' initial windows plus that budget.
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ INITIAL_WINDOW = 256 * 1024
 
 MAX_WINDOW = 16 * 1024 * 1024
 """The largest receive window auto-tuning grows to (go-libp2p's MaxStreamWindowSize)."""
+
+CONNECTION_GROWTH = 32 * 1024 * 1024
+"""Bytes all receive windows of one connection may grow beyond their initial size together."""
 
 NOISE_PLAINTEXT = 65_535 - 16
 """Largest plaintext one Noise transport message carries (libp2p noise spec)."""
@@ -108,17 +114,29 @@ class FrameParser:
         return frames
 
 
+class WindowBudget:
+    """What the receive windows of one connection may still grow by, together."""
+
+    def __init__(self, available: int = CONNECTION_GROWTH) -> None:
+        self.available = available
+
+
 class ReceiveWindow:
     """One stream's receive credit: what the peer may send, when to grant more."""
 
-    def __init__(self, now: float, initial: int = INITIAL_WINDOW,
+    def __init__(self, now: float, budget: WindowBudget, initial: int = INITIAL_WINDOW,
                  maximum: int = MAX_WINDOW) -> None:
         self.size = initial
         """The window the peer is granted (grows by auto-tuning)."""
         self.credit = initial
         """Bytes the peer may still send before the next update."""
-        self._maximum = maximum
+        self._initial, self._maximum, self._budget = initial, maximum, budget
         self._epoch = now
+
+    def release(self) -> None:
+        """The stream is gone: its growth returns to the connection's budget (once)."""
+        self._budget.available += self.size - self._initial
+        self._initial = self.size
 
     def receive(self, length: int) -> None:
         """The peer sent `length` bytes; raises YamuxProtocolError past its credit."""
@@ -132,7 +150,9 @@ class ReceiveWindow:
         if delta < self.size // 2:
             return 0
         if rtt > 0 and now - self._epoch < 4 * rtt and self.size < self._maximum:
-            self.size = min(2 * self.size, self._maximum)
+            grown = min(2 * self.size, self._maximum, self.size + self._budget.available)
+            self._budget.available -= grown - self.size
+            self.size = grown
             delta = self.size - self.credit - buffered
         self._epoch = now
         self.credit += delta

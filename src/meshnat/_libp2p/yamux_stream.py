@@ -44,7 +44,7 @@ class YamuxStream(IMuxedStream):
         self._conn = conn
         self.stream_id = stream_id
         self.send_window = INITIAL_WINDOW
-        self.window = ReceiveWindow(now)
+        self.window = ReceiveWindow(now, conn.window_budget)
         self.recv_closed = False
         """A FIN arrived: once the buffer is read, reads raise MuxedStreamEOF."""
         self.send_closed = False
