@@ -45,6 +45,20 @@ async def test_advertised_addresses_are_concrete_and_name_the_peer() -> None:
     assert {"tcp", "udp"} <= {a.split("/")[3] for a in addrs}
 
 
+async def test_every_address_a_wildcard_listener_advertises_is_dialable() -> None:
+    # py-libp2p's wildcard expansion dropped /quic-v1 from the UDP listener's addresses
+    async with MeshNode(NodeConfig()) as node, MeshNode(NodeConfig()) as dialer:
+        await node.mount(EchoService())
+        udp = [a for a in node.addrs if "/udp/" in str(a)]
+        assert udp and all("/quic-v1/p2p/" in str(a) for a in udp)
+        for addr in node.addrs:
+            with trio.fail_after(15):
+                peer = PeerInfo(node.peer_id, [addr])
+                assert await echo(dialer, peer, str(addr).encode()) == str(addr).encode()
+            for conn in dialer.host.get_network().get_connections(node.peer_id):
+                await conn.close()
+
+
 async def test_unmounted_service_stops_answering_and_cannot_be_unmounted_twice() -> None:
     async with nodes(2) as (a, b):
         service = await a.mount(EchoService())

@@ -182,13 +182,29 @@ def concrete_addrs(host: IHost) -> list[multiaddr.Multiaddr]:
     out: list[multiaddr.Multiaddr] = []
     for addr in host.get_network().listeners.values():
         for bound in addr.get_addrs():
-            expanded = expand_wildcard_address(bound) if _is_wildcard(bound) else [bound]
-            out.extend(a.encapsulate(suffix) for a in expanded if a not in out)
+            out.extend(a.encapsulate(suffix) for a in _expand(bound) if a not in out)
     return sorted(set(out), key=str)
 
 
+_WILDCARDS = ("/ip4/0.0.0.0/", "/ip6/::/")
+
+
 def _is_wildcard(addr: multiaddr.Multiaddr) -> bool:
-    return any(str(addr).startswith(p) for p in ("/ip4/0.0.0.0/", "/ip6/::/"))
+    return str(addr).startswith(_WILDCARDS)
+
+
+def _expand(bound: multiaddr.Multiaddr) -> list[multiaddr.Multiaddr]:
+    """`bound` once per interface address if it is a wildcard. py-libp2p's
+    `expand_wildcard_address` keeps only the IP and the port (a QUIC listener's `/quic-v1`
+    is lost, leaving an address nothing can dial): only its IPs are used here."""
+    text = str(bound)
+    prefix = next((w for w in _WILDCARDS if text.startswith(w)), None)
+    if prefix is None:
+        return [bound]
+    proto = prefix.split("/")[1]
+    ips = dict.fromkeys(a.value_for_protocol(proto) for a in expand_wildcard_address(bound))
+    return [multiaddr.Multiaddr(f"/{proto}/{ip}/{text[len(prefix):]}") for ip in ips
+            if ip and f"/{proto}/{ip}/" not in _WILDCARDS]
 
 
 def parse_multiaddr(text: str) -> multiaddr.Multiaddr:
