@@ -133,13 +133,15 @@ class MappingSession:
     def announced(self, data: bytes, source: Endpoint, now: float) -> list[MappingEvent]:
         """An unsolicited announcement from the gateway (multicast to 224.0.0.1:5350: a PCP
         ANNOUNCE, RFC 6887 §14.1.3; a NAT-PMP address response, RFC 6886 §3.2.1). If its
-        epoch shows the gateway lost its state, the mapping is lost and asked for again now."""
+        the mapping is asked for again now (the gateway restarted or its address changed)."""
         epoch = self._announced_epoch(data) if source == self.gateway else None
         if epoch is None or self._state is not _State.MAPPED or self.mapping is None:
             self.ignored += 1
             return []
-        if not self._epoch.observe(epoch, now):
-            return []
+        # A gateway announces when it restarted or its external address changed (RFC 6887
+        # §14.1.3, RFC 6886 §3.2.1); both need the mapping asked for again, and a restart soon
+        # after the previous answer does not show in the epochs (§8.5 allows 2 s of slack).
+        self._epoch.observe(epoch, now)
         lost, self.mapping = self.mapping, None
         self.start(now)
         return [Lost(lost, "gateway-rebooted")]
