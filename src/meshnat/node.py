@@ -80,9 +80,10 @@ class NodeConfig:
     fills `max_connections`."""
 
     quic_stack: QuicStack = field(
-        default_factory=lambda: cast(QuicStack, os.environ.get(QUIC_STACK_ENV, "py-libp2p")))
-    """QUIC transport: `py-libp2p` (its own, aioquic) or `meshnat` (meshnat's own on qh3,
-    ~20x faster; `_libp2p.quic`). The environment variable MESHNAT_QUIC_STACK sets the default."""
+        default_factory=lambda: cast(QuicStack, os.environ.get(QUIC_STACK_ENV, "meshnat")))
+    """QUIC transport: `meshnat` (meshnat's own on qh3, the default, ~20x faster;
+    `_libp2p.quic`) or `py-libp2p` (its own, aioquic). The environment variable
+    MESHNAT_QUIC_STACK sets the default."""
 
     service_restarts: int = 5
     """Restarts a mounted service that fails gets within `service_restart_window`; the next
