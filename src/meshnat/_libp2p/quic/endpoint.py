@@ -15,7 +15,8 @@ import errno
 import logging
 import socket
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from ipaddress import ip_address
 from typing import Any
 
 import trio
@@ -24,6 +25,7 @@ from qh3.quic.configuration import QuicConfiguration
 
 from meshnat._libp2p.quic.connection import QuicConn
 from meshnat._libp2p.quic.core import Libp2pQuicConnection
+from meshnat.limits import network_of
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,8 @@ BATCH = 256
 """Datagrams read per wake-up before the other tasks get a turn."""
 MAX_HANDSHAKES = 64
 """Inbound connections in their handshake at once; more Initial packets are dropped."""
+MAX_HANDSHAKES_PER_NETWORK = 8
+"""Of those, from one source network (IPv4 /24, IPv6 /56): one host cannot take them all."""
 MAX_BACKLOG = 4096
 """Datagrams waiting for the socket to be writable; more are dropped (QUIC resends)."""
 SOCKET_BUFFER = 4 << 20
@@ -40,6 +44,17 @@ _MIN_INITIAL = 1200
 Tap = Callable[[bytes, tuple[str, int]], bool]
 """Called with every datagram first; True means it was not QUIC and is taken care of."""
 Accept = Callable[[QuicConn], None]
+
+
+def handshake_admitted(handshaking: Iterable[tuple[str, int]], addr: tuple[str, int]) -> bool:
+    """Whether an Initial from `addr` may start a handshake beside those from `handshaking`:
+    fewer than `MAX_HANDSHAKES` in all and `MAX_HANDSHAKES_PER_NETWORK` from its network."""
+    network = network_of(ip_address(addr[0]))
+    total = same = 0
+    for other in handshaking:
+        total += 1
+        same += network_of(ip_address(other[0])) == network
+    return total < MAX_HANDSHAKES and same < MAX_HANDSHAKES_PER_NETWORK
 
 
 class QuicEndpoint:
@@ -148,8 +163,8 @@ class QuicEndpoint:
         return conn if conn is not None else self._by_addr.get(addr)
 
     def _accept(self, cid: bytes, addr: tuple[str, int]) -> QuicConn | None:
-        if self._server is None or self.on_accept is None or \
-                len(self._handshaking) >= MAX_HANDSHAKES or not 8 <= len(cid) <= 20:
+        if self._server is None or self.on_accept is None or not 8 <= len(cid) <= 20 or \
+                not handshake_admitted((c.remote_address for c in self._handshaking), addr):
             return None
         quic = Libp2pQuicConnection(configuration=self._server,
                                     original_destination_connection_id=cid)
