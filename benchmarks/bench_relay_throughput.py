@@ -18,6 +18,7 @@ from functools import partial
 import trio
 from libp2p.network.stream.exceptions import StreamEOF
 
+from benchmarks._pipes import pipe_both_ways
 from benchmarks._stats import row
 from meshnat import MeshNode, NodeConfig
 from meshnat._libp2p import INetConn, INetStream, TProtocol, open_stream_on
@@ -72,14 +73,7 @@ async def forwarder(target: int, client: trio.SocketStream) -> None:
     """A minimal relay: pipe bytes both ways, half-close included."""
     upstream = await trio.open_tcp_stream("127.0.0.1", target)
 
-    async def pipe(src: trio.SocketStream, dst: trio.SocketStream) -> None:
-        while data := await src.receive_some(CHUNK):
-            await dst.send_all(data)
-        await dst.send_eof()
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(pipe, client, upstream)
-        nursery.start_soon(pipe, upstream, client)
+    await pipe_both_ways(client, upstream)
 
 
 async def main() -> None:

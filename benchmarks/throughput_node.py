@@ -38,6 +38,8 @@ from libp2p.relay.circuit_v2.resources import RelayLimits
 from libp2p.relay.circuit_v2.transport import CircuitV2Transport
 from libp2p.tools.anyio_service import background_trio_service
 
+from benchmarks._pipes import pipe_both_ways
+
 SIZE = 50 * 1024 * 1024
 CHUNK = 65536
 TRANSFERS = 1000
@@ -98,14 +100,7 @@ async def forwarder(client: trio.SocketStream) -> None:
     upstream = await trio.open_tcp_stream(socket.inet_ntoa(header[:4]),
                                           int.from_bytes(header[4:], "big"))
 
-    async def pipe(src: trio.SocketStream, dst: trio.SocketStream) -> None:
-        while data := await src.receive_some(CHUNK):
-            await dst.send_all(data)
-        await dst.send_eof()
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(pipe, client, upstream)
-        nursery.start_soon(pipe, upstream, client)
+    await pipe_both_ways(client, upstream)
 
 
 async def one_way(ends: Ends) -> float:
