@@ -15,6 +15,14 @@ Router kinds (RFC 4787 terms):
 - PORT_FORWARD: a cone NAT that forwards `forwarded_port` (TCP and UDP) to the first host:
   endpoint-independent filtering on that port.
 
+IPv6 (`ipv6=True`, top-level sites only): the hosts of such a site also get global addresses
+in the site's own /48 (`2001:db8:<n>::/64` on the LAN, the documentation range, which namespaces
+route like any other), with no NAT: the router is a stateful IPv6 firewall (the same `inet`
+chains: established/related in, nothing unsolicited, neighbour discovery allowed) beside its
+IPv4 NAT. Public hosts are always dual-stack (`2001:db8::<k>/64` on the internet bridge, which
+routes every IPv6 site's /48 via its router). IPv6 addresses skip duplicate address detection,
+so they are usable at once. WAN emulation (`wan`) applies to IPv4 only.
+
 Any top-level router can also run miniupnpd (`port_mapping`, tests/support/miniupnpd.py):
 UPnP-IGD, NAT-PMP and PCP for its LAN. Its WAN address is then on MAPPING_PREFIX, a second
 prefix on the internet bridge that every bridge host routes on-link.
@@ -39,6 +47,8 @@ from tests.support import miniupnpd
 from tests.support.wan import Wan, WanEmulator, stop_process
 
 INET_PREFIX = "198.18.0"
+INET6_PREFIX = "2001:db8::"
+"""The internet bridge's IPv6 /64 (RFC 3849 documentation range)."""
 MAPPING_PREFIX = "11.18.0"
 """WAN addresses of port-mapping routers: miniupnpd will not map on 198.18.0.0/15 (reserved)."""
 
@@ -74,6 +84,8 @@ class Host:
     ns: str
     ip: str
     lab: Lab = field(repr=False)
+    ip6: str | None = None
+    """Its global IPv6 address (public hosts, hosts of an `ipv6` site), else None."""
 
     def cmd(self, args: Sequence[str]) -> list[str]:
         return ["ip", "netns", "exec", self.ns, *args]
@@ -121,6 +133,8 @@ class Site:
     hosts: list[Host] = field(default_factory=list)
     port_mapping: bool = False
     """Its router runs miniupnpd."""
+    lan6_prefix: str | None = None
+    """The LAN's IPv6 /64 as `2001:db8:<n>:` (an `ipv6` site), else None."""
     _lan_ips: Iterator[int] = field(default_factory=lambda: itertools.count(10), repr=False)
 
     @property
@@ -133,6 +147,10 @@ class Site:
 
     def next_lan_ip(self) -> str:
         return f"{self.lan_prefix}.{next(self._lan_ips)}"
+
+    @property
+    def ipv6(self) -> bool:
+        return self.lan6_prefix is not None
 
 
 class Lab:
@@ -150,6 +168,9 @@ class Lab:
         self.wan_seed = wan_seed
         self.wan: WanEmulator | None = None  # started with the first emulated uplink
         self._inet_ips = itertools.count(10)
+        self._inet6_ips = itertools.count(10)
+        self._v6_routes: list[tuple[str, str]] = []  # (site /48, router's WAN address)
+        self._v6_legs: list[str] = []  # namespaces with an IPv6 leg on br0 (as eth0/wan)
         self._site_numbers = itertools.count(1)
         self._links = itertools.count(1)
         self.inet = self._namespace("inet")
@@ -164,6 +185,9 @@ class Lab:
         _run("ip", "netns", "add", ns)
         self.namespaces.append(ns)
         _run("ip", "-n", ns, "link", "set", "lo", "up")
+        for key in ("all", "default"):  # addresses usable at once, link-local ones included
+            _run("ip", "netns", "exec", ns, "sysctl", "-q", "-w",
+                 f"net.ipv6.conf.{key}.accept_dad=0")
         return ns
 
     def _link(self, ns: str, ifname: str, peer_ns: str, bridge: str | None) -> str:
@@ -193,7 +217,23 @@ class Lab:
         self._emulate(self._link(ns, "eth0", self.inet, "br0"), wan)
         _run("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", "eth0")
         self._on_bridge(ns, "eth0")
-        return Host(ns, ip, self)
+        return Host(ns, ip, self, ip6=self._on_bridge6(ns, "eth0"))
+
+    def _on_bridge6(self, ns: str, ifname: str) -> str:
+        """Give `ns` an IPv6 address on the internet bridge and routes to every IPv6 site."""
+        ip6 = f"{INET6_PREFIX}{next(self._inet6_ips):x}"
+        _run("ip", "-n", ns, "-6", "addr", "add", f"{ip6}/64", "dev", ifname, "nodad")
+        for prefix, via in self._v6_routes:
+            _run("ip", "-n", ns, "-6", "route", "add", prefix, "via", via)
+        self._v6_legs.append(ns)
+        return ip6
+
+    def _route_site6(self, prefix: str, via: str, router_ns: str) -> None:
+        """Route an IPv6 site's `prefix` via its router (`via`) from every other bridge leg."""
+        for ns in self._v6_legs:
+            if ns != router_ns:
+                _run("ip", "-n", ns, "-6", "route", "add", prefix, "via", via)
+        self._v6_routes.append((prefix, via))
 
     def _on_bridge(self, ns: str, ifname: str) -> None:
         """Route the port-mapping prefix on-link from `ns` (once a port-mapping site exists)."""
@@ -217,6 +257,7 @@ class Lab:
         self, name: str, nat: Nat, *, hosts: int = 1, behind: Site | None = None,
         forwarded_port: int = 4001, hairpin: bool = False, wan: Wan | None = None,
         udp_timeout: int | None = None, carrier: bool = False, port_mapping: bool = False,
+        ipv6: bool = False,
     ) -> Site:
         """A router of kind `nat` with `hosts` hosts behind it; `behind` nests it (double NAT).
 
@@ -227,9 +268,11 @@ class Lab:
         A `carrier` router is a carrier-grade NAT: its LAN is 100.64.N.0/24 (RFC 6598's shared
         space), for home sites `behind` it; like every Linux NAT here it does not hairpin.
         A `port_mapping` router (top-level only) runs miniupnpd: UPnP-IGD, NAT-PMP and PCP.
+        An `ipv6` site (top-level only) is dual-stack: its hosts also have global IPv6
+        addresses (`Host.ip6`) behind the router's stateful firewall, with no NAT.
         """
-        if (wan is not None or port_mapping) and behind is not None:
-            raise ValueError("WAN emulation and port mapping are for top-level sites only")
+        if (wan is not None or port_mapping or ipv6) and behind is not None:
+            raise ValueError("WAN emulation, port mapping and IPv6 are for top-level sites only")
         n = next(self._site_numbers)
         router_ns = self._namespace(f"{name}-r")
         if behind is None and port_mapping:
@@ -252,13 +295,27 @@ class Lab:
         _run("ip", "-n", router_ns, "addr", "add", f"{lan}.1/24", "dev", "lanbr")
         _run("ip", "netns", "exec", router_ns, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
         site = Site(name, nat, Host(router_ns, wan_ip, self), lan)
+        if ipv6:
+            site.lan6_prefix = f"2001:db8:{n:x}:"
+            site.router.ip6 = self._on_bridge6(router_ns, "wan")
+            _run("ip", "-n", router_ns, "-6", "addr", "add", f"{site.lan6_prefix}:1/64", "dev",
+                 "lanbr", "nodad")
+            _run("ip", "netns", "exec", router_ns, "sysctl", "-q", "-w",
+                 "net.ipv6.conf.all.forwarding=1")
+            self._route_site6(f"2001:db8:{n:x}::/48", site.router.ip6, router_ns)
         for i in range(hosts):
             ns = self._namespace(f"{name}-h{i + 1}")
             ip = site.next_lan_ip()
             self._link(ns, "eth0", router_ns, "lanbr")
             _run("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", "eth0")
             _run("ip", "-n", ns, "route", "add", "default", "via", f"{lan}.1")
-            site.hosts.append(Host(ns, ip, self))
+            ip6 = None
+            if site.lan6_prefix is not None:
+                ip6 = f"{site.lan6_prefix}:{i + 10:x}"
+                _run("ip", "-n", ns, "-6", "addr", "add", f"{ip6}/64", "dev", "eth0", "nodad")
+                _run("ip", "-n", ns, "-6", "route", "add", "default", "via",
+                     f"{site.lan6_prefix}:1")
+            site.hosts.append(Host(ns, ip, self, ip6=ip6))
         _run("ip", "netns", "exec", router_ns, "nft", "-f", "-",
              input=_ruleset(nat, site.hosts[0].ip if site.hosts else None, forwarded_port,
                             wan_ip, lan if hairpin else None, port_mapping))
@@ -373,6 +430,7 @@ table inet fw {{
   chain input_filter {{
     type filter hook input priority filter; policy drop;
     ct state established,related accept
+    icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert }} accept
     iifname {{ "lo", "lanbr" }} accept
   }}
   {upnp_chain}
