@@ -96,3 +96,17 @@ async def test_the_connections_a_node_makes_and_accepts_use_this_yamux() -> None
             for node, peer in ((a, b), (b, a)):
                 (conn,) = node.host.get_network().get_connections(peer.peer_id)
                 assert type(conn.muxed_conn) is Yamux
+
+
+async def test_a_noise_message_that_fails_authentication_closes_only_its_connection() -> None:
+    with trio.fail_after(20):
+        async with nodes(2) as (a, b):
+            tcp = [addr for addr in b.addrs if "/tcp/" in str(addr)]
+            await a.connect(PeerInfo(b.peer_id, tcp))
+            (theirs,) = a.host.get_network().get_connections(b.peer_id)
+            (ours,) = b.host.get_network().get_connections(a.peer_id)
+            # a well-framed Noise message (2-byte length, 32 bytes) that is not a ciphertext
+            await theirs.muxed_conn._channel._send(b"\x00\x20" + bytes(32))
+            await ours.muxed_conn.event_closed.wait()
+            await a.connect(PeerInfo(b.peer_id, tcp))  # b still accepts connections
+            assert a.host.get_network().get_connections(b.peer_id)

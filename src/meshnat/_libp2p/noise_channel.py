@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 import trio
+from cryptography.exceptions import InvalidTag
 from libp2p.io.trio import TrioTCPStream
 from libp2p.network.connection.raw_connection import RawConnection
 from libp2p.security.noise.io import NoiseTransportReadWriter
@@ -95,7 +96,7 @@ class NoiseChannel:
                     break
                 try:
                     pieces.append(self._decrypt(None, bytes(view[start:start + size])))
-                except NoiseInvalidMessage as exc:
+                except (NoiseInvalidMessage, InvalidTag) as exc:  # the cipher raises the latter
                     raise SecureChannelError("noise: a message failed authentication") from exc
                 position = start + size
         self._position = position
