@@ -18,6 +18,7 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
 from meshnat._libp2p.yamux import MAX_PENDING_REPLIES, Yamux
+from meshnat._libp2p.yamux_outbox import LINGER
 from tests.support.fake_reflectors import nodes
 
 HEADER = struct.Struct(">BBHII")  # version, type, flags, stream id, length
@@ -96,6 +97,24 @@ async def test_the_connections_a_node_makes_and_accepts_use_this_yamux() -> None
             for node, peer in ((a, b), (b, a)):
                 (conn,) = node.host.get_network().get_connections(peer.peer_id)
                 assert type(conn.muxed_conn) is Yamux
+
+
+async def test_an_idle_connection_holds_no_writer_task_and_a_frame_starts_one(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with muxer() as (yamux, theirs):
+        assert await read_pongs_or_pings(theirs) == [(TYPE_PING, FLAG_SYN)]  # its ping at start
+        await trio.sleep(LINGER * 2)  # idle past the linger: the writer task ended
+        assert not yamux._outbox.writer_running
+        await theirs.send_all(ping(7))  # its answer needs a writer again
+        assert await read_pongs(theirs, 1) == [7]
+        await trio.sleep(LINGER * 2)
+        assert not yamux._outbox.writer_running
+
+
+async def read_pongs_or_pings(stream: trio.abc.Stream) -> list[tuple[int, int]]:
+    """(type, flags) of the frames in the next read."""
+    data = await stream.receive_some(4096)
+    return [HEADER.unpack_from(data, i)[1:3] for i in range(0, len(data), HEADER.size)]
 
 
 async def test_a_noise_message_that_fails_authentication_closes_only_its_connection() -> None:

@@ -57,6 +57,9 @@ class NoiseChannel:
         state = transport.noise_state.noise_protocol
         self._encrypt = state.cipher_state_encrypt.encrypt_with_ad
         self._decrypt = state.cipher_state_decrypt.decrypt_with_ad
+        # the session keeps only its two cipher states: the noise library's connection object
+        # (pattern, key pairs, protocol name) is let go, ~2 KiB per idle connection
+        transport.noise_state = _CipherPair(self._encrypt, self._decrypt)
         raw: Any = transport.read_writer.read_write_closer
         socket = _tcp_socket(raw)
         if socket is not None:
@@ -111,6 +114,25 @@ class NoiseChannel:
             piece = data[start:start + _MAX_PLAINTEXT]
             sealed = self._encrypt(None, piece if isinstance(piece, bytes) else bytes(piece))
             await self._send(len(sealed).to_bytes(_LENGTH, "big") + sealed)
+
+
+class _CipherPair:
+    """What py-libp2p's Noise transport reader/writer calls on its state once the handshake is
+    done (`encrypt`, `decrypt`), on the same cipher states as the channel."""
+
+    __slots__ = ("_decrypt", "_encrypt")
+
+    def __init__(self, encrypt: Any, decrypt: Any) -> None:
+        self._encrypt, self._decrypt = encrypt, decrypt
+
+    def encrypt(self, data: bytes) -> bytes:
+        return bytes(self._encrypt(None, data))
+
+    def decrypt(self, data: bytes) -> bytes:
+        try:
+            return bytes(self._decrypt(None, data))
+        except InvalidTag as exc:  # as the noise library's connection reports it
+            raise NoiseInvalidMessage("Failed authentication of message") from exc
 
 
 def _tcp_socket(raw: Any) -> trio.SocketStream | None:

@@ -35,6 +35,9 @@ from meshnat._libp2p.yamux_frames import (
 if TYPE_CHECKING:
     from meshnat._libp2p.yamux import Yamux
 
+_NO_CHUNKS: deque[bytes] = deque()
+"""The empty buffer of every stream that has received nothing yet (never appended to)."""
+
 
 class YamuxStream(IMuxedStream):
     """A stream with a deque of received chunks; all frame handling is by its `Yamux`."""
@@ -49,39 +52,53 @@ class YamuxStream(IMuxedStream):
         """A FIN arrived: once the buffer is read, reads raise MuxedStreamEOF."""
         self.send_closed = False
         self.is_reset = False
-        self._chunks: deque[bytes] = deque()
+        self._chunks: deque[bytes] = _NO_CHUNKS  # its own deque from the first DATA on
         self._buffered = 0
-        self._readable = trio.Event()
-        self._writable = trio.Event()
-        self._writing = trio.Lock()
+        # events and the write lock are made when first needed: a connection keeps streams
+        # that carry nothing (py-libp2p's accept loop holds the last one it accepted)
+        self._readable: trio.Event | None = None
+        self._writable: trio.Event | None = None
+        self._write_lock: trio.Lock | None = None
 
     # --- called by the connection's reader (synchronous: it never waits) --------------------
 
     def deliver(self, payload: bytes) -> None:
         self.window.receive(len(payload))
         if payload:
+            if self._chunks is _NO_CHUNKS:
+                self._chunks = deque()
             self._chunks.append(payload)
             self._buffered += len(payload)
-            self._readable.set()
+            if self._readable is not None:
+                self._readable.set()
 
     def grant(self, increment: int) -> None:
         self.send_window += increment
-        self._writable.set()
+        if self._writable is not None:
+            self._writable.set()
 
     def finish(self) -> None:
         """The peer half-closed."""
         self.recv_closed = True
-        self._readable.set()
+        if self._readable is not None:
+            self._readable.set()
 
     def kill(self) -> None:
         """Reset (by the peer, by us, or because the connection is gone)."""
         self.is_reset = True
-        self._readable.set()
-        self._writable.set()
+        for event in (self._readable, self._writable):
+            if event is not None:
+                event.set()
 
     @property
     def closed(self) -> bool:
         return self.is_reset or (self.recv_closed and self.send_closed)
+
+    @property
+    def _writing(self) -> trio.Lock:
+        if self._write_lock is None:
+            self._write_lock = trio.Lock()
+        return self._write_lock
 
     # --- IMuxedStream --------------------------------------------------------------------
 
