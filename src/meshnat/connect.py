@@ -173,7 +173,7 @@ class Connector:
         return await self._via_relays(peer, relays, trio.current_time(), [], "no relay")
 
     async def _via_relays(self, peer: ID, relays: Sequence[PeerInfo], started: float,
-                          attempts: list[str], none_tried: str) -> Path:
+                          attempts: list[str], none_tried: str, *, punch: bool = True) -> Path:
         node, nursery = self._mounted()
         for relay in relays:
             if self._relay_client is None:
@@ -184,7 +184,7 @@ class Connector:
             except (MeshNatError, trio.TooSlowError) as exc:
                 attempts.append(f"via {relay.peer_id}: {exc or 'timed out'}")
                 continue
-            if self._puncher is not None and peer not in self._supervised:
+            if punch and self._puncher is not None and peer not in self._supervised:
                 self._upgraded[peer] = trio.Event()
                 self._supervised.add(peer)
                 nursery.start_soon(self._upgrade, peer, relays)
@@ -207,42 +207,70 @@ class Connector:
 
     def suspect(self, peer: ID) -> bool:
         """The caller got no answer from `peer` over its best path: if that is a punched
-        one, the puncher checks it now (and retires it if dead; the relay then takes over);
-        with no connection left at all, the peer is reached through a relay again. True while
-        a path to the peer is being made (`wait_connected` is worth waiting)."""
+        one, the puncher checks it now (and retires it if dead; the relay then takes over).
+        With no connection left, or only punched ones being checked (`Connection.doubtful`),
+        the peer is reached through a relay circuit too, so new streams have a path while
+        the check runs; the circuit is closed again if the punched path is confirmed. True
+        while a path to the peer is being made (`wait_connected` is worth waiting)."""
         if self._puncher is not None:
             self._puncher.suspect(peer)
         node, nursery = self._mounted()
-        if not node.connections(peer) and self._relays and peer not in self._reaching:
+        conns = node.connections(peer)
+        if self._relays and peer not in self._reaching and all(c.doubtful for c in conns):
             self._reaching.add(peer)
-            nursery.start_soon(self._reach_again, peer)
+            nursery.start_soon(self._reach_again, peer, [c.conn for c in conns])
         return peer in self._reaching or peer in self._supervised
 
-    async def wait_connected(self, peer: ID, timeout: float) -> bool:
-        """Wait up to `timeout` seconds for any open connection to `peer` (a relay circuit
-        after `suspect`, say); True if there is one."""
+    async def wait_connected(self, peer: ID, timeout: float, *,
+                             other_than: INetConn | None = None) -> Connection | None:
+        """Wait up to `timeout` seconds for an open connection to `peer` (other than
+        `other_than`, if given): a relay circuit after `suspect`, say. The best such
+        connection, or None."""
         node, _ = self._mounted()
         arrived = trio.Event()
+
+        def usable() -> Connection | None:
+            return next((c for c in node.connections(peer) if c.conn is not other_than), None)
 
         def on_connected(conn: INetConn) -> None:
             if conn.muxed_conn.peer_id == peer:
                 arrived.set()
 
         with _libp2p.watch_connections(node.host, on_connected):
-            if not node.connections(peer):
-                with trio.move_on_after(timeout):
+            with trio.move_on_after(timeout):
+                while usable() is None:
                     await arrived.wait()
-        return bool(node.connections(peer))
+                    arrived = trio.Event()
+        return usable()
 
-    async def _reach_again(self, peer: ID) -> None:
-        """No connection is left to `peer` (its punched path died): a relay circuit again,
-        punched in the background as `connect()`'s are."""
+    async def _reach_again(self, peer: ID, doubtful: list[INetConn]) -> None:
+        """A relay circuit to `peer`, which has no connection left (its punched path died)
+        or only `doubtful` punched ones: punched in the background as `connect()`'s are once
+        no punched one is left; closed again (once drained) if one is confirmed."""
         try:
-            await self._via_relays(peer, self._relays, trio.current_time(), [], "no relay")
+            path = await self._via_relays(peer, self._relays, trio.current_time(), [],
+                                          "no relay", punch=not doubtful)
         except MeshNatError as exc:
             log.info("connect: %s not reached again: %s", peer, exc)
+            return
         finally:
             self._reaching.discard(peer)
+        if not doubtful:
+            return
+        assert self._puncher is not None  # only punched connections are doubtful
+        with trio.move_on_after(self.config.relay_drain_timeout):
+            for conn in doubtful:  # bounded by the health check's own pings
+                await self._puncher.wait_settled(conn)
+        node, nursery = self._mounted()
+        best = node.connections(peer)
+        if best and best[0].kind.is_direct and not best[0].doubtful:
+            log.info("connect: a direct path to %s answers; closing the circuit", peer)
+            await self._close_when_drained(path.connection)
+        elif not path.connection.is_closed and peer not in self._supervised:
+            # the punched path died and no task here punches this peer: this one does
+            self._upgraded[peer] = trio.Event()
+            self._supervised.add(peer)
+            nursery.start_soon(self._upgrade, peer, self._relays)
 
     async def _upgrade(self, peer: ID, relays: Sequence[PeerInfo]) -> None:
         """Punch `peer`'s relayed path; each time the punched path dies silently (the puncher

@@ -318,8 +318,10 @@ class MeshNode:
         """The open connections to `peer`, best first, each labelled with its path.
 
         The rule (`paths.best_first_key`): a direct or punched connection before a relayed
-        one, oldest first among equals. A connection is `punched` when a source registered
-        with `track_punched` (a HolePuncher) holds it for the peer.
+        one, and a relayed one before a punched one whose health check is probing it after a
+        suspected failure (`Connection.doubtful`); oldest first among equals. A connection
+        is `punched` when a source registered with `track_punched` (a HolePuncher) holds it
+        for the peer.
         """
         return _libp2p.connections_to(self.host, peer, self._punch_sources)
 

@@ -28,9 +28,14 @@ class PathKind(StrEnum):
         return self is not PathKind.RELAYED
 
 
-def best_first_key(kind: PathKind) -> int:
+def best_first_key(kind: PathKind, *, doubtful: bool = False) -> int:
     """The sort key of the best-connection rule: a direct or punched connection before a
-    relayed one; among equals the order stays the swarm's (oldest first), since a sort on
-    this key is stable. A relayed connection may be draining after a punch, so new streams
-    take the direct one."""
-    return 0 if kind.is_direct else 1
+    relayed one, and a relayed one before a punched one that is `doubtful` (its health check
+    is probing it after a suspected failure and has not confirmed it since); among equals the
+    order stays the swarm's (oldest first), since a sort on this key is stable. A relayed
+    connection may be draining after a punch, so new streams take the direct one; a doubtful
+    punched one may be dead (a flushed NAT binding), so new streams take the relay while
+    there is one."""
+    if not kind.is_direct:
+        return 1
+    return 2 if doubtful else 0

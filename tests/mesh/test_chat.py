@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import TypeVar
 
 import pytest
@@ -12,8 +13,9 @@ from meshnat.chat import CHAT_PROTOCOL, ChatService, Heard
 from meshnat.chat.events import ChatEvent, LineHeard, MemberConnected, MemberLeft
 from meshnat.chat.messages import Say
 from meshnat.chat.network import ChatNetwork, ChatNetworkConfig
+from meshnat.chat.service import ChatConfig
 from meshnat.connect import Connector
-from meshnat.errors import ConfigError, PeerUnavailable
+from meshnat.errors import ConfigError, PeerRefused, PeerTimeout, PeerUnavailable
 from meshnat.node import MeshNode
 from meshnat.records import AddressRecord, RecordAuthority, RecordConfig
 from meshnat.rendezvous import RendezvousClient, RendezvousService
@@ -148,3 +150,79 @@ async def test_a_rendezvous_that_does_not_answer_fails_the_mount_with_one_error(
         with pytest.raises(ConfigError, match="network name"):
             ChatNetwork("no spaces", rendezvous=not_a_rendezvous.peer_info(),
                         connector=Connector(), client=RendezvousClient(RecordAuthority()))
+
+
+# --- a line is sent only once the peer has read it ----------------------------------------
+
+
+def _over(node: MeshNode, transport: str) -> PeerInfo:
+    """`node`'s peer info with only its `tcp` or `udp` (QUIC) addresses."""
+    info = node.peer_info()
+    return PeerInfo(info.peer_id, [x for x in info.addrs if f"/{transport}/" in str(x)])
+
+
+@pytest.mark.parametrize("transport", ["tcp", "udp"])
+async def test_a_line_is_not_reported_sent_until_the_peer_has_read_it(transport: str) -> None:
+    """A peer whose chat handler takes the stream and never reads it (a stalled process, or a
+    path that carried the negotiation and then died) must not make `say` report the line
+    sent: before, the bytes queued in the muxer were taken for a delivery (and over QUIC a
+    full close() ends the reading side too, so the peer's end cannot be waited for)."""
+    async with nodes(2) as (a, b):
+        taken = trio.Event()
+
+        async def stall(stream: object) -> None:
+            taken.set()
+            await trio.sleep_forever()
+
+        b.host.set_stream_handler(CHAT_PROTOCOL, stall)  # type: ignore[arg-type]
+        chat_a = await a.mount(ChatService(accept=lambda p: False, on_heard=lambda h: None,
+                                           config=ChatConfig(stream_timeout=1.0)))
+        with trio.fail_after(15):
+            await a.connect(_over(b, transport))
+            assert a.best_connection(b.peer_id).transport == transport
+            with pytest.raises(PeerTimeout):
+                await chat_a.say(b.peer_id, "hello?")
+        assert taken.is_set()  # the stream was negotiated: only the read was missing
+
+
+@pytest.mark.parametrize("transport", ["tcp", "udp"])
+async def test_lines_a_rate_limited_peer_refuses_are_reported_failed_not_sent(
+        transport: str) -> None:
+    async with nodes(2) as (a, b):
+        heard: list[str] = []
+        await b.mount(ChatService(accept=lambda p: True,
+                                  on_heard=lambda h: heard.append(h.text or ""),
+                                  config=ChatConfig(rate=0.01, burst=3)))
+        chat_a = await a.mount(ChatService(accept=lambda p: False, on_heard=lambda h: None))
+        sent: list[str] = []
+        with trio.fail_after(15):
+            await a.connect(_over(b, transport))
+            for n in range(6):
+                with contextlib.suppress(PeerRefused):  # the peer says so: no reset race
+                    await chat_a.say(b.peer_id, f"line {n}")
+                    sent.append(f"line {n}")
+        assert sent == heard == ["line 0", "line 1", "line 2"]
+
+
+@pytest.mark.parametrize("transport", ["tcp", "udp"])
+async def test_a_line_sent_again_is_heard_once(transport: str) -> None:
+    async with nodes(2) as (a, b):
+        heard: list[Heard] = []
+        got = trio.Event()
+
+        def on_heard(h: Heard) -> None:
+            heard.append(h)
+            got.set()
+
+        await b.mount(ChatService(accept=lambda p: True, on_heard=on_heard))
+        chat_a = await a.mount(ChatService(accept=lambda p: False, on_heard=lambda h: None))
+        with trio.fail_after(15):
+            await a.connect(_over(b, transport))
+            line = chat_a.line("only once")
+            for _ in range(2):  # e.g. its end of stream was lost with the path: sent again
+                await chat_a.send_on(a.best_connection(b.peer_id), line)
+            await chat_a.say(b.peer_id, "next")
+            while len(heard) < 2:
+                got = trio.Event()
+                await got.wait()
+        assert [h.text for h in heard] == ["only once", "next"]

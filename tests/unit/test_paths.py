@@ -46,6 +46,15 @@ def test_direct_and_punched_connections_come_before_relayed_ones_in_swarm_order(
     assert [i for _, i in ranked] == [1, 3, 0, 2]
 
 
+def test_a_doubtful_punched_connection_comes_after_a_relayed_one() -> None:
+    """A punched path its health check probes after a suspected failure (a flushed NAT
+    binding, say) may be dead: new streams take the relay while there is one."""
+    swarm_order = [(PathKind.PUNCHED, True, 0), (PathKind.RELAYED, False, 1),
+                   (PathKind.DIRECT, False, 2)]
+    ranked = sorted(swarm_order, key=lambda c: best_first_key(c[0], doubtful=c[1]))
+    assert [i for *_, i in ranked] == [2, 1, 0]
+
+
 def _round(address: str | None, *, endpoint_dependent: bool) -> Consensus:
     endpoint = Endpoint.parse(address) if address else None
     return Consensus("udp", endpoint, ip_address("198.51.100.7"), (), 3, (),

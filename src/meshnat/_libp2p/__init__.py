@@ -68,6 +68,7 @@ from meshnat._libp2p.host import (
 from meshnat._libp2p.multiselect import open_stream_sending
 from meshnat._libp2p.streams import (
     carried_by,
+    close_write,
     connection_remote,
     guarded_handler,
     handling,
@@ -75,6 +76,7 @@ from meshnat._libp2p.streams import (
     map_peer_errors,
     open_stream_on,
     read_frame,
+    read_frame_or_end,
     remote_endpoint,
     reset_quietly,
     stream_peer,
@@ -120,6 +122,7 @@ __all__ = [
     "carried_by",
     "close_connections",
     "close_listener",
+    "close_write",
     "concrete_addrs",
     "connection_remote",
     "connection_reports",
@@ -153,6 +156,7 @@ __all__ = [
     "peer_id_of",
     "ping_over",
     "read_frame",
+    "read_frame_or_end",
     "remote_endpoint",
     "reset_quietly",
     "single_exception",

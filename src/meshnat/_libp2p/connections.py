@@ -52,6 +52,10 @@ class PunchedConnections(Protocol):
 
     def punched(self, peer: ID) -> _Carried | None: ...
 
+    def doubtful(self, conn: INetConn) -> bool:
+        """True while the health check probes `conn` after a suspected failure."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class Connection:
@@ -62,6 +66,9 @@ class Connection:
     transport: str
     """`tcp`, or `udp` for QUIC."""
     conn: INetConn
+    doubtful: bool = False
+    """A punched connection that its health check has not confirmed since a suspected
+    failure: it may be dead, so it ranks after a relayed one (`paths.best_first_key`)."""
 
     @property
     def remote(self) -> Endpoint | None:
@@ -81,7 +88,9 @@ def describe_connection(conn: INetConn, sources: Sequence[PunchedConnections]) -
     """`conn` with its path: relayed (a circuit), punched (held by one of `sources`), direct."""
     peer = conn.muxed_conn.peer_id
     punched = any(p is conn for p in _punched(peer, sources))
-    return Connection(peer, _kind(is_relayed(conn), punched), transport_of(conn), conn)
+    doubtful = punched and any(source.doubtful(conn) for source in sources)
+    return Connection(peer, _kind(is_relayed(conn), punched), transport_of(conn), conn,
+                      doubtful)
 
 
 def connections_to(host: IHost, peer: ID,
@@ -90,7 +99,7 @@ def connections_to(host: IHost, peer: ID,
     closed but not yet dropped by the swarm is left out."""
     found = [describe_connection(c, sources) for c in host.get_network().get_connections(peer)
              if not c.is_closed]
-    return sorted(found, key=lambda c: best_first_key(c.kind))
+    return sorted(found, key=lambda c: best_first_key(c.kind, doubtful=c.doubtful))
 
 
 def path_of_stream(stream: INetStream, sources: Sequence[PunchedConnections]) -> PathKind:

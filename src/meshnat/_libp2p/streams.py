@@ -16,10 +16,10 @@ from libp2p.exceptions import BaseLibp2pError, ParseError
 from libp2p.io.exceptions import IncompleteReadError, IOException
 from libp2p.io.exceptions import MessageTooLarge as Libp2pMessageTooLarge
 from libp2p.network.exceptions import SwarmException
-from libp2p.network.stream.exceptions import StreamError
+from libp2p.network.stream.exceptions import StreamEOF, StreamError
 from libp2p.peer.id import ID
 from libp2p.protocol_muxer.multiselect_communicator import MultiselectCommunicator
-from libp2p.stream_muxer.exceptions import MuxedStreamError
+from libp2p.stream_muxer.exceptions import MuxedStreamEOF, MuxedStreamError
 from libp2p.transport.quic.connection import QUICConnection
 from libp2p.transport.quic.exceptions import QUICError
 from libp2p.utils.varint import read_varint_prefixed_bytes_limited
@@ -83,6 +83,37 @@ async def read_frame(stream: INetStream) -> bytes:
 
 async def write_frame(stream: INetStream, payload: bytes) -> None:
     await stream.write(frame_stream(payload))
+
+
+async def close_write(stream: INetStream) -> None:
+    """End our side of `stream` and keep reading (py-libp2p's `NetStream.close_write`; its
+    `close()` over QUIC ends the reading side too)."""
+    await cast(Any, stream).close_write()
+
+
+class _Prepended:
+    """A reader that gives `first` before what `stream` reads."""
+
+    def __init__(self, first: bytes, stream: INetStream) -> None:
+        self._first, self._stream = first, stream
+
+    async def read(self, n: int | None = None) -> bytes:
+        if self._first:
+            data, self._first = self._first, b""
+            return data
+        return await self._stream.read(n)
+
+
+async def read_frame_or_end(stream: INetStream) -> bytes | None:
+    """One frame, as `read_frame`; None when the peer ends the stream (its FIN) before
+    sending a byte of one. A reset raises what a failed read raises (map it with
+    `map_peer_errors`). Bound it with a deadline."""
+    try:
+        first = await stream.read(1)
+    except (StreamEOF, MuxedStreamEOF):
+        return None
+    return await read_varint_prefixed_bytes_limited(cast(Any, _Prepended(first, stream)),
+                                                    MAX_MESSAGE_SIZE)
 
 
 async def open_stream_on(host: IHost, conn: INetConn, protocol: TProtocol,

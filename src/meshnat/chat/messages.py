@@ -1,4 +1,5 @@
-"""Wire messages of `/meshnat/chat/1.0.0`: one message per stream, no answer (pure)."""
+"""Wire messages of `/meshnat/chat/1.0.0`: one message per stream; the receiver answers with
+its end of stream once it has read it, or an `ErrorResponse` (RATE_LIMITED) (pure)."""
 
 from __future__ import annotations
 

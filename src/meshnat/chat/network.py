@@ -12,8 +12,10 @@ Rules:
 - A member's path is `direct` or `relayed` when first reached (`punched` if it was punched
   before its record was found here), and `punched` once a member first reached through a
   relay gets a direct connection. A line that fails makes the Connector check the path
-  (`Connector.suspect`): a dead punched path is retired and the member reached through a relay
-  again, then punched again.
+  (`Connector.suspect`) and make a relay circuit beside it; the line is sent again on that
+  circuit. A dead punched path is retired and the member punched again over the circuit.
+- A line counts as sent to a member only once the member has read it (ChatService waits
+  for the end of the stream the receiver sends after reading).
 """
 
 from __future__ import annotations
@@ -39,10 +41,18 @@ from meshnat.chat.events import (
     SendFailed,
     ignore_chat_events,
 )
+from meshnat.chat.messages import Say
 from meshnat.chat.service import ChatConfig, ChatService, Heard
 from meshnat.config import require_positive
 from meshnat.connect import Connector
-from meshnat.errors import ConfigError, MalformedMessage, MeshNatError, NotMounted, StaleRecord
+from meshnat.errors import (
+    ConfigError,
+    MalformedMessage,
+    MeshNatError,
+    NotMounted,
+    RemoteProtocolError,
+    StaleRecord,
+)
 from meshnat.node import MeshNode
 from meshnat.paths import PathKind
 from meshnat.records import AddressRecord, RecordStore
@@ -262,30 +272,49 @@ class ChatNetwork:
         return [m for m in self._members.values() if m.path is not None]
 
     async def say(self, text: str) -> LineSent:
-        """Send one line to every connected member. A member with no connection left (its
-        punched path died) is reached through a relay again first, waited for up to the
-        chat's `stream_timeout`.
+        """Send one line to every connected member; a member is in `to` only once it has
+        read the line. A member with no connection left (its punched path died) is reached
+        through a relay again first, waited for up to the chat's `stream_timeout`. A line
+        that fails on one connection is sent again (the same line: heard once) on another
+        one, a relay circuit the Connector makes beside a suspect punched path, say.
 
         Raises ConfigError (not a valid line; nothing was sent) or NotMounted.
         """
-        node = self._mounted()
+        message = self._chat.line(text)
+        self._mounted()
         to: list[Delivery] = []
         failed: list[SendFailed] = []
         for member in self._connected():
-            peer = member.record.peer_id
-            # e.g. its dead punched path was just retired: a relay circuit is on its way
-            if not node.connections(peer) and self._connector.suspect(peer):
-                await self._connector.wait_connected(peer, self.config.chat.stream_timeout)
             try:
-                path = await self._chat.say(peer, text)
-            except ConfigError:
-                raise
+                path = await self._deliver(member.record.peer_id, message)
             except MeshNatError as exc:
                 failed.append(SendFailed(member.who(), str(exc)))
-                self._connector.suspect(peer)  # a dead punched path?
                 continue
             to.append(Delivery(member.who(), self._label(member, path)))
         return LineSent(text, tuple(to), tuple(failed))
+
+    async def _deliver(self, peer: ID, message: Say) -> PathKind:
+        """`message` to `peer`: over its best connection, else (that failed) over the next
+        one the Connector has or makes within the chat's `stream_timeout`."""
+        node, wait = self._mounted(), self.config.chat.stream_timeout
+        # e.g. its dead punched path was just retired: a relay circuit is on its way
+        if not node.connections(peer) and self._connector.suspect(peer):
+            await self._connector.wait_connected(peer, wait)
+        first = node.best_connection(peer)  # PeerUnavailable when there is none
+        try:
+            return await self._chat.send_on(first, message)
+        except RemoteProtocolError:
+            raise  # the peer answered (a refusal, say): the path works, another would not help
+        except MeshNatError as exc:
+            # a dead punched path? it is checked, and a relay circuit made beside it
+            if not self._connector.suspect(peer) and len(node.connections(peer)) < 2:
+                raise
+            other = await self._connector.wait_connected(peer, wait, other_than=first.conn)
+            if other is None:
+                raise
+            log.info("chat: a line to %s failed on its %s path (%s); sending it again on "
+                     "the %s one", peer, first.kind, exc, other.kind)
+        return await self._chat.send_on(other, message)
 
     async def leave(self) -> None:
         """Stop looking for members, say goodbye to every connected one and unregister (best

@@ -23,7 +23,7 @@ from meshnat import _libp2p
 from meshnat._libp2p import ID, IHost, INetConn, TaskStatus
 from meshnat.errors import MeshNatError
 from meshnat.events import EventSink, PathLost
-from meshnat.punch.health import HealthConfig, PathDead, PathHealth, SendPing
+from meshnat.punch.health import Health, HealthConfig, PathDead, PathHealth, SendPing
 from meshnat.punch.results import PathStatistics, Punched
 
 log = logging.getLogger(__name__)
@@ -37,11 +37,26 @@ class HealthWatch:
         self.health = PathHealth(config, trio.current_time())
         self.pings_answered = 0
         self._wake = trio.Event()
+        self._outcome = trio.Event()
 
     def suspect(self) -> None:
         """Something above saw the connection fail: ping it now."""
         self.health.suspect(trio.current_time())
         self._wake.set()
+
+    @property
+    def doubtful(self) -> bool:
+        """True from a suspected failure (a failed ping, or `suspect`) until a ping is
+        answered again; also once dead, until the connection is closed."""
+        return self.health.state is not Health.HEALTHY
+
+    async def next_outcome(self) -> None:
+        """Wait for the next ping's outcome (or the connection's close, or the watch's end)."""
+        await self._outcome.wait()
+
+    def note_outcome(self) -> None:
+        self._outcome.set()
+        self._outcome = trio.Event()
 
     async def run(self, stop: Callable[[], bool] = lambda: False) -> PathDead | None:
         """Why the connection is dead; None once `stop()` holds after an answered ping."""
@@ -50,6 +65,7 @@ class HealthWatch:
             await _libp2p.wait_closed(self.conn)
             self.health.closed()
             self._wake.set()
+            self.note_outcome()
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(on_close)
@@ -76,9 +92,11 @@ class HealthWatch:
         except MeshNatError as exc:
             log.debug("keepalive over %s failed: %s", self.conn.muxed_conn.peer_id, exc)
             self.health.failed(trio.current_time(), str(exc))
+            self.note_outcome()
             return False
         self.pings_answered += 1
         self.health.answered(trio.current_time())
+        self.note_outcome()
         return True
 
 
@@ -155,6 +173,25 @@ class PathKeeper:
         if kept is not None:
             kept.watch.suspect()
 
+    def doubtful(self, conn: INetConn) -> bool:
+        """True while `conn`, a kept punched path, has not been confirmed by a ping since a
+        suspected failure (`HealthWatch.doubtful`)."""
+        kept = self._kept.get(conn.muxed_conn.peer_id)
+        return kept is not None and kept.result.connection is conn and kept.watch.doubtful
+
+    async def wait_settled(self, conn: INetConn) -> bool:
+        """Wait until the health check has made up its mind about `conn`: True once a ping
+        over it is answered (healthy), False once it is retired or no longer kept. Bounded
+        by the health check itself (`dead_after` pings of `ping_timeout` each)."""
+        while True:
+            kept = self._kept.get(conn.muxed_conn.peer_id)
+            if kept is None or kept.result.connection is not conn or kept.replaced \
+                    or kept.watch.health.state is Health.DEAD:
+                return False
+            if not kept.watch.doubtful:
+                return True
+            await kept.watch.next_outcome()
+
     def _nursery_host(self) -> IHost:
         assert self._host is not None  # set together with the nursery
         return self._host
@@ -164,10 +201,13 @@ class PathKeeper:
             dead = await kept.watch.run(stop=lambda: kept.replaced)
         finally:
             self._keepalives_sent += kept.watch.pings_answered
-        if dead is not None:
-            if dead.silent:
-                self._died_silently.add(kept.result.connection)
-            await self._retire(kept, dead.reason)
+        try:
+            if dead is not None:
+                if dead.silent:
+                    self._died_silently.add(kept.result.connection)
+                await self._retire(kept, dead.reason)
+        finally:
+            kept.watch.note_outcome()  # wait_settled: the watch is over
 
     async def _retire(self, kept: _Kept, reason: str) -> None:
         result = kept.result

@@ -235,6 +235,16 @@ class HolePuncher:
         it if it is dead."""
         self._paths.suspect(peer)
 
+    def doubtful(self, conn: INetConn) -> bool:
+        """True while the punched `conn` is probed after a suspected failure (not confirmed
+        since): the node then ranks it after a relayed connection."""
+        return self._paths.doubtful(conn)
+
+    async def wait_settled(self, conn: INetConn) -> bool:
+        """Wait until the health check confirms the punched `conn` (True) or retires it, or
+        it is no longer kept (False)."""
+        return await self._paths.wait_settled(conn)
+
     # --- both sides --------------------------------------------------------------------------
 
     def _mounted(self) -> MeshNode:
