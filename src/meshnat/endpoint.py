@@ -3,8 +3,10 @@ and `udp_source`, the one rule for which datagram sources are possible at all.""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
+from itertools import chain, zip_longest
 from typing import Self
 
 from meshnat.errors import ConfigError, MalformedMessage
@@ -127,3 +129,13 @@ def udp_source(addr: object) -> Endpoint | None:
     elif packed[0] == 0xFF or packed == _UNSPECIFIED_V6:  # ff00::/8 multicast, ::
         return None
     return Endpoint(ip, port)
+
+
+def interleave_families(endpoints: Iterable[Endpoint]) -> list[Endpoint]:
+    """`endpoints` with the families alternating, IPv6 first (RFC 8305 §4, happy eyeballs:
+    prefer IPv6, but never let a run of one family hold up the other); the order within a
+    family is kept."""
+    items = list(endpoints)
+    v6 = [e for e in items if e.ip.version == 6]
+    v4 = [e for e in items if e.ip.version == 4]
+    return [e for e in chain.from_iterable(zip_longest(v6, v4)) if e is not None]

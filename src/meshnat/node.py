@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections import deque
 from collections.abc import Iterator
 from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass, field
 from ipaddress import ip_address
-from pathlib import Path
-from typing import Protocol, Self, TypeVar, cast, get_args
+from socket import SOCK_DGRAM as UDP
+from socket import SOCK_STREAM as TCP
+from typing import Protocol, Self, TypeVar
 
 import multiaddr
 import trio
@@ -28,8 +28,6 @@ from meshnat._libp2p import (
     TaskStatus,
     TProtocol,
 )
-from meshnat._libp2p.host import QuicStack
-from meshnat.config import require_in_range, require_positive
 from meshnat.endpoint import Endpoint
 from meshnat.errors import (
     ConfigError,
@@ -38,84 +36,15 @@ from meshnat.errors import (
     PeerUnavailable,
     ServiceFailed,
 )
+from meshnat.node_config import QUIC_STACK_ENV, NodeConfig
 from meshnat.paths import PathKind
+
+__all__ = ["QUIC_STACK_ENV", "MeshNode", "NodeConfig", "Service"]
 
 log = logging.getLogger(__name__)
 
 MAX_RESTART_BACKOFF = 5.0
 """Longest wait before a failed service is restarted."""
-
-
-QUIC_STACK_ENV = "MESHNAT_QUIC_STACK"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class NodeConfig:
-    """Where a MeshNode listens and who it is."""
-
-    listen_ip: str = "0.0.0.0"
-    """IP address to listen on for TCP and QUIC; `0.0.0.0` means every IPv4 interface."""
-
-    tcp_port: int = 0
-    """TCP listen port; 0 picks a free one."""
-
-    udp_port: int = 0
-    """UDP (QUIC) listen port; 0 picks a free one. Reflection and punching share it."""
-
-    key_file: Path | None = None
-    """Ed25519 identity file, created (mode 0600) if missing; None gives a fresh identity."""
-
-    dial_timeout: float = 10.0
-    """Seconds to wait for one outbound connection."""
-
-    stream_timeout: float = 10.0
-    """Seconds to wait for protocol negotiation of one outbound stream."""
-
-    max_connections: int = 2048
-    """Connections the host keeps at most (a relay holds one per reservation)."""
-
-    max_connections_per_network: int = 128
-    """Inbound connections the peers of one source network (IPv4 /24, IPv6 /56; relay
-    circuits count as one) hold at most: fresh peer ids are free, so without it one host
-    fills `max_connections`."""
-
-    quic_stack: QuicStack = field(
-        default_factory=lambda: cast(QuicStack, os.environ.get(QUIC_STACK_ENV, "meshnat")))
-    """QUIC transport: `meshnat` (meshnat's own on qh3, the default, ~20x faster;
-    `_libp2p.quic`) or `py-libp2p` (its own, aioquic). The environment variable
-    MESHNAT_QUIC_STACK sets the default."""
-
-    service_restarts: int = 5
-    """Restarts a mounted service that fails gets within `service_restart_window`; the next
-    failure stops the node with ServiceFailed (systemd's StartLimitBurst is 5 as well)."""
-
-    service_restart_window: float = 60.0
-    """Seconds over which a service's failures are counted against `service_restarts`."""
-
-    service_restart_backoff: float = 0.1
-    """Seconds before a failed service is restarted (systemd's RestartSec default), doubled
-    for each further failure within the window, at most `MAX_RESTART_BACKOFF`."""
-
-    def __post_init__(self) -> None:
-        try:
-            ip_address(self.listen_ip)
-        except ValueError:
-            raise ConfigError(f"listen_ip must be an IP address, got {self.listen_ip!r}") from None
-        require_in_range(self, 0, 65535, "tcp_port", "udp_port")
-        require_in_range(self, 1, 1_000_000, "max_connections", "max_connections_per_network")
-        require_in_range(self, 0, 1000, "service_restarts")
-        if self.quic_stack not in get_args(QuicStack):
-            raise ConfigError(f"quic_stack must be one of {get_args(QuicStack)}")
-        require_positive(self, "dial_timeout", "stream_timeout", "service_restart_window",
-                         "service_restart_backoff")
-
-    def listen_addrs(self) -> list[multiaddr.Multiaddr]:
-        ip = ip_address(self.listen_ip)
-        proto = "ip4" if ip.version == 4 else "ip6"
-        return [
-            multiaddr.Multiaddr(f"/{proto}/{ip}/tcp/{self.tcp_port}"),
-            multiaddr.Multiaddr(f"/{proto}/{ip}/udp/{self.udp_port}/quic-v1"),
-        ]
 
 
 class Service(Protocol):
@@ -159,16 +88,21 @@ class MeshNode:
         self._nursery: trio.Nursery | None = None
         self._mounted: dict[int, _Mounted] = {}
         self._stack: AsyncExitStack | None = None
-        self._listen_port_conns: dict[ID, INetConn] = {}
+        self._listen_port_conns: dict[tuple[ID, int], INetConn] = {}
         self._punch_sources: list[PunchedConnections] = []
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        _libp2p.ensure_ports_free(self.config.listen_ip, self.config.tcp_port,
-                                  self.config.udp_port)
-        key_pair = _libp2p.load_or_create_key(self.config.key_file)
-        listen = self.config.listen_addrs()
+        config = self.config
+        for ip in config.listen_ips():
+            _libp2p.ensure_ports_free(ip, config.tcp_port, config.udp_port)
+        key_pair = _libp2p.load_or_create_key(config.key_file)
+        ips = config.listen_ips()
+        # dual stack: one port number in both families (a free one on both when 0)
+        listen = config.listen_addrs(
+            config.tcp_port or (len(ips) > 1 and _libp2p.shared_free_port(ips, TCP)) or 0,
+            config.udp_port or (len(ips) > 1 and _libp2p.shared_free_port(ips, UDP)) or 0)
         host = _libp2p.new_libp2p_host(key_pair, listen,
                                        max_connections=self.config.max_connections,
                                        max_connections_per_network=(
@@ -237,14 +171,23 @@ class MeshNode:
         parsed = (_libp2p.endpoint_of(a) for a in self.addrs)
         return [p[1] for p in parsed if p is not None and p[0] == transport]
 
-    def listen_endpoint(self, transport: str) -> Endpoint:
-        """The bound endpoint of the `tcp` or `udp` listener (may be a wildcard address)."""
-        for addr in self.host.get_network().listeners.values():
-            for bound in addr.get_addrs():
-                parsed = _libp2p.endpoint_of(bound)
-                if parsed is not None and parsed[0] == transport:
-                    return parsed[1]
-        raise LocalProtocolError(f"the node has no {transport} listener")
+    def listen_endpoint(self, transport: str, version: int | None = None) -> Endpoint:
+        """The bound endpoint of the `tcp` or `udp` listener (may be a wildcard address): the
+        IPv`version` one if given, else the first (IPv4 on a dual-stack node). Both families
+        share the port number."""
+        found = [parsed[1] for addr in self.host.get_network().listeners.values()
+                 for bound in addr.get_addrs()
+                 if (parsed := _libp2p.endpoint_of(bound)) is not None and parsed[0] == transport
+                 and (version is None or parsed[1].ip.version == version)]
+        if found:
+            return min(found, key=lambda e: e.ip.version)  # IPv4 first
+        family = "" if version is None else f"IPv{version} "
+        raise LocalProtocolError(f"the node has no {family}{transport} listener")
+
+    @property
+    def ip_versions(self) -> frozenset[int]:
+        """The IP versions the node listens on (4, 6; both on a dual-stack node)."""
+        return frozenset(ip_address(ip).version for ip in self.config.listen_ips())
 
     # --- services ----------------------------------------------------------------------------
 
@@ -382,21 +325,32 @@ class MeshNode:
 
 
     async def open_stream_from_listen_port(
-        self, peer: PeerInfo, protocol: TProtocol, *, timeout: float | None = None
+        self, peer: PeerInfo, protocol: TProtocol, *, timeout: float | None = None,
+        version: int | None = None,
     ) -> INetStream:
-        """Open a `protocol` stream over a TCP connection dialled from the TCP listen port.
+        """Open a `protocol` stream over a TCP connection dialled from the TCP listen port
+        (to the peer's IPv`version` address if given, else its first one of a family this
+        node listens on, IPv4 first).
 
         The NAT mapping a peer observes on it is then the one other peers can reach (hole
-        punching needs exactly that one). The connection is kept and reused per peer.
+        punching needs exactly that one). The connection is kept and reused per peer and
+        family.
         """
         limit = timeout or self.config.dial_timeout
-        tcp = [a for a in peer.addrs if "/tcp/" in str(a)]
+        tcp = sorted(((a, e[1]) for a in peer.addrs
+                      if (e := _libp2p.endpoint_of(a)) is not None and e[0] == "tcp"
+                      and e[1].ip.version in self.ip_versions
+                      and (version is None or e[1].ip.version == version)),
+                     key=lambda found: found[1].ip.version)
         if not tcp:
-            raise ConfigError(f"no TCP address known for {peer.peer_id}")
-        source = self.listen_endpoint("tcp").to_sockaddr()
+            family = "" if version is None else f"IPv{version} "
+            raise ConfigError(f"no {family}TCP address known for {peer.peer_id}")
+        addr, remote = tcp[0]
+        source = self.listen_endpoint("tcp", remote.ip.version).to_sockaddr()
+        key = (peer.peer_id, remote.ip.version)
         with _libp2p.map_peer_errors(f"open {protocol}", limit), trio.fail_after(limit):
-            conn = self._listen_port_conns.get(peer.peer_id)
+            conn = self._listen_port_conns.get(key)
             if conn is None or conn.is_closed:
-                conn = await self.host.get_network().dial_addr(tcp[0], peer.peer_id, source)
-                self._listen_port_conns[peer.peer_id] = conn
+                conn = await self.host.get_network().dial_addr(addr, peer.peer_id, source)
+                self._listen_port_conns[key] = conn
             return await _libp2p.open_stream_on(self.host, conn, protocol, limit)

@@ -13,14 +13,17 @@ pytestmark = pytest.mark.lab
 PORT = 5000
 
 
-def start_reflectors(lab: Lab, count: int = 3) -> list[str]:
+def start_reflectors(lab: Lab, count: int = 3, *, ipv6: bool = False) -> list[str]:
+    """`count` public reflectors (dual-stack ones with `ipv6`); their multiaddrs."""
     addrs: list[str] = []
     for i in range(count):
         host = lab.public_host(f"refl{i}")
-        _, ready = host.start_json(host.python("-m", "meshnat", "reflector", "--json"),
+        flags = ["--ipv6"] if ipv6 else []
+        _, ready = host.start_json(host.python("-m", "meshnat", "reflector", "--json", *flags),
                                    timeout=30)
         assert ready["event"] == "ready"
-        assert all(f"/ip4/{host.ip}/" in a for a in ready["addrs"])  # concrete, never 0.0.0.0
+        mine = (f"/ip4/{host.ip}/", f"/ip6/{host.ip6}/")[:1 + ipv6]
+        assert all(a.startswith(mine) for a in ready["addrs"])  # concrete, never 0.0.0.0
         addrs.extend(ready["addrs"])
     return addrs
 

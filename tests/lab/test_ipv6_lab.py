@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 
 from tests.support.netlab import Host, Lab, Nat
+from tests.support.wan import Wan
 
 pytestmark = pytest.mark.lab
 
 NAIVE_PUNCH = str(Path(__file__).with_name("naive_punch.py"))
+UDP_PROBE = str(Path(__file__).with_name("udp_probe.py"))
 PORT = 40000
 TCP_PORT = 7000
 
@@ -100,3 +102,105 @@ def test_two_symmetric_nats_defeat_a_naive_punch_on_ipv4_but_not_on_ipv6(lab: La
     v6 = [_naive(a, f"[{b.ip6}]:{PORT}"), _naive(b, f"[{a.ip6}]:{PORT}")]
     ra, rb = (_result(p) for p in v6)
     assert ra["from"] == f"[{b.ip6}]:{PORT}" and rb["from"] == f"[{a.ip6}]:{PORT}"
+
+
+def test_wan_emulation_delays_ipv6_as_it_delays_ipv4(lab: Lab) -> None:
+    client = lab.site("home", Nat.CONE, ipv6=True, wan=Wan(delay=0.020)).hosts[0]
+    server = lab.public_host("server", wan=Wan(delay=0.010))
+    _, ready = server.start_json(server.python(UDP_PROBE, "serve", str(PORT)), timeout=10)
+    assert ready == {"ready": True}
+    medians = []
+    for target in (f"[{server.ip6}]:{PORT}", f"{server.ip}:{PORT}"):
+        proc = client.run(client.python(UDP_PROBE, "probe", target, "20", "0.05", "2"),
+                          timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        rtts = sorted(json.loads(proc.stdout)["rtts_ms"])
+        assert len(rtts) == 20 and rtts[0] >= 2 * (20 + 10) - 1, rtts
+        medians.append(rtts[10])
+    assert all(m <= 2 * (20 + 10) + 30 for m in medians), medians
+
+
+# --- meshnat over the dual-stack lab ----------------------------------------------------------
+
+def _dual_stack_mesh(lab: Lab) -> tuple[str, list[str]]:
+    """A dual-stack public relay (also a reflector) and two more reflectors."""
+    host = lab.public_host("relay")
+    _, ready = host.start_json(host.python("-m", "meshnat", "relay", "--ipv6", "--json"),
+                               timeout=30)
+    relay = next(a for a in ready["addrs"] if a.startswith("/ip4/") and "/tcp/" in a)
+    reflectors = list(ready["addrs"])
+    for i in range(2):
+        refl = lab.public_host(f"refl{i}")
+        _, up = refl.start_json(refl.python("-m", "meshnat", "reflector", "--ipv6", "--json"),
+                                timeout=30)
+        reflectors += up["addrs"]
+    return relay, reflectors
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_ipv6_discovery_behind_a_symmetric_nat_finds_the_hosts_own_address(
+        lab: Lab, transport: str) -> None:
+    reflectors: list[str] = []
+    for i in range(3):
+        refl = lab.public_host(f"refl{i}")
+        _, up = refl.start_json(refl.python("-m", "meshnat", "reflector", "--ipv6", "--json"),
+                                timeout=30)
+        reflectors += up["addrs"]
+    inside = lab.site("home", Nat.SYMMETRIC, ipv6=True).hosts[0]
+    args = ["-m", "meshnat", "discover", "--json", "--port", "5000", "--transport", transport]
+    for addr in reflectors:
+        args += ["--reflector", addr]
+    v6 = inside.run(inside.python(*args, "--family", "6"), timeout=60)
+    assert v6.returncode == 0, v6.stderr[-2000:]
+    result = json.loads(v6.stdout)
+    assert result["address"] == f"[{inside.ip6}]:5000" and result["behind_nat"] is False
+    assert result["voters"] == 3  # three observer groups: each public host has its own /56
+    v4 = inside.run(inside.python(*args), timeout=60)  # the IPv4 NAT is still symmetric
+    if transport == "udp":
+        assert v4.returncode == 1 and json.loads(v4.stdout)["error"] == "no-consensus"
+
+
+def _mesh_args(relay: str, reflectors: list[str]) -> list[str]:
+    args = ["--relay", relay, "--port", "4001", "--json"]
+    for addr in reflectors:
+        args += ["--reflector", addr]
+    return args
+
+
+def _listen(host: Host, args: list[str]) -> str:
+    _, ready = host.start_json(host.python("-m", "meshnat", "listen", *args), timeout=60)
+    assert ready["event"] == "ready", ready
+    return str(ready["peer_id"])
+
+
+def _connect(host: Host, peer: str, args: list[str]) -> dict:
+    proc = host.run(host.python("-m", "meshnat", "connect", peer, "--wait-direct", "5", *args),
+                    timeout=90)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result: dict = json.loads(proc.stdout.splitlines()[-1])
+    assert result["echo_ok"] is True
+    return result
+
+
+def test_two_symmetric_nats_with_ipv6_get_a_punched_path_over_ipv6(lab: Lab) -> None:
+    relay, reflectors = _dual_stack_mesh(lab)
+    left = lab.site("left", Nat.SYMMETRIC, ipv6=True)
+    right = lab.site("right", Nat.SYMMETRIC, ipv6=True)
+    args = ["--ipv6", *_mesh_args(relay, reflectors)]
+    peer = _listen(right.hosts[0], args)
+    result = _connect(left.hosts[0], peer, args)
+    print(json.dumps(result))
+    assert result["path"] == "punched", result
+    assert result["remote"] == f"[{right.hosts[0].ip6}]:4001", result  # its own v6 address
+    assert result["relayed_rtt_ms"] > 0  # the relay circuit came first
+
+
+def test_without_ipv6_the_same_pair_stays_on_the_relay(lab: Lab) -> None:
+    relay, reflectors = _dual_stack_mesh(lab)
+    left = lab.site("left", Nat.SYMMETRIC, ipv6=True)
+    right = lab.site("right", Nat.SYMMETRIC, ipv6=True)
+    args = _mesh_args(relay, reflectors)  # the nodes listen on IPv4 only
+    peer = _listen(right.hosts[0], args)
+    result = _connect(left.hosts[0], peer, args)
+    assert result["path"] == "relayed", result
+    assert "endpoint-dependent" in result["punch_error"]

@@ -1,7 +1,7 @@
 """A UDP echo server and a paced prober, plain sockets only, for measuring the lab's WAN.
 
     udp_probe.py serve PORT                          echo every datagram; prints {"ready": true}
-    udp_probe.py probe IP:PORT COUNT INTERVAL WAIT   send COUNT numbered probes INTERVAL s apart,
+    udp_probe.py probe ADDR:PORT COUNT INTERVAL WAIT   send COUNT numbered probes INTERVAL s apart,
                                                      collect echoes until WAIT s after the last;
                                                      prints {"sent", "rtts_ms", "order"}
 """
@@ -17,8 +17,9 @@ import time
 
 
 def serve(port: int) -> None:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("0.0.0.0", port))
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)  # dual stack: IPv4 and IPv6
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    sock.bind(("::", port))
     print(json.dumps({"ready": True}), flush=True)
     while True:
         data, addr = sock.recvfrom(2048)
@@ -27,7 +28,9 @@ def serve(port: int) -> None:
 
 def probe(target: str, count: int, interval: float, wait: float) -> None:
     ip, port = target.rsplit(":", 1)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    v6 = ip.startswith("[")
+    ip = ip.strip("[]")
+    sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
     sock.connect((ip, int(port)))
     sent_at: dict[int, float] = {}

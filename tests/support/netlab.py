@@ -19,9 +19,10 @@ IPv6 (`ipv6=True`, top-level sites only): the hosts of such a site also get glob
 in the site's own /48 (`2001:db8:<n>::/64` on the LAN, the documentation range, which namespaces
 route like any other), with no NAT: the router is a stateful IPv6 firewall (the same `inet`
 chains: established/related in, nothing unsolicited, neighbour discovery allowed) beside its
-IPv4 NAT. Public hosts are always dual-stack (`2001:db8::<k>/64` on the internet bridge, which
-routes every IPv6 site's /48 via its router). IPv6 addresses skip duplicate address detection,
-so they are usable at once. WAN emulation (`wan`) applies to IPv4 only.
+IPv4 NAT. Public hosts are always dual-stack (each with a /48 of its own in 2001:db8:ff00::/40,
+on-link on the internet bridge, which routes every IPv6 site's /48 via its router). IPv6
+addresses skip duplicate address detection, so they are usable at once. WAN emulation (`wan`)
+delays and drops IPv6 as it does IPv4.
 
 Any top-level router can also run miniupnpd (`port_mapping`, tests/support/miniupnpd.py):
 UPnP-IGD, NAT-PMP and PCP for its LAN. Its WAN address is then on MAPPING_PREFIX, a second
@@ -47,8 +48,11 @@ from tests.support import miniupnpd
 from tests.support.wan import Wan, WanEmulator, stop_process
 
 INET_PREFIX = "198.18.0"
-INET6_PREFIX = "2001:db8::"
-"""The internet bridge's IPv6 /64 (RFC 3849 documentation range)."""
+INET6_PREFIX = "2001:db8:ff00::/40"
+"""The internet bridge's IPv6 space (RFC 3849 documentation range), routed on-link by every
+leg: each public host and router WAN gets a /48 of its own in it (`2001:db8:ffNN::1/64`), so
+no two of them share a /56, as on the real internet (per-/56 votes and limits count them
+apart)."""
 MAPPING_PREFIX = "11.18.0"
 """WAN addresses of port-mapping routers: miniupnpd will not map on 198.18.0.0/15 (reserved)."""
 
@@ -221,8 +225,9 @@ class Lab:
 
     def _on_bridge6(self, ns: str, ifname: str) -> str:
         """Give `ns` an IPv6 address on the internet bridge and routes to every IPv6 site."""
-        ip6 = f"{INET6_PREFIX}{next(self._inet6_ips):x}"
+        ip6 = f"2001:db8:ff{next(self._inet6_ips):02x}::1"
         _run("ip", "-n", ns, "-6", "addr", "add", f"{ip6}/64", "dev", ifname, "nodad")
+        _run("ip", "-n", ns, "-6", "route", "add", INET6_PREFIX, "dev", ifname)
         for prefix, via in self._v6_routes:
             _run("ip", "-n", ns, "-6", "route", "add", prefix, "via", via)
         self._v6_legs.append(ns)

@@ -1,7 +1,8 @@
 """WAN emulation for the NAT lab: delay, jitter and loss on a site's uplink, both directions.
 
-The kernel has no `netem`, so the lab queues bridged IPv4 packets of each emulated uplink to
-userspace (iptables NFQUEUE in the `inet` namespace, matched with `physdev` on the bridge port)
+The kernel has no `netem`, so the lab queues bridged IPv4 and IPv6 packets of each emulated
+uplink to userspace (iptables and ip6tables NFQUEUE, one queue, in the `inet` namespace,
+matched with `physdev` on the bridge port)
 and this module's process holds each one and gives its verdict later. The routers' NAT rules and
 conntrack never see the emulator.
 
@@ -37,6 +38,8 @@ from typing import Any
 
 QUEUE_NUM = 7
 CHAIN = "WAN"
+TABLES = ("iptables", "ip6tables")
+"""Both families' FORWARD hooks feed the one queue (`bridge-nf-call-ip6tables=1` as well)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -132,10 +135,12 @@ class WanEmulator:
 
     def __init__(self, ns: str, seed: int) -> None:
         self.ns = ns
-        for key, value in (("bridge-nf-call-iptables", 1), ("bridge-nf-call-arptables", 0)):
+        for key, value in (("bridge-nf-call-iptables", 1), ("bridge-nf-call-ip6tables", 1),
+                           ("bridge-nf-call-arptables", 0)):
             _ns_run(ns, "sysctl", "-q", "-w", f"net.bridge.{key}={value}")
-        _ns_run(ns, "iptables", "-N", CHAIN)
-        _ns_run(ns, "iptables", "-A", "FORWARD", "-j", CHAIN)
+        for tables in TABLES:
+            _ns_run(ns, tables, "-N", CHAIN)
+            _ns_run(ns, tables, "-A", "FORWARD", "-j", CHAIN)
         self.proc: subprocess.Popen[str] | None = subprocess.Popen(
             ["ip", "netns", "exec", ns, sys.executable, "-u", __file__, str(QUEUE_NUM),
              str(seed)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -162,9 +167,10 @@ class WanEmulator:
         self.proc.stdin.write(json.dumps(spec) + "\n")
         self.proc.stdin.flush()
         self._expect("ok")
-        for direction in ("--physdev-in", "--physdev-out"):  # the first match queues it once
-            _ns_run(self.ns, "iptables", "-A", CHAIN, "-m", "physdev", direction, port,
-                    "-j", "NFQUEUE", "--queue-num", str(QUEUE_NUM))
+        for tables in TABLES:  # IPv4 and IPv6 alike, into the one queue
+            for direction in ("--physdev-in", "--physdev-out"):  # the first match queues once
+                _ns_run(self.ns, tables, "-A", CHAIN, "-m", "physdev", direction, port,
+                        "-j", "NFQUEUE", "--queue-num", str(QUEUE_NUM))
 
     def kill(self) -> None:
         """Kill the emulator process (by pid); its rules stay, so emulated traffic stops."""
@@ -175,9 +181,10 @@ class WanEmulator:
     def close(self) -> None:
         """Kill the process and remove the rules."""
         self.kill()
-        for args in (("-D", "FORWARD", "-j", CHAIN), ("-F", CHAIN), ("-X", CHAIN)):
-            subprocess.run(["ip", "netns", "exec", self.ns, "iptables", *args],
-                           capture_output=True, timeout=30)
+        for tables in TABLES:
+            for args in (("-D", "FORWARD", "-j", CHAIN), ("-F", CHAIN), ("-X", CHAIN)):
+                subprocess.run(["ip", "netns", "exec", self.ns, tables, *args],
+                               capture_output=True, timeout=30)
 
 
 def stop_process(proc: subprocess.Popen[str]) -> None:

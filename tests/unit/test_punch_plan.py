@@ -123,3 +123,58 @@ def test_the_initiators_and_the_responders_plans_fit_together(a: str, b: str) ->
     assert init.udp_dials != resp.udp_dials
     assert sorted([init.tcp, resp.tcp]) in (sorted([DIAL, ACCEPT]), sorted([DIAL, DAR]))
     assert (init.padding > 0) is (resp.padding > 0) is (init.udp is not TRAV)
+
+
+# --- dual stack: IPv6 candidates are punched whatever the IPv4 NATs are ------------------------
+
+V6 = Endpoint.parse("[2001:db8:1::a]:4001")
+
+
+def with_v6(kind: str, ip6: Endpoint = V6) -> Offer:
+    offer = KINDS[kind]
+    return replace(offer, udp=(*offer.udp, ip6) if offer.udp else (),
+                   tcp=(*offer.tcp, ip6) if offer.tcp else ())
+
+
+@pytest.mark.parametrize(("ours", "theirs", "role", "dials", "tcp"), [
+    ("symmetric", "symmetric", INIT, True, DIAL),
+    ("symmetric", "symmetric", RESP, False, DAR),
+    ("cone", "symmetric", INIT, True, DIAL),   # birthday probing is not needed: IPv6 is there
+    ("symmetric", "cone", RESP, False, DAR),
+    ("public", "symmetric", RESP, False, ACCEPT),
+])
+def test_with_ipv6_on_both_sides_udp_is_a_traversal_and_nothing_is_paid(
+        ours: str, theirs: str, role: Role, dials: bool, tcp: TcpPath) -> None:
+    p = plan_punch(with_v6(ours), with_v6(theirs), role, PunchConfig())
+    assert (p.give_up, p.udp, p.udp_dials, p.tcp, p.padding, p.birthday) == (
+        None, TRAV, dials, tcp, 0, None)
+
+
+def test_two_symmetric_sides_with_ipv6_have_plans_that_fit_together() -> None:
+    init = plan_punch(with_v6("symmetric"), with_v6("symmetric"), INIT, PunchConfig())
+    resp = plan_punch(with_v6("symmetric"), with_v6("symmetric"), RESP, PunchConfig())
+    assert init.udp_dials != resp.udp_dials  # one QUIC dialler
+    assert {init.tcp, resp.tcp} == {DIAL, DAR}  # a simultaneous open with opposite roles
+
+
+@pytest.mark.parametrize(("ours", "theirs"), [
+    (with_v6("symmetric"), KINDS["symmetric"]),  # only one side has IPv6
+    (KINDS["symmetric"], with_v6("symmetric")),
+    # addresses that never reach another site do not count: unique local, link-local, mapped
+    (with_v6("symmetric", Endpoint.parse("[fd00::2]:4001")),
+     with_v6("symmetric", Endpoint.parse("[fd00::3]:4001"))),
+    (with_v6("symmetric", Endpoint.parse("[fe80::1]:4001")),
+     with_v6("symmetric", Endpoint.parse("[fe80::2]:4001"))),
+    (with_v6("symmetric", Endpoint.parse("[::ffff:198.18.0.30]:4001")),
+     with_v6("symmetric", Endpoint.parse("[::ffff:198.18.0.31]:4001"))),
+])
+def test_two_symmetric_sides_without_ipv6_on_both_still_give_up(ours: Offer,
+                                                                theirs: Offer) -> None:
+    p = plan_punch(ours, theirs, INIT, PunchConfig())
+    assert p.give_up is not None and "endpoint-dependent" in p.give_up
+    assert (p.udp, p.tcp, p.padding) == (None, None, 0)
+
+
+def test_one_symmetric_side_without_ipv6_on_both_still_goes_birthday() -> None:
+    p = plan_punch(with_v6("cone"), KINDS["symmetric"], INIT, PunchConfig())
+    assert (p.udp, p.padding) == (EASY, E)

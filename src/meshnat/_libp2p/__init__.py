@@ -62,6 +62,7 @@ from meshnat._libp2p.host import (
     new_libp2p_host,
     parse_multiaddr,
     parse_peer_addr,
+    shared_free_port,
     single_exception,
     tcp_first,
 )
@@ -159,6 +160,7 @@ __all__ = [
     "read_frame_or_end",
     "remote_endpoint",
     "reset_quietly",
+    "shared_free_port",
     "single_exception",
     "stream_count",
     "stream_peer",

@@ -7,6 +7,7 @@ import os
 import socket
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -162,18 +163,43 @@ def ensure_ports_free(ip: str, tcp_port: int, udp_port: int) -> None:
     without SO_REUSEPORT fails on a port already bound (for TCP, SO_REUSEADDR lets it ignore
     TIME_WAIT leftovers of an earlier run while still failing on a listener).
     """
-    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
     for kind, port in ((socket.SOCK_STREAM, tcp_port), (socket.SOCK_DGRAM, udp_port)):
         if port == 0:
             continue
-        with socket.socket(family, kind) as probe:
-            if kind == socket.SOCK_STREAM:
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind((ip, port))
-            except OSError as exc:
-                name = "tcp" if kind == socket.SOCK_STREAM else "udp"
-                raise ConfigError(f"{name} port {port} on {ip} is not free: {exc}") from exc
+        try:
+            _probe_bind(ip, kind, port)
+        except OSError as exc:
+            name = "tcp" if kind == socket.SOCK_STREAM else "udp"
+            raise ConfigError(f"{name} port {port} on {ip} is not free: {exc}") from exc
+
+
+def _probe_bind(ip: str, kind: int, port: int) -> int:
+    """Bind (and close) a socket of `kind` on `ip:port`; returns the port bound (OSError if
+    taken). An IPv6 probe is IPv6-only, as the listeners are."""
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    with socket.socket(family, kind) as probe:
+        if kind == socket.SOCK_STREAM:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        probe.bind((ip, port))
+        bound: int = probe.getsockname()[1]
+        return bound
+
+
+def shared_free_port(ips: Sequence[str], kind: int, *, attempts: int = 32) -> int:
+    """A port of `kind` (SOCK_STREAM or SOCK_DGRAM) free on every address in `ips` just now,
+    so that a dual-stack node listens on one port number in both families (its NAT mapping,
+    its punches and its records name one port). ConfigError after `attempts` tries."""
+    for _ in range(attempts):
+        port = _probe_bind(ips[0], kind, 0)
+        try:
+            for ip in ips[1:]:
+                _probe_bind(ip, kind, port)
+        except OSError:
+            continue
+        return port
+    raise ConfigError(f"no port free on all of {list(ips)} after {attempts} tries")
 
 
 def concrete_addrs(host: IHost) -> list[multiaddr.Multiaddr]:
@@ -204,7 +230,17 @@ def _expand(bound: multiaddr.Multiaddr) -> list[multiaddr.Multiaddr]:
     proto = prefix.split("/")[1]
     ips = dict.fromkeys(a.value_for_protocol(proto) for a in expand_wildcard_address(bound))
     return [multiaddr.Multiaddr(f"/{proto}/{ip}/{text[len(prefix):]}") for ip in ips
-            if ip and f"/{proto}/{ip}/" not in _WILDCARDS]
+            if ip and f"/{proto}/{ip}/" not in _WILDCARDS and not _link_local(ip)]
+
+
+def _link_local(ip: str) -> bool:
+    """An IPv6 link-local address (fe80::/10): no peer can dial it from a multiaddr, which
+    carries no zone."""
+    try:
+        parsed = ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return True
+    return parsed.version == 6 and parsed.is_link_local
 
 
 def parse_multiaddr(text: str) -> multiaddr.Multiaddr:

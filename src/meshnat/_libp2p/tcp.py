@@ -9,6 +9,16 @@ Noise's responder role (two Noise initiators on one connection would stall).
 when bind or connect raise OSError, but not when the dial is cancelled, which is how the losing
 path of a punch race ends: the socket leaked (a ResourceWarning, and an fd per lost race). The
 replacement below is the same dial, closing the socket on any exit but success.
+
+IPv6 sockets are IPv6-only (`IPV6_V6ONLY`), listeners and dials alike: a dual-stack node has
+one listener per family on the same port, and Linux's default (`bindv6only=0`) would let the
+`[::]` socket, sharing the port through SO_REUSEPORT, take IPv4 connections meant for the
+`0.0.0.0` one.
+
+py-libp2p's `TrioTCPStream.get_remote_address` returns None for every IPv6 connection (it
+accepts only the 2-tuple IPv4 `getpeername()` gives, not IPv6's 4-tuple), which would leave an
+IPv6 peer without a source network (admission, rate limits) and its IP unproven; the
+replacement below takes both.
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ from typing import Any
 import multiaddr
 import trio
 from libp2p.abc import IHost, INetConn
+from libp2p.io.trio import TrioTCPStream
 from libp2p.peer.id import ID
 from libp2p.transport.exceptions import OpenConnectionError
 from libp2p.transport.tcp import tcp as _tcp
@@ -28,6 +39,14 @@ from meshnat._libp2p.streams import map_peer_errors
 from meshnat.endpoint import Endpoint
 
 _original = _tcp._open_tcp_stream_from
+_original_reuse_flags = _tcp._set_reuse_flags
+
+
+def _set_reuse_flags(sock: trio.socket.SocketType) -> None:
+    """py-libp2p's SO_REUSEADDR/SO_REUSEPORT, plus IPV6_V6ONLY on an IPv6 socket."""
+    _original_reuse_flags(sock)
+    if sock.family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
 
 
 async def _open_tcp_stream_from(host: str, port: int, source: tuple[str, int]
@@ -75,10 +94,29 @@ async def dial_tcp_from(host: IHost, peer: ID, remote: Endpoint, source: Endpoin
     return conn
 
 
+def _remote_address(self: TrioTCPStream) -> tuple[str, int] | None:
+    """(host, port) of the peer, IPv4 or IPv6 (a scope id is dropped); None once the socket
+    is gone. Cached on first success, as py-libp2p's own does."""
+    cached: tuple[str, int] | None = self._cached_remote_address
+    if cached is not None:
+        return cached
+    try:
+        peer = self.stream.socket.getpeername()
+    except (AttributeError, OSError):
+        return None
+    if not isinstance(peer, tuple) or len(peer) not in (2, 4):
+        return None
+    self._cached_remote_address = (str(peer[0]), int(peer[1]))
+    return self._cached_remote_address
+
+
 def install() -> None:
-    """Use the leak-free dial for every TCP dial with a source port."""
+    """Use the leak-free dial for every TCP dial with a source port, and IPv6-only IPv6
+    sockets (py-libp2p's listeners and source-bound dials both set their flags there)."""
     module: Any = _tcp
     module._open_tcp_stream_from = _open_tcp_stream_from
+    module._set_reuse_flags = _set_reuse_flags
+    setattr(TrioTCPStream, "get_remote_address", _remote_address)  # noqa: B010
 
 
 install()

@@ -206,13 +206,17 @@ class DatagramTap:
         self._handlers: list[DatagramHandler] = []
         self._failed: set[int] = set()
         self._stats = TapStatistics()
+        self._endpoints: dict[int, QuicEndpoint] = {}
+        """meshnat's QUIC: the listening endpoint of each address family (4, 6)."""
         if isinstance(self._listener, QuicListener):
-            self._endpoint: QuicEndpoint | None = self._listener.endpoint
-            if self._endpoint is not None:
-                self._endpoint.tap = self._claim
+            for listener in listeners:
+                endpoint = listener.endpoint if isinstance(listener, QuicListener) else None
+                if endpoint is not None:
+                    version = 6 if endpoint.sock.family == socket.AF_INET6 else 4
+                    self._endpoints.setdefault(version, endpoint)
+                    endpoint.tap = self._claim
             self._listener.transport.tap = self._claim  # dials from other ports, too
             return
-        self._endpoint = None
         original = self._listener._process_packet
 
         async def process_packet(data: bytes, addr: tuple[str, int]) -> None:
@@ -225,6 +229,11 @@ class DatagramTap:
                 await original(data, addr)
 
         setattr(self._listener, "_process_packet", process_packet)  # noqa: B010
+
+    @property
+    def versions(self) -> frozenset[int]:
+        """The IP versions this port can send to (4, 6): one listening socket each."""
+        return frozenset(self._endpoints) if self._endpoints else frozenset({4})
 
     def subscribe(self, handler: DatagramHandler) -> Callable[[], None]:
         """Call `handler(data, src)` for each meshnat datagram; returns the unsubscribe call."""
@@ -246,10 +255,15 @@ class DatagramTap:
         return False
 
     async def sendto(self, data: bytes, dst: Endpoint) -> None:
-        if self._endpoint is not None:
-            if self._endpoint.sock.fileno() == -1:
+        """Send from the node's UDP port of `dst`'s family; PeerUnavailable if the node has
+        no socket of that family (callers keep to `versions`) or it is closed."""
+        if self._endpoints:
+            endpoint = self._endpoints.get(dst.ip.version)
+            if endpoint is None:
+                raise PeerUnavailable(f"the node has no IPv{dst.ip.version} UDP socket")
+            if endpoint.sock.fileno() == -1:
                 raise PeerUnavailable("the node's UDP socket is closed")
-            self._endpoint.send_datagrams([(data, dst.to_sockaddr())])
+            endpoint.send_datagrams([(data, dst.to_sockaddr())])
             await trio.lowlevel.checkpoint()
             return
         sock = self._listener._socket

@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--json", action="store_true", help="one JSON object per line")
         p.add_argument("--key-file", type=Path, help="Ed25519 identity file (created if absent)")
+        p.add_argument("--ipv6", action="store_true",
+                       help="dual stack: listen on [::] too, on the same ports")
 
     p = sub.add_parser("reflector", help="run a node that reflects addresses to its peers")
     p.add_argument("--listen", action="append", default=[], metavar="MULTIADDR",
@@ -57,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reflector", action="append", default=[], metavar="MULTIADDR",
                    help="a reflector's multiaddr ending in /p2p/<peer id> (repeat)")
     p.add_argument("--transport", choices=("udp", "tcp"), default="udp")
+    p.add_argument("--family", type=int, choices=(4, 6), default=4,
+                   help="IP version of the mapping to learn (6: listens dual stack, asks the "
+                        "reflectors' IPv6 addresses)")
     p.add_argument("--min-responses", type=int, default=3)
     p.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
     p.add_argument("--port", type=int, default=0, help="local TCP and UDP port (default any)")

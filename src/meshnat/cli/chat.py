@@ -115,7 +115,8 @@ async def run_chat(args: argparse.Namespace, out: Output) -> int:
     name = check_network_name(args.network)
     (rendezvous,) = _libp2p.merge_peer_addrs([args.rendezvous])
     relays = _libp2p.merge_peer_addrs(args.relay)
-    config = NodeConfig(tcp_port=args.port, udp_port=args.port, key_file=args.key_file)
+    config = NodeConfig(tcp_port=args.port, udp_port=args.port, key_file=args.key_file,
+                        listen_ip6="::" if args.ipv6 else None)
     async with MeshNode(config) as node:
         discovery, mapping = await mount_discovery(node, args)
         relay_client, puncher = await mount_relay_and_puncher(node, discovery, mapping)

@@ -54,10 +54,13 @@ def parse_peer_id(value: object) -> ID:
 
 
 def node_config_from_listen(listen: Sequence[str], key_file: Path | None,
-                            default_port: int) -> NodeConfig:
-    """Map `--listen` multiaddrs (one TCP, one QUIC, same IP) onto a NodeConfig."""
+                            default_port: int, ipv6: bool = False) -> NodeConfig:
+    """Map `--listen` multiaddrs (one TCP, one QUIC, same IP) onto a NodeConfig; `ipv6`
+    (`--ipv6`) listens on `[::]` too, on the same ports."""
+    listen_ip6 = "::" if ipv6 else None
     if not listen:
-        return NodeConfig(tcp_port=default_port, udp_port=default_port, key_file=key_file)
+        return NodeConfig(tcp_port=default_port, udp_port=default_port, key_file=key_file,
+                          listen_ip6=listen_ip6)
     ips, tcp, udp = set(), None, None
     for text in listen:
         parsed = _libp2p.listen_parts(_libp2p.parse_multiaddr(text))
@@ -72,7 +75,7 @@ def node_config_from_listen(listen: Sequence[str], key_file: Path | None,
     if len(ips) != 1:
         raise ConfigError(f"--listen addresses must share one IP, got {sorted(ips)}")
     return NodeConfig(listen_ip=ips.pop(), tcp_port=tcp or 0, udp_port=udp or 0,
-                      key_file=key_file)
+                      key_file=key_file, listen_ip6=listen_ip6)
 
 
 async def wait_for_signal() -> None:
@@ -83,7 +86,7 @@ async def wait_for_signal() -> None:
 
 
 async def run_reflector(args: argparse.Namespace, out: Output) -> int:
-    config = node_config_from_listen(args.listen, args.key_file, DEFAULT_PORT)
+    config = node_config_from_listen(args.listen, args.key_file, DEFAULT_PORT, args.ipv6)
     async with MeshNode(config) as node:
         reflection = await node.mount(ReflectionService())
         await node.mount(ProbeHelperService(ProbeHelperConfig(alt_port=args.alt_port)))
@@ -107,12 +110,13 @@ async def run_discover(args: argparse.Namespace, out: Output) -> int:
     config = DiscoveryConfig(min_responses=args.min_responses, timeout=args.timeout,
                              group_by_network=not args.no_group,
                              max_reflectors=max(16, args.min_responses))
-    node_config = NodeConfig(tcp_port=args.port, udp_port=args.port, key_file=args.key_file)
+    node_config = NodeConfig(tcp_port=args.port, udp_port=args.port, key_file=args.key_file,
+                             listen_ip6="::" if args.ipv6 or args.family == 6 else None)
     async with MeshNode(node_config) as node:
         discovery = await node.mount(PeerAddressDiscovery(reflectors, config))
         local = [str(e) for e in node.local_endpoints(args.transport)]
         try:
-            consensus = await discovery.discover(args.transport)
+            consensus = await discovery.discover(args.transport, version=args.family)
         except NoConsensus as exc:
             body = exc.consensus.to_json()
             out.emit({"error": "no-consensus", "message": str(exc), "local": local,
@@ -133,7 +137,8 @@ async def run_discover(args: argparse.Namespace, out: Output) -> int:
 
 async def run_probe(args: argparse.Namespace, out: Output) -> int:
     reflectors = _libp2p.merge_peer_addrs(args.reflector)
-    node_config = NodeConfig(tcp_port=args.port, udp_port=args.port, key_file=args.key_file)
+    node_config = NodeConfig(tcp_port=args.port, udp_port=args.port, key_file=args.key_file,
+                             listen_ip6="::" if args.ipv6 else None)
     async with MeshNode(node_config) as node:
         classifier = await node.mount(NatClassifier(reflectors))
         report = await classifier.classify()

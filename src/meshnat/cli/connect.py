@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 
 async def run_relay(args: argparse.Namespace, out: Output) -> int:
     """A public node that relays circuits, reflects addresses and helps classification."""
-    config = replace(node_config_from_listen(args.listen, args.key_file, DEFAULT_PORT),
+    config = replace(node_config_from_listen(args.listen, args.key_file, DEFAULT_PORT, args.ipv6),
                      max_connections_per_network=args.max_connections_per_network)
     limits = RelayServiceConfig(
         max_reservations=args.max_reservations,
@@ -103,7 +103,8 @@ async def mount_discovery(node: MeshNode, args: argparse.Namespace
     reflectors = _libp2p.merge_peer_addrs(args.reflector)
     config = DiscoveryConfig(min_responses=max(1, min(3, len(reflectors))))
     discovery = await node.mount(PeerAddressDiscovery(reflectors, config))
-    mapping = await discover_mapping(discovery) if reflectors else MappingHint.UNKNOWN
+    mapping = (await discover_mapping(discovery, sorted(node.ip_versions)) if reflectors
+               else MappingHint.UNKNOWN)
     return discovery, mapping
 
 
@@ -118,7 +119,8 @@ def _describe(node: MeshNode, conn: INetConn) -> dict[str, object]:
 
 async def run_listen(args: argparse.Namespace, out: Output) -> int:
     """Reserve on the relay, serve echo, print one line per inbound connection."""
-    config = NodeConfig(tcp_port=args.port, udp_port=args.port, key_file=args.key_file)
+    config = NodeConfig(tcp_port=args.port, udp_port=args.port, key_file=args.key_file,
+                        listen_ip6="::" if args.ipv6 else None)
     async with MeshNode(config) as node:
         discovery, mapping = await mount_discovery(node, args)
         traversals = await node.mount(TraversalService(discovery=discovery))
@@ -189,7 +191,8 @@ async def _map_ports(node: MeshNode, args: argparse.Namespace, out: Output,
 async def run_connect(args: argparse.Namespace, out: Output) -> int:
     """Relay first (always works), then punch a direct path; echo over the final one."""
     peer = parse_peer_id(args.peer_id)
-    config = NodeConfig(tcp_port=args.port, udp_port=args.port, key_file=args.key_file)
+    config = NodeConfig(tcp_port=args.port, udp_port=args.port, key_file=args.key_file,
+                        listen_ip6="::" if args.ipv6 else None)
     abandoned: list[PunchAbandoned] = []
 
     def on_event(event: MeshEvent) -> None:

@@ -37,6 +37,8 @@ def add_tunnel_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
                        help="seconds without traffic before a tunnel closes (default %(default)s)")
         p.add_argument("--json", action="store_true", help="one JSON object per line")
         p.add_argument("--key-file", type=Path, help="Ed25519 identity file (created if absent)")
+        p.add_argument("--ipv6", action="store_true",
+                       help="dual stack: listen on [::] too, on the same ports")
 
     p = sub.add_parser("expose", help="let allowed peers reach a local TCP service by name")
     p.add_argument("name", help="service name peers ask for (letters, digits, . _ -)")
@@ -138,7 +140,8 @@ async def run_expose(args: argparse.Namespace, out: Output) -> int:
                           connect_timeout=args.connect_timeout, idle_timeout=args.idle_timeout)
     send, receive = _event_channel()
     sink = _sink(send)
-    node_config = NodeConfig(tcp_port=args.port, udp_port=args.port, key_file=args.key_file)
+    node_config = NodeConfig(tcp_port=args.port, udp_port=args.port, key_file=args.key_file,
+                             listen_ip6="::" if args.ipv6 else None)
     async with MeshNode(node_config) as node:
         relay_client, _ = await _mount_mesh(node, args)  # the puncher labels its paths
         tunnels = await node.mount(TunnelService(config, events=sink))
@@ -173,7 +176,8 @@ async def run_forward(args: argparse.Namespace, out: Output) -> int:
                           idle_timeout=args.idle_timeout)
     send, receive = _event_channel()
     sink = _sink(send)
-    node_config = NodeConfig(tcp_port=args.port, udp_port=args.port, key_file=args.key_file)
+    node_config = NodeConfig(tcp_port=args.port, udp_port=args.port, key_file=args.key_file,
+                             listen_ip6="::" if args.ipv6 else None)
     async with MeshNode(node_config) as node:
         relay_client, puncher = await _mount_mesh(node, args, events=sink)
         connector = await node.mount(Connector(

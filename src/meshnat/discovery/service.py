@@ -62,12 +62,13 @@ class DiscoveryConfig:
             raise ConfigError(f"transports must be among {TRANSPORTS}, got {self.transports!r}")
 
 
-def _reflector_endpoint(peer: PeerInfo, transport: str) -> Endpoint | None:
-    for addr in peer.addrs:
-        parsed = endpoint_of(addr)
-        if parsed is not None and parsed[0] == transport:
-            return parsed[1]
-    return None
+def _reflector_endpoint(peer: PeerInfo, transport: str, version: int | None = None
+                        ) -> Endpoint | None:
+    """The reflector's `transport` endpoint of IP `version`; None: of any, IPv4 first."""
+    found = [parsed[1] for addr in peer.addrs
+             if (parsed := endpoint_of(addr)) is not None and parsed[0] == transport
+             and (version is None or parsed[1].ip.version == version)]
+    return min(found, key=lambda e: e.ip.version) if found else None
 
 
 class PeerAddressDiscovery:
@@ -76,6 +77,10 @@ class PeerAddressDiscovery:
     `udp` is the mapping of the node's UDP (QUIC) port, learned by datagram; `tcp` the mapping
     of TCP connections dialled from the TCP listen port. Never guesses: with too few answers or
     no strict majority it raises instead.
+
+    Per IP family (`version`, 4 by default): a dual-stack node asks its reflectors' IPv6
+    endpoints from its IPv6 sockets for the IPv6 mapping (normally its own address: no NAT66),
+    votes grouped per /56. The background loop does both families the node listens on.
     """
 
     def __init__(self, reflectors: Sequence[PeerInfo], config: DiscoveryConfig | None = None, *,
@@ -84,18 +89,19 @@ class PeerAddressDiscovery:
         self.reflectors = list(reflectors)
         self._events = events
         self._node: MeshNode | None = None
-        self._latest: dict[str, Consensus] = {}
-        self._last_round: dict[str, Consensus] = {}
+        self._latest: dict[tuple[str, int], Consensus] = {}
+        self._last_round: dict[tuple[str, int], Consensus] = {}
         self._wake = trio.Event()
 
-    def latest(self, transport: str = "udp") -> Consensus | None:
-        """The last successful round for `transport`; None means the address is unknown."""
-        return self._latest.get(transport)
+    def latest(self, transport: str = "udp", version: int = 4) -> Consensus | None:
+        """The last successful round for `transport` over IP `version`; None means the
+        address is unknown."""
+        return self._latest.get((transport, version))
 
-    def last_round(self, transport: str = "udp") -> Consensus | None:
+    def last_round(self, transport: str = "udp", version: int = 4) -> Consensus | None:
         """The last round that got enough answers, agreed or not (its `ip` may be known
         even when no port won, as behind an endpoint-dependent NAT)."""
-        return self._last_round.get(transport)
+        return self._last_round.get((transport, version))
 
     def network_changed(self) -> None:
         """Ask the background loop to rediscover now (after an interface or route change)."""
@@ -109,19 +115,24 @@ class PeerAddressDiscovery:
             task_status.started()
             while True:
                 if self.config.interval and self.reflectors:
-                    for transport in self.config.transports:
-                        try:
-                            await self.discover(transport)
-                        except MeshNatError as exc:
-                            log.info("discovery: %s round failed: %s", transport, exc)
+                    for version in sorted(node.ip_versions):
+                        for transport in self.config.transports:
+                            try:
+                                await self.discover(transport, version=version)
+                            except MeshNatError as exc:
+                                log.info("discovery: %s/IPv%d round failed: %s", transport,
+                                         version, exc)
                 with trio.move_on_after(self.config.interval or math.inf):
                     await self._wake.wait()
                 self._wake = trio.Event()
         finally:
             self._node = None
 
-    async def discover(self, transport: str = "udp", *, timeout: float | None = None) -> Consensus:
-        """Ask every reflector concurrently and return the strict-majority Consensus.
+    async def discover(self, transport: str = "udp", *, timeout: float | None = None,
+                       version: int = 4) -> Consensus:
+        """Ask every reflector concurrently and return the strict-majority Consensus for
+        `transport` over IP `version` (reflectors without an address of that family are
+        skipped; the node must listen on it).
 
         Raises InsufficientResponses (fewer than `min_responses` answers, including no
         reflectors at all) or NoConsensus (carrying the tally).
@@ -131,16 +142,18 @@ class PeerAddressDiscovery:
         if self._node is None:
             raise NotMounted("mount PeerAddressDiscovery on a running MeshNode first")
         node, limit = self._node, timeout or self.config.timeout
-        asked = [p for p in self.reflectors if _reflector_endpoint(p, transport)]
+        if version not in node.ip_versions:
+            raise ConfigError(f"the node does not listen on IPv{version}")
+        asked = [p for p in self.reflectors if _reflector_endpoint(p, transport, version)]
         if len(asked) < len(self.reflectors):
-            log.warning("discovery: %d reflectors have no %s address and are skipped",
-                        len(self.reflectors) - len(asked), transport)
+            log.info("discovery: %d reflectors have no IPv%d %s address and are skipped",
+                     len(self.reflectors) - len(asked), version, transport)
         asked = asked[: self.config.max_reflectors]
         observations: list[Observation] = []
 
         async def ask(peer: PeerInfo) -> None:
             try:
-                reflection = await self._ask(node, peer, transport, limit)
+                reflection = await self._ask(node, peer, transport, version, limit)
             except MeshNatError as exc:
                 log.debug("discovery: reflector %s gave nothing: %s", peer.peer_id, exc)
                 return
@@ -148,7 +161,8 @@ class PeerAddressDiscovery:
                 log.debug("discovery: %s answered over %s", peer.peer_id, reflection.transport)
                 return
             observations.append(Observation(
-                str(peer.peer_id), self._group(peer), reflection.observed, reflection.rtt))
+                str(peer.peer_id), self._group(peer, version), reflection.observed,
+                reflection.rtt))
 
         with trio.move_on_after(limit + 0.5):  # backstop; each ask has its own deadline
             async with trio.open_nursery() as nursery:
@@ -158,11 +172,11 @@ class PeerAddressDiscovery:
             consensus = conclude(transport, observations,
                                  min_responses=self.config.min_responses, asked=len(asked))
         except NoConsensus as exc:
-            self._last_round[transport] = exc.consensus
+            self._last_round[transport, version] = exc.consensus
             self._events(AddressDisputed(transport, exc.consensus.voters,
                                          exc.consensus.endpoint_dependent))
             raise
-        self._last_round[transport] = self._latest[transport] = consensus
+        self._last_round[transport, version] = self._latest[transport, version] = consensus
         assert consensus.address is not None  # conclude() raised otherwise
         self._events(AddressConfirmed(transport, consensus.address, consensus.votes,
                                       consensus.voters))
@@ -170,16 +184,19 @@ class PeerAddressDiscovery:
                  consensus.votes, consensus.voters)
         return consensus
 
-    async def _ask(self, node: MeshNode, peer: PeerInfo, transport: str,
+    async def _ask(self, node: MeshNode, peer: PeerInfo, transport: str, version: int,
                    timeout: float) -> Reflection:
         if transport == "tcp":
-            return await observe_over_stream(node, peer, timeout=timeout)
-        endpoint = _reflector_endpoint(peer, "udp")
+            return await observe_over_stream(node, peer, timeout=timeout, version=version)
+        endpoint = _reflector_endpoint(peer, "udp", version)
         assert endpoint is not None  # discover() asks only reflectors that have one
         return await observe_over_udp(node, endpoint, timeout=timeout)
 
-    def _group(self, peer: PeerInfo) -> str:
+    def _group(self, peer: PeerInfo, version: int) -> str:
+        """The observer group of `peer` in a round over IP `version`: its IPv4 address or
+        its IPv6 /56 there (so one /56 is one vote however many reflectors it holds)."""
         if not self.config.group_by_network:
             return str(peer.peer_id)
-        endpoint = _reflector_endpoint(peer, "udp") or _reflector_endpoint(peer, "tcp")
+        endpoint = (_reflector_endpoint(peer, "udp", version)
+                    or _reflector_endpoint(peer, "tcp", version))
         return endpoint.observer_group() if endpoint else str(peer.peer_id)

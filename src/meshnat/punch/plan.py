@@ -4,25 +4,35 @@ Once both Offers are known each side computes the same strategy from them (the i
 the responder's plans mirror each other), much as Tailscale's netcheck computes a probe plan
 before it sends a packet:
 
-- both sides endpoint-dependent (RFC 4787 §4.1): give up at once, before anything is paid or
-  sent (birthday probing would need ~170,000 probes per side);
+- IPv6 (dual stack): the mapping hints describe IPv4 NATs; IPv6 candidates (`has_ipv6`:
+  neither link-local nor unique local) are taken as not translated (a global address behind a
+  stateful firewall, the common case: no NAT66). When both Offers carry IPv6 candidates of a
+  transport, that transport is punched by a simultaneous open whatever the IPv4 NATs are: UDP
+  as a traversal (every pair of both families probed at once, the first live one taken), TCP
+  from the listen ports;
+- both sides endpoint-dependent (RFC 4787 §4.1) and no IPv6 on both: give up at once, before
+  anything is paid or sent (birthday probing would need ~170,000 probes per side);
 - a peer that offered no candidate at all: give up;
-- UDP, when the peer has UDP candidates: exactly one side endpoint-dependent means birthday
-  probing (the hard side opens many sockets and dials QUIC from the one that heard; the easy
-  side sprays random ports and waits); otherwise a traversal on the shared QUIC port, where the
-  initiator takes the first live pair and dials;
+- UDP, when the peer has UDP candidates: both with IPv6 means a traversal (above); else exactly
+  one side endpoint-dependent means birthday probing (the hard side opens many sockets and
+  dials QUIC from the one that heard; the easy side sprays random ports and waits); otherwise a
+  traversal on the shared QUIC port, where the initiator takes the first live pair and dials;
 - TCP, when the peer has TCP candidates: a public side (its listener reachable as it is) waits
   to be dialled, the other side dials it (the initiator, when both are public); two NATed sides
   open at once from their listen ports, the initiator as Noise initiator;
-- padding: only birthday probing needs it (`punch/payment.py`); nothing when giving up;
+- padding: only birthday probing needs it (`punch/payment.py`); nothing when giving up or
+  when IPv6 makes a traversal of it;
 - timing: DCUtR's, the responder punches on Sync and the initiator RTT/2 after it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
+from ipaddress import IPv6Address, IPv6Network
 
+from meshnat.endpoint import Endpoint
 from meshnat.punch.config import PunchConfig
 from meshnat.punch.messages import MappingHint, Offer
 from meshnat.punch.payment import padding_owed
@@ -103,13 +113,15 @@ def plan_punch(ours: Offer, theirs: Offer, role: Role, config: PunchConfig) -> P
     """The plan for this side of a punch: `ours` is the Offer it sent, `theirs` the peer's."""
     initiator = role is Role.INITIATOR
     give_up = _give_up(ours, theirs)
-    udp = _udp_path(ours.mapping, theirs.mapping) if theirs.udp and not give_up else None
+    v6 = has_ipv6(ours.udp) and has_ipv6(theirs.udp)
+    udp = (UdpPath.TRAVERSAL if v6 else _udp_path(ours.mapping, theirs.mapping)) \
+        if theirs.udp and not give_up else None
     tcp = _tcp_path(ours.public, theirs.public, initiator) if theirs.tcp and not give_up else None
     return PunchPlan(
         give_up=give_up,
-        padding=0 if give_up else padding_owed(ours.mapping, theirs.mapping,
-                                               max_probes=config.birthday_max_probes,
-                                               sockets=config.birthday_sockets),
+        padding=0 if give_up or v6 else padding_owed(ours.mapping, theirs.mapping,
+                                                     max_probes=config.birthday_max_probes,
+                                                     sockets=config.birthday_sockets),
         udp=udp,
         udp_dials=udp is UdpPath.BIRTHDAY_HARD or (udp is UdpPath.TRAVERSAL and initiator),
         birthday=_birthday(udp, config),
@@ -120,10 +132,24 @@ def plan_punch(ours: Offer, theirs: Offer, role: Role, config: PunchConfig) -> P
     )
 
 
+_UNIQUE_LOCAL = IPv6Network("fc00::/7")
+
+
+def has_ipv6(endpoints: Iterable[Endpoint]) -> bool:
+    """Whether any of `endpoints` is an IPv6 address that may reach another site: not
+    IPv4-mapped, link-local or unique local (fc00::/7, RFC 4193: a LAN's, never routed
+    between sites; the IPv4 LAN candidates cover the LAN)."""
+    return any(isinstance(e.ip, IPv6Address) and e.ip.ipv4_mapped is None
+               and not e.ip.is_link_local and e.ip not in _UNIQUE_LOCAL for e in endpoints)
+
+
 def _give_up(ours: Offer, theirs: Offer) -> str | None:
     hard = MappingHint.ENDPOINT_DEPENDENT
-    if ours.mapping is hard and theirs.mapping is hard:
-        return "both sides have endpoint-dependent mapping: stay on the relay"
+    v6 = any(has_ipv6(a) and has_ipv6(b) for a, b in ((ours.udp, theirs.udp),
+                                                       (ours.tcp, theirs.tcp)))
+    if ours.mapping is hard and theirs.mapping is hard and not v6:
+        return "both sides have endpoint-dependent mapping (and no IPv6 on both): stay on " \
+            "the relay"
     if not theirs.udp and not theirs.tcp:
         return "the peer offered no candidate address"
     return None

@@ -19,7 +19,7 @@ import trio
 
 from meshnat import _libp2p
 from meshnat._libp2p import ID
-from meshnat.endpoint import Endpoint
+from meshnat.endpoint import Endpoint, interleave_families
 from meshnat.errors import MeshNatError, PeerTimeout, PunchFailed, UnknownPair
 from meshnat.node import MeshNode
 from meshnat.punch.birthday import EasySideSession, HardSideSession
@@ -124,13 +124,17 @@ class PathRace:
                               budget)
         local = node.listen_endpoint("udp")
         # the punch's Offers were the traversal's candidate exchange, and Sync started both
-        # sides together: each adopts the traversal under the punch's txid
+        # sides together: each adopts the traversal under the punch's txid (on a dual-stack
+        # node it probes both families' candidates at once: the first live pair is taken)
         traversal = await self._traversals.adopt(ours.txid, peer, theirs.udp, budget=budget,
                                                  shared=True)
         try:
             if not plan.udp_dials:  # the initiator takes a pair and dials; our listener accepts
                 conn = await _libp2p.wait_direct_connection(node.host, peer)
-                return PathOpened(local, _libp2p.connection_remote(conn) or local, 0, conn)
+                remote = _libp2p.connection_remote(conn)
+                if remote is not None:
+                    local = node.listen_endpoint("udp", remote.ip.version)
+                return PathOpened(local, remote or local, 0, conn)
             try:
                 pair = await self._traversals.wait_for(traversal.id, PairState.ALIVE,
                                                        plan.path_timeout)
@@ -139,6 +143,7 @@ class PathRace:
                                   probes_sent=traversal.probes_sent) from exc
             await self._traversals.take(pair.id, initiate=True)
             conn = await self._traversals.connect(pair.id)
+            local = node.listen_endpoint("udp", pair.remote.ip.version)
             return PathOpened(Endpoint(local.ip, pair.local_port), pair.remote,
                               traversal.probes_sent, conn)
         finally:
@@ -151,15 +156,16 @@ class PathRace:
                              budget: SendBudget) -> PathOpened:
         """Open many mappings towards the easy side; dial QUIC from the socket it reached.
         Sockets and rounds are what the easy side paid for (its IP is unproven until then)."""
-        # only the easy side's public endpoint: its LAN addresses cannot be reached from here
-        target = theirs.udp[0]
+        # only the easy side's public IPv4 endpoint (the first): its LAN addresses cannot be
+        # reached from here, and birthday probing is an IPv4 NAT's cure
+        target = next((e for e in theirs.udp if e.ip.version == 4), theirs.udp[0])
         sockets = probes_allowed(budget.allowance(target.ip), birthday.wanted)
         if sockets < 1:
             raise PunchFailed("birthday probing: the peer paid for no probes")
         session = HardSideSession(txid, (target,), sockets=sockets,
                                   refresh_interval=birthday.interval, timeout=timeout)
         found = await punch_udp_many(session, sockets, budget)
-        source = Endpoint(node.listen_endpoint("udp").ip, found.port)
+        source = Endpoint(node.listen_endpoint("udp", target.ip.version).ip, found.port)
         conn = await _libp2p.dial_quic_from(node.host, peer, found.heard.remote, source)
         return PathOpened(source, found.heard.remote, found.heard.probes_sent, conn)
 
@@ -169,7 +175,7 @@ class PathRace:
                              budget: SendBudget) -> PathOpened:
         """Probe random ports of the hard side's IP; it dials back over the port that worked.
         At most as many probes as the hard side paid for (its IP is unproven until then)."""
-        ip = theirs.udp[0].ip
+        ip = next((e for e in theirs.udp if e.ip.version == 4), theirs.udp[0]).ip
         max_probes = probes_allowed(budget.allowance(ip), birthday.wanted)
         if max_probes < 1:
             raise PunchFailed("birthday probing: the peer paid for no probes")
@@ -178,20 +184,26 @@ class PathRace:
             probes_per_tick=birthday.per_tick, tick=birthday.interval, timeout=timeout)
         heard = await punch_udp(node, session, budget)
         conn = await _libp2p.wait_direct_connection(node.host, peer)
-        return PathOpened(node.listen_endpoint("udp"), heard.remote, session.probes_sent, conn)
+        return PathOpened(node.listen_endpoint("udp", ip.version), heard.remote,
+                          session.probes_sent, conn)
 
     @staticmethod
     async def _tcp(node: MeshNode, peer: ID, theirs: Offer, plan: PunchPlan,
                    budget: SendBudget) -> PathOpened:
         """A public side is simply dialled (by the initiator when both are public); two NATed
         sides open at once from their listen ports, with fixed Noise roles. A dial to an IP
-        the peer has not proven costs its SYNs from the budget: few candidates get one."""
+        the peer has not proven costs its SYNs from the budget: few candidates get one.
+        Families alternate, IPv6 first (`interleave_families`: no NAT stands in its way),
+        each dialled from the listen port of its family; families this node does not listen
+        on are skipped."""
         local = node.listen_endpoint("tcp")
         if plan.tcp is TcpPath.ACCEPT:
             conn = await _libp2p.wait_direct_connection(node.host, peer)  # they dial us
             return PathOpened(local, theirs.tcp[0], 0, conn)
         errors: list[str] = []
-        for remote in theirs.tcp:
+        dialable = (e for e in theirs.tcp if e.ip.version in node.ip_versions)
+        for remote in interleave_families(dialable):
+            local = node.listen_endpoint("tcp", remote.ip.version)
             proven = budget.is_proven(remote.ip)
             if not budget.spend(remote.ip, tcp_dial_bytes(remote.ip)):
                 errors.append(f"{remote}: not proven, its allowance is spent")

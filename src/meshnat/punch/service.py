@@ -267,6 +267,9 @@ class HolePuncher:
             elif seen is not None and seen.ip is not None and local:
                 # no port won (endpoint-dependent mapping): the IP is what birthday probing needs
                 public = [Endpoint(seen.ip, local[0].port)]
+            seen6 = self._discovery.latest(transport, 6) if self._discovery else None
+            if seen6 is not None and seen6.address is not None:  # confirmed IPv6 mapping
+                public.append(seen6.address)
             candidates[transport] = list(dict.fromkeys(public + local))
         return Offer(txid, tuple(candidates["udp"]), tuple(candidates["tcp"]),
                      self.config.mapping, reachable, bytes(self.config.offer_padding))

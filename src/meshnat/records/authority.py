@@ -141,11 +141,13 @@ class RecordAuthority:
 
     def _addrs(self) -> tuple[multiaddr.Multiaddr, ...]:
         public: list[multiaddr.Multiaddr] = []
-        for transport in ("tcp", "udp"):
-            consensus = self._discovery.latest(transport) if self._discovery else None
-            if consensus is not None and consensus.address is not None:
-                address = consensus.address
-                public.append(endpoint_addr(transport, str(address.ip), address.port))
+        for version in (4, 6):  # a dual-stack node's confirmed IPv6 endpoints as well
+            for transport in ("tcp", "udp"):
+                consensus = (self._discovery.latest(transport, version) if self._discovery
+                             else None)
+                if consensus is not None and consensus.address is not None:
+                    address = consensus.address
+                    public.append(endpoint_addr(transport, str(address.ip), address.port))
         if self.config.publish_local and self._node is not None:
             local = (_libp2p.listen_parts(a) for a in self._node.addrs)
             public.extend(endpoint_addr(p[0], p[1], p[2]) for p in local if p is not None)

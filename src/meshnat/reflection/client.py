@@ -50,13 +50,16 @@ def _check(reply: ObserveResponse | ErrorResponse, txid: bytes) -> ObserveRespon
     return reply
 
 
-async def observe_over_stream(node: MeshNode, peer: PeerInfo, *, timeout: float) -> Reflection:
-    """Ask `peer` over a TCP connection dialled from this node's TCP listen port.
+async def observe_over_stream(node: MeshNode, peer: PeerInfo, *, timeout: float,
+                              version: int | None = None) -> Reflection:
+    """Ask `peer` over a TCP connection dialled from this node's TCP listen port (to its
+    IPv`version` address if given).
 
     Raises PeerUnavailable, PeerTimeout or a RemoteProtocolError subclass.
     """
     deadline = trio.current_time() + timeout
-    stream = await node.open_stream_from_listen_port(peer, REFLECT_PROTOCOL, timeout=timeout)
+    stream = await node.open_stream_from_listen_port(peer, REFLECT_PROTOCOL, timeout=timeout,
+                                                     version=version)
     txid = new_txid()
     with _libp2p.map_peer_errors("reflect", timeout), trio.fail_at(deadline):
         try:

@@ -31,6 +31,8 @@ class OwnSocket:
     def __init__(self, sock: trio.socket.SocketType) -> None:
         self._sock = sock
         self.local_port: int = sock.getsockname()[1]
+        self.versions = frozenset({6 if sock.family == socket.AF_INET6 else 4})
+        """The IP versions it can send to: its own family."""
 
     @classmethod
     async def open(cls, ip: IPv4Address | IPv6Address) -> OwnSocket:
@@ -63,6 +65,8 @@ class SharedPort:
     def __init__(self, node: MeshNode) -> None:
         self._node = node
         self.local_port: int = node.listen_endpoint("udp").port
+        self.versions = node.udp.versions
+        """The IP versions it can send to: both on a dual-stack node (one port number)."""
 
     async def send(self, data: bytes, dst: Endpoint) -> None:
         await self._node.udp.sendto(data, dst)

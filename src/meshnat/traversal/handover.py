@@ -149,7 +149,8 @@ class Handover:
             if traversal.connection is not None:
                 return
             node, _ = self._mounted()
-            source = Endpoint(node.listen_endpoint("udp").ip, pair.local_port)
+            source = Endpoint(node.listen_endpoint("udp", pair.remote.ip.version).ip,
+                              pair.local_port)
             limit = self.config.stream_timeout
             try:
                 with _libp2p.map_peer_errors("QUIC dial on a pair", limit), \

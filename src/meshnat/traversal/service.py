@@ -370,6 +370,9 @@ class TraversalService:
             candidates.insert(0, Endpoint(seen.ip, port))
         if traversal.shared and seen is not None and seen.address is not None:
             candidates.insert(0, seen.address)
+        seen6 = self._discovery.latest("udp", 6) if self._discovery else None
+        if traversal.shared and seen6 is not None and seen6.address is not None:
+            candidates.insert(1, seen6.address)  # the IPv6 mapping discovery confirmed
         return Offer(traversal.txid, tuple(dict.fromkeys(candidates)), traversal.shared,
                      bytes(self.config.offer_padding))
 
@@ -378,6 +381,10 @@ class TraversalService:
         node, nursery = self._mounted()
         candidates, refused = admit_candidates(
             candidates, peer_scopes(peer_ips(node, traversal.peer)), own_endpoints(node))
+        # a family the carrier has no socket of cannot be probed (an IPv4-only node's IPv6)
+        carrier = traversal.carrier
+        versions = carrier.versions if carrier is not None else frozenset[int]()
+        candidates = tuple(c for c in candidates if c.ip.version in versions)
         if refused:
             self._refused_candidates += refused
             log.debug("traversal %s: %d candidates of %s refused (scope)", traversal.id,

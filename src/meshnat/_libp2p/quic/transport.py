@@ -4,7 +4,8 @@ Wire-compatible with libp2p QUIC (RFC 9000 v1, ALPN "libp2p", the libp2p TLS cer
 both sides authenticated). Dials leave from a listening socket of the same address family
 when there is one (as go-libp2p does), so the peer sees the listen port; `dial_with_source`
 picks the listener bound to a given port (hole punching). Without a listener, dials use one
-ephemeral socket per family.
+ephemeral socket per family. IPv6 sockets are IPv6-only (`IPV6_V6ONLY`): a dual-stack node
+listens on `0.0.0.0:P` and `[::]:P` with one socket each.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ class QuicTransport(ITransport):
         endpoint = self._listening_endpoint(_family(ip), source[1])
         if endpoint is not None:
             return await self._dial(endpoint, ip, port, peer)
-        sock = socket.socket(_family(ip), socket.SOCK_DGRAM)
+        sock = _udp_socket(_family(ip))
         try:
             sock.bind(source)
         except OSError as exc:
@@ -150,7 +151,7 @@ class QuicTransport(ITransport):
 
     async def _dialer(self, family: int) -> QuicEndpoint:
         if family not in self._dialers:
-            sock = socket.socket(family, socket.SOCK_DGRAM)
+            sock = _udp_socket(family)
             sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
             endpoint = QuicEndpoint(sock, client=self._client, server=None,
                                     read_timeout=self._read_timeout)
@@ -178,7 +179,7 @@ class QuicListener(IListener):
     async def listen(self, maddr: multiaddr.Multiaddr) -> None:
         """Bind `maddr`'s address (OSError if taken) and start accepting."""
         ip, port, _ = udp_parts(maddr)
-        sock = socket.socket(_family(ip), socket.SOCK_DGRAM)
+        sock = _udp_socket(_family(ip))
         try:
             sock.bind((ip, port))
         except OSError:
@@ -222,3 +223,11 @@ def _is_quic(maddr: multiaddr.Multiaddr) -> bool:
 
 def _family(ip: str) -> int:
     return socket.AF_INET6 if ":" in ip else socket.AF_INET
+
+
+def _udp_socket(family: int) -> socket.socket:
+    """A UDP socket of `family`; an IPv6 one takes IPv6 only (no IPv4-mapped traffic)."""
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    return sock
