@@ -3,6 +3,12 @@
 The endpoint (`endpoint.QuicEndpoint`) feeds it datagrams in batches and sends what `flush`
 returns; everything here runs without blocking except the timer task and the waits of
 `open_stream`/`accept_stream`/`handshake`.
+
+Whatever qh3 raises stays here: a stream the core refuses (finished, reset) is a
+MuxedStreamReset of that stream; any other failure of the core (qh3 2.1 has at least one
+internal error, "reserved stream is missing", see `core.py`) ends this connection only, with
+a CONNECTION_CLOSE sent if the core still can, every stream failing with a MuxedStreamReset
+that says why, and a WARNING logged with the qh3 call and its exception.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+_INTERNAL_ERROR = 0x1
+"""The application error code a connection is closed with when qh3 failed."""
 KEEPALIVE = 15.0
 """Seconds of silence after which a PING keeps the path (and NAT mappings) alive."""
 MAX_INBOUND_STREAMS = 256
@@ -100,9 +108,9 @@ class QuicConn(IMuxedConn):
             raise MuxedConnUnavailable("connection closed")
         try:
             stream = QuicStream(self, self.quic._open_stream())
-        except (QuicConnectionError, ValueError) as exc:
-            self.shut(f"qh3 failed to open a stream: {exc}")
-            raise MuxedConnUnavailable("connection closed") from exc
+        except Exception as exc:
+            self._qh3_failed("open_stream", exc)
+            raise MuxedConnUnavailable(f"connection closed: {self.failure}") from exc
         self._streams[stream.stream_id] = stream
         await trio.lowlevel.checkpoint()
         return stream
@@ -134,14 +142,25 @@ class QuicConn(IMuxedConn):
     # --- streams' calls -----------------------------------------------------------------
 
     def send(self, stream_id: int, data: bytes, *, end_stream: bool) -> None:
+        """Queue `data` (and FIN) on the stream and send; MuxedStreamReset if the core refuses."""
         try:
             self.quic.send_stream_data(stream_id, data, end_stream=end_stream)
-        except QuicConnectionError as exc:
-            raise MuxedStreamReset(f"stream {stream_id}: {exc.reason_phrase}") from exc
+        except (QuicConnectionError, ValueError) as exc:  # finished, or reset on STOP_SENDING
+            raise MuxedStreamReset(f"stream {stream_id}: {_reason(exc)}") from exc
+        except Exception as exc:
+            self._qh3_failed("send_stream_data", exc)
+            raise MuxedStreamReset(f"connection of stream {stream_id} closed: "
+                                   f"{self.failure}") from exc
         self.flush()
 
     def send_backlog(self, stream_id: int) -> int:
-        return 0 if self.closed.is_set() else self.quic.get_send_buffer_size(stream_id)
+        if self.closed.is_set():
+            return 0
+        try:
+            return self.quic.get_send_buffer_size(stream_id)
+        except Exception as exc:
+            self._qh3_failed("get_send_buffer_size", exc)
+            return 0
 
     async def wait_send_progress(self) -> None:
         await self._send_progress.wait()
@@ -150,13 +169,17 @@ class QuicConn(IMuxedConn):
         self._send_progress.set()
         self._send_progress = trio.Event()
 
-    def reset(self, stream_id: int, code: int) -> None:
-        with contextlib.suppress(QuicConnectionError):  # a stream already finished
+    def reset(self, stream_id: int, code: int, *, stop: bool) -> None:
+        """RESET_STREAM, and STOP_SENDING if `stop` (the receive side is not finished yet)."""
+        with contextlib.suppress(QuicConnectionError, ValueError):  # the core finished it
             self.quic.reset_stream(stream_id, code)
-        self.stop_sending(stream_id, code)
+        if stop:
+            self.stop_sending(stream_id, code)
+        else:
+            self.flush()
 
     def stop_sending(self, stream_id: int, code: int) -> None:
-        with contextlib.suppress(QuicConnectionError):
+        with contextlib.suppress(QuicConnectionError, ValueError):  # the core finished it
             self.quic.stop_stream(stream_id, code)
         self.flush()
 
@@ -179,8 +202,8 @@ class QuicConn(IMuxedConn):
         self._last_activity = now
         try:
             self.quic.receive_many_datagrams(datagrams, addr, now)
-        except QuicConnectionError as exc:
-            self._terminate(f"qh3 failed: {exc.reason_phrase}")
+        except Exception as exc:
+            self._qh3_failed("receive_many_datagrams", exc)
             return
         self._handle_events()
         self.wake_writers()
@@ -196,8 +219,8 @@ class QuicConn(IMuxedConn):
         now = trio.current_time()
         try:
             datagrams = self.quic.datagrams_to_send(now)
-        except QuicConnectionError as exc:
-            self._terminate(f"qh3 failed: {exc.reason_phrase}")
+        except Exception as exc:
+            self._qh3_failed("datagrams_to_send", exc)
             return
         if datagrams:
             self.endpoint.send_datagrams(datagrams)
@@ -220,12 +243,16 @@ class QuicConn(IMuxedConn):
             if timer is not None and now >= timer:
                 try:
                     self.quic.handle_timer(now)
-                except QuicConnectionError as exc:
-                    self._terminate(f"qh3 failed: {exc.reason_phrase}")
+                except Exception as exc:
+                    self._qh3_failed("handle_timer", exc)
                     return
                 self._handle_events()
             elif now >= self._last_activity + KEEPALIVE and self.handshake_done.is_set():
-                self.quic.send_ping(0)
+                try:
+                    self.quic.send_ping(0)
+                except Exception as exc:
+                    self._qh3_failed("send_ping", exc)
+                    return
                 self._last_activity = now
             if not self.closed.is_set():
                 self.flush()
@@ -267,15 +294,32 @@ class QuicConn(IMuxedConn):
     def shut(self, reason: str, code: int = 0) -> None:
         """Send CONNECTION_CLOSE (best effort) and end the connection here."""
         if not self.closed.is_set():
-            try:
-                self.quic.close(error_code=code, reason_phrase="closed")
-                self.flush()
-            except QuicConnectionError:
-                pass
+            self._close_core(code)
             self._terminate(reason)
+
+    def _close_core(self, code: int) -> None:
+        """CONNECTION_CLOSE, best effort: after a failure the core may be in any state."""
+        try:
+            self.quic.close(error_code=code, reason_phrase="closed")
+            self.endpoint.send_datagrams(self.quic.datagrams_to_send(trio.current_time()))
+        except Exception as exc:
+            log.debug("quic: no CONNECTION_CLOSE to %s: %r", self.remote_address, exc)
 
     def _fail(self, reason: str) -> None:
         self.shut(reason, code=0x100)
+
+    def _qh3_failed(self, operation: str, exc: Exception) -> None:
+        """qh3 raised in `operation`: end this connection (only), say what happened."""
+        if self.closed.is_set():
+            return
+        if isinstance(exc, QuicConnectionError):  # qh3's own way to fail a connection
+            log.debug("quic: qh3 %s failed on the connection to %s: %s",
+                      operation, self.remote_address, exc)
+        else:
+            log.warning("quic: qh3 %s raised %r on the connection to %s; closing it",
+                        operation, exc, self.remote_address, exc_info=exc)
+        self._close_core(_INTERNAL_ERROR)
+        self._terminate(f"qh3 {operation} failed: {_reason(exc)}")
 
     def _on_stream_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
         stream = self._streams.get(stream_id)
@@ -309,3 +353,7 @@ class QuicConn(IMuxedConn):
         if self.on_close is not None:
             self.endpoint.spawn(self.on_close)
         log.debug("quic: connection to %s closed: %s", self.remote_address, reason)
+
+
+def _reason(exc: Exception) -> str:
+    return exc.reason_phrase if isinstance(exc, QuicConnectionError) else repr(exc)

@@ -9,9 +9,24 @@ core is told the address is validated and the limit is applied to whole datagram
 until the handshake completes (the client's Handshake packets prove its address), a server
 sends at most three times the bytes it received; what does not fit is dropped and resent by
 QUIC's loss recovery once the client sends more.
+
+qh3 2.1's native core keeps the STREAM frames it has reserved but not yet packed across
+`poll_transmit` calls while the congestion window is full (after a PTO probe, one for every
+stream with something to send), and removes a stream once both directions are done, when its
+StreamFinished event is taken from the core. A reservation can outlive its stream: a PTO copies
+in-flight data of a stream for the probes, the copy stays reserved behind a full window, the
+original is then acknowledged, the peer's FIN arrives, and the stream is removed; the next
+`poll_transmit` packs the stale frame and raises ValueError("reserved stream is missing"),
+dropping the packet it built and leaving the other reservations of that batch half done. Here,
+once the handshake is complete, a batch of datagrams is fed to the core and what it then has
+to send (the window the acknowledgments freed) is packed *before* its events are taken, so the
+reservations are committed while their streams still exist. A window still full after that
+keeps the risk; `QuicConn` ends the connection cleanly if qh3 fails anyway.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from libp2p.peer.id import ID
 from qh3.quic.connection import QuicConnection
@@ -31,6 +46,11 @@ class Libp2pQuicConnection(QuicConnection):
     sent_bytes = 0
     withheld = 0
     """Datagrams not sent because the amplification limit was reached."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._packed: list[tuple[bytes, Address]] = []
+        """Datagrams packed while receiving (see the module docstring), sent by the next flush."""
 
     def _create_tls(self, remote_source_cid: bytes | None) -> QuicTlsBridge:
         bridge = super()._create_tls(remote_source_cid)
@@ -58,10 +78,21 @@ class Libp2pQuicConnection(QuicConnection):
 
     def receive_many_datagrams(self, datagrams: list[bytes], addr: Address, now: float) -> None:
         self.received_bytes += sum(map(len, datagrams))
-        super().receive_many_datagrams(datagrams, addr, now)
+        core = self._core
+        if core is None or not self._handshake_complete or not datagrams:
+            super().receive_many_datagrams(datagrams, addr, now)
+            return
+        # qh3's own method, with the reservations packed before the events are taken
+        address = self._normalize_address(addr)
+        for data in datagrams:
+            self._log_datagram("datagrams_received", data)
+        self._call_core(core.receive_many_datagrams, datagrams, address, now)
+        self._packed += super().datagrams_to_send(now)
+        self._drain_core()
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
-        datagrams = super().datagrams_to_send(now)
+        datagrams, self._packed = self._packed, []
+        datagrams += super().datagrams_to_send(now)
         if self._is_client or self._handshake_complete:
             return datagrams
         allowed: list[tuple[bytes, Address]] = []

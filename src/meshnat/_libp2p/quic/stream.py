@@ -92,6 +92,7 @@ class QuicStream(IMuxedStream):
         self._check_writable()
         if data:
             self._conn.send(self.stream_id, data, end_stream=False)
+            self._check_writable()  # the connection failed while sending: the data is lost
         while self._conn.send_backlog(self.stream_id) > SEND_BACKLOG:
             await self._conn.wait_send_progress()
             self._check_writable()
@@ -132,7 +133,10 @@ class QuicStream(IMuxedStream):
     async def reset(self) -> None:
         """Abort both directions at once."""
         if not self._reset_here and not self._conn.is_closed:
-            self._conn.reset(self.stream_id, _RESET)
+            # no STOP_SENDING once the peer's FIN or reset is in: qh3 2.1 can keep such a
+            # frame reserved past the end of the stream and then fail the connection
+            self._conn.reset(self.stream_id, _RESET, stop=not (
+                self._fin or self._reset_by_peer or self._read_closed))
         self._reset_here = True
         self._buffer.clear()
         self._conn.stream_drained(self)
