@@ -165,3 +165,58 @@ async def test_more_streams_than_the_peer_allows_at_once_wait_for_credit() -> No
             async with trio.open_nursery() as askers:
                 for index in range(250):
                     askers.start_soon(ask, index)
+
+
+class _FailingCore:
+    """qh3's native core, except that the next `poll_transmit` raises what qh3 2.1 raises
+    for a stale stream reservation (see `core.py`); every later call goes to the core."""
+
+    def __init__(self, core: object) -> None:
+        self._core = core
+        self.failed = False
+
+    def poll_transmit(self, now: float) -> object:
+        if not self.failed:
+            self.failed = True
+            raise ValueError("reserved stream is missing")
+        return self._core.poll_transmit(now)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._core, name)
+
+
+async def test_a_qh3_failure_ends_that_connection_cleanly_and_the_endpoint_goes_on(
+        caplog: pytest.LogCaptureFixture) -> None:
+    dialler, _ = endpoint(server=False)
+    listener, listener_id = endpoint(server=True)
+    accepted: trio.MemorySendChannel[QuicConn]
+    accepted, incoming = trio.open_memory_channel[QuicConn](2)
+    listener.on_accept = accepted.send_nowait
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(dialler.serve)
+            await nursery.start(listener.serve)
+            near = await dialler.dial(listener.local_address, listener_id, timeout=10)
+            far = await incoming.receive()
+            stream = await near.open_stream()
+            await stream.write(b"before")
+            remote = await far.accept_stream()
+            assert await remote.read() == b"before"
+
+            near.quic._core = _FailingCore(near.quic._core)  # type: ignore[assignment]
+            with pytest.raises(MuxedStreamReset, match="reserved stream is missing"):
+                await stream.write(b"lost")
+            assert near.is_closed and "reserved stream is missing" in (near.failure or "")
+            with pytest.raises(MuxedStreamReset):
+                await stream.read()
+            with pytest.raises(MuxedStreamReset):  # the CONNECTION_CLOSE reached the peer
+                await remote.read()
+            assert any(r.levelname == "WARNING" and "datagrams_to_send" in r.getMessage()
+                       for r in caplog.records)
+
+            again = await dialler.dial(listener.local_address, listener_id, timeout=10)
+            other = await again.open_stream()
+            await other.write(b"after")
+            assert await (await (await incoming.receive()).accept_stream()).read() == b"after"
+            await dialler.close()
+            await listener.close()

@@ -72,7 +72,8 @@ class QuicStream(IMuxedStream):
                 if self._fin or self._read_closed:
                     raise MuxedStreamEOF(f"stream {self.stream_id} ended")
                 if self._conn.is_closed:
-                    raise MuxedStreamReset(f"connection of stream {self.stream_id} closed")
+                    raise MuxedStreamReset(f"connection of stream {self.stream_id} closed: "
+                                           f"{self._conn.failure}")
                 await self._readable.wait()
                 self._readable = trio.Event()
         raise MuxedStreamError(f"stream {self.stream_id}: no data within the read timeout")
@@ -103,7 +104,8 @@ class QuicStream(IMuxedStream):
         if self._write_closed:
             raise MuxedStreamClosed(f"stream {self.stream_id} is closed for writing")
         if self._conn.is_closed:
-            raise MuxedStreamReset(f"connection of stream {self.stream_id} closed")
+            raise MuxedStreamReset(f"connection of stream {self.stream_id} closed: "
+                                   f"{self._conn.failure}")
 
     async def close_write(self) -> None:
         """Half-close: send FIN once everything written before it."""
