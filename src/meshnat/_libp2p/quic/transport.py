@@ -11,6 +11,7 @@ listens on `0.0.0.0:P` and `[::]:P` with one socket each.
 from __future__ import annotations
 
 import socket
+from functools import partial
 from typing import Any
 
 import multiaddr
@@ -24,6 +25,7 @@ from libp2p.transport.exceptions import OpenConnectionError
 from meshnat._libp2p.quic.connection import QuicConn
 from meshnat._libp2p.quic.endpoint import QuicEndpoint, Tap
 from meshnat._libp2p.quic.tls import configuration, libp2p_certificate
+from meshnat._libp2p.quic.warmup import warm_up
 
 PROTOCOL = "quic-v1"
 DIAL_TIMEOUT = 10.0
@@ -63,6 +65,13 @@ class QuicTransport(ITransport):
 
     def set_background_nursery(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
+        nursery.start_soon(self._warm_up)
+
+    async def _warm_up(self) -> None:
+        """qh3's first handshake in a process is slow: run one in memory now (`warmup`)."""
+        await trio.to_thread.run_sync(  # type: ignore[call-arg]
+            partial(warm_up, self._client, self._server),
+            abandon_on_cancel=True)
 
     def set_swarm(self, swarm: object) -> None:
         """The swarm offers itself; nothing here needs it."""
