@@ -10,7 +10,17 @@ import pytest
 from meshnat.endpoint import Endpoint
 from meshnat.punch.config import PunchConfig
 from meshnat.punch.messages import MappingHint, Offer
-from meshnat.punch.plan import Birthday, PunchPlan, Role, TcpPath, UdpPath, plan_punch
+from meshnat.punch.plan import (
+    TCP_GRACE_MAX,
+    TCP_GRACE_MIN,
+    Birthday,
+    PunchPlan,
+    Role,
+    TcpPath,
+    UdpPath,
+    plan_punch,
+    tcp_grace,
+)
 
 TXID = bytes(range(16))
 UDP, TCP = (Endpoint.parse("198.18.0.20:4001"),), (Endpoint.parse("198.18.0.20:4001"),)
@@ -178,3 +188,23 @@ def test_two_symmetric_sides_without_ipv6_on_both_still_give_up(ours: Offer,
 def test_one_symmetric_side_without_ipv6_on_both_still_goes_birthday() -> None:
     p = plan_punch(with_v6("cone"), KINDS["symmetric"], INIT, PunchConfig())
     assert (p.udp, p.padding) == (EASY, E)
+
+
+@pytest.mark.parametrize(("a", "b"), list(itertools.product(KINDS, repeat=2)))
+def test_tcp_waits_for_udp_only_where_both_udp_mappings_are_endpoint_independent(
+        a: str, b: str) -> None:
+    """Both sides decide alike (their simultaneous opens start together): TCP waits only
+    for a traversal between two endpoint-independent mappings, never without a TCP path."""
+    init, resp = plan(a, b, INIT), plan(b, a, RESP)
+    both_ei = not {a, b} & {"symmetric", "unknown"}
+    for p in (init, resp):
+        assert p.tcp_after_udp is (both_ei and p.udp is TRAV and p.tcp is not None)
+    if {a, b} <= {"public", "cone"}:  # both have both paths: the two sides agree
+        assert init.tcp_after_udp is resp.tcp_after_udp is True
+
+
+@pytest.mark.parametrize(("rtt", "grace"), [(0.0, TCP_GRACE_MIN), (0.001, TCP_GRACE_MIN),
+                                            (0.04, 0.08), (0.2, 0.4), (5.0, TCP_GRACE_MAX)])
+def test_the_tcp_grace_is_two_coordination_round_trips_within_bounds(rtt: float,
+                                                                      grace: float) -> None:
+    assert tcp_grace(rtt) == pytest.approx(grace)

@@ -86,6 +86,16 @@ def test_a_pair_the_peer_took_counts_once_we_heard_it_even_before_our_answer() -
         pairs.take(PairId("t1", 2), now=1, use_within=10, peer_confirmed=True)
 
 
+def test_a_dialler_may_take_a_pair_it_heard_the_peer_on_before_our_answer() -> None:
+    pairs = table()
+    pairs.heard(PEER, now=1, ack=False)  # the peer's probe arrived; ours not answered yet
+    assert pairs.take(PairId("t1", 1), now=1, use_within=10, dial_on_heard=True).state \
+        is PairState.TAKEN
+    other = table()
+    with pytest.raises(PairExpired):  # never heard from: nothing proved the endpoint
+        other.take(PairId("t1", 1), now=1, use_within=10, dial_on_heard=True)
+
+
 def test_an_answer_to_no_probe_of_ours_proves_nothing() -> None:
     pairs = table()
     stranger = Endpoint(ip_address("203.0.113.9"), 9999)

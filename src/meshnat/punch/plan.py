@@ -22,7 +22,13 @@ before it sends a packet:
   open at once from their listen ports, the initiator as Noise initiator;
 - padding: only birthday probing needs it (`punch/payment.py`); nothing when giving up or
   when IPv6 makes a traversal of it;
-- timing: DCUtR's, the responder punches on Sync and the initiator RTT/2 after it.
+- timing: DCUtR's, the responder punches on Sync and the initiator RTT/2 after it;
+- TCP after UDP: when both sides' UDP mappings are endpoint-independent (their discovery
+  rounds over UDP agreed) the traversal is all but certain to work, so the TCP open waits
+  (`tcp_after_udp`): it starts only if the UDP path heard nothing within `tcp_grace(rtt)` or
+  failed, and is skipped once UDP connected. Both sides decide this from the same two Offers,
+  so their simultaneous opens still start together. Otherwise (UDP blocked or unknown,
+  birthday probing) both paths start at once, as before.
 """
 
 from __future__ import annotations
@@ -42,6 +48,12 @@ BIRTHDAY_TICK = 0.01
 
 BIRTHDAY_REFRESH = 1.0
 """Seconds between the hard side's rounds of probes (one per socket)."""
+
+TCP_GRACE_MIN = 0.05
+"""Seconds the TCP open waits at least for the UDP path to hear the peer (`tcp_grace`)."""
+
+TCP_GRACE_MAX = 0.5
+"""Seconds it waits at most, however slow the coordination was."""
 
 BACKSTOP = 1.0
 """Seconds a path may overrun `punch_timeout` before it is cancelled (its driver's own
@@ -103,6 +115,10 @@ class PunchPlan:
     """None: no TCP path (the peer offered no TCP candidate)."""
     half_rtt_delay: bool
     """Wait RTT/2 after Sync before punching (DCUtR: the initiator)."""
+    tcp_after_udp: bool
+    """The TCP path starts only once the UDP path heard nothing within `tcp_grace(rtt)`, or
+    failed; it is not tried when UDP connected (at zero delay two handshakes at once cost a
+    punch more CPU time than the second path can win it)."""
     path_timeout: float
     """Seconds each path may take after Sync."""
     backstop: float
@@ -127,6 +143,8 @@ def plan_punch(ours: Offer, theirs: Offer, role: Role, config: PunchConfig) -> P
         birthday=_birthday(udp, config),
         tcp=tcp,
         half_rtt_delay=initiator,
+        tcp_after_udp=(tcp is not None and udp is UdpPath.TRAVERSAL
+                       and ours.mapping is theirs.mapping is MappingHint.ENDPOINT_INDEPENDENT),
         path_timeout=config.punch_timeout,
         backstop=config.punch_timeout + BACKSTOP,
     )
@@ -141,6 +159,13 @@ def has_ipv6(endpoints: Iterable[Endpoint]) -> bool:
     between sites; the IPv4 LAN candidates cover the LAN)."""
     return any(isinstance(e.ip, IPv6Address) and e.ip.ipv4_mapped is None
                and not e.ip.is_link_local and e.ip not in _UNIQUE_LOCAL for e in endpoints)
+
+
+def tcp_grace(rtt: float) -> float:
+    """Seconds the TCP path waits for the UDP path to hear the peer (`tcp_after_udp`): two
+    coordination round trips (one direct round trip of probes is expected within one, the
+    other is slack for the two sides' start), within [TCP_GRACE_MIN, TCP_GRACE_MAX]."""
+    return min(max(2 * rtt, TCP_GRACE_MIN), TCP_GRACE_MAX)
 
 
 def _give_up(ours: Offer, theirs: Offer) -> str | None:

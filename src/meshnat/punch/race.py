@@ -5,7 +5,9 @@ The UDP path is a traversal (`TraversalService`) on the node's shared QUIC port:
 takes the first pair that comes alive and dials QUIC from that very port (TLS binds the
 connection to the peer id); against an endpoint-dependent NAT it is birthday probing instead.
 The TCP path is a simultaneous open from both TCP listen ports, upgraded by Noise with fixed
-roles (`_libp2p.dial_tcp_from`). Every packet is paid for by the peer's coordination (`SendBudget`).
+roles (`_libp2p.dial_tcp_from`). When the plan says `tcp_after_udp` it waits for the UDP path:
+it starts if UDP heard nothing within `tcp_grace(rtt)` or failed, and never once UDP connected.
+Every packet is paid for by the peer's coordination (`SendBudget`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from meshnat.node import MeshNode
 from meshnat.punch.birthday import EasySideSession, HardSideSession
 from meshnat.punch.messages import Offer
 from meshnat.punch.payment import probes_allowed
-from meshnat.punch.plan import Birthday, PunchPlan, TcpPath, UdpPath
+from meshnat.punch.plan import Birthday, PunchPlan, TcpPath, UdpPath, tcp_grace
 from meshnat.punch.results import PathOpened, Punched
 from meshnat.punch.udp import punch_udp, punch_udp_many
 from meshnat.traversal import PairState, TraversalService
@@ -76,13 +78,21 @@ class PathRace:
                           budget: SendBudget) -> Punched:
         won: list[Punched] = []
         failures: list[PunchFailed] = []
+        udp_heard, udp_done = trio.Event(), trio.Event()
+        udp_runs = plan.udp is not None and bool(theirs.udp)
 
         async def attempt(path: str) -> None:
             opened: PathOpened | None = None
             try:
+                if path == "tcp" and plan.tcp_after_udp and udp_runs:
+                    with trio.move_on_after(tcp_grace(rtt)):
+                        await udp_heard.wait()
+                    if udp_heard.is_set():  # UDP works: TCP only if its connection fails
+                        await udp_done.wait()
                 with trio.move_on_after(plan.backstop):  # its own deadline should end it first
                     if path == "udp":
-                        opened = await self._udp(node, peer, ours, theirs, plan, budget)
+                        opened = await self._udp(node, peer, ours, theirs, plan, budget,
+                                                 udp_heard)
                     else:
                         opened = await self._tcp(node, peer, theirs, plan, budget)
             except PunchFailed as exc:
@@ -104,9 +114,15 @@ class PathRace:
                 with trio.CancelScope(shield=True):
                     await opened.connection.close()
 
+        async def attempt_udp() -> None:
+            try:
+                await attempt("udp")
+            finally:
+                udp_done.set()
+
         async with trio.open_nursery() as nursery:
-            if plan.udp is not None and theirs.udp:
-                nursery.start_soon(attempt, "udp")
+            if udp_runs:
+                nursery.start_soon(attempt_udp)
             if plan.tcp is not None and theirs.tcp:
                 nursery.start_soon(attempt, "tcp")
         if won:
@@ -116,7 +132,8 @@ class PathRace:
                           candidates=tuple(map(str, theirs.udp + theirs.tcp)))
 
     async def _udp(self, node: MeshNode, peer: ID, ours: Offer, theirs: Offer,
-                   plan: PunchPlan, budget: SendBudget) -> PathOpened:
+                   plan: PunchPlan, budget: SendBudget, heard: trio.Event) -> PathOpened:
+        """`heard` is set once the traversal heard the peer (the TCP path may wait on it)."""
         if plan.birthday is not None:
             side = self._birthday_hard if plan.udp is UdpPath.BIRTHDAY_HARD else \
                 self._birthday_easy
@@ -130,18 +147,22 @@ class PathRace:
                                                  shared=True)
         try:
             if not plan.udp_dials:  # the initiator takes a pair and dials; our listener accepts
-                conn = await _libp2p.wait_direct_connection(node.host, peer)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._signal_heard, traversal.id, heard, plan.path_timeout)
+                    conn = await _libp2p.wait_direct_connection(node.host, peer)
+                    nursery.cancel_scope.cancel()
                 remote = _libp2p.connection_remote(conn)
                 if remote is not None:
                     local = node.listen_endpoint("udp", remote.ip.version)
                 return PathOpened(local, remote or local, 0, conn)
-            try:
+            try:  # the peer's first probe is enough to dial: it came from where QUIC goes
                 pair = await self._traversals.wait_for(traversal.id, PairState.ALIVE,
-                                                       plan.path_timeout)
+                                                       plan.path_timeout, or_heard=True)
             except PeerTimeout as exc:
                 raise PunchFailed(f"no UDP pair answered within {plan.path_timeout} s",
                                   probes_sent=traversal.probes_sent) from exc
-            await self._traversals.take(pair.id, initiate=True)
+            heard.set()
+            await self._traversals.take(pair.id, initiate=True, on_heard=True, tell_peer=False)
             conn = await self._traversals.connect(pair.id)
             local = node.listen_endpoint("udp", pair.remote.ip.version)
             return PathOpened(Endpoint(local.ip, pair.local_port), pair.remote,
@@ -149,6 +170,13 @@ class PathRace:
         finally:
             with trio.CancelScope(shield=True), contextlib.suppress(UnknownPair):
                 await self._traversals.close(traversal.id)  # its connection stays
+
+    async def _signal_heard(self, traversal_id: str, heard: trio.Event, timeout: float) -> None:
+        """Set `heard` once the traversal heard the peer (within `timeout` seconds)."""
+        with contextlib.suppress(PeerTimeout, UnknownPair):
+            await self._traversals.wait_for(traversal_id, PairState.ALIVE, timeout,
+                                            or_heard=True)
+            heard.set()
 
     @staticmethod
     async def _birthday_hard(node: MeshNode, peer: ID, txid: bytes, theirs: Offer,

@@ -202,6 +202,7 @@ class HolePuncher:
                 plan = plan_punch(offer, theirs, Role.RESPONDER, self.config)
                 await pay(stream, offer.txid, plan.padding)
                 await _libp2p.write_frame(stream, encode(offer))
+                offered_at = trio.current_time()
                 if plan.give_up:  # the initiator sees it too: let it read our Offer first
                     await read_until_closed(stream, limit)
                     raise PunchFailed(plan.give_up)
@@ -209,7 +210,8 @@ class HolePuncher:
                                        Sync)
                 if sync.txid != offer.txid:
                     raise PunchFailed("sync for another punch")
-            result = await self._race.run(node, peer, offer, theirs, plan, rtt=0.0,
+                rtt = trio.current_time() - offered_at  # our Offer out, their Sync back
+            result = await self._race.run(node, peer, offer, theirs, plan, rtt=rtt,
                                           started=trio.current_time(), budget=budget)
             log.info("punch: responded to %s: %s path %s", peer, result.transport, result.remote)
             self._paths.keep(result)

@@ -217,13 +217,16 @@ class TraversalSession:
         if known and not probe.ack:
             self._send(Probe(self.txid, ack=True, observed=src), src, ProbeKind.ANSWER, now)
 
-    def take(self, pair_id: PairId, now: float, *, dial: bool, use_within: float) -> PortPair:
+    def take(self, pair_id: PairId, now: float, *, dial: bool, use_within: float,
+             on_heard: bool = False) -> PortPair:
         """This node takes `pair_id`, to dial on it (`dial`) or to have the peer dial; it
-        must be used within `use_within` s. Probing stops. Raises PairTaken (a pair of this
-        traversal is taken already), PairExpired or UnknownPair."""
+        must be used within `use_within` s. Probing stops. `on_heard` (with `dial`): a pair
+        the peer was heard on will do, alive or not (`PairTable.take`). Raises PairTaken (a
+        pair of this traversal is taken already), PairExpired or UnknownPair."""
         if self.dialer is not None:
             raise PairTaken(f"traversal {self.id} has a pair taken already")
-        pair = self.table.take(pair_id, now, use_within=use_within)
+        pair = self.table.take(pair_id, now, use_within=use_within,
+                               dial_on_heard=on_heard and dial)
         self._hand_over(pair, dial=dial)
         if not dial:
             self._actions.append(Listen(pair))

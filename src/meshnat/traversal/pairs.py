@@ -155,17 +155,22 @@ class PairTable:
         return True
 
     def take(self, pair_id: PairId, now: float, *, use_within: float,
-             peer_confirmed: bool = False) -> PortPair:
+             peer_confirmed: bool = False, dial_on_heard: bool = False) -> PortPair:
         """Hand the pair to the transport: it must be used within `use_within` seconds.
 
         `peer_confirmed`: the peer took it, so its answer proved our direction; a pair we have
         heard the peer on then counts as alive even before our own probe was answered.
+        `dial_on_heard`: this node dials on the pair now, from the port the peer's probe
+        reached, to the endpoint it came from; that probe (with the traversal's secret txid)
+        proved the endpoint, and the peer's NAT, having sent to us, lets our packets in: a pair
+        heard on will do (half a round trip before our own probe's answer).
         """
         pair = self.get(pair_id)
         if pair.state is PairState.TAKEN:
             raise PairTaken(f"pair {pair_id} is already taken")
         heard = pair.state is PairState.PROBING and pair.last_seen is not None
-        if pair.state is not PairState.ALIVE and not (peer_confirmed and heard):
+        if pair.state is not PairState.ALIVE and not ((peer_confirmed or dial_on_heard)
+                                                      and heard):
             raise PairExpired(f"pair {pair_id} is {pair.state.value}, not alive")
         taken = replace(pair, state=PairState.TAKEN, deadline=now + use_within)
         self._pairs[pair.remote] = taken

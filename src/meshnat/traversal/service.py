@@ -141,15 +141,21 @@ class TraversalService:
             raise UnknownPair(f"no traversal {describe(traversal_id)}")
         return traversal
 
-    async def wait_for(self, ref: str, state: PairState, timeout: float) -> PortPair:
+    async def wait_for(self, ref: str, state: PairState, timeout: float, *,
+                       or_heard: bool = False) -> PortPair:
         """The first pair of traversal (or pair) `ref` in `state`, waiting up to `timeout`
-        seconds; raises PeerTimeout, or UnknownPair."""
+        seconds; with `or_heard`, a pair still probing that the peer was heard on (its probe,
+        with the traversal's txid, arrived) will do too. Raises PeerTimeout, or UnknownPair."""
         traversal_id, index = parse_ref(ref)
         with trio.move_on_after(timeout):
             while True:
                 traversal = self._find(traversal_id)
-                for pair in traversal.table.pairs():
-                    if pair.state is state and index in (None, pair.ref.index):
+                pairs = [p for p in traversal.table.pairs() if index in (None, p.ref.index)]
+                for pair in pairs:
+                    if pair.state is state:
+                        return pair
+                for pair in pairs if or_heard else ():
+                    if pair.state is PairState.PROBING and pair.last_seen is not None:
                         return pair
                 await traversal.changed.wait()
         raise PeerTimeout(f"no pair of {ref} became {state.value} within {timeout} s")
@@ -192,26 +198,31 @@ class TraversalService:
         return traversal
 
     async def take(self, pair_id: str | PairId, *, initiate: bool = True,
-                   deadline: float | None = None) -> PortPair:
+                   deadline: float | None = None, on_heard: bool = False,
+                   tell_peer: bool = True) -> PortPair:
         """Hand `pair_id` to the transport; it must be used within `deadline` seconds.
 
         `initiate`: this node will dial (`connect`, `open_stream`) and the peer listens on its
         end; otherwise this node listens and the peer dials now. On the shared port the peer's
         own QUIC listener is always there, so when this node dials the peer is told in the
-        background and the dial need not wait for it. Raises UnknownPair, PairExpired,
-        PairTaken, PortInUse or PeerRefused (the peer did not accept).
+        background and the dial need not wait for it; `tell_peer=False` does not tell it at
+        all (the hole puncher: its peer waits for the connection, not for a Take).
+        `on_heard` (with `initiate`): a pair the peer was heard on may be taken before our own
+        probe was answered (`PairTable.take`). Raises UnknownPair, PairExpired, PairTaken,
+        PortInUse or PeerRefused (the peer did not accept).
         """
         if deadline is not None and not (math.isfinite(deadline) and 0 < deadline <= 600):
             raise ConfigError(f"deadline must be within (0, 600] seconds, got {describe(deadline)}")
         traversal, pair = self.pair(pair_id)
         use_within = self.config.take_deadline if deadline is None else deadline
         taken = traversal.session.take(pair.ref, trio.current_time(), dial=initiate,
-                                       use_within=use_within)
+                                       use_within=use_within, on_heard=on_heard and initiate)
         log.info("traversal %s: took pair %s (%s -> %s), %s", traversal.id, taken.id,
                  taken.local_port, taken.remote, "dialling" if initiate else "listening")
         await self._driver.drain(traversal)  # the carrier stops; a listener if not dialling
         if traversal.shared and initiate:
-            self._handover.tell_peer_soon(traversal, taken)
+            if tell_peer:
+                self._handover.tell_peer_soon(traversal, taken)
             return taken
         try:
             await self._handover.tell_peer(traversal, taken)
