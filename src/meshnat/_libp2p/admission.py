@@ -7,13 +7,23 @@ every inbound connection passes once established (TCP after Noise, QUIC after TL
 circuits): a source network (IPv4 /24, IPv6 /56; circuits count as one network, `RELAYED`)
 holds at most its share, and the slot is given back when the swarm forgets the connection.
 Outbound connections are this node's own choice and are not counted.
+
+`end_inbound_handlers` fixes a leak in py-libp2p 0.8.1's swarm: its handler for an inbound
+connection (`Swarm._do_handle_inbound_connection`) waits for the *swarm* to finish, not for its
+connection, while holding a slot of the swarm's inbound limiter (max_connections -
+min_connections slots). A closed connection's handler task, and its slot, stayed until the node
+stopped: after that many inbound connections over a node's life (2,048 by default, at any rate
+of connecting and leaving) it refused every new one. Here each inbound handler runs in a cancel
+scope that is cancelled when the swarm forgets its connection.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from typing import Any, cast
 
+import trio
 from libp2p.abc import IHost, IMuxedConn
 from libp2p.connection_types import ConnectionType
 from libp2p.network.exceptions import SwarmException
@@ -73,3 +83,46 @@ def limit_inbound(host: IHost, *, total: int, per_network: int) -> SlotLimit:
 
     swarm.add_conn, swarm.remove_conn = add_conn, remove_conn
     return limit
+
+
+_HANDLER: contextvars.ContextVar[list[trio.CancelScope]] = contextvars.ContextVar(
+    "meshnat_inbound_handler")
+"""Inside py-libp2p's handler of one inbound connection: that handler's cancel scope."""
+
+
+def end_inbound_handlers(host: IHost) -> dict[int, trio.CancelScope]:
+    """End each inbound connection's swarm handler (and free its inbound slot) when the swarm
+    forgets the connection; returns the handlers still waiting, by id of their muxed
+    connection (statistics, tests). Install after `limit_inbound`."""
+    swarm = cast(Any, host.get_network())
+    waiting: dict[int, trio.CancelScope] = {}
+    original_handle = swarm._do_handle_inbound_connection
+    original_add, original_remove = swarm.add_conn, swarm.remove_conn
+
+    async def handle(read_write_closer: Any, maddr: Any, failure_event: Any) -> None:
+        with trio.CancelScope() as scope:
+            token = _HANDLER.set([scope])
+            try:
+                await original_handle(read_write_closer, maddr, failure_event)
+            finally:
+                _HANDLER.reset(token)
+
+    async def add_conn(muxed_conn: IMuxedConn, direction: str = "unknown") -> Any:
+        swarm_conn = await original_add(muxed_conn, direction)
+        handler = _HANDLER.get(None)
+        if direction == "inbound" and handler:
+            if muxed_conn.is_closed:
+                handler[0].cancel()
+            else:
+                waiting[id(muxed_conn)] = handler[0]
+        return swarm_conn
+
+    def remove_conn(swarm_conn: Any) -> None:
+        original_remove(swarm_conn)
+        scope = waiting.pop(id(swarm_conn.muxed_conn), None)
+        if scope is not None:
+            scope.cancel()
+
+    swarm._do_handle_inbound_connection = handle
+    swarm.add_conn, swarm.remove_conn = add_conn, remove_conn
+    return waiting

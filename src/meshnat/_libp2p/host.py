@@ -101,7 +101,8 @@ def new_libp2p_host(key_pair: KeyPair, listen: Sequence[multiaddr.Multiaddr], *,
     for the connections still in their handshake (py-libp2p counts each of those twice: once
     before the upgrade, once after), and degradation is off: `max_established_total` is the
     limit a node is configured with, and it stays put. Inbound connections are also bounded
-    per source network (`admission.limit_inbound`).
+    per source network (`admission.limit_inbound`), and the swarm's handler of each ends with
+    its connection (`admission.end_inbound_handlers`).
     """
     quiet = ConnectionConfig(min_connections=0, low_watermark=0,
                              high_watermark=max_connections, max_connections=max_connections)
@@ -141,6 +142,7 @@ def new_libp2p_host(key_pair: KeyPair, listen: Sequence[multiaddr.Multiaddr], *,
     cast(Any, host.get_network()).auto_connector.maybe_connect = no_auto_dial
     admission.limit_inbound(host, total=max_connections,
                             per_network=min(max_connections_per_network, max_connections))
+    admission.end_inbound_handlers(host)
     return host
 
 
