@@ -46,6 +46,10 @@ log = logging.getLogger(__name__)
 MAX_RESTART_BACKOFF = 5.0
 """Longest wait before a failed service is restarted."""
 
+ATTEMPT_DELAY = 0.25
+"""Seconds between the starts of two dials in `MeshNode.connect` (RFC 8305 §5's
+recommended Connection Attempt Delay)."""
+
 
 class Service(Protocol):
     """Anything that can be mounted: registers handlers, calls `task_status.started()`,
@@ -293,25 +297,51 @@ class MeshNode:
             self._punch_sources.remove(source)
 
     async def connect(self, peer: PeerInfo, *, timeout: float | None = None) -> None:
-        """Connect to `peer` at its known addresses (reusing an existing connection)."""
+        """Connect to `peer` at its known addresses (reusing an existing connection).
+
+        Happy eyeballs (RFC 8305 §5): the addresses are tried with the IP families
+        alternating (`_libp2p.interleave_addrs`, the first address's family first), a new
+        attempt starting `ATTEMPT_DELAY` after the previous one or as soon as it failed, the
+        first connection winning (the others are cancelled, or closed if they also made it).
+        So an address that swallows packets (a firewalled IPv6 one, a stale IPv4 mapping)
+        delays the next by 250 ms, not by the whole timeout.
+        """
         limit = timeout or self.config.dial_timeout
         if self.host.get_network().get_connections(peer.peer_id):
             return
         if not peer.addrs:
             raise ConfigError(f"no address known for {peer.peer_id}")
-        last: PeerUnavailable | None = None
+        errors: list[PeerUnavailable] = []
+        won: list[INetConn] = []
         network = self.host.get_network()
-        with _libp2p.map_peer_errors("connect", limit), trio.fail_after(limit):
-            for addr in peer.addrs:
-                try:
-                    with _libp2p.map_peer_errors(f"dial {addr}"):
-                        await network.dial_addr(addr, peer.peer_id)
-                except PeerUnavailable as exc:
-                    last = exc
-                    log.debug("%s", exc)
-                    continue
-                self.host.get_peerstore().add_addrs(peer.peer_id, peer.addrs, 3600)
+
+        async def attempt(addr: multiaddr.Multiaddr, failed: trio.Event,
+                          nursery: trio.Nursery) -> None:
+            try:
+                with _libp2p.map_peer_errors(f"dial {addr}"):
+                    conn = await network.dial_addr(addr, peer.peer_id)
+            except PeerUnavailable as exc:
+                errors.append(exc)
+                log.debug("%s", exc)
+                failed.set()
                 return
+            won.append(conn)
+            nursery.cancel_scope.cancel()
+
+        with _libp2p.map_peer_errors("connect", limit), trio.fail_after(limit):
+            async with trio.open_nursery() as nursery:
+                for addr in _libp2p.interleave_addrs(peer.addrs):
+                    failed = trio.Event()
+                    nursery.start_soon(attempt, addr, failed, nursery)
+                    with trio.move_on_after(ATTEMPT_DELAY):
+                        await failed.wait()
+        for extra in won[1:]:  # two attempts made it at once: keep the first
+            with trio.CancelScope(shield=True):
+                await extra.close()
+        if won:
+            self.host.get_peerstore().add_addrs(peer.peer_id, peer.addrs, 3600)
+            return
+        last = errors[-1] if errors else None
         raise PeerUnavailable(f"could not connect to {peer.peer_id}: {last}")
 
     async def open_stream(

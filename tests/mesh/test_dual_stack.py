@@ -144,3 +144,30 @@ async def test_an_ipv4_only_node_cannot_discover_over_ipv6() -> None:
         discovery = await node.mount(PeerAddressDiscovery([]))
         with pytest.raises(ConfigError, match="IPv6"):
             await discovery.discover("udp", version=6)
+
+
+async def test_connect_does_not_wait_for_an_address_that_swallows_packets() -> None:
+    """Happy eyeballs: the first address (a UDP socket that never answers, like a firewalled
+    IPv6 address) holds the next attempt back by ATTEMPT_DELAY, not by the whole timeout."""
+    import socket
+
+    async with MeshNode(DUAL) as node, MeshNode(DUAL) as dialer:
+        await node.mount(EchoService())
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sink:
+            sink.bind(("::1", 0))
+            hole = f"/ip6/::1/udp/{sink.getsockname()[1]}/quic-v1/p2p/{node.peer_id}"
+            real = next(a for a in node.addrs if str(a).startswith("/ip4/") and "/tcp/" in str(a))
+            peer = PeerInfo(node.peer_id, [_libp2p.parse_multiaddr(hole), real])
+            with trio.fail_after(5):  # a QUIC dial to the sink alone takes 10 s to give up
+                await dialer.connect(peer, timeout=3)
+            (conn,) = dialer.host.get_network().get_connections(node.peer_id)
+            assert _libp2p.transport_of(conn) == "tcp"  # the second address won
+
+
+def test_addresses_alternate_families_from_the_first_ones() -> None:
+    parse = _libp2p.parse_multiaddr
+    a4, b4, a6, b6 = (parse(t) for t in ("/ip4/1.2.3.4/tcp/1", "/ip4/1.2.3.5/tcp/1",
+                                         "/ip6/2001:db8::1/tcp/1", "/ip6/2001:db8::2/tcp/1"))
+    circuit = parse("/p2p-circuit")
+    assert _libp2p.interleave_addrs([a4, b4, a6, b6, circuit]) == [a4, a6, b4, b6, circuit]
+    assert _libp2p.interleave_addrs([a6, b6, a4]) == [a6, a4, b6]

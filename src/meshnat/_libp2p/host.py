@@ -8,6 +8,7 @@ import socket
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from ipaddress import ip_address
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -282,6 +283,25 @@ def listen_parts(addr: multiaddr.Multiaddr) -> tuple[str, str, int] | None:
     if ip is None or transport is None:
         return None
     return transport, str(ip), int(parts[transport])
+
+
+def interleave_addrs(addrs: Sequence[multiaddr.Multiaddr]) -> list[multiaddr.Multiaddr]:
+    """`addrs` with the IP families alternating, starting with the first address's (RFC 8305
+    §4; the order within a family is kept, addresses of neither family go last)."""
+    by_family: dict[str, list[multiaddr.Multiaddr]] = {"ip4": [], "ip6": []}
+    other: list[multiaddr.Multiaddr] = []
+    first: str | None = None
+    for addr in addrs:
+        family = str(addr).split("/", 2)[1]
+        if family in by_family:
+            first = first or family
+            by_family[family].append(addr)
+        else:
+            other.append(addr)
+    lead, follow = ((by_family["ip4"], by_family["ip6"]) if first != "ip6"
+                    else (by_family["ip6"], by_family["ip4"]))
+    mixed = [a for pair in zip_longest(lead, follow) for a in pair if a is not None]
+    return mixed + other
 
 
 def tcp_first(peer: PeerInfo) -> PeerInfo:

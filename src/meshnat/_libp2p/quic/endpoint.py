@@ -105,7 +105,9 @@ class QuicEndpoint:
             self._nursery.start_soon(task)
 
     async def dial(self, remote: tuple[str, int], peer: ID | None, *, timeout: float) -> QuicConn:
-        """A connection to `remote` whose certificate proves `peer` (any peer if None)."""
+        """A connection to `remote` whose certificate proves `peer` (any peer if None). A
+        dial cancelled from outside (the losing attempt of a happy-eyeballs race) shuts its
+        connection instead of leaving it to finish the handshake unowned."""
         quic = Libp2pQuicConnection(configuration=self._client)
         conn = QuicConn(self, quic, remote, expected_peer=peer, read_timeout=self._read_timeout)
         quic.connect(remote, now=trio.current_time())
@@ -113,8 +115,12 @@ class QuicEndpoint:
         self._by_addr[remote] = conn
         self.spawn(conn.run_timers)
         conn.flush()
-        with trio.move_on_after(timeout) as scope:
-            await _first_of(conn.handshake_done, conn.closed)
+        try:
+            with trio.move_on_after(timeout) as scope:
+                await _first_of(conn.handshake_done, conn.closed)
+        except BaseException:
+            conn.shut("dial cancelled")
+            raise
         if conn.handshake_done.is_set() and not conn.closed.is_set():
             return conn
         if scope.cancelled_caught:
