@@ -223,7 +223,8 @@ async def test_connections_are_labelled_by_path_and_punched_ones_by_their_source
             assert (found.kind, found.transport) == (PathKind.DIRECT, "tcp")
             assert found.remote is not None and a.best_connection(b.peer_id) == found
             source = SimpleNamespace(punched=lambda peer: (
-                SimpleNamespace(connection=found.conn) if peer == b.peer_id else None))
+                SimpleNamespace(connection=found.conn) if peer == b.peer_id else None),
+                doubtful=lambda conn: False)
             with a.track_punched(source):
                 assert [c.kind for c in a.connections(b.peer_id)] == [PathKind.PUNCHED]
                 stream = await a.open_stream(b.peer_info(), ECHO_PROTOCOL)
