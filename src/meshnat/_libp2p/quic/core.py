@@ -77,11 +77,12 @@ class Libp2pQuicConnection(QuicConnection):
         super().receive_datagram(data, addr, now)
 
     def receive_many_datagrams(self, datagrams: list[bytes], addr: Address, now: float) -> None:
-        self.received_bytes += sum(map(len, datagrams))
         core = self._core
         if core is None or not self._handshake_complete or not datagrams:
+            # qh3 feeds these to receive_datagram one by one, which counts each
             super().receive_many_datagrams(datagrams, addr, now)
             return
+        self.received_bytes += sum(map(len, datagrams))
         # qh3's own method, with the reservations packed before the events are taken
         address = self._normalize_address(addr)
         for data in datagrams:
