@@ -9,12 +9,13 @@ from meshnat import EchoService
 from meshnat._libp2p import PeerInfo, read_frame, write_frame
 from meshnat.echo import echo
 from meshnat.errors import ConfigError, NotMounted, PeerUnavailable, RelayUnavailable
+from meshnat.node import MeshNode
 from meshnat.reflection import REFLECT_PROTOCOL, ReflectionService
 from meshnat.reflection.messages import ObserveRequest
 from meshnat.relay import RelayClient, RelayService, RelayServiceConfig
 from meshnat.wire import decode, encode, new_txid
 from meshnat.wire.error_response import ErrorCode, ErrorResponse
-from tests.support.fake_reflectors import nodes
+from tests.support.fake_reflectors import LOOPBACK, nodes
 
 
 async def test_a_peer_reached_only_through_a_relay_answers_over_the_circuit() -> None:
@@ -98,3 +99,24 @@ async def test_reservations_go_to_the_reachable_relays_that_answer() -> None:
         assert used == {str(good.peer_id), str(also_good.peer_id)}
         with trio.fail_after(30), pytest.raises(RelayUnavailable):
             await client.reserve_best([not_a_relay.peer_info()])
+
+
+async def test_a_reservation_is_freed_as_soon_as_its_peer_has_no_connection_left() -> None:
+    """The relay freed a reservation only when its hour ran out: fresh ids could reserve,
+    leave and hold their network's share (here: 1) for that hour."""
+    config = RelayServiceConfig(max_reservations_per_network=1)
+    async with nodes(2) as (relay, second):
+        service = await relay.mount(RelayService(config))
+        late = await second.mount(RelayClient())
+        with trio.fail_after(15):
+            async with MeshNode(LOOPBACK) as first:
+                await (await first.mount(RelayClient())).reserve(relay.peer_info())
+                with pytest.raises(RelayUnavailable, match="refused"):
+                    await late.reserve(relay.peer_info())
+            for _ in range(1000):  # polled within fail_after: first is gone, its slot freed
+                if service.statistics().reservations == 0:
+                    break
+                await trio.sleep(0.01)
+            circuit = await late.reserve(relay.peer_info())
+        assert str(circuit).endswith(f"/p2p-circuit/p2p/{second.peer_id}")
+        assert service.statistics().reservations == 1

@@ -39,6 +39,18 @@ def test_reservations_are_bounded_per_network_refreshed_in_place_and_freed_on_ex
     assert stats.reservations_refused == {"network": 1, "total": 1}
 
 
+def test_a_released_reservation_frees_its_slot_and_a_new_one_is_a_fresh_slot() -> None:
+    h = hop()
+    assert h.reserve("a", "n1", now=0) and h.reserve("b", "n1", now=0)
+    assert h.release("a") and not h.release("a")              # once; then it holds none
+    assert not h.release("nobody")
+    assert h.reserve("c", "n1", now=1)                        # a's slot, at once
+    assert not h.reserve("a", "n1", now=1)                    # back: n1 holds its share again
+    assert h.release("b") and h.reserve("a", "n1", now=2)     # a fresh slot, expiring at 12
+    assert h.reserve("d", "n1", now=12)                       # a (and c) expired by 12
+    assert h.statistics().reservations == 1
+
+
 def test_circuits_and_hop_streams_are_bounded_per_peer_and_network() -> None:
     h = hop()
     first = h.open_circuit("a", "n1")

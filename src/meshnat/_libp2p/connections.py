@@ -143,17 +143,20 @@ def peer_by_id(peer: ID) -> PeerInfo:
 
 
 class _ConnectionWatcher(INotifee):
-    """Calls `on_connected(conn)` for every connection the swarm adds, and `on_change()` for
-    every stream closed and connection dropped."""
+    """Calls `on_connected(conn)` for every connection the swarm adds, `on_disconnected(conn)`
+    for every one it drops, and `on_change()` for every stream closed and connection dropped."""
 
     def __init__(self, on_connected: Callable[[INetConn], None],
-                 on_change: Callable[[], None] = lambda: None) -> None:
+                 on_change: Callable[[], None] = lambda: None,
+                 on_disconnected: Callable[[INetConn], None] = lambda _: None) -> None:
         self._on_connected, self._on_change = on_connected, on_change
+        self._on_disconnected = on_disconnected
 
     async def connected(self, network: Any, conn: INetConn) -> None:
         self._on_connected(conn)
 
     async def disconnected(self, network: Any, conn: INetConn) -> None:
+        self._on_disconnected(conn)
         self._on_change()
 
     async def opened_stream(self, network: Any, stream: INetStream) -> None: ...
@@ -175,6 +178,25 @@ def watch_connections(host: IHost, on_connected: Callable[[INetConn], None]) -> 
         yield
     finally:
         network.remove_notifee(watcher)
+
+
+@contextmanager
+def watch_disconnections(host: IHost, on_disconnected: Callable[[INetConn], None]
+                         ) -> Iterator[None]:
+    """Call `on_disconnected` (which must not block) for each connection the swarm drops (it
+    is closed and out of `get_connections` by then) while inside."""
+    network = cast(Any, host.get_network())
+    watcher = _ConnectionWatcher(lambda _: None, on_disconnected=on_disconnected)
+    network.register_notifee(watcher)
+    try:
+        yield
+    finally:
+        network.remove_notifee(watcher)
+
+
+def has_open_connection(host: IHost, peer: ID) -> bool:
+    """Whether `host` holds a connection to `peer` that is not closed."""
+    return any(not c.is_closed for c in host.get_network().get_connections(peer))
 
 
 @contextmanager

@@ -11,7 +11,11 @@ each and leaves silent or slow streams open. The gate reads exactly one message 
 within `hop_read_timeout`, reserves only for the connection's authenticated peer id, checks
 `HopLimits` (per peer id, per source network, in total) before py-libp2p does any work, bounds
 the whole exchange by `hop_stream_timeout` (a circuit by its duration on top) and resets the
-stream when done.
+stream when done. py-libp2p frees a reservation only when its TTL runs out (it checks for a
+connection only as a circuit arrives), so peers with fresh ids could reserve, leave and hold the
+slots for the TTL: the gate watches the swarm's disconnections and frees a peer's reservation,
+in `HopLimits` and py-libp2p's table both, once the peer's last connection to the relay is gone
+(go-libp2p does the same); the TTL stays the upper bound.
 
 Conformance: against js-libp2p 2.10's circuit relay v2 server (tests/interop) py-libp2p's client
 needs no workaround: reservation, STATUS codes and circuits work as the spec says. The `limit` a
@@ -51,6 +55,7 @@ from libp2p.relay.circuit_v2.transport import CircuitV2Transport
 from libp2p.relay.circuit_v2.utils import maybe_consume_signed_record, read_delimited_msg
 from libp2p.tools.anyio_service import background_trio_service
 
+from meshnat._libp2p.connections import has_open_connection, watch_disconnections
 from meshnat._libp2p.streams import handling, is_relayed, remote_endpoint, reset_quietly
 from meshnat._libp2p.yamux import FRAME_PAYLOAD
 from meshnat.limits import network_of
@@ -93,6 +98,8 @@ class CircuitRelay:
             # py-libp2p's service registers its own, unguarded handlers as it starts: ours
             # replace them only once it has (and it removes them again as it stops)
             with ExitStack() as stack:
+                if self._gate is not None:
+                    stack.enter_context(watch_disconnections(self._host, self._gate.disconnected))
                 for protocol_id, handler in handlers.items():
                     stack.enter_context(handling(self._host, protocol_id, str(protocol_id),
                                                  handler, bounded=False))
@@ -196,15 +203,29 @@ class _HopGate:
                 self._limits.close_stream(slot)
             await reset_quietly(stream)
 
+    def disconnected(self, conn: INetConn) -> None:
+        """The swarm dropped `conn`: free its peer's reservation if no connection is left."""
+        self._release_if_gone(conn.muxed_conn.peer_id, "its last connection closed")
+
+    def _release_if_gone(self, peer_id: ID, why: str) -> None:
+        if has_open_connection(self._protocol.host, peer_id):
+            return
+        self._protocol.resource_manager._reservations.pop(peer_id, None)
+        if self._limits.release(str(peer_id)):
+            log.debug("relay: reservation of %s freed (%s)", peer_id, why)
+
     async def _reserve(self, stream: INetStream, message: Any, peer: str, network: str) -> None:
         message.ClearField("peer")  # a reservation is for the connection's own peer id
         if not self._limits.reserve(peer, network, trio.current_time()):
             log.debug("relay: reservation for %s refused (limit)", peer)
             await self._status(stream, StatusCode.RESOURCE_LIMIT_EXCEEDED)
             return
-        with trio.move_on_after(self._stream_timeout):
-            await self._protocol._handle_reserve(stream, message)
-            await stream.close()
+        try:
+            with trio.move_on_after(self._stream_timeout):
+                await self._protocol._handle_reserve(stream, message)
+                await stream.close()
+        finally:  # its connection may have closed (and been reported) while it was answered
+            self._release_if_gone(stream.muxed_conn.peer_id, "no connection left")
 
     async def _connect(self, stream: INetStream, message: Any, peer: str, network: str) -> None:
         circuit = self._limits.open_circuit(peer, network)

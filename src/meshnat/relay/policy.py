@@ -31,7 +31,8 @@ class HopLimits:
     per peer id, per source network (IPv4 /24, IPv6 /56) and in total (pure: time is `now`).
 
     A peer holds at most one reservation (a refresh keeps its slot and extends it); a
-    reservation's slot is freed when it expires unrefreshed. Circuits are counted for the peer
+    reservation's slot is freed when its peer has no connection to the relay left (`release`)
+    or when it expires unrefreshed, whichever comes first. Circuits are counted for the peer
     that asked for them and its network. Hop streams are counted while their one message is
     read and answered, so silent streams cannot pile up either.
     """
@@ -59,6 +60,14 @@ class HopLimits:
                 return False
             held = (claim, now)
         self._held[peer] = (held[0], now + self._ttl)
+        return True
+
+    def release(self, peer: str) -> bool:
+        """Free `peer`'s reservation (its last connection closed); False if it held none."""
+        held = self._held.pop(peer, None)
+        if held is None:
+            return False
+        self._reservations.release(held[0])
         return True
 
     def _expire(self, now: float) -> None:
