@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 import trio
+import trio.testing
 
 from meshnat import EchoService
 from meshnat._libp2p import PeerInfo, read_frame, write_frame
+from meshnat._libp2p.connections import watch_disconnections
 from meshnat.echo import echo
 from meshnat.errors import ConfigError, NotMounted, PeerUnavailable, RelayUnavailable
 from meshnat.node import MeshNode
@@ -120,3 +122,29 @@ async def test_a_reservation_is_freed_as_soon_as_its_peer_has_no_connection_left
             circuit = await late.reserve(relay.peer_info())
         assert str(circuit).endswith(f"/p2p-circuit/p2p/{second.peer_id}")
         assert service.statistics().reservations == 1
+
+
+async def test_a_reservation_stays_while_its_peer_holds_another_connection() -> None:
+    config = RelayServiceConfig(max_reservations_per_network=1)
+    async with nodes(2) as (relay, first):
+        service = await relay.mount(RelayService(config))
+        with trio.fail_after(15):
+            client = await first.mount(RelayClient())
+            await client.reserve(relay.peer_info())
+            await first.unmount(client)  # it would reserve again 1 s after a connection dies
+            (reserved,) = first.host.get_network().get_connections(relay.peer_id)
+            await first.host.get_network().dial_addr(relay.peer_info().addrs[0], relay.peer_id)
+            assert len(first.host.get_network().get_connections(relay.peer_id)) == 2
+            gone = trio.Event()
+            with watch_disconnections(relay.host, lambda _: gone.set()):
+                await reserved.close()
+                await gone.wait()
+                await trio.testing.wait_all_tasks_blocked()  # the relay's handler ran too
+            assert service.statistics().reservations == 1  # the other connection holds it
+            for conn in first.host.get_network().get_connections(relay.peer_id):
+                await conn.close()
+            for _ in range(1000):  # polled within fail_after: the last one closed, freed
+                if service.statistics().reservations == 0:
+                    break
+                await trio.sleep(0.01)
+        assert service.statistics().reservations == 0
