@@ -162,14 +162,14 @@ class RelayClient:
         """Reserve on `relay` (refreshed before expiry, and made again whenever the connection
         to the relay dies); returns this node's circuit address."""
         address = await self._reserve_once(relay)
-        _, _, nursery = self._mounted()
+        node, _, nursery = self._mounted()
         if relay.peer_id not in self._held:
             self._held.add(relay.peer_id)
-            nursery.start_soon(self._hold, relay)
+            nursery.start_soon(self._hold, relay, node)
         return address
 
-    async def _hold(self, relay: PeerInfo) -> None:
-        node, _, _ = self._mounted()
+    async def _hold(self, relay: PeerInfo, node: MeshNode) -> None:
+        # `node` is passed in: unmounted before this task first ran, it must not raise
         delay, answers_ping = 1.0, True
         try:
             while True:
