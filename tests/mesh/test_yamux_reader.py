@@ -124,8 +124,11 @@ async def test_a_noise_message_that_fails_authentication_closes_only_its_connect
             await a.connect(PeerInfo(b.peer_id, tcp))
             (theirs,) = a.host.get_network().get_connections(b.peer_id)
             (ours,) = b.host.get_network().get_connections(a.peer_id)
-            # a well-framed Noise message (2-byte length, 32 bytes) that is not a ciphertext
-            await theirs.muxed_conn._channel._send(b"\x00\x20" + bytes(32))
+            # a well-framed Noise message (2-byte length, 32 bytes) that is not a ciphertext,
+            # sent by the connection's own writer task (a second writer on the socket would
+            # race it: trio.BusyResourceError)
+            theirs.muxed_conn._channel._encrypt = lambda ad, plain: bytes(32)
+            theirs.muxed_conn._ping()
             await ours.muxed_conn.event_closed.wait()
             await a.connect(PeerInfo(b.peer_id, tcp))  # b still accepts connections
             assert a.host.get_network().get_connections(b.peer_id)
