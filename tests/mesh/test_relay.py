@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+
 import pytest
 import trio
 import trio.testing
+from libp2p.abc import INetConn
+from libp2p.peer.id import ID
 
 from meshnat import EchoService
 from meshnat._libp2p import PeerInfo, read_frame, write_frame
-from meshnat._libp2p.connections import watch_disconnections
+from meshnat._libp2p.connections import has_open_connection, watch_disconnections
 from meshnat.echo import echo
 from meshnat.errors import ConfigError, NotMounted, PeerUnavailable, RelayUnavailable
 from meshnat.node import MeshNode
@@ -103,6 +108,20 @@ async def test_reservations_go_to_the_reachable_relays_that_answer() -> None:
             await client.reserve_best([not_a_relay.peer_info()])
 
 
+@contextmanager
+def last_connection_gone(relay: MeshNode, peer: ID) -> Iterator[trio.Event]:
+    """While inside: an event set once `relay` holds no connection to `peer` left (set from a
+    notifee: the relay's own disconnection handler may not have run yet)."""
+    gone = trio.Event()
+
+    def dropped(conn: INetConn) -> None:
+        if conn.muxed_conn.peer_id == peer and not has_open_connection(relay.host, peer):
+            gone.set()
+
+    with watch_disconnections(relay.host, dropped):
+        yield gone
+
+
 async def test_a_reservation_is_freed_as_soon_as_its_peer_has_no_connection_left() -> None:
     """The relay freed a reservation only when its hour ran out: fresh ids could reserve,
     leave and hold their network's share (here: 1) for that hour."""
@@ -111,14 +130,15 @@ async def test_a_reservation_is_freed_as_soon_as_its_peer_has_no_connection_left
         service = await relay.mount(RelayService(config))
         late = await second.mount(RelayClient())
         with trio.fail_after(15):
-            async with MeshNode(LOOPBACK) as first:
-                await (await first.mount(RelayClient())).reserve(relay.peer_info())
-                with pytest.raises(RelayUnavailable, match="refused"):
-                    await late.reserve(relay.peer_info())
-            for _ in range(1000):  # polled within fail_after: first is gone, its slot freed
-                if service.statistics().reservations == 0:
-                    break
-                await trio.sleep(0.01)
+            with ExitStack() as watching:
+                async with MeshNode(LOOPBACK) as first:
+                    await (await first.mount(RelayClient())).reserve(relay.peer_info())
+                    with pytest.raises(RelayUnavailable, match="refused"):
+                        await late.reserve(relay.peer_info())
+                    gone = watching.enter_context(last_connection_gone(relay, first.peer_id))
+                await gone.wait()
+                await trio.testing.wait_all_tasks_blocked()  # the relay's handler ran too
+            assert service.statistics().reservations == 0  # first is gone, its slot freed
             circuit = await late.reserve(relay.peer_info())
         assert str(circuit).endswith(f"/p2p-circuit/p2p/{second.peer_id}")
         assert service.statistics().reservations == 1
@@ -141,10 +161,9 @@ async def test_a_reservation_stays_while_its_peer_holds_another_connection() -> 
                 await gone.wait()
                 await trio.testing.wait_all_tasks_blocked()  # the relay's handler ran too
             assert service.statistics().reservations == 1  # the other connection holds it
-            for conn in first.host.get_network().get_connections(relay.peer_id):
-                await conn.close()
-            for _ in range(1000):  # polled within fail_after: the last one closed, freed
-                if service.statistics().reservations == 0:
-                    break
-                await trio.sleep(0.01)
-        assert service.statistics().reservations == 0
+            with last_connection_gone(relay, first.peer_id) as all_gone:
+                for conn in first.host.get_network().get_connections(relay.peer_id):
+                    await conn.close()
+                await all_gone.wait()
+                await trio.testing.wait_all_tasks_blocked()
+        assert service.statistics().reservations == 0  # the last one closed: freed
