@@ -18,11 +18,13 @@ from meshnat._libp2p import (
     wait_direct_connection,
 )
 from meshnat.echo import ECHO_PROTOCOL
+from meshnat.endpoint import Endpoint
 from meshnat.errors import NotMounted, PunchFailed
 from meshnat.events import EventSink, MeshEvent, PathLost, PunchSucceeded, ignore_events
 from meshnat.punch import HolePuncher, PunchConfig
+from meshnat.punch.birthday import HardSideSession, SendFrom
 from meshnat.punch.health import HealthConfig
-from meshnat.punch.messages import MappingHint
+from meshnat.punch.messages import MappingHint, Probe
 from meshnat.relay import RelayClient, RelayService
 from tests.support.fake_reflectors import LOOPBACK
 
@@ -120,3 +122,32 @@ async def test_a_peer_asking_for_too_many_punches_is_refused() -> None:
             await puncher.punch(b.peer_id)
             with pytest.raises(PunchFailed, match="rate_limited"):
                 await puncher.punch(b.peer_id)
+
+
+async def test_birthday_probing_succeeds_when_nothing_of_the_hard_side_but_its_dial_arrives(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The easy side (here the initiator) waits for the hard side's connection, not for its
+    answer: a probe that landed opened the way for that connection, so the hard side's probes
+    and answers lost on the way (here it sends none: a port-restricted easy NAT drops its
+    probes, and both copies of its answer are lost) must not fail the punch. Before, the easy
+    side gave up after `punch_timeout` with the connection there."""
+    hears = HardSideSession.receive_probe
+
+    def hears_silently(self: HardSideSession, socket: int, probe: Probe, src: Endpoint,
+                       now: float) -> None:
+        hears(self, socket, probe, src, now)
+        kept = [a for a in self._actions if not isinstance(a, SendFrom)]  # no answers
+        self._actions.clear()
+        self._actions.extend(kept)
+
+    monkeypatch.setattr(HardSideSession, "_tick", lambda self, now: None)
+    monkeypatch.setattr(HardSideSession, "receive_probe", hears_silently)
+    easy = PunchConfig(mapping=MappingHint.ENDPOINT_INDEPENDENT)
+    hard = PunchConfig(mapping=MappingHint.ENDPOINT_DEPENDENT)
+    with trio.fail_after(30):
+        async with AsyncExitStack() as stack:
+            _, _, b, puncher = await relayed_pair(stack, easy, hard)
+            result = await puncher.punch(b.peer_id)
+            assert result.transport == "udp" and not is_relayed(result.connection)
+            assert result.remote is not None and result.remote.port not in [
+                e.port for e in b.local_endpoints("udp")]  # one of the hard side's sockets

@@ -244,19 +244,24 @@ async def wait_streams_closed(host: IHost, conn: INetConn, timeout: float) -> bo
     return drained.is_set()
 
 
-async def wait_direct_connection(host: IHost, peer: ID) -> INetConn:
-    """The first direct connection to `peer`: an existing one, or the next one added."""
+async def wait_direct_connection(host: IHost, peer: ID, *,
+                                 besides: Sequence[INetConn] = ()) -> INetConn:
+    """The first direct connection to `peer` other than `besides`: an existing one, or the
+    next one added."""
     found: list[INetConn] = []
     arrived = trio.Event()
 
+    def wanted(conn: INetConn) -> bool:
+        return not is_relayed(conn) and not any(conn is other for other in besides)
+
     def on_connected(conn: INetConn) -> None:
-        if conn.muxed_conn.peer_id == peer and not is_relayed(conn):
+        if conn.muxed_conn.peer_id == peer and wanted(conn):
             found.append(conn)
             arrived.set()
 
     with watch_connections(host, on_connected):
         for conn in host.get_network().get_connections(peer):
-            if not is_relayed(conn):
+            if wanted(conn):
                 return conn
         await arrived.wait()
     return found[0]

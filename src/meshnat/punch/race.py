@@ -27,7 +27,7 @@ from meshnat.node import MeshNode
 from meshnat.punch.birthday import EasySideSession, HardSideSession
 from meshnat.punch.messages import Offer
 from meshnat.punch.payment import probes_allowed
-from meshnat.punch.plan import Birthday, PunchPlan, TcpPath, UdpPath, tcp_grace
+from meshnat.punch.plan import BACKSTOP, Birthday, PunchPlan, TcpPath, UdpPath, tcp_grace
 from meshnat.punch.results import PathOpened, Punched
 from meshnat.punch.udp import punch_udp, punch_udp_many
 from meshnat.traversal import PairState, TraversalService
@@ -202,7 +202,13 @@ class PathRace:
                              birthday: Birthday, timeout: float,
                              budget: SendBudget) -> PathOpened:
         """Probe random ports of the hard side's IP; it dials back over the port that worked.
-        At most as many probes as the hard side paid for (its IP is unproven until then)."""
+        At most as many probes as the hard side paid for (its IP is unproven until then).
+
+        The hard side's new connection is the outcome, its answer heard or not: a probe that
+        landed opened our filter to that port, so its dial gets in even when both copies of
+        its answer were lost (the session would give up after `timeout` with the connection
+        there). A session that gives up leaves half the `BACKSTOP` for a dial that started
+        just before (the race's backstop counts from before the session)."""
         ip = next((e for e in theirs.udp if e.ip.version == 4), theirs.udp[0]).ip
         max_probes = probes_allowed(budget.allowance(ip), birthday.wanted)
         if max_probes < 1:
@@ -210,9 +216,28 @@ class PathRace:
         session = EasySideSession(
             txid, ip, rng=random.SystemRandom(), max_probes=max_probes,
             probes_per_tick=birthday.per_tick, tick=birthday.interval, timeout=timeout)
-        heard = await punch_udp(node, session, budget)
-        conn = await _libp2p.wait_direct_connection(node.host, peer)
-        return PathOpened(node.listen_endpoint("udp", ip.version), heard.remote,
+        gave_up: list[PunchFailed] = []
+        # a direct connection open before the punch (a dead punched path the keepalives have
+        # not retired yet, say) is not the outcome: the hard side dials a new one
+        before = [c for c in node.host.get_network().get_connections(peer)
+                  if not _libp2p.is_relayed(c)]
+
+        async def probe(done: trio.CancelScope) -> None:
+            try:
+                await punch_udp(node, session, budget)
+            except MeshNatError as exc:
+                gave_up.append(exc if isinstance(exc, PunchFailed) else PunchFailed(str(exc)))
+                done.deadline = min(done.deadline, trio.current_time() + BACKSTOP / 2)
+
+        with trio.CancelScope() as waiting:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(probe, waiting)
+                conn = await _libp2p.wait_direct_connection(node.host, peer, besides=before)
+                nursery.cancel_scope.cancel()
+        if waiting.cancelled_caught:
+            raise gave_up[0]
+        remote = _libp2p.connection_remote(conn) or Endpoint(ip, 0)
+        return PathOpened(node.listen_endpoint("udp", ip.version), remote,
                           session.probes_sent, conn)
 
     @staticmethod
