@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import TypeVar
 
 import pytest
@@ -97,14 +98,51 @@ class CountingClient(RendezvousClient):
 
 
 async def _join(node: MeshNode, rendezvous: MeshNode, name: str, seen: Seen,
-                network: str = "test-net") -> tuple[ChatNetwork, CountingClient]:
+                network: str = "test-net", *, connector: Connector | None = None,
+                chat_config: ChatConfig | None = None) -> tuple[ChatNetwork, CountingClient]:
     authority = await node.mount(RecordAuthority(RecordConfig(name=name, publish_local=True)))
     client = await node.mount(CountingClient(authority))
+    config = ChatNetworkConfig(lookup_interval=0.05, dial_grace=20)
+    if chat_config is not None:
+        config = dataclasses.replace(config, chat=chat_config)
     chat = await node.mount(ChatNetwork(
-        network, rendezvous=rendezvous.peer_info(), connector=await node.mount(Connector()),
-        client=client, config=ChatNetworkConfig(lookup_interval=0.05, dial_grace=20),
+        network, rendezvous=rendezvous.peer_info(),
+        connector=await node.mount(connector or Connector()), client=client, config=config,
         events=seen))
     return chat, client
+
+
+class SuspectCounter(Connector):
+    """A Connector that counts the paths it was asked to suspect."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.suspected = 0
+
+    def suspect(self, peer: ID) -> bool:
+        self.suspected += 1
+        return super().suspect(peer)
+
+
+async def test_lines_a_member_refuses_are_failed_without_suspecting_the_path() -> None:
+    with trio.fail_after(30):
+        async with nodes(3) as (rv, alice, bob):
+            await rv.mount(RendezvousService())
+            seen_a, seen_b = Seen(), Seen()
+            counter = SuspectCounter()
+            chat_a, _ = await _join(alice, rv, "alice", seen_a, connector=counter)
+            chat_b, _ = await _join(bob, rv, "bob", seen_b,
+                                    chat_config=ChatConfig(rate=0.01, burst=1))
+            await seen_a.first(MemberConnected)
+            await seen_b.first(MemberConnected)
+            sent = [await chat_a.say(f"line {n}") for n in range(4)]
+            assert [len(s.to) for s in sent] == [1, 0, 0, 0]
+            assert all("rate_limited" in f.error for s in sent[1:] for f in s.failed)
+            # the member answered: its path works, so it is not checked, nor a circuit made
+            assert counter.suspected == 0
+            assert len(alice.connections(bob.peer_id)) == 1
+            for chat in (chat_a, chat_b):
+                await chat.leave()
 
 
 async def test_members_find_each_other_by_name_talk_and_stay_gone_after_leaving() -> None:
