@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from ipaddress import ip_address
 from socket import SOCK_DGRAM as UDP
 from socket import SOCK_STREAM as TCP
-from typing import Protocol, Self, TypeVar
+from typing import TYPE_CHECKING, Protocol, Self, TypeVar
 
 import multiaddr
 import trio
@@ -40,6 +40,9 @@ from meshnat.node_config import QUIC_STACK_ENV, NodeConfig
 from meshnat.paths import PathKind
 
 __all__ = ["QUIC_STACK_ENV", "MeshNode", "NodeConfig", "Service"]
+
+if TYPE_CHECKING:
+    from meshnat.portmap import PortMapper
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +97,8 @@ class MeshNode:
         self._stack: AsyncExitStack | None = None
         self._listen_port_conns: dict[tuple[ID, int], INetConn] = {}
         self._punch_sources: list[PunchedConnections] = []
+        self.port_mapper: PortMapper | None = None
+        """The PortMapper mounted by `NodeConfig.port_mapping` (None when off)."""
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -119,6 +124,16 @@ class MeshNode:
             self._host, self._udp = host, DatagramTap(host)
             _libp2p.enable_quic_dial_with_source(host, self._udp)
             self._stack = stack.pop_all()
+        if config.port_mapping:
+            from meshnat.portmap import PortMapConfig, PortMapper  # portmap imports this module
+            mapping = config.port_mapping
+            try:
+                self.port_mapper = await self.mount(PortMapper(
+                    mapping if isinstance(mapping, PortMapConfig) else None,
+                    helpers=config.port_mapping_helpers))
+            except BaseException:
+                await self.__aexit__(None, None, None)
+                raise
         log.info("node up peer=%s addrs=%s", self.peer_id, [str(a) for a in self.addrs])
         return self
 

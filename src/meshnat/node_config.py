@@ -1,4 +1,5 @@
-"""`NodeConfig`: where a MeshNode listens (one or both IP families) and who it is."""
+"""`NodeConfig`: where a MeshNode listens (one or both IP families), who it is, and whether it
+asks its router for port mappings."""
 
 from __future__ import annotations
 
@@ -6,13 +7,17 @@ import os
 from dataclasses import dataclass, field
 from ipaddress import ip_address
 from pathlib import Path
-from typing import cast, get_args
+from typing import TYPE_CHECKING, cast, get_args
 
 import multiaddr
 
+from meshnat._libp2p import PeerInfo
 from meshnat._libp2p.host import QuicStack
 from meshnat.config import require_in_range, require_positive
 from meshnat.errors import ConfigError
+
+if TYPE_CHECKING:  # not at run time: portmap's service imports meshnat.node, which imports this
+    from meshnat.portmap.config import PortMapConfig
 
 QUIC_STACK_ENV = "MESHNAT_QUIC_STACK"
 
@@ -69,6 +74,16 @@ class NodeConfig:
     """Seconds before a failed service is restarted (systemd's RestartSec default), doubled
     for each further failure within the window, at most `MAX_RESTART_BACKOFF`."""
 
+    port_mapping: bool | PortMapConfig = False
+    """Mount a PortMapper when the node starts (`MeshNode.port_mapper`) with this PortMapConfig
+    (True: the defaults): it asks the gateway for mappings of the listen ports (PCP, NAT-PMP,
+    then UPnP-IGD) and releases them when the node stops. Off by default: it changes the
+    router's state, and a mapping is advertised only after one of `port_mapping_helpers`
+    dialled back to it, so it needs those peers (ConfigError without)."""
+
+    port_mapping_helpers: tuple[PeerInfo, ...] = ()
+    """Peers running ProbeHelperService that confirm the mapper's mappings by a dial-back."""
+
     def __post_init__(self) -> None:
         try:
             ip_address(self.listen_ip)
@@ -89,6 +104,9 @@ class NodeConfig:
             raise ConfigError(f"quic_stack must be one of {get_args(QuicStack)}")
         if self.listen_ip6 is not None and self.quic_stack != "meshnat":
             raise ConfigError("listen_ip6 (dual stack) needs quic_stack='meshnat'")
+        if self.port_mapping and not self.port_mapping_helpers:
+            raise ConfigError("port_mapping needs port_mapping_helpers (peers that confirm a "
+                              "mapping by a dial-back; nothing is advertised without them)")
         require_positive(self, "dial_timeout", "stream_timeout", "service_restart_window",
                          "service_restart_backoff")
 

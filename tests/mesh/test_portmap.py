@@ -18,6 +18,7 @@ from meshnat.classify import ProbeHelperService
 from meshnat.classify.service import dial_back_tcp
 from meshnat.connect import ConnectConfig, Connector
 from meshnat.endpoint import Endpoint
+from meshnat.errors import ConfigError
 from meshnat.portmap import MappingProtocol, PortMapConfig, PortMapper
 from meshnat.portmap.natpmp import SERVER_PORT
 from meshnat.records.authority import RecordAuthority
@@ -149,3 +150,32 @@ async def test_a_gateway_that_refuses_pcp_mappings_is_asked_by_nat_pmp_next() ->
             assert mapper.statistics().protocol == "nat-pmp"
             await client.unmount(mapper)
             nursery.cancel_scope.cancel()
+
+
+async def test_node_config_port_mapping_mounts_a_mapper_that_confirms_its_mappings() -> None:
+    requests: list[bytes] = []
+    with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as gateway_sock:
+        await gateway_sock.bind((str(GATEWAY), SERVER_PORT))
+        async with (MeshNode(NodeConfig(listen_ip="127.0.0.2")) as helper_node,
+                    trio.open_nursery() as nursery):
+            nursery.start_soon(fake_gateway, gateway_sock, 0, requests)
+            await helper_node.mount(ProbeHelperService())
+            config = PortMapConfig(protocols=(MappingProtocol.NATPMP,), gateway=GATEWAY,
+                                   verify_timeout=4.0)
+            async with MeshNode(NodeConfig(listen_ip="127.0.0.1", port_mapping=config,
+                                           port_mapping_helpers=(helper_node.peer_info(),))
+                                ) as client:
+                mapper = client.port_mapper
+                assert mapper is not None and mapper.config is config
+                with trio.fail_after(20):
+                    mapping = await mapper.wait_confirmed("udp")
+                assert mapping.external.port == client.listen_endpoint("udp").port
+            nursery.cancel_scope.cancel()
+    assert any(len(r) == 12 and r[8:] == bytes(4) for r in requests)  # released on exit
+
+
+async def test_port_mapping_is_off_by_default_and_needs_helpers() -> None:
+    async with MeshNode(NodeConfig(listen_ip="127.0.0.1")) as node:
+        assert node.port_mapper is None
+    with pytest.raises(ConfigError, match="port_mapping_helpers"):
+        NodeConfig(port_mapping=True)
