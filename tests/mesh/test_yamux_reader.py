@@ -89,6 +89,29 @@ async def test_a_peer_that_never_reads_its_replies_loses_the_connection() -> Non
             assert not yamux.is_established
 
 
+async def test_a_close_cancelled_while_it_flushes_still_closes_and_later_closes_return() -> None:
+    """The peer reads nothing, so GO_AWAY never leaves; the first close is cancelled there
+    (a node torn down under cancellation). Before, `event_closed` was never set and every
+    later close, the session's own shielded one included, waited forever."""
+    async with muxer() as (yamux, theirs):
+        first = trio.CancelScope()
+
+        async def close_under(scope: trio.CancelScope) -> None:
+            with scope:
+                await yamux.close()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(close_under, first)
+            await trio.testing.wait_all_tasks_blocked()
+            assert not yamux.is_established and not yamux.is_closed  # stuck on the GO_AWAY
+            first.cancel()
+        assert yamux.is_closed
+        with trio.fail_after(5):
+            await yamux.close()
+        with pytest.raises((trio.BrokenResourceError, trio.ClosedResourceError)):
+            await theirs.send_all(ping(1))  # the channel was closed too
+
+
 async def test_the_connections_a_node_makes_and_accepts_use_this_yamux() -> None:
     with trio.fail_after(20):
         async with nodes(2) as (a, b):

@@ -89,6 +89,9 @@ OUTBOX_BYTES = 256 * 1024
 _CLOSE_TIMEOUT = 1.0
 """Seconds a close waits to send GO_AWAY and close the secure channel."""
 
+_CLOSE_BOUND = 4 * _CLOSE_TIMEOUT
+"""Seconds a shielded close (GO_AWAY, the channel, py-libp2p's on_close hook) may take."""
+
 _CONNECTION_GONE = (IOException, trio.BrokenResourceError, trio.ClosedResourceError, OSError,
                     EOFError)
 
@@ -146,34 +149,40 @@ class Yamux(IMuxedConn):
                 self._ping()
                 self.event_started.set()
                 await self._read_frames()
-                with trio.CancelScope(shield=True):
+                with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_BOUND):
                     await self.close()
                 nursery.cancel_scope.cancel()
         finally:
-            with trio.CancelScope(shield=True):
+            with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_BOUND):
                 await self.close()
 
     async def close(self, error_code: int = GO_AWAY_NORMAL) -> None:
         """GO_AWAY (best effort), close the secure channel, reset what is unfinished."""
         if self._closing:
-            await self.event_closed.wait()
+            # the first close sets it within 2 x _CLOSE_TIMEOUT, even if it was cancelled
+            with trio.move_on_after(3 * _CLOSE_TIMEOUT):
+                await self.event_closed.wait()
             return
         self._closing = True
         self._close_backlog()
         for stream in list(self._streams.values()):
             stream.kill()
         self._streams.clear()
-        with trio.move_on_after(_CLOSE_TIMEOUT):
-            with suppress(OutboxClosed):
-                self._outbox.put(encode(GO_AWAY, 0, 0, max(error_code, self._close_code)))
-            await self._outbox.flush()
-        self._outbox.close()
-        with trio.move_on_after(_CLOSE_TIMEOUT):
-            try:
-                await self.secured_conn.close()
-            except Exception as exc:  # closing a broken channel: nothing left to do
-                log.debug("yamux: closing %s: %s", self.peer_id, type(exc).__name__)
-        self.event_closed.set()
+        try:
+            with trio.move_on_after(_CLOSE_TIMEOUT):
+                with suppress(OutboxClosed):
+                    self._outbox.put(encode(GO_AWAY, 0, 0, max(error_code, self._close_code)))
+                await self._outbox.flush()
+        finally:
+            # also when this close is cancelled: a later close() (start's, shielded) only
+            # waits for event_closed, so it must be set whatever happens here
+            self._outbox.close()
+            with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_TIMEOUT):
+                try:
+                    await self.secured_conn.close()
+                except Exception as exc:  # closing a broken channel: nothing left to do
+                    log.debug("yamux: closing %s: %s", self.peer_id, type(exc).__name__)
+            self.event_closed.set()
         if self.on_close is not None:
             await self.on_close()
 
