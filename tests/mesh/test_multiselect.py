@@ -8,6 +8,7 @@ import trio
 import trio.testing
 from libp2p.custom_types import TProtocol
 from libp2p.peer.peerinfo import PeerInfo
+from libp2p.protocol_muxer.exceptions import MultiselectError
 from libp2p.protocol_muxer.multiselect import Multiselect
 from libp2p.protocol_muxer.multiselect_client import MultiselectClient
 from libp2p.protocol_muxer.multiselect_communicator import MultiselectCommunicator
@@ -127,3 +128,24 @@ async def test_a_protocol_the_peer_does_not_serve_is_peer_unavailable() -> None:
         await a.connect(PeerInfo(b.peer_id, b.addrs))
         with pytest.raises(PeerUnavailable, match="does not speak"):
             await _libp2p.open_stream_sending(a.host, b.peer_id, WANTED, b"\x05hello", 10)
+
+
+async def test_a_handler_removed_while_its_name_is_echoed_fails_only_that_negotiation() -> None:
+    """A service unmounting as a stream for it arrives: py-libp2p looked the handler up again
+    after echoing the name, and the KeyError took the connection's task group down."""
+    multiselect.install()
+    ours, theirs = trio.testing.memory_stream_pair()
+    listener = Multiselect({WANTED: None})
+
+    class Unmounting(Server):
+        async def write(self, data: bytes) -> None:
+            if data.endswith(encode_delim(WANTED.encode())):
+                listener.remove_handler(WANTED)
+            await super().write(data)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(MultiselectClient().select_one_of, [WANTED],
+                           MultiselectCommunicator(Recorder(ours)), 5)
+        with trio.fail_after(10), pytest.raises(MultiselectError):
+            await listener.negotiate(MultiselectCommunicator(Unmounting(theirs)), 5)
+        nursery.cancel_scope.cancel()

@@ -26,8 +26,10 @@ from libp2p.peer.id import ID
 from libp2p.protocol_muxer.exceptions import (
     MultiselectClientError,
     MultiselectCommunicatorError,
+    MultiselectError,
     ProtocolNotSupportedError,
 )
+from libp2p.protocol_muxer.multiselect import Multiselect
 from libp2p.protocol_muxer.multiselect_client import (
     DEFAULT_NEGOTIATE_TIMEOUT,
     MULTISELECT_PROTOCOL_ID,
@@ -41,6 +43,19 @@ from meshnat._libp2p.streams import map_peer_errors, reset_quietly
 from meshnat.errors import PeerUnavailable
 
 _original_select_one_of = MultiselectClient.select_one_of
+_original_negotiate = Multiselect.negotiate
+
+
+async def _negotiate(self: Multiselect, communicator: IMultiselectCommunicator,
+                     negotiate_timeout: int = DEFAULT_NEGOTIATE_TIMEOUT) -> Any:
+    """py-libp2p's listener side, but a handler removed while its protocol name is being
+    echoed (a service unmounting as a stream for it arrives) ends that stream, not the node:
+    py-libp2p looks the handler up again after the write, and the KeyError escaped the
+    connection's task group."""
+    try:
+        return await _original_negotiate(self, communicator, negotiate_timeout)
+    except KeyError as exc:
+        raise MultiselectError("protocol unregistered during negotiation") from exc
 
 
 def proposal(protocol: str) -> bytes:
@@ -108,5 +123,7 @@ async def open_stream_sending(host: IHost, peer: ID, protocol: TProtocol, first:
 
 
 def install() -> None:
-    """Use the one-write proposal for every stream py-libp2p's client negotiates."""
+    """Use the one-write proposal for every stream py-libp2p's client negotiates, and a
+    listener side that survives a handler removed mid-negotiation."""
     cast(Any, MultiselectClient).select_one_of = select_one_of
+    cast(Any, Multiselect).negotiate = _negotiate
