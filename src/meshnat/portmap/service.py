@@ -20,17 +20,17 @@ import secrets
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address, ip_address
+from ipaddress import IPv4Address
 
 import trio
 
 from meshnat import _libp2p
 from meshnat._libp2p import PeerInfo, TaskStatus
 from meshnat.classify.service import dial_back, dial_back_tcp
-from meshnat.endpoint import Endpoint, udp_source
+from meshnat.endpoint import udp_source
 from meshnat.errors import MeshNatError, NotMounted, PeerUnavailable
 from meshnat.node import MeshNode
-from meshnat.portmap import natpmp, pcp
+from meshnat.portmap import pcp
 from meshnat.portmap.config import PortMapConfig
 from meshnat.portmap.gateway import default_gateway
 from meshnat.portmap.mapping import (
@@ -42,6 +42,7 @@ from meshnat.portmap.mapping import (
 )
 from meshnat.portmap.probe import GatewayProbe
 from meshnat.portmap.session import MappingSession
+from meshnat.portmap.sockets import announcement_socket, local_ip_towards, send_to_gateway
 from meshnat.portmap.upnp import UpnpClient, UpnpConflict
 from meshnat.records.authority import RecordAuthority, endpoint_addr
 
@@ -137,7 +138,7 @@ class PortMapper:
         gateway = self.config.gateway or default_gateway()
         if gateway is None:
             raise PeerUnavailable("portmap: no IPv4 default gateway")
-        client_ip = _local_ip_towards(gateway)
+        client_ip = local_ip_towards(gateway)
         wanted = self.config.protocols
         with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             await sock.bind((str(client_ip), 0))
@@ -185,7 +186,7 @@ class PortMapper:
         with trio.move_on_after(self.config.probe_timeout):
             while not probe.decided(trio.current_time()):
                 for datagram in probe.pop_datagrams(trio.current_time()):
-                    await _send(sock, datagram, probe.gateway)
+                    await send_to_gateway(sock, datagram, probe.gateway)
                 timer = probe.get_timer(trio.current_time())
                 with trio.move_on_at(timer if timer is not None else trio.current_time() + 1):
                     data, addr = await sock.recvfrom(pcp.MAX_MESSAGE + 1)
@@ -211,7 +212,7 @@ class PortMapper:
         self._protocol = sessions[0].protocol
         for session in sessions:
             session.start(trio.current_time())
-        announcements = await _announcement_socket(sessions[0].gateway)
+        announcements = await announcement_socket(sessions[0].gateway)
         listening = trio.CancelScope()  # ends with the sessions
         if announcements is not None:
             nursery.start_soon(self._hear_announcements, announcements, sessions, nursery,
@@ -231,7 +232,7 @@ class PortMapper:
             for session in sessions:
                 self._handle(session.handle_timer(trio.current_time()), nursery)
                 for datagram in session.pop_datagrams():
-                    await _send(sock, datagram, session.gateway)
+                    await send_to_gateway(sock, datagram, session.gateway)
             timers = [t for s in sessions if (t := s.get_timer()) is not None]
             if not timers:
                 return
@@ -367,39 +368,3 @@ class PortMapper:
         except NotMounted:
             log.debug("portmap: the record authority is not mounted")
 
-
-def _local_ip_towards(gateway: IPv4Address) -> IPv4Address:
-    """The address this host sends from towards `gateway` (what PCP puts in its header)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.connect((str(gateway), natpmp.SERVER_PORT))
-        except OSError as exc:
-            raise PeerUnavailable(f"portmap: no route to the gateway: {exc}") from None
-        ip = ip_address(probe.getsockname()[0])
-    assert isinstance(ip, IPv4Address)
-    return ip
-
-
-async def _announcement_socket(gateway: Endpoint) -> trio.socket.SocketType | None:
-    """A socket on 224.0.0.1:5350, where gateways announce a restart; None if it cannot be
-    bound (mappings are then checked for a reboot only when renewed)."""
-    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        await sock.bind((natpmp.ANNOUNCE_GROUP, natpmp.ANNOUNCE_PORT))
-        local = _local_ip_towards(IPv4Address(str(gateway.ip)))
-        membership = socket.inet_aton(natpmp.ANNOUNCE_GROUP) + local.packed
-        sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, membership)
-    except (OSError, PeerUnavailable) as exc:
-        log.debug("portmap: no announcements: %s", exc)
-        sock.close()
-        return None
-    return sock
-
-
-async def _send(sock: trio.socket.SocketType, datagram: bytes, to: Endpoint) -> None:
-    try:
-        await sock.sendto(datagram, to.to_sockaddr())
-    except OSError as exc:
-        log.debug("portmap: send to %s failed: %s", to, exc)
