@@ -18,6 +18,7 @@ from meshnat.cli.chat import add_chat_parser
 from meshnat.cli.commands import (
     DEFAULT_PORT,
     Output,
+    run_command,
     run_demo,
     run_discover,
     run_probe,
@@ -162,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     out = Output(args.json)
     try:
-        code: int = trio.run(args.run, args, out)
+        code: int = trio.run(run_command, args, out)
     except ConfigError as exc:
         out.emit({"error": "bad-argument", "message": str(exc)}, f"error: {exc}")
         return 2

@@ -28,7 +28,7 @@ from meshnat.chat.events import (
     SendFailed,
 )
 from meshnat.chat.network import ChatNetwork, ChatNetworkConfig, check_network_name
-from meshnat.cli.commands import Output, wait_for_signal
+from meshnat.cli.commands import Output, serves_until_signal, wait_for_signal
 from meshnat.cli.connect import mount_discovery, mount_relay_and_puncher
 from meshnat.connect import Connector
 from meshnat.errors import ConfigError, MeshNatError
@@ -111,6 +111,7 @@ def add_chat_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     p.set_defaults(run=run_chat)
 
 
+@serves_until_signal
 async def run_chat(args: argparse.Namespace, out: Output) -> int:
     name = check_network_name(args.network)
     (rendezvous,) = _libp2p.merge_peer_addrs([args.rendezvous])

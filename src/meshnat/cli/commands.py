@@ -6,8 +6,9 @@ import argparse
 import json
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
+from contextvars import ContextVar
 from pathlib import Path
 
 import trio
@@ -32,6 +33,8 @@ from meshnat.wire.codec import describe
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 4001
+
+Command = Callable[[argparse.Namespace, "Output"], Awaitable[int]]
 
 
 class Output:
@@ -78,13 +81,51 @@ def node_config_from_listen(listen: Sequence[str], key_file: Path | None,
                       key_file=key_file, listen_ip6=listen_ip6)
 
 
+_STOP: ContextVar[trio.Event] = ContextVar("meshnat_stop")
+_SERVERS: set[Command] = set()
+
+
+def serves_until_signal(command: Command) -> Command:
+    """Mark a command that runs until SIGINT or SIGTERM (`wait_for_signal`) and then stops
+    cleanly; any other command is cancelled by the first signal."""
+    _SERVERS.add(command)
+    return command
+
+
 async def wait_for_signal() -> None:
-    """Return on SIGINT or SIGTERM."""
+    """Return once SIGINT or SIGTERM came, at any time since the command started."""
+    await _STOP.get().wait()
+
+
+async def run_command(args: argparse.Namespace, out: Output) -> int:
+    """Run `args.run` with SIGINT and SIGTERM caught from its first step, so that a signal sent
+    right after a `ready` line stops a server as cleanly as a later one. A command not marked
+    `serves_until_signal`, or a server still running at a second signal, is cancelled and
+    exits 128 + the signal's number."""
+    command: Command = args.run
+    stop = trio.Event()
+    _STOP.set(stop)  # the command's tasks inherit the context
+    code = 0
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for _ in signals:
-            return
+        async with trio.open_nursery() as nursery:
+
+            async def run() -> None:
+                nonlocal code
+                code = await command(args, out)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(run)
+            async for signum in signals:
+                if stop.is_set() or command not in _SERVERS:
+                    log.info("stopping on signal %d", signum)
+                    code = 128 + signum
+                    nursery.cancel_scope.cancel()
+                    break
+                stop.set()
+    return code
 
 
+@serves_until_signal
 async def run_reflector(args: argparse.Namespace, out: Output) -> int:
     config = node_config_from_listen(args.listen, args.key_file, DEFAULT_PORT, args.ipv6)
     async with MeshNode(config) as node:

@@ -19,6 +19,7 @@ from meshnat.cli.commands import (
     Output,
     node_config_from_listen,
     parse_peer_id,
+    serves_until_signal,
     wait_for_signal,
 )
 from meshnat.cli.control import serve_control
@@ -51,6 +52,7 @@ from meshnat.traversal import TraversalService
 log = logging.getLogger(__name__)
 
 
+@serves_until_signal
 async def run_relay(args: argparse.Namespace, out: Output) -> int:
     """A public node that relays circuits, reflects addresses and helps classification."""
     config = replace(node_config_from_listen(args.listen, args.key_file, DEFAULT_PORT, args.ipv6),
@@ -117,6 +119,7 @@ def _describe(node: MeshNode, conn: INetConn) -> dict[str, object]:
             "transport": found.transport, "remote": str(remote) if remote else None}
 
 
+@serves_until_signal
 async def run_listen(args: argparse.Namespace, out: Output) -> int:
     """Reserve on the relay, serve echo, print one line per inbound connection."""
     config = NodeConfig(tcp_port=args.port, udp_port=args.port, key_file=args.key_file,

@@ -10,7 +10,12 @@ import trio
 
 from meshnat import _libp2p
 from meshnat._libp2p import PeerInfo
-from meshnat.cli.commands import Output, parse_peer_id, wait_for_signal
+from meshnat.cli.commands import (
+    Output,
+    parse_peer_id,
+    serves_until_signal,
+    wait_for_signal,
+)
 from meshnat.cli.connect import _mount_mesh, _relays
 from meshnat.connect import Connector
 from meshnat.endpoint import Endpoint
@@ -131,6 +136,7 @@ def _sink(send: trio.MemorySendChannel[MeshEvent]) -> EventSink:
     return sink
 
 
+@serves_until_signal
 async def run_expose(args: argparse.Namespace, out: Output) -> int:
     """Expose `--to` as NAME to the allowed peers; print one line per tunnel."""
     target = _host_port(args.to, "--to")
@@ -159,6 +165,7 @@ async def run_expose(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+@serves_until_signal
 async def run_forward(args: argparse.Namespace, out: Output) -> int:
     """Listen on `--listen`; tunnel each local connection to the peer's NAME."""
     peer = parse_peer_id(args.peer_id)
