@@ -17,6 +17,7 @@ import trio
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.peer.id import ID
 from libp2p.stream_muxer.exceptions import (
+    MuxedConnUnavailable,
     MuxedStreamClosed,
     MuxedStreamEOF,
     MuxedStreamError,
@@ -220,3 +221,26 @@ async def test_a_qh3_failure_ends_that_connection_cleanly_and_the_endpoint_goes_
             assert await (await (await incoming.receive()).accept_stream()).read() == b"after"
             await dialler.close()
             await listener.close()
+
+
+@pytest.mark.parametrize("call", ["_open_stream", "send_stream_data"])
+async def test_any_error_from_a_qh3_call_closes_the_connection_naming_the_call(
+        call: str) -> None:
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("core broke")
+
+    with trio.fail_after(30):
+        async with connected() as (near, far):
+            stream = await near.open_stream()
+            await stream.write(b"before")
+            assert await (await far.accept_stream()).read() == b"before"
+            setattr(near.quic, call, broken)
+            with pytest.raises((MuxedConnUnavailable, MuxedStreamReset), match="core broke"):
+                if call == "_open_stream":
+                    await near.open_stream()
+                else:
+                    await stream.write(b"lost")
+            assert near.is_closed
+            assert f"qh3 {call.lstrip('_')} failed: RuntimeError('core broke')" == near.failure
+            with pytest.raises(MuxedStreamReset):
+                await stream.read()

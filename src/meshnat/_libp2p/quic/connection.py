@@ -14,10 +14,11 @@ that says why, and a WARNING logged with the qh3 call and its exception.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import multiaddr
 import trio
@@ -43,6 +44,11 @@ KEEPALIVE = 15.0
 MAX_INBOUND_STREAMS = 256
 """Streams the peer opened that wait for `accept_stream`; more are reset."""
 _NO_STREAM = 0
+_T = TypeVar("_T")
+
+
+class Qh3Failed(MuxedConnUnavailable):
+    """A call into qh3 raised: the connection is closed (`QuicConn.failure` says why)."""
 
 
 class QuicConn(IMuxedConn):
@@ -106,11 +112,7 @@ class QuicConn(IMuxedConn):
             await self.wait_send_progress()
         if self.closed.is_set():
             raise MuxedConnUnavailable("connection closed")
-        try:
-            stream = QuicStream(self, self.quic._open_stream())
-        except Exception as exc:
-            self._qh3_failed("open_stream", exc)
-            raise MuxedConnUnavailable(f"connection closed: {self.failure}") from exc
+        stream = QuicStream(self, self._qh3("open_stream", self.quic._open_stream))
         self._streams[stream.stream_id] = stream
         await trio.lowlevel.checkpoint()
         return stream
@@ -144,11 +146,12 @@ class QuicConn(IMuxedConn):
     def send(self, stream_id: int, data: bytes, *, end_stream: bool) -> None:
         """Queue `data` (and FIN) on the stream and send; MuxedStreamReset if the core refuses."""
         try:
-            self.quic.send_stream_data(stream_id, data, end_stream=end_stream)
+            self._qh3("send_stream_data",
+                      lambda: self.quic.send_stream_data(stream_id, data, end_stream=end_stream),
+                      refusals=(QuicConnectionError, ValueError))
         except (QuicConnectionError, ValueError) as exc:  # finished, or reset on STOP_SENDING
             raise MuxedStreamReset(f"stream {stream_id}: {_reason(exc)}") from exc
-        except Exception as exc:
-            self._qh3_failed("send_stream_data", exc)
+        except Qh3Failed as exc:
             raise MuxedStreamReset(f"connection of stream {stream_id} closed: "
                                    f"{self.failure}") from exc
         self.flush()
@@ -157,9 +160,9 @@ class QuicConn(IMuxedConn):
         if self.closed.is_set():
             return 0
         try:
-            return self.quic.get_send_buffer_size(stream_id)
-        except Exception as exc:
-            self._qh3_failed("get_send_buffer_size", exc)
+            return self._qh3("get_send_buffer_size",
+                             lambda: self.quic.get_send_buffer_size(stream_id))
+        except Qh3Failed:
             return 0
 
     async def wait_send_progress(self) -> None:
@@ -201,9 +204,9 @@ class QuicConn(IMuxedConn):
         """Feed a batch of datagrams from `addr`, then handle qh3's events (no sending)."""
         self._last_activity = now
         try:
-            self.quic.receive_many_datagrams(datagrams, addr, now)
-        except Exception as exc:
-            self._qh3_failed("receive_many_datagrams", exc)
+            self._qh3("receive_many_datagrams",
+                      lambda: self.quic.receive_many_datagrams(datagrams, addr, now))
+        except Qh3Failed:
             return
         self._handle_events()
         self.wake_writers()
@@ -218,9 +221,8 @@ class QuicConn(IMuxedConn):
             return
         now = trio.current_time()
         try:
-            datagrams = self.quic.datagrams_to_send(now)
-        except Exception as exc:
-            self._qh3_failed("datagrams_to_send", exc)
+            datagrams = self._qh3("datagrams_to_send", lambda: self.quic.datagrams_to_send(now))
+        except Qh3Failed:
             return
         if datagrams:
             self.endpoint.send_datagrams(datagrams)
@@ -240,20 +242,15 @@ class QuicConn(IMuxedConn):
                 await self._timer_moved.wait()
             self._sleeping_until = float("inf")
             now = trio.current_time()
-            if timer is not None and now >= timer:
-                try:
-                    self.quic.handle_timer(now)
-                except Exception as exc:
-                    self._qh3_failed("handle_timer", exc)
-                    return
-                self._handle_events()
-            elif now >= self._last_activity + KEEPALIVE and self.handshake_done.is_set():
-                try:
-                    self.quic.send_ping(0)
-                except Exception as exc:
-                    self._qh3_failed("send_ping", exc)
-                    return
-                self._last_activity = now
+            try:
+                if timer is not None and now >= timer:
+                    self._qh3("handle_timer", functools.partial(self.quic.handle_timer, now))
+                    self._handle_events()
+                elif now >= self._last_activity + KEEPALIVE and self.handshake_done.is_set():
+                    self._qh3("send_ping", lambda: self.quic.send_ping(0))
+                    self._last_activity = now
+            except Qh3Failed:
+                return
             if not self.closed.is_set():
                 self.flush()
 
@@ -307,6 +304,21 @@ class QuicConn(IMuxedConn):
 
     def _fail(self, reason: str) -> None:
         self.shut(reason, code=0x100)
+
+    def _qh3(self, operation: str, call: Callable[[], _T], *,
+             refusals: tuple[type[Exception], ...] = ()) -> _T:
+        """`call()` into qh3, which may raise anything: a failure ends this connection (only).
+
+        Raises `Qh3Failed` once the connection is closed with a reset naming `operation` and
+        the error; exceptions in `refusals` (a stream the core refuses) pass unchanged.
+        """
+        try:
+            return call()
+        except refusals:
+            raise
+        except Exception as exc:
+            self._qh3_failed(operation, exc)
+            raise Qh3Failed(f"connection closed: {self.failure}") from exc
 
     def _qh3_failed(self, operation: str, exc: Exception) -> None:
         """qh3 raised in `operation`: end this connection (only), say what happened."""
