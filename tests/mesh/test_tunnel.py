@@ -404,3 +404,43 @@ async def test_exposed_names_are_advertised_in_the_signed_address_record() -> No
         assert signed.record.services == ("ssh", "web")
         tunnels.withdraw("ssh")
         assert authority.current().record.services == ("web",)
+
+
+class _Recorded:
+    """A stream that logs its reads and writes, in order ("read" or the bytes written)."""
+
+    def __init__(self, stream: object, log: list[object]) -> None:
+        self._stream, self._log = stream, log
+
+    async def write(self, data: bytes) -> None:
+        self._log.append(bytes(data))
+        await self._stream.write(data)  # type: ignore[attr-defined]
+
+    async def read(self, n: int | None = None) -> bytes:
+        self._log.append("read")
+        return await self._stream.read(n)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._stream, name)
+
+
+async def test_the_open_request_goes_out_with_the_negotiation_before_any_read() -> None:
+    """One round trip to the answer: before, the client waited for multistream-select's
+    answer, then sent its OpenTunnel and waited again."""
+    log: list[object] = []
+    with trio.fail_after(30):
+        async with pair() as p, target(echo) as t:
+            p.server.expose("svc", ("127.0.0.1", t.port), allow={p.a.peer_id})
+            await p.a.connect(p.b.peer_info())
+            conn = p.a.best_connection(p.b.peer_id).conn
+            opened = conn.new_stream
+
+            async def recorded() -> object:
+                return _Recorded(await opened(), log)
+
+            conn.new_stream = recorded  # type: ignore[method-assign]
+            tunnel = await p.client.open(p.b.peer_info(), "svc")
+            await tunnel.aclose()
+    first_read = log.index("read")
+    assert first_read == 1, log[:3]
+    assert b"svc" in log[0] and b"/multistream/1.0.0" in log[0]  # type: ignore[operator]

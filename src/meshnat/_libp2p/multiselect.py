@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 import trio
-from libp2p.abc import IHost, IMultiselectCommunicator, INetStream
+from libp2p.abc import IHost, IMultiselectCommunicator, INetConn, INetStream
 from libp2p.custom_types import TProtocol
 from libp2p.io.exceptions import IOException
 from libp2p.peer.id import ID
@@ -103,13 +103,14 @@ async def select_one_of(self: MultiselectClient, protocols: Sequence[TProtocol],
 
 
 async def open_stream_sending(host: IHost, peer: ID, protocol: TProtocol, first: bytes,
-                              timeout: float) -> INetStream:
-    """A `protocol` stream to `peer` (on the connection py-libp2p would pick) whose first
-    message `first` went out with the negotiation, in one write. Returns once the peer
-    accepted `protocol`; raises PeerUnavailable if it refused or the stream failed, and
+                              timeout: float, *, on: INetConn | None = None) -> INetStream:
+    """A `protocol` stream to `peer` (on `on`, else on the connection py-libp2p would pick)
+    whose first message `first` went out with the negotiation, in one write. Returns once the
+    peer accepted `protocol`; raises PeerUnavailable if it refused or the stream failed, and
     PeerTimeout after `timeout` seconds."""
     with map_peer_errors(f"open {protocol}", timeout), trio.fail_after(timeout):
-        stream = await host.get_network().new_stream(peer)
+        stream = await (on.new_stream() if on is not None
+                        else host.get_network().new_stream(peer))
         try:
             await stream.write(proposal(protocol) + first)
             if not await _read_answer(MultiselectCommunicator(stream), protocol):

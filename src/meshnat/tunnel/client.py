@@ -36,7 +36,7 @@ from meshnat.tunnel.messages import (
     check_service_name,
 )
 from meshnat.tunnel.pipe import pipe
-from meshnat.wire import TXID_SIZE, decode, encode, new_txid
+from meshnat.wire import TXID_SIZE, decode, encode, frame_stream, new_txid
 
 log = logging.getLogger(__name__)
 
@@ -106,20 +106,21 @@ async def open_tunnel(node: MeshNode, connector: Connector | None, config: Tunne
     """Open a tunnel to `peer`'s service `name` (see TunnelService.open for what it raises)."""
     check_service_name(name)
     limit = config.open_timeout
+    request = OpenTunnel(new_txid(), name)
+    first = frame_stream(encode(request))
     for attempt in (1, 2):  # a relayed connection can close under us as a punch lands
         async with locks.hold(peer.peer_id):
             conn, kind = await _path(node, connector, peer)
         try:
-            with _libp2p.map_peer_errors("open tunnel", limit), trio.fail_after(limit):
-                stream = await _libp2p.open_stream_on(node.host, conn, protocol, limit)
+            # the request rides with the negotiation: one round trip to the answer, not two
+            stream = await _libp2p.open_stream_sending(node.host, peer.peer_id, protocol,
+                                                       first, limit, on=conn)
             break
         except PeerUnavailable:
             if attempt == 2 or not conn.is_closed:
                 raise
     try:
         with _libp2p.map_peer_errors("tunnel open", limit), trio.fail_after(limit):
-            request = OpenTunnel(new_txid(), name)
-            await _libp2p.write_frame(stream, encode(request))
             reply = decode(await _libp2p.read_frame(stream), TunnelOpened, OpenRefused)
         if reply.txid not in (request.txid, bytes(TXID_SIZE)):
             raise MalformedMessage("the answer names another tunnel")
