@@ -26,9 +26,9 @@ from meshnat.punch import PUNCH_PROTOCOL, HolePuncher, PunchConfig
 from meshnat.punch.messages import MappingHint, Padding, Sync
 from meshnat.punch.messages import Offer as PunchOffer
 from meshnat.relay import RelayClient, RelayService
-from meshnat.traversal import TraversalConfig, TraversalService
+from meshnat.traversal import TraversalConfig, TraversalService, TraversalStatistics
 from meshnat.traversal.messages import Offer
-from meshnat.traversal.service import TRAVERSAL_PROTOCOL, TraversalStatistics
+from meshnat.traversal.service import TRAVERSAL_PROTOCOL
 from meshnat.wire import decode, encode, frame_stream, new_txid
 from meshnat.wire.error_response import ErrorResponse
 from tests.support.fake_reflectors import LOOPBACK

@@ -5,6 +5,7 @@ from meshnat.traversal.core import TraversalSession
 from meshnat.traversal.pairs import PairId, PairState, PortPair
 from meshnat.traversal.service import TraversalService
 from meshnat.traversal.session import PairStream, Traversal
+from meshnat.traversal.statistics import TraversalStatistics
 
 __all__ = ["PairId", "PairState", "PairStream", "PortPair", "Traversal", "TraversalConfig",
-           "TraversalService", "TraversalSession"]
+           "TraversalService", "TraversalSession", "TraversalStatistics"]

@@ -15,7 +15,6 @@ import hmac
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import trio
 
@@ -55,7 +54,14 @@ from meshnat.traversal.messages import (
 from meshnat.traversal.pairs import PairId, PairState, PortPair, parse_ref, traversal_id
 from meshnat.traversal.scope import admit_candidates, peer_scopes
 from meshnat.traversal.session import PairStream, Traversal
-from meshnat.traversal.sources import direct_ips, own_endpoints, peer_ips, source_network
+from meshnat.traversal.sources import (
+    direct_ips,
+    offer_candidates,
+    own_endpoints,
+    peer_ips,
+    source_network,
+)
+from meshnat.traversal.statistics import TraversalStatistics
 from meshnat.wire import decode, encode, new_txid
 from meshnat.wire.codec import describe
 from meshnat.wire.error_response import ErrorResponse, refusal_for
@@ -63,25 +69,6 @@ from meshnat.wire.error_response import ErrorResponse, refusal_for
 log = logging.getLogger(__name__)
 
 TRAVERSAL_PROTOCOL = TProtocol("/meshnat/traversal/1.0.0")
-
-@dataclass(frozen=True, slots=True)
-class TraversalStatistics:
-    open: int
-    """Traversals open now (both directions)."""
-    started_by_peers: int
-    """Traversals peers started here since mounting."""
-    refused: dict[str, int]
-    """Traversals peers asked for and were refused, by the bound that refused them:
-    `peer-rate`, `network-rate`, `total-rate`, `peer`, `network`, `total`."""
-    unproven_bytes: int
-    """Bytes (UDP/IP headers included) sent to candidate IPs not proven at the time."""
-    withheld: int
-    """Probes not sent because an unproven network's allowance (3x the peer's bytes) was
-    spent."""
-    refused_candidates: int = 0
-    """Candidates peers named that this node may not probe (`traversal.scope`: loopback or
-    link-local from a peer not connected from there, multicast, unspecified, broadcast, this
-    node's own listen endpoints)."""
 
 
 class TraversalService:
@@ -370,21 +357,10 @@ class TraversalService:
                 await self._forget(traversal)
 
     def _offer(self, traversal: Traversal) -> Offer:
-        """Candidates, best first: on the shared port, the public endpoint discovery confirmed
-        for it; then the public IP discovery saw with our port (NATs that keep ports map it
-        there); then the node's own addresses."""
         node, _ = self._mounted()
-        port = traversal.table.local_port
-        candidates = [Endpoint(e.ip, port) for e in node.local_endpoints("udp")]
-        seen = self._discovery.last_round("udp") if self._discovery else None
-        if seen is not None and seen.ip is not None:
-            candidates.insert(0, Endpoint(seen.ip, port))
-        if traversal.shared and seen is not None and seen.address is not None:
-            candidates.insert(0, seen.address)
-        seen6 = self._discovery.latest("udp", 6) if self._discovery else None
-        if traversal.shared and seen6 is not None and seen6.address is not None:
-            candidates.insert(1, seen6.address)  # the IPv6 mapping discovery confirmed
-        return Offer(traversal.txid, tuple(dict.fromkeys(candidates)), traversal.shared,
+        candidates = offer_candidates(node, self._discovery, traversal.table.local_port,
+                                      shared=traversal.shared)
+        return Offer(traversal.txid, candidates, traversal.shared,
                      bytes(self.config.offer_padding))
 
     def _probe(self, traversal: Traversal, candidates: tuple[Endpoint, ...]) -> None:

@@ -1,5 +1,5 @@
-"""Where a request comes from, for limits per source network, and which IPs of a peer are
-proven by a direct connection."""
+"""Where a request comes from, for limits per source network; which IPs of a peer are
+proven by a direct connection; and which endpoints this node offers as its candidates."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 from meshnat import _libp2p
 from meshnat._libp2p import ID, INetStream
+from meshnat.discovery import PeerAddressDiscovery
 from meshnat.endpoint import Endpoint
 from meshnat.errors import MeshNatError
 from meshnat.limits import RELAYED, network_of
@@ -53,3 +54,21 @@ def peer_ips(node: MeshNode, peer: ID) -> Iterator[IP]:
 def own_endpoints(node: MeshNode) -> list[Endpoint]:
     """This node's listen endpoints, UDP and TCP: never a peer's candidate."""
     return [*node.local_endpoints("udp"), *node.local_endpoints("tcp")]
+
+
+def offer_candidates(node: MeshNode, discovery: PeerAddressDiscovery | None, port: int, *,
+                     shared: bool) -> tuple[Endpoint, ...]:
+    """The candidates to offer for a traversal on local UDP `port`, best first: on the shared
+    port, the public endpoint discovery confirmed for it (IPv4, then IPv6); then the public IP
+    discovery saw with our port (NATs that keep ports map it there); then the node's own
+    addresses."""
+    candidates = [Endpoint(e.ip, port) for e in node.local_endpoints("udp")]
+    seen = discovery.last_round("udp") if discovery else None
+    if seen is not None and seen.ip is not None:
+        candidates.insert(0, Endpoint(seen.ip, port))
+    if shared and seen is not None and seen.address is not None:
+        candidates.insert(0, seen.address)
+    seen6 = discovery.latest("udp", 6) if discovery else None
+    if shared and seen6 is not None and seen6.address is not None:
+        candidates.insert(1, seen6.address)  # the IPv6 mapping discovery confirmed
+    return tuple(dict.fromkeys(candidates))
