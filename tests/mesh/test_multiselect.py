@@ -18,42 +18,25 @@ from meshnat import _libp2p
 from meshnat._libp2p import multiselect
 from meshnat.errors import PeerUnavailable
 from tests.support.fake_reflectors import nodes
+from tests.support.stream_adapter import StreamAdapter
 
 WANTED, OTHER = TProtocol("/test/wanted/1.0.0"), TProtocol("/test/other/1.0.0")
 
 
-class Recorder:
+class Recorder(StreamAdapter):
     """One end of a memory stream that records what the client did, in order."""
 
     def __init__(self, stream: trio.abc.Stream) -> None:
-        self.stream, self.log = stream, list[tuple[str, bytes]]()
+        super().__init__(stream)
+        self.log = list[tuple[str, bytes]]()
 
     async def read(self, n: int | None = None) -> bytes:
         self.log.append(("read", b""))
-        return await self.stream.receive_some(n)
+        return await super().read(n)
 
     async def write(self, data: bytes) -> None:
         self.log.append(("write", data))
-        await self.stream.send_all(data)
-
-    async def close(self) -> None:
-        await self.stream.aclose()
-
-
-class Server:
-    """py-libp2p's listener side of the stream, as a read/write/close object."""
-
-    def __init__(self, stream: trio.abc.Stream) -> None:
-        self.stream = stream
-
-    async def read(self, n: int | None = None) -> bytes:
-        return await self.stream.receive_some(n)
-
-    async def write(self, data: bytes) -> None:
-        await self.stream.send_all(data)
-
-    async def close(self) -> None:
-        await self.stream.aclose()
+        await super().write(data)
 
 
 async def negotiate(served: list[TProtocol], proposed: list[TProtocol]
@@ -66,7 +49,7 @@ async def negotiate(served: list[TProtocol], proposed: list[TProtocol]
     agreed: list[TProtocol | None] = []
 
     async def serve() -> None:
-        protocol, _ = await listener.negotiate(MultiselectCommunicator(Server(theirs)), 10)
+        protocol, _ = await listener.negotiate(MultiselectCommunicator(StreamAdapter(theirs)), 10)
         agreed.append(protocol)
 
     async with trio.open_nursery() as nursery:
@@ -98,7 +81,8 @@ async def test_no_protocol_served_fails_the_negotiation() -> None:
     ours, theirs = trio.testing.memory_stream_pair()
     listener = Multiselect({OTHER: None})
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(lambda: listener.negotiate(MultiselectCommunicator(Server(theirs)), 5))
+        server = MultiselectCommunicator(StreamAdapter(theirs))
+        nursery.start_soon(lambda: listener.negotiate(server, 5))
         with pytest.raises(Exception, match="not supported"):
             await MultiselectClient().select_one_of([WANTED], MultiselectCommunicator(
                 Recorder(ours)), 5)
@@ -137,7 +121,7 @@ async def test_a_handler_removed_while_its_name_is_echoed_fails_only_that_negoti
     ours, theirs = trio.testing.memory_stream_pair()
     listener = Multiselect({WANTED: None})
 
-    class Unmounting(Server):
+    class Unmounting(StreamAdapter):
         async def write(self, data: bytes) -> None:
             if data.endswith(encode_delim(WANTED.encode())):
                 listener.remove_handler(WANTED)

@@ -20,6 +20,7 @@ from libp2p.peer.peerinfo import PeerInfo
 from meshnat._libp2p.yamux import MAX_PENDING_REPLIES, Yamux
 from meshnat._libp2p.yamux_outbox import LINGER
 from tests.support.fake_reflectors import nodes
+from tests.support.stream_adapter import StreamAdapter
 
 HEADER = struct.Struct(">BBHII")  # version, type, flags, stream id, length
 TYPE_PING, FLAG_SYN, FLAG_ACK = 2, 1, 2
@@ -29,22 +30,10 @@ def ping(nonce: int) -> bytes:
     return HEADER.pack(0, TYPE_PING, FLAG_SYN, 0, nonce)
 
 
-class LockstepConn:
+class LockstepConn(StreamAdapter):
     """What Yamux needs of a secure connection, over one end of a lockstep stream."""
 
     is_initiator = False
-
-    def __init__(self, stream: trio.abc.Stream) -> None:
-        self.stream = stream
-
-    async def read(self, n: int | None = None) -> bytes:
-        return await self.stream.receive_some(n)
-
-    async def write(self, data: bytes) -> None:
-        await self.stream.send_all(data)
-
-    async def close(self) -> None:
-        await self.stream.aclose()
 
 
 @asynccontextmanager
