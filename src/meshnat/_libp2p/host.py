@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from ipaddress import ip_address
@@ -205,14 +207,36 @@ def shared_free_port(ips: Sequence[str], kind: int, *, attempts: int = 32) -> in
     raise ConfigError(f"no port free on all of {list(ips)} after {attempts} tries")
 
 
+EXPANSION_LIFETIME = 1.0
+"""Seconds a wildcard listen address's expansion (the interfaces' addresses) is reused: a
+punch asks for the node's endpoints a dozen times, each expansion parsed ~0.3 ms of
+multiaddrs."""
+
+_expansions: dict[tuple[bytes, bytes], tuple[float, list[multiaddr.Multiaddr]]] = {}
+_EXPANSIONS_KEPT = 256
+
+
 def concrete_addrs(host: IHost) -> list[multiaddr.Multiaddr]:
-    """The host's listen addresses with wildcards expanded, each ending in /p2p/<id>."""
+    """The host's listen addresses with wildcards expanded, each ending in /p2p/<id>. The
+    listeners are read on every call; a wildcard's interface addresses are reused for
+    `EXPANSION_LIFETIME` seconds."""
+    peer = host.get_id().to_bytes()
+    bound = tuple(b.to_bytes() for addr in host.get_network().listeners.values()
+                  for b in addr.get_addrs())
+    key, now = (peer, b"".join(bound)), time.monotonic()
+    cached = _expansions.get(key)
+    if cached is not None and now < cached[0]:
+        return list(cached[1])
     suffix = multiaddr.Multiaddr(f"/p2p/{host.get_id()}")
     out: list[multiaddr.Multiaddr] = []
-    for addr in host.get_network().listeners.values():
-        for bound in addr.get_addrs():
-            out.extend(a.encapsulate(suffix) for a in _expand(bound) if a not in out)
-    return sorted(set(out), key=str)
+    for raw in bound:
+        out.extend(a.encapsulate(suffix) for a in _expand(multiaddr.Multiaddr(raw))
+                   if a not in out)
+    addrs = sorted(set(out), key=str)
+    if len(_expansions) >= _EXPANSIONS_KEPT:
+        _expansions.pop(next(iter(_expansions)))
+    _expansions[key] = (now + EXPANSION_LIFETIME, addrs)
+    return list(addrs)
 
 
 _WILDCARDS = ("/ip4/0.0.0.0/", "/ip6/::/")
@@ -313,7 +337,13 @@ def tcp_first(peer: PeerInfo) -> PeerInfo:
 
 def endpoint_of(addr: multiaddr.Multiaddr) -> tuple[str, Endpoint] | None:
     """(`tcp`|`udp`, endpoint) of an /ip4|ip6/…/tcp|udp/… multiaddr with a real port, or None."""
-    parts = listen_parts(addr)
+    return _endpoint_of(addr.to_bytes())
+
+
+@functools.lru_cache(maxsize=4096)
+def _endpoint_of(raw: bytes) -> tuple[str, Endpoint] | None:
+    """`endpoint_of` by the multiaddr's bytes: a node's own addresses are parsed once."""
+    parts = listen_parts(multiaddr.Multiaddr(raw))
     if parts is None or parts[2] == 0:
         return None
     transport, ip, port = parts

@@ -182,6 +182,7 @@ class QuicListener(IListener):
     def __init__(self, transport: QuicTransport, handler: THandler) -> None:
         self.transport, self._handler = transport, handler
         self.endpoint: QuicEndpoint | None = None
+        self._addr: multiaddr.Multiaddr | None = None
         self.tap: Tap | None = None
         """Set before `listen`, or on `endpoint` after: sees every datagram first."""
 
@@ -206,9 +207,11 @@ class QuicListener(IListener):
     def get_addrs(self) -> tuple[multiaddr.Multiaddr, ...]:
         if self.endpoint is None:
             return ()
-        ip, port = self.endpoint.local_address
-        family = "ip6" if ":" in ip else "ip4"
-        return (multiaddr.Multiaddr(f"/{family}/{ip}/udp/{port}/{PROTOCOL}"),)
+        if self._addr is None:  # the socket is bound once: its address is parsed once
+            ip, port = self.endpoint.local_address
+            family = "ip6" if ":" in ip else "ip4"
+            self._addr = multiaddr.Multiaddr(f"/{family}/{ip}/udp/{port}/{PROTOCOL}")
+        return (self._addr,)
 
     async def close(self) -> None:
         if self.endpoint is not None:
