@@ -119,6 +119,29 @@ def test_two_hosts_behind_one_nat_share_its_public_address(lab: Lab) -> None:
     assert seen == [site.public_ip, site.public_ip]
 
 
+@pytest.mark.parametrize("hairpin", [False, True])
+def test_a_hairpinning_cgnat_turns_a_punch_between_its_homes_around(
+        lab: Lab, hairpin: bool) -> None:
+    cgnat = lab.site("isp", Nat.CONE, hosts=0, carrier=True, hairpin=hairpin)
+    a, b = (lab.site(name, Nat.CONE, behind=cgnat).hosts[0] for name in ("home1", "home2"))
+    server = lab.public_host("server")
+    _, ready = server.start_json(server.python(UDP_PROBE, "whoami", "5000"), timeout=10)
+    assert ready == {"ready": True}
+    mapped = []
+    for host in (a, b):  # each home's mapping of PORT at the CGNAT
+        proc = host.run(host.python(UDP_PROBE, "ask", f"{server.ip}:5000", str(PORT)),
+                        timeout=15)
+        assert proc.returncode == 0, proc.stderr
+        mapped.append(json.loads(proc.stdout)["mapped"])
+    assert {m.split(":")[0] for m in mapped} == {cgnat.public_ip} and mapped[0] != mapped[1]
+    procs = [host.popen(host.python(NAIVE_PUNCH, "--bind", str(PORT), "--peer", peer,
+                                    "--timeout", "3"))
+             for host, peer in ((a, mapped[1]), (b, mapped[0]))]
+    heard = [json.loads(proc.communicate(timeout=15)[0])["from"] for proc in procs]
+    # with hairpin each hears the other from its mapping, as a peer outside would
+    assert heard == ([mapped[1], mapped[0]] if hairpin else [None, None])
+
+
 _TCP_ACCEPT_ONCE = """
 import socket
 s = socket.create_server(("0.0.0.0", 7000)); s.settimeout(10)

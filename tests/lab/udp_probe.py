@@ -4,6 +4,10 @@
     udp_probe.py probe ADDR:PORT COUNT INTERVAL WAIT   send COUNT numbered probes INTERVAL s apart,
                                                      collect echoes until WAIT s after the last;
                                                      prints {"sent", "rtts_ms", "order"}
+    udp_probe.py whoami PORT                         answer every datagram with its source
+                                                     "ip:port"; prints {"ready": true}
+    udp_probe.py ask ADDR:PORT BIND                  from port BIND, ask a `whoami` server (5
+                                                     tries, 1 s apart); prints {"mapped": "ip:port"}
 """
 
 from __future__ import annotations
@@ -24,6 +28,30 @@ def serve(port: int) -> None:
     while True:
         data, addr = sock.recvfrom(2048)
         sock.sendto(data, addr)
+
+
+def whoami(port: int) -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("0.0.0.0", port))
+    print(json.dumps({"ready": True}), flush=True)
+    while True:
+        _, addr = sock.recvfrom(2048)
+        sock.sendto(f"{addr[0]}:{addr[1]}".encode(), addr)
+
+
+def ask(target: str, bind: int) -> None:
+    ip, port = target.rsplit(":", 1)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("0.0.0.0", bind))
+    sock.settimeout(1.0)
+    for _ in range(5):
+        sock.sendto(b"?", (ip, int(port)))
+        try:
+            print(json.dumps({"mapped": sock.recv(2048).decode()}))
+            return
+        except TimeoutError:
+            continue
+    sys.exit("no answer")
 
 
 def probe(target: str, count: int, interval: float, wait: float) -> None:
@@ -57,5 +85,9 @@ def probe(target: str, count: int, interval: float, wait: float) -> None:
 if __name__ == "__main__":
     if sys.argv[1] == "serve":
         serve(int(sys.argv[2]))
+    elif sys.argv[1] == "whoami":
+        whoami(int(sys.argv[2]))
+    elif sys.argv[1] == "ask":
+        ask(sys.argv[2], int(sys.argv[3]))
     else:
         probe(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]))

@@ -2,7 +2,7 @@
 
 It runs in the router's namespace with its own config file and pid file, in the foreground
 (`-d`, its log to a file), and is killed by pid with the lab. Its rules go into chains the
-router's ruleset already holds (`netlab._ruleset` with `port_mapping`): the filter chain
+router's ruleset already holds (`nat_rules.ruleset` with `port_mapping`): the filter chain
 `miniupnpd` of table `inet fw` (jumped to from the forward hook) and the nat chains of table
 `inet upnpnat`. miniupnpd refuses to map on an external address it thinks reserved
 (198.18.0.0/15 is, RFC 2544), so such a router's WAN sits on `netlab.MAPPING_PREFIX`.

@@ -15,6 +15,9 @@ Router kinds (RFC 4787 terms):
 - PORT_FORWARD: a cone NAT that forwards `forwarded_port` (TCP and UDP) to the first host:
   endpoint-independent filtering on that port.
 
+A `carrier` router (a CGNAT, LAN in 100.64.0.0/10) of either mapping kind can hairpin every
+mapping for the homes behind it (`hairpin`; the rules and their limits: tests/support/nat_rules.py).
+
 IPv6 (`ipv6=True`, top-level sites only): the hosts of such a site also get global addresses
 in the site's own /48 (`2001:db8:<n>::/64` on the LAN, the documentation range, which namespaces
 route like any other), with no NAT: the router is a stateful IPv6 firewall (the same `inet`
@@ -45,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.support import miniupnpd
+from tests.support.nat_rules import ruleset
 from tests.support.wan import Wan, WanEmulator, stop_process
 
 INET_PREFIX = "198.18.0"
@@ -266,18 +270,22 @@ class Lab:
     ) -> Site:
         """A router of kind `nat` with `hosts` hosts behind it; `behind` nests it (double NAT).
 
-        With `hairpin` (PORT_FORWARD only) the forwarded port also works from inside the LAN.
+        With `hairpin` a PORT_FORWARD router's forwarded port also works from inside the LAN,
+        and a `carrier` router turns every mapping around for its LAN (tests/support/
+        nat_rules.py): homes behind it reach each other at its public address.
         `wan` emulates delay, jitter and loss on the uplink (top-level sites only).
         `udp_timeout` (seconds) is how long the router keeps an idle UDP binding, for both
         conntrack's one-way and its "stream" (replied) entries; None keeps the kernel's.
         A `carrier` router is a carrier-grade NAT: its LAN is 100.64.N.0/24 (RFC 6598's shared
-        space), for home sites `behind` it; like every Linux NAT here it does not hairpin.
+        space), for home sites `behind` it; it does not hairpin unless `hairpin` is set.
         A `port_mapping` router (top-level only) runs miniupnpd: UPnP-IGD, NAT-PMP and PCP.
         An `ipv6` site (top-level only) is dual-stack: its hosts also have global IPv6
         addresses (`Host.ip6`) behind the router's stateful firewall, with no NAT.
         """
         if (wan is not None or port_mapping or ipv6) and behind is not None:
             raise ValueError("WAN emulation, port mapping and IPv6 are for top-level sites only")
+        if hairpin and not (nat is Nat.PORT_FORWARD or carrier):
+            raise ValueError("hairpin is for PORT_FORWARD and carrier routers only")
         n = next(self._site_numbers)
         router_ns = self._namespace(f"{name}-r")
         if behind is None and port_mapping:
@@ -322,8 +330,9 @@ class Lab:
                      f"{site.lan6_prefix}:1")
             site.hosts.append(Host(ns, ip, self, ip6=ip6))
         _run("ip", "netns", "exec", router_ns, "nft", "-f", "-",
-             input=_ruleset(nat, site.hosts[0].ip if site.hosts else None, forwarded_port,
-                            wan_ip, lan if hairpin else None, port_mapping))
+             input=ruleset(nat.value, site.hosts[0].ip if site.hosts else None, forwarded_port,
+                           wan_ip, lan if hairpin else None, port_mapping, carrier=carrier,
+                           hairpin_timeout=udp_timeout or 120))
         if port_mapping:
             if self._workdir is None:
                 self._workdir = Path(tempfile.mkdtemp(prefix=f"{self.prefix}-"))
@@ -393,54 +402,6 @@ def _plain_bridges(ns: str) -> None:
     for key in ("bridge-nf-call-iptables", "bridge-nf-call-ip6tables", "bridge-nf-call-arptables"):
         subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", f"net.bridge.{key}=0"],
                        capture_output=True, timeout=10)
-
-
-def _ruleset(nat: Nat, first_host: str | None, forwarded_port: int, wan_ip: str,
-             hairpin_lan: str | None, port_mapping: bool = False) -> str:
-    masquerade = "masquerade random,fully-random" if nat is Nat.SYMMETRIC else "masquerade"
-    block_udp = 'iifname "lanbr" meta l4proto udp drop' if nat is Nat.UDP_BLOCKED else ""
-    dnat = allow_fwd = hairpin_snat = ""
-    if nat is Nat.PORT_FORWARD and first_host is not None:
-        # without hairpin only packets arriving on the WAN are forwarded
-        match = f"ip daddr {wan_ip}" if hairpin_lan else 'iifname "wan"'
-        dnat = f"""
-  chain prerouting {{
-    type nat hook prerouting priority dstnat; policy accept;
-    {match} meta l4proto {{ tcp, udp }} th dport {forwarded_port} dnat to {first_host}
-  }}"""
-        allow_fwd = "ct status dnat accept"
-        if hairpin_lan:  # hairpinned replies must come back through the router
-            hairpin_snat = (f'oifname "lanbr" ip saddr {hairpin_lan}.0/24 ct status dnat '
-                            "masquerade")
-    upnp_jump = f"jump {miniupnpd.FORWARD_CHAIN}" if port_mapping else ""
-    upnp_chain = f"chain {miniupnpd.FORWARD_CHAIN} {{\n  }}" if port_mapping else ""
-    upnp_nat = miniupnpd.NFT_TABLE if port_mapping else ""
-    return f"""
-table ip nat {{{dnat}
-  chain postrouting {{
-    type nat hook postrouting priority srcnat; policy accept;
-    oifname "wan" {masquerade}
-    {hairpin_snat}
-  }}
-}}
-table inet fw {{
-  chain forward_filter {{
-    type filter hook forward priority filter; policy drop;
-    ct state established,related accept
-    {upnp_jump}
-    {allow_fwd}
-    {block_udp}
-    iifname "lanbr" accept
-  }}
-  chain input_filter {{
-    type filter hook input priority filter; policy drop;
-    ct state established,related accept
-    icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert }} accept
-    iifname {{ "lo", "lanbr" }} accept
-  }}
-  {upnp_chain}
-}}
-{upnp_nat}"""
 
 
 def remove_stale_namespaces() -> None:
