@@ -14,50 +14,27 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import multiaddr
 import trio
 
 from meshnat import _libp2p
 from meshnat._libp2p import ID, Connection, INetConn, PeerInfo, TaskStatus
-from meshnat.config import require_positive
+from meshnat.connect_config import ConnectConfig
 from meshnat.endpoint import Endpoint
 from meshnat.errors import ConfigError, MeshNatError, NotMounted, PeerUnavailable
 from meshnat.events import EventSink, PathEstablished, PathUpgraded, ignore_events
 from meshnat.node import MeshNode
 from meshnat.paths import PathKind
 from meshnat.punch import HolePuncher, Punched
-from meshnat.punch.repunch import RepunchConfig, RepunchSchedule
+from meshnat.punch.repunch import RepunchSchedule
+from meshnat.ratelimit import RateLimiter
 from meshnat.relay import RelayClient
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ConnectConfig:
-    """How Connector climbs the ladder."""
-
-    direct_timeout: float = 3.0
-    """Seconds for dialling the peer's own addresses before trying relays."""
-
-    relay_timeout: float = 10.0
-    """Seconds for one relay circuit."""
-
-    relay_drain_timeout: float = 120.0
-    """Seconds streams still open on a relayed connection may go on after a punch succeeded,
-    before that connection is closed (the reference relay's circuit lifetime)."""
-
-    ping_timeout: float = 2.0
-    """Seconds for the ping that measures a new path's RTT (the path is returned either way),
-    and for each of the two pings a punched path must answer before the relay is let go."""
-
-    repunch: RepunchConfig = field(default_factory=RepunchConfig)
-    """When a relayed path is punched, and punched again after a punched path died."""
-
-    def __post_init__(self) -> None:
-        require_positive(self, "direct_timeout", "relay_timeout", "relay_drain_timeout",
-                         "ping_timeout")
+__all__ = ["ConnectConfig", "Connector", "Path"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +85,9 @@ class Connector:
         self._reaching: set[ID] = set()
         """Peers being reached again through a relay after `suspect` found no connection."""
         self._punched: dict[ID, Punched] = {}
+        self._beside = RateLimiter(rate=1 / self.config.suspect_circuit_interval, burst=1,
+                                   max_keys=self.config.max_paced_peers)
+        """When `suspect` last dialled a circuit beside a peer's doubtful punched path."""
 
     async def serve(self, node: MeshNode, *, task_status: TaskStatus[None]) -> None:
         async with trio.open_nursery() as nursery:
@@ -208,15 +188,18 @@ class Connector:
     def suspect(self, peer: ID) -> bool:
         """The caller got no answer from `peer` over its best path: if that is a punched
         one, the puncher checks it now (and retires it if dead; the relay then takes over).
-        With no connection left, or only punched ones being checked (`Connection.doubtful`),
-        the peer is reached through a relay circuit too, so new streams have a path while
-        the check runs; the circuit is closed again if the punched path is confirmed. True
-        while a path to the peer is being made (`wait_connected` is worth waiting)."""
+        With no connection left, the peer is reached through a relay circuit at once. With
+        only punched ones being checked (`Connection.doubtful`), a relay circuit is dialled
+        beside them, so new streams have a path while the check runs, at most once per
+        `suspect_circuit_interval` per peer; it is closed again if the punched path is
+        confirmed. True while a path to the peer is being made or may come (a dead punched
+        path is followed by a circuit): `wait_connected` is worth waiting."""
         if self._puncher is not None:
             self._puncher.suspect(peer)
         node, nursery = self._mounted()
         conns = node.connections(peer)
-        if self._relays and peer not in self._reaching and all(c.doubtful for c in conns):
+        if self._relays and peer not in self._reaching and all(c.doubtful for c in conns) \
+                and (self._beside.allow(peer, trio.current_time()) or not conns):
             self._reaching.add(peer)
             nursery.start_soon(self._reach_again, peer, [c.conn for c in conns])
         return peer in self._reaching or peer in self._supervised

@@ -11,6 +11,8 @@ from libp2p.host.ping import ID as PING_PROTOCOL
 
 from meshnat import EchoService, MeshNode
 from meshnat._libp2p import (
+    ID,
+    INetConn,
     PeerInfo,
     is_relayed,
     open_stream_on,
@@ -57,8 +59,20 @@ async def test_a_peer_known_only_through_a_relay_is_relayed_then_upgraded() -> N
     assert kinds[0] is PathEstablished and PunchSucceeded in kinds and PathUpgraded in kinds
 
 
+class CountingRelayClient(RelayClient):
+    """A RelayClient that counts the circuits it was asked to dial."""
+
+    dials = 0
+
+    async def dial(self, relay: PeerInfo, target: ID) -> INetConn:
+        self.dials += 1
+        return await super().dial(relay, target)
+
+
 async def _relayed_pair(stack: AsyncExitStack, config: ConnectConfig,
-                        punch: PunchConfig | None = None
+                        punch: PunchConfig | None = None,
+                        relay_client: RelayClient | None = None,
+                        puncher: HolePuncher | None = None,
                         ) -> tuple[MeshNode, MeshNode, Connector]:
     relay, a, b = [await stack.enter_async_context(MeshNode(LOOPBACK)) for _ in range(3)]
     await relay.mount(RelayService())
@@ -66,9 +80,33 @@ async def _relayed_pair(stack: AsyncExitStack, config: ConnectConfig,
     await b.mount(HolePuncher())
     await b.mount(EchoService())
     connector = await a.mount(Connector(
-        relays=[relay.peer_info()], relay_client=await a.mount(RelayClient()),
-        puncher=await a.mount(HolePuncher(punch)), config=config))
+        relays=[relay.peer_info()], relay_client=await a.mount(relay_client or RelayClient()),
+        puncher=await a.mount(puncher or HolePuncher(punch)), config=config))
     return a, b, connector
+
+
+async def test_suspecting_a_healthy_punched_path_dials_one_circuit_per_interval() -> None:
+    with trio.fail_after(30):
+        async with AsyncExitStack() as stack:
+            client, puncher = CountingRelayClient(), HolePuncher()
+            a, b, connector = await _relayed_pair(
+                stack, ConnectConfig(suspect_circuit_interval=3600), relay_client=client,
+                puncher=puncher)
+            first = (await connector.connect(PeerInfo(b.peer_id, []))).connection
+            assert await connector.wait_direct(b.peer_id, 10)
+            await wait_closed(first)  # the relayed path, let go after the punch
+            punched = a.best_connection(b.peer_id).conn
+            assert client.dials == 1
+            for cycle in range(3):  # the application sees a failure; the path answers pings
+                assert connector.suspect(b.peer_id)
+                if cycle == 0:  # a circuit beside the doubtful path, closed once confirmed
+                    beside = await connector.wait_connected(b.peer_id, 10, other_than=punched)
+                    assert beside is not None and beside.kind == "relayed"
+                    await wait_closed(beside.conn)
+                else:  # within the interval: the health check alone (a circuit each before)
+                    assert await puncher.wait_settled(punched)
+                assert [c.kind for c in a.connections(b.peer_id)] == ["punched"]
+            assert client.dials == 2
 
 
 async def test_a_stream_open_on_the_relay_finishes_there_after_the_upgrade() -> None:

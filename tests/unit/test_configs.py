@@ -32,6 +32,8 @@ from meshnat import (
     (RelayServiceConfig, "max_circuits", 0),
     (RelayServiceConfig, "circuit_duration", "2m"),
     (ConnectConfig, "relay_timeout", 0),
+    (ConnectConfig, "suspect_circuit_interval", 0.0),
+    (ConnectConfig, "max_paced_peers", 0),
 ])
 def test_a_bad_value_is_refused_with_the_field_named(config: type, field: str,
                                                      value: object) -> None:
