@@ -18,6 +18,7 @@ from meshnat.endpoint import Endpoint
 from meshnat.errors import ConfigError, PeerUnavailable
 from meshnat.punch import HolePuncher, PunchConfig
 from meshnat.punch.messages import MappingHint
+from meshnat.punch.race import PathRace
 from meshnat.records import RecordAuthority
 from meshnat.reflection import ReflectionService
 from meshnat.relay import RelayClient, RelayService
@@ -171,3 +172,36 @@ def test_addresses_alternate_families_from_the_first_ones() -> None:
     circuit = parse("/p2p-circuit")
     assert _libp2p.interleave_addrs([a4, b4, a6, b6, circuit]) == [a4, a6, b4, b6, circuit]
     assert _libp2p.interleave_addrs([a6, b6, a4]) == [a6, a4, b6]
+
+
+async def test_birthday_probing_runs_beside_an_ipv6_traversal_that_hears_nothing(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cone and a symmetric side, both dual stack, IPv6 hints unknown: the plan runs
+    birthday probing on IPv4 beside the IPv6 traversal. Here the traversal hears nothing (a
+    NAT66 or a broken IPv6 path would do that; TCP is held too), and birthday probing
+    connects over IPv4. Before /meshnat/punch/1.1.0 IPv6 candidates on both sides replaced
+    birthday probing, and this punch failed after the traversal's timeout."""
+    async def hears_nothing(*args: object, **kwargs: object) -> None:
+        await trio.sleep_forever()
+
+    monkeypatch.setattr(PathRace, "_traversal", hears_nothing)
+    monkeypatch.setattr(PathRace, "_tcp", hears_nothing)
+    easy = PunchConfig(mapping=MappingHint.ENDPOINT_INDEPENDENT, punch_timeout=5.0)
+    hard = PunchConfig(mapping=MappingHint.ENDPOINT_DEPENDENT, punch_timeout=5.0)
+    with trio.fail_after(30):
+        async with AsyncExitStack() as stack:
+            relay = await stack.enter_async_context(MeshNode(DUAL))
+            a = await stack.enter_async_context(MeshNode(DUAL))
+            b = await stack.enter_async_context(MeshNode(DUAL))
+            await relay.mount(RelayService())
+            a_relay, b_relay = await a.mount(RelayClient()), await b.mount(RelayClient())
+            await b_relay.reserve(relay.peer_info())
+            responder = await b.mount(HolePuncher(hard))
+            puncher = await a.mount(HolePuncher(easy))
+            await a_relay.dial(relay.peer_info(), b.peer_id)
+            result = await puncher.punch(b.peer_id)
+            assert result.transport == "udp" and not is_relayed(result.connection)
+            assert result.remote is not None and result.remote.ip.version == 4
+            # a birthday socket of the hard side's, not its listen port
+            assert result.remote.port != b.listen_endpoint("udp").port
+            assert puncher.statistics().paid > 0 and responder.statistics().paid > 0

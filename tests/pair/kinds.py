@@ -80,16 +80,16 @@ def add_site(net: SimNet, kind: NatKind, n: int, *, binding_timeout: float = 120
     return host
 
 
-def discover(net: SimNet, local: Endpoint) -> Endpoint | None:
+def discover(net: SimNet, local: Endpoint, reflector: Endpoint = REFLECTOR) -> Endpoint | None:
     """The endpoint a public reflector sees `local` as (what discovery would tell the peer),
     or None when nothing arrives. Moves the simulator's time past the arrival."""
-    net.send(local, REFLECTOR, b"reflect", net.now)
+    net.send(local, reflector, b"reflect", net.now)
     for _ in range(100):
         arrival = net.next_delivery_time()
         if arrival is None:
             return None
         for dst, src, _payload in net.deliver_until(arrival):
-            if dst == REFLECTOR:
+            if dst == reflector:
                 return src
     raise AssertionError("discovery: the simulator kept delivering")
 

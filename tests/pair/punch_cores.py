@@ -161,14 +161,15 @@ def punch_scenario(initiator: NatKind, responder: NatKind, *, seed: int,
     for i, role in enumerate((Role.INITIATOR, Role.RESPONDER)):
         ours, theirs = offers[i], offers[1 - i]
         plan = plan_punch(ours, theirs, role, config)
-        core, bound = _core(plan, hosts[i], theirs, config, random.Random(seed * 2 + i),
-                            port_range)
+        core, bound = session_core(plan, hosts[i], theirs, config,
+                                   random.Random(seed * 2 + i), port_range)
         sides.append(Side(kinds[i], hosts[i], ours, plan, core, start + skew * (i == 0), bound))
     return Scenario(net, (sides[0], sides[1]))
 
 
-def _core(plan: PunchPlan, host: Host, theirs: Offer, config: PunchConfig, rng: random.Random,
-          port_range: tuple[int, int]) -> tuple[SessionCore | None, int]:
+def session_core(plan: PunchPlan, host: Host, theirs: Offer, config: PunchConfig,
+                 rng: random.Random, port_range: tuple[int, int]
+                 ) -> tuple[SessionCore | None, int]:
     """The pure session this side's plan runs on UDP, and the most it may send. The traversal
     path (no pure core yet) is stood in for by `direct_core`."""
     if plan.give_up is not None or plan.udp is None:

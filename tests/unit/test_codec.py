@@ -76,6 +76,11 @@ GOLDEN = {
     "punch_offer": Offer(TXID, (Endpoint(ip_address("198.18.0.20"), 4001),),
                          (Endpoint(ip_address("10.1.0.10"), 4001),),
                          MappingHint.ENDPOINT_INDEPENDENT, public=True),
+    "punch_offer_dual": Offer(TXID, (Endpoint(ip_address("198.18.0.20"), 4001),
+                                     Endpoint(ip_address("2001:db8:1::10"), 4001)),
+                              (Endpoint(ip_address("2001:db8:1::10"), 4001),),
+                              MappingHint.ENDPOINT_DEPENDENT,
+                              mapping6=MappingHint.ENDPOINT_INDEPENDENT),
     "punch_sync": Sync(TXID),
     "punch_probe": Probe(TXID, ack=True),
     "traversal_offer": TraversalOffer(TXID, (Endpoint(ip_address("198.18.0.20"), 40321),
@@ -130,6 +135,19 @@ def test_endpoint_with_a_bad_port_or_address_length_is_malformed() -> None:
         frame = _raw({0: 1, 1: 2, 2: TXID, 8: bad, 9: 0})
         with pytest.raises(MalformedMessage):
             decode(frame, ObserveResponse)
+
+
+@pytest.mark.parametrize("mapping6", [None, 3, -1, "1", b"\x01", [1]])
+def test_a_punch_offer_without_a_valid_ipv6_mapping_hint_is_malformed(mapping6: object) -> None:
+    """Field 14 (the IPv6 hint, /meshnat/punch/1.1.0) is required: an Offer of 1.0.0's
+    shape is refused, not read as "unknown"."""
+    fields = {0: 1, 1: 32, 2: TXID, 8: [], 9: [], 10: 1, 12: 0}
+    if mapping6 is not None:
+        fields[14] = mapping6
+    with pytest.raises(MalformedMessage, match="field 14"):
+        decode(_raw(fields), Offer)
+    fields[14] = 2
+    assert decode(_raw(fields), Offer).mapping6 is MappingHint.ENDPOINT_DEPENDENT
 
 
 def test_encoding_an_oversized_message_is_our_own_error() -> None:

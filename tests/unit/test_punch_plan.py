@@ -20,6 +20,7 @@ from meshnat.punch.plan import (
     UdpPath,
     plan_punch,
     tcp_grace,
+    traversal_candidates,
 )
 
 TXID = bytes(range(16))
@@ -149,15 +150,98 @@ def with_v6(kind: str, ip6: Endpoint = V6) -> Offer:
 @pytest.mark.parametrize(("ours", "theirs", "role", "dials", "tcp"), [
     ("symmetric", "symmetric", INIT, True, DIAL),
     ("symmetric", "symmetric", RESP, False, DAR),
-    ("cone", "symmetric", INIT, True, DIAL),   # birthday probing is not needed: IPv6 is there
-    ("symmetric", "cone", RESP, False, DAR),
-    ("public", "symmetric", RESP, False, ACCEPT),
+    ("symmetric", "unknown", RESP, False, DAR),
 ])
-def test_with_ipv6_on_both_sides_udp_is_a_traversal_and_nothing_is_paid(
+def test_with_ipv6_on_both_sides_a_hard_ipv4_pair_traverses_ipv6_alone_and_pays_nothing(
         ours: str, theirs: str, role: Role, dials: bool, tcp: TcpPath) -> None:
     p = plan_punch(with_v6(ours), with_v6(theirs), role, PunchConfig())
     assert (p.give_up, p.udp, p.udp_dials, p.tcp, p.padding, p.birthday) == (
         None, TRAV, dials, tcp, 0, None)
+    # both IPv4 sides endpoint-dependent: no IPv4 traversal, IPv6 only (unknown: both)
+    assert p.traversal_versions == ({6} if theirs == "symmetric" else {4, 6})
+    assert p.traversal_dials is dials
+
+
+def test_two_cone_sides_with_ipv6_traverse_both_families_at_once() -> None:
+    p = plan_punch(with_v6("cone"), with_v6("cone"), INIT, PunchConfig())
+    assert (p.udp, p.traversal_versions, p.birthday, p.padding) == (TRAV, {4, 6}, None, 0)
+
+
+@pytest.mark.parametrize(("ours", "theirs", "role", "udp", "padding"), [
+    ("cone", "symmetric", INIT, EASY, E),
+    ("cone", "symmetric", RESP, EASY, E),
+    ("symmetric", "cone", INIT, HARD, H),
+    ("symmetric", "public", RESP, HARD, H),
+    ("public", "symmetric", RESP, EASY, E),
+])
+def test_birthday_probing_on_ipv4_runs_beside_the_ipv6_traversal(
+        ours: str, theirs: str, role: Role, udp: UdpPath, padding: int) -> None:
+    """Before 1.1.0, IPv6 candidates on both sides replaced birthday probing: an NPTv6,
+    a NAT66 or a broken IPv6 path then left a hard IPv4 pair on the relay."""
+    p = plan_punch(with_v6(ours), with_v6(theirs), role, PunchConfig())
+    assert (p.give_up, p.udp, p.padding, p.traversal_versions) == (None, udp, padding, {6})
+    assert p.udp_dials is (udp is HARD)  # the hard side dials over birthday probing ...
+    assert p.traversal_dials is (role is INIT)  # ... the initiator over the traversal
+
+
+def v6_hint(offer: Offer, hint: MappingHint) -> Offer:
+    return replace(offer, mapping6=hint)
+
+
+@pytest.mark.parametrize(("ours6", "theirs6", "versions"), [
+    (ED, EI, set()), (EI, ED, set()), (ED, ED, set()),  # a NAT66 on a side: no IPv6 path
+    (EI, EI, {6}), (UNKNOWN, EI, {6}), (UNKNOWN, UNKNOWN, {6}),
+])
+def test_the_ipv6_traversal_follows_the_ipv6_hints(ours6: MappingHint, theirs6: MappingHint,
+                                                   versions: set[int]) -> None:
+    p = plan_punch(v6_hint(with_v6("cone"), ours6), v6_hint(with_v6("symmetric"), theirs6),
+                   INIT, PunchConfig())
+    assert (p.udp, p.padding, p.traversal_versions) == (EASY, E, versions)
+
+
+def test_two_hard_ipv4_sides_with_two_hard_ipv6_sides_give_up() -> None:
+    hard6 = v6_hint(with_v6("symmetric"), ED)
+    p = plan_punch(hard6, hard6, INIT, PunchConfig())
+    assert p.give_up is not None and "no IPv6 path" in p.give_up
+    assert (p.udp, p.tcp, p.padding) == (None, None, 0)
+    # one IPv6 side endpoint-independent: no UDP path (birthday is IPv4's), TCP is tried
+    p = plan_punch(hard6, v6_hint(with_v6("symmetric"), EI), INIT, PunchConfig())
+    assert (p.give_up, p.udp, p.traversal_versions, p.tcp) == (None, None, set(), DIAL)
+
+
+HINTS = (EI, ED, UNKNOWN)
+
+
+@pytest.mark.parametrize(("a", "b"), list(itertools.product(
+    [(k, h) for k in ("public", "cone", "symmetric", "unknown") for h in HINTS], repeat=2)))
+def test_dual_stack_plans_fit_together_for_every_pair_of_hints(
+        a: tuple[str, MappingHint], b: tuple[str, MappingHint]) -> None:
+    """Whatever the two sides' IPv4 and IPv6 hints: the same families traversed on both
+    sides with one QUIC dialler, complementary birthday sides, padding only with them."""
+    offer_a, offer_b = v6_hint(with_v6(a[0]), a[1]), v6_hint(with_v6(b[0]), b[1])
+    init = plan_punch(offer_a, offer_b, INIT, PunchConfig())
+    resp = plan_punch(offer_b, offer_a, RESP, PunchConfig())
+    assert init.give_up == resp.give_up
+    if init.give_up:
+        return
+    assert init.traversal_versions == resp.traversal_versions
+    if init.traversal_versions:
+        assert (init.traversal_dials, resp.traversal_dials) == (True, False)
+    birthday = {init.udp, resp.udp} - {TRAV, None}
+    assert birthday in (set(), {HARD, EASY})
+    if birthday:
+        assert init.udp_dials != resp.udp_dials
+    assert (init.padding > 0) is (resp.padding > 0) is bool(birthday)
+    assert 4 not in init.traversal_versions or not birthday
+
+
+def test_traversal_candidates_keep_the_families_asked_for_in_order() -> None:
+    mixed = (Endpoint.parse("198.18.0.20:4001"), V6, Endpoint.parse("[fd00::2]:4001"),
+             Endpoint.parse("10.1.0.10:4001"))
+    assert traversal_candidates(mixed, frozenset({6})) == (V6,)
+    assert traversal_candidates(mixed, frozenset({4})) == (mixed[0], mixed[2], mixed[3])
+    assert traversal_candidates(mixed, frozenset({4, 6})) == mixed
+    assert traversal_candidates(mixed, frozenset()) == ()
 
 
 def test_two_symmetric_sides_with_ipv6_have_plans_that_fit_together() -> None:
@@ -187,7 +271,14 @@ def test_two_symmetric_sides_without_ipv6_on_both_still_give_up(ours: Offer,
 
 def test_one_symmetric_side_without_ipv6_on_both_still_goes_birthday() -> None:
     p = plan_punch(with_v6("cone"), KINDS["symmetric"], INIT, PunchConfig())
-    assert (p.udp, p.padding) == (EASY, E)
+    assert (p.udp, p.padding, p.traversal_versions) == (EASY, E, set())
+
+
+def test_a_side_with_only_ipv6_udp_candidates_is_not_paid_for_birthday_probing() -> None:
+    only6 = replace(KINDS["symmetric"], udp=(V6,))
+    p = plan_punch(only6, with_v6("cone"), INIT, PunchConfig())
+    assert (p.udp, p.padding) == (HARD, 0)  # we probe their IPv4; they cannot probe ours
+    assert plan_punch(with_v6("cone"), only6, RESP, PunchConfig()).udp is TRAV
 
 
 @pytest.mark.parametrize(("a", "b"), list(itertools.product(KINDS, repeat=2)))

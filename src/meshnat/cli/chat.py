@@ -125,7 +125,7 @@ async def run_chat(args: argparse.Namespace, out: Output) -> int:
                                                puncher=puncher))
         authority = await node.mount(RecordAuthority(
             RecordConfig(name=args.name, publish_local=args.publish_local), discovery=discovery))
-        authority.set_nat(NatSummary(mapping=mapping))
+        authority.set_nat(NatSummary(mapping=mapping.v4))
         if args.port_mapping:
             await node.mount(PortMapper(helpers=_libp2p.merge_peer_addrs(args.reflector),
                                         records=authority))

@@ -26,7 +26,7 @@ from meshnat.cli.control import serve_control
 from meshnat.cli.traversal import traversal_handlers
 from meshnat.connect import Connector
 from meshnat.discovery import DiscoveryConfig, PeerAddressDiscovery
-from meshnat.discovery.mapping import discover_mapping
+from meshnat.discovery.mapping import MappingHints, discover_mapping
 from meshnat.echo import EchoService, echo
 from meshnat.errors import MeshNatError
 from meshnat.events import EventSink, MeshEvent, PunchAbandoned, ignore_events
@@ -42,7 +42,6 @@ from meshnat.portmap import (
     PortMapper,
 )
 from meshnat.punch import HolePuncher, PunchConfig
-from meshnat.punch.messages import MappingHint
 from meshnat.records.authority import endpoint_addr
 from meshnat.reflection import ReflectionService
 from meshnat.relay import RelayClient, RelayService, RelayServiceConfig
@@ -89,24 +88,25 @@ async def _mount_mesh(node: MeshNode, args: argparse.Namespace,
 
 
 async def mount_relay_and_puncher(
-        node: MeshNode, discovery: PeerAddressDiscovery, mapping: MappingHint,
+        node: MeshNode, discovery: PeerAddressDiscovery, mapping: MappingHints,
         events: EventSink = ignore_events, traversals: TraversalService | None = None
 ) -> tuple[RelayClient, HolePuncher]:
     """Mount the relay client and the hole puncher (on `traversals` if the node has one)."""
-    puncher = await node.mount(HolePuncher(PunchConfig(mapping=mapping), discovery=discovery,
+    config = PunchConfig(mapping=mapping.v4, mapping6=mapping.v6)
+    puncher = await node.mount(HolePuncher(config, discovery=discovery,
                                            traversals=traversals, events=events))
     return await node.mount(RelayClient()), puncher
 
 
 async def mount_discovery(node: MeshNode, args: argparse.Namespace
-                          ) -> tuple[PeerAddressDiscovery, MappingHint]:
+                          ) -> tuple[PeerAddressDiscovery, MappingHints]:
     """Mount discovery on `args.reflector` and run one round per transport (best effort):
-    the discovery, and the mapping behaviour that round suggests."""
+    the discovery, and the mapping behaviour per family those rounds suggest."""
     reflectors = _libp2p.merge_peer_addrs(args.reflector)
     config = DiscoveryConfig(min_responses=max(1, min(3, len(reflectors))))
     discovery = await node.mount(PeerAddressDiscovery(reflectors, config))
     mapping = (await discover_mapping(discovery, sorted(node.ip_versions)) if reflectors
-               else MappingHint.UNKNOWN)
+               else MappingHints())
     return discovery, mapping
 
 

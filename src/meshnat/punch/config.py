@@ -23,8 +23,15 @@ class PunchConfig:
     """Seconds for the coordination exchange (Offer, Offer, Sync)."""
 
     mapping: MappingHint = MappingHint.UNKNOWN
-    """This node's mapping behaviour (from discovery or its NatReport). One endpoint-dependent
-    side against an endpoint-independent one means birthday probing; two give up at once."""
+    """This node's IPv4 mapping behaviour (from discovery or its NatReport). One
+    endpoint-dependent side against an endpoint-independent one means birthday probing; two
+    give up at once (unless an IPv6 path is left)."""
+
+    mapping6: MappingHint = MappingHint.UNKNOWN
+    """This node's IPv6 mapping behaviour (from an IPv6 discovery round): endpoint-independent
+    for a global address behind a stateful firewall or NPTv6; endpoint-dependent behind a
+    NAT66 that is, which takes the IPv6 traversal out of the punch. Unknown counts as not
+    endpoint-dependent (the IPv6 traversal is tried)."""
 
     health: HealthConfig = field(default_factory=HealthConfig)
     """How punched connections are pinged (holding their NAT mappings) and found dead."""

@@ -1,4 +1,4 @@
-"""Wire messages of `/meshnat/punch/1.0.0` (docs/protocols/punch.md).
+"""Wire messages of `/meshnat/punch/1.1.0` (docs/protocols/punch.md).
 
 Over a coordination stream (a relay circuit, or any connection): the initiator sends an
 `Offer`, the responder answers with its own, the initiator sends `Sync` and both punch.
@@ -19,7 +19,7 @@ from meshnat.wire.codec import Fields, TxidOnly
 if TYPE_CHECKING:  # the discovery package imports trio; this module stays pure
     from meshnat.discovery.consensus import Consensus
 
-UDP, TCP, MAPPING, ACK, PUBLIC, PADDING = 8, 9, 10, 11, 12, 13
+UDP, TCP, MAPPING, ACK, PUBLIC, PADDING, MAPPING6 = 8, 9, 10, 11, 12, 13, 14
 MAX_CANDIDATES = 8
 MAX_PADDING = 4000
 """Padding bytes one Offer or Padding frame may carry (frames are at most 4096 bytes)."""
@@ -33,7 +33,9 @@ class MsgType(IntEnum):
 
 
 class MappingHint(IntEnum):
-    """What the sender knows of its own NAT mapping (from its NatReport)."""
+    """What the sender knows of its own NAT mapping in one IP family (from its NatReport or
+    a discovery round of that family). For IPv6, a global address behind a stateful firewall
+    and no translation is endpoint-independent (the mapping is the identity)."""
 
     UNKNOWN = 0
     ENDPOINT_INDEPENDENT = 1
@@ -59,7 +61,10 @@ def _endpoints(f: Fields, key: int) -> tuple[Endpoint, ...]:
 class Offer:
     """Where the sender can be punched to: UDP and TCP candidates, best first; `public` says
     its TCP listener is reachable as it is (no NAT in front), so it need not dial. `padding`
-    only makes the Offer larger: it pays for probes to the sender's unproven candidates."""
+    only makes the Offer larger: it pays for probes to the sender's unproven candidates.
+    `mapping` is the sender's IPv4 mapping, `mapping6` its IPv6 one (no translation, or
+    NPTv6: endpoint-independent; a NAT66 may be endpoint-dependent). Both are always on the
+    wire since `/meshnat/punch/1.1.0` (1.0.0 carried only `mapping`)."""
 
     TYPE: ClassVar[MsgType] = MsgType.OFFER
     txid: bytes
@@ -68,11 +73,13 @@ class Offer:
     mapping: MappingHint = MappingHint.UNKNOWN
     public: bool = False
     padding: bytes = b""
+    mapping6: MappingHint = MappingHint.UNKNOWN
 
     def to_fields(self) -> dict[int, object]:
         fields: dict[int, object] = {UDP: [e.to_wire() for e in self.udp[:MAX_CANDIDATES]],
                                      TCP: [e.to_wire() for e in self.tcp[:MAX_CANDIDATES]],
-                                     MAPPING: int(self.mapping), PUBLIC: int(self.public)}
+                                     MAPPING: int(self.mapping), PUBLIC: int(self.public),
+                                     MAPPING6: int(self.mapping6)}
         if self.padding:
             fields[PADDING] = self.padding[:MAX_PADDING]
         return fields
@@ -83,7 +90,8 @@ class Offer:
         mapping = MappingHint(f.pop_int(MAPPING, lo=0, hi=2))
         public = bool(f.pop_int(PUBLIC, lo=0, hi=1))
         padding = f.pop_bytes(PADDING, max_size=MAX_PADDING) if PADDING in f else b""
-        return cls(txid, udp, tcp, mapping, public, padding)
+        mapping6 = MappingHint(f.pop_int(MAPPING6, lo=0, hi=2))  # required: no guessing
+        return cls(txid, udp, tcp, mapping, public, padding, mapping6)
 
 
 @dataclass(frozen=True, slots=True)

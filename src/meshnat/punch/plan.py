@@ -4,24 +4,28 @@ Once both Offers are known each side computes the same strategy from them (the i
 the responder's plans mirror each other), much as Tailscale's netcheck computes a probe plan
 before it sends a packet:
 
-- IPv6 (dual stack): the mapping hints describe IPv4 NATs; IPv6 candidates (`has_ipv6`:
-  neither link-local nor unique local) are taken as not translated (a global address behind a
-  stateful firewall, the common case: no NAT66). When both Offers carry IPv6 candidates of a
-  transport, that transport is punched by a simultaneous open whatever the IPv4 NATs are: UDP
-  as a traversal (every pair of both families probed at once, the first live one taken), TCP
-  from the listen ports;
-- both sides endpoint-dependent (RFC 4787 §4.1) and no IPv6 on both: give up at once, before
-  anything is paid or sent (birthday probing would need ~170,000 probes per side);
-- a peer that offered no candidate at all: give up;
-- UDP, when the peer has UDP candidates: both with IPv6 means a traversal (above); else exactly
-  one side endpoint-dependent means birthday probing (the hard side opens many sockets and
-  dials QUIC from the one that heard; the easy side sprays random ports and waits); otherwise a
-  traversal on the shared QUIC port, where the initiator takes the first live pair and dials;
+- per family: the Offers carry a mapping hint for IPv4 (`mapping`) and one for IPv6
+  (`mapping6`), and each family's UDP path is planned from its own two hints. IPv6 counts when
+  both Offers carry global IPv6 candidates (`has_ipv6`: not link-local, unique local or
+  IPv4-mapped); every other candidate (IPv4, and LAN IPv6) is the IPv4 family's;
+- a family's UDP path: neither side endpoint-dependent (RFC 4787 §4.1) means a traversal on
+  the shared QUIC port (every pair of the families that traverse probed at once, the first live
+  one taken; the initiator dials); exactly one endpoint-dependent means birthday probing on
+  IPv4 (the hard side opens many sockets and dials QUIC from the one that heard; the easy side
+  sprays random ports and waits) and no IPv6 path (birthday probing is IPv4's cure here); both
+  endpoint-dependent means no path in that family;
+- the families run side by side: birthday probing on IPv4 runs beside an IPv6 traversal (an
+  NPTv6, NAT66 or a broken IPv6 path must not leave a hard IPv4 pair on the relay), and the
+  first direct connection wins;
+- give up at once, before anything is paid or sent, when no family has a path: both IPv4 sides
+  endpoint-dependent (birthday probing would need ~170,000 probes per side) and no IPv6 path
+  (UDP, or TCP on both sides with not both IPv6 sides endpoint-dependent); or when the peer
+  offered no candidate at all;
 - TCP, when the peer has TCP candidates: a public side (its listener reachable as it is) waits
   to be dialled, the other side dials it (the initiator, when both are public); two NATed sides
   open at once from their listen ports, the initiator as Noise initiator;
-- padding: only birthday probing needs it (`punch/payment.py`); nothing when giving up or
-  when IPv6 makes a traversal of it;
+- padding: only birthday probing needs it (`punch/payment.py`), from the IPv4 hints; nothing
+  when giving up;
 - timing: DCUtR's, the responder punches on Sync and the initiator RTT/2 after it;
 - TCP after UDP: when both sides' UDP mappings are endpoint-independent (their discovery
   rounds over UDP agreed) the traversal is all but certain to work, so the TCP open waits
@@ -106,9 +110,16 @@ class PunchPlan:
     padding: int
     """Bytes of `Padding` this side sends before its Offer (responder) or Sync (initiator)."""
     udp: UdpPath | None
-    """None: no UDP path (the peer offered no UDP candidate)."""
+    """Birthday probing (IPv4) when it runs, else a traversal when one runs, else None (no
+    UDP path: the peer offered no UDP candidate, or no family has one)."""
     udp_dials: bool
-    """This side dials QUIC over the UDP path; otherwise it waits for the peer's connection."""
+    """This side dials QUIC over the `udp` path; otherwise it waits for the peer's
+    connection."""
+    traversal_versions: frozenset[int]
+    """The families the UDP traversal probes (4: IPv4 and LAN IPv6 candidates, 6: global
+    IPv6 ones); empty when none does. Beside birthday probing: {6} or empty."""
+    traversal_dials: bool
+    """This side takes a traversal pair and dials QUIC over it (the initiator)."""
     birthday: Birthday | None
     """Set for the two birthday paths."""
     tcp: TcpPath | None
@@ -128,18 +139,27 @@ class PunchPlan:
 def plan_punch(ours: Offer, theirs: Offer, role: Role, config: PunchConfig) -> PunchPlan:
     """The plan for this side of a punch: `ours` is the Offer it sent, `theirs` the peer's."""
     initiator = role is Role.INITIATOR
-    give_up = _give_up(ours, theirs)
-    v6 = has_ipv6(ours.udp) and has_ipv6(theirs.udp)
-    udp = (UdpPath.TRAVERSAL if v6 else _udp_path(ours.mapping, theirs.mapping)) \
-        if theirs.udp and not give_up else None
-    tcp = _tcp_path(ours.public, theirs.public, initiator) if theirs.tcp and not give_up else None
+    udp4 = _udp_path(ours.mapping, theirs.mapping) \
+        if any(not _global6(e) for e in theirs.udp) else None
+    udp6 = _udp_path(ours.mapping6, theirs.mapping6) \
+        if has_ipv6(ours.udp) and has_ipv6(theirs.udp) else None
+    versions = frozenset(v for v, path in ((4, udp4), (6, udp6)) if path is UdpPath.TRAVERSAL)
+    udp = udp4 if udp4 in _BIRTHDAY else UdpPath.TRAVERSAL if versions else None
+    tcp = _tcp_path(ours.public, theirs.public, initiator) \
+        if theirs.tcp and _tcp_may_work(ours, theirs) else None
+    give_up = _give_up(ours, theirs, udp, tcp)
+    if give_up:
+        udp, tcp, versions = None, None, frozenset()
     return PunchPlan(
         give_up=give_up,
-        padding=0 if give_up or v6 else padding_owed(ours.mapping, theirs.mapping,
-                                                     max_probes=config.birthday_max_probes,
-                                                     sockets=config.birthday_sockets),
+        # the peer probes our IPv4 side (birthday) only if we offered one: pay only then
+        padding=0 if give_up or all(_global6(e) for e in ours.udp) else padding_owed(
+            ours.mapping, theirs.mapping, max_probes=config.birthday_max_probes,
+            sockets=config.birthday_sockets),
         udp=udp,
         udp_dials=udp is UdpPath.BIRTHDAY_HARD or (udp is UdpPath.TRAVERSAL and initiator),
+        traversal_versions=versions,
+        traversal_dials=initiator and bool(versions),
         birthday=_birthday(udp, config),
         tcp=tcp,
         half_rtt_delay=initiator,
@@ -150,6 +170,14 @@ def plan_punch(ours: Offer, theirs: Offer, role: Role, config: PunchConfig) -> P
     )
 
 
+def traversal_candidates(endpoints: Iterable[Endpoint],
+                         versions: frozenset[int]) -> tuple[Endpoint, ...]:
+    """The candidates of the families a traversal probes (`PunchPlan.traversal_versions`):
+    global IPv6 ones for 6, every other one (IPv4, LAN IPv6) for 4; order kept."""
+    return tuple(e for e in endpoints if (6 if _global6(e) else 4) in versions)
+
+
+_BIRTHDAY = (UdpPath.BIRTHDAY_HARD, UdpPath.BIRTHDAY_EASY)
 _UNIQUE_LOCAL = IPv6Network("fc00::/7")
 
 
@@ -157,8 +185,12 @@ def has_ipv6(endpoints: Iterable[Endpoint]) -> bool:
     """Whether any of `endpoints` is an IPv6 address that may reach another site: not
     IPv4-mapped, link-local or unique local (fc00::/7, RFC 4193: a LAN's, never routed
     between sites; the IPv4 LAN candidates cover the LAN)."""
-    return any(isinstance(e.ip, IPv6Address) and e.ip.ipv4_mapped is None
-               and not e.ip.is_link_local and e.ip not in _UNIQUE_LOCAL for e in endpoints)
+    return any(_global6(e) for e in endpoints)
+
+
+def _global6(e: Endpoint) -> bool:
+    return (isinstance(e.ip, IPv6Address) and e.ip.ipv4_mapped is None
+            and not e.ip.is_link_local and e.ip not in _UNIQUE_LOCAL)
 
 
 def tcp_grace(rtt: float) -> float:
@@ -168,20 +200,34 @@ def tcp_grace(rtt: float) -> float:
     return min(max(2 * rtt, TCP_GRACE_MIN), TCP_GRACE_MAX)
 
 
-def _give_up(ours: Offer, theirs: Offer) -> str | None:
+def _tcp_may_work(ours: Offer, theirs: Offer) -> bool:
+    """Not both IPv4 sides endpoint-dependent, or an IPv6 TCP path (not both IPv6 sides
+    endpoint-dependent) on both."""
     hard = MappingHint.ENDPOINT_DEPENDENT
-    v6 = any(has_ipv6(a) and has_ipv6(b) for a, b in ((ours.udp, theirs.udp),
-                                                       (ours.tcp, theirs.tcp)))
-    if ours.mapping is hard and theirs.mapping is hard and not v6:
-        return "both sides have endpoint-dependent mapping (and no IPv6 on both): stay on " \
-            "the relay"
+    if not (ours.mapping is hard and theirs.mapping is hard):
+        return True
+    return not (ours.mapping6 is hard and theirs.mapping6 is hard) \
+        and has_ipv6(ours.tcp) and has_ipv6(theirs.tcp)
+
+
+def _give_up(ours: Offer, theirs: Offer, udp: UdpPath | None,
+             tcp: TcpPath | None) -> str | None:
     if not theirs.udp and not theirs.tcp:
         return "the peer offered no candidate address"
-    return None
+    if udp is not None or tcp is not None:
+        return None
+    hard = MappingHint.ENDPOINT_DEPENDENT
+    if ours.mapping is hard and theirs.mapping is hard:
+        return "both sides have endpoint-dependent mapping (and no IPv6 path): stay on " \
+            "the relay"
+    return "no UDP or TCP path in either IP family: stay on the relay"
 
 
-def _udp_path(ours: MappingHint, theirs: MappingHint) -> UdpPath:
+def _udp_path(ours: MappingHint, theirs: MappingHint) -> UdpPath | None:
+    """One family's UDP path from its two hints (for IPv6 a birthday path means none)."""
     hard, easy = MappingHint.ENDPOINT_DEPENDENT, MappingHint.ENDPOINT_INDEPENDENT
+    if ours is hard and theirs is hard:
+        return None
     if ours is hard and theirs is easy:
         return UdpPath.BIRTHDAY_HARD
     if ours is easy and theirs is hard:

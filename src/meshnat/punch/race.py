@@ -27,7 +27,15 @@ from meshnat.node import MeshNode
 from meshnat.punch.birthday import EasySideSession, HardSideSession
 from meshnat.punch.messages import Offer
 from meshnat.punch.payment import probes_allowed
-from meshnat.punch.plan import BACKSTOP, Birthday, PunchPlan, TcpPath, UdpPath, tcp_grace
+from meshnat.punch.plan import (
+    BACKSTOP,
+    Birthday,
+    PunchPlan,
+    TcpPath,
+    UdpPath,
+    tcp_grace,
+    traversal_candidates,
+)
 from meshnat.punch.results import PathOpened, Punched
 from meshnat.punch.udp import punch_udp, punch_udp_many
 from meshnat.traversal import PairState, TraversalService
@@ -81,7 +89,8 @@ class PathRace:
         udp_heard, udp_done = trio.Event(), trio.Event()
         udp_runs = plan.udp is not None and bool(theirs.udp)
 
-        async def attempt(path: str) -> None:
+        async def attempt(path: str, label: str) -> None:
+            """`path`: "birthday", "traversal" or "tcp"; `label` names it in failures."""
             opened: PathOpened | None = None
             try:
                 if path == "tcp" and plan.tcp_after_udp and udp_runs:
@@ -90,33 +99,42 @@ class PathRace:
                     if udp_heard.is_set():  # UDP works: TCP only if its connection fails
                         await udp_done.wait()
                 with trio.move_on_after(plan.backstop):  # its own deadline should end it first
-                    if path == "udp":
-                        opened = await self._udp(node, peer, ours, theirs, plan, budget,
-                                                 udp_heard)
+                    if path == "birthday":
+                        opened = await self._birthday(node, peer, ours, theirs, plan, budget)
+                    elif path == "traversal":
+                        opened = await self._traversal(node, peer, ours, theirs, plan, budget,
+                                                       udp_heard)
                     else:
                         opened = await self._tcp(node, peer, theirs, plan, budget)
             except PunchFailed as exc:
-                failures.append(PunchFailed(f"{path}: {exc.reason}",
+                failures.append(PunchFailed(f"{label}: {exc.reason}",
                                             probes_sent=exc.probes_sent))
                 return
             except MeshNatError as exc:
-                failures.append(PunchFailed(f"{path}: {exc}"))
+                failures.append(PunchFailed(f"{label}: {exc}"))
                 return
             if opened is None:
-                failures.append(PunchFailed(f"{path}: timed out"))
+                failures.append(PunchFailed(f"{label}: timed out"))
                 return
             if not won:
-                won.append(Punched(peer, path, opened.local, opened.remote, rtt,
-                                   trio.current_time() - started, opened.probes_sent,
-                                   opened.connection))
+                won.append(Punched(peer, "tcp" if path == "tcp" else "udp", opened.local,
+                                   opened.remote, rtt, trio.current_time() - started,
+                                   opened.probes_sent, opened.connection))
                 nursery.cancel_scope.cancel()
             elif opened.connection is not won[0].connection:  # both made it: keep the winner
                 with trio.CancelScope(shield=True):
                     await opened.connection.close()
 
         async def attempt_udp() -> None:
+            """The UDP paths side by side: birthday probing (IPv4) beside a traversal of the
+            families the plan names (IPv6, or both when there is no birthday probing)."""
             try:
-                await attempt("udp")
+                async with trio.open_nursery() as paths:
+                    if plan.birthday is not None:
+                        paths.start_soon(attempt, "birthday", "udp")
+                    if plan.traversal_versions:
+                        label = "udp" if plan.birthday is None else "udp (IPv6 traversal)"
+                        paths.start_soon(attempt, "traversal", label)
             finally:
                 udp_done.set()
 
@@ -124,29 +142,35 @@ class PathRace:
             if udp_runs:
                 nursery.start_soon(attempt_udp)
             if plan.tcp is not None and theirs.tcp:
-                nursery.start_soon(attempt, "tcp")
+                nursery.start_soon(attempt, "tcp", "tcp")
         if won:
             return won[0]
         reasons = "; ".join(f.reason for f in failures) or "no path attempted"
         raise PunchFailed(reasons, probes_sent=sum(f.probes_sent for f in failures),
                           candidates=tuple(map(str, theirs.udp + theirs.tcp)))
 
-    async def _udp(self, node: MeshNode, peer: ID, ours: Offer, theirs: Offer,
-                   plan: PunchPlan, budget: SendBudget, heard: trio.Event) -> PathOpened:
+    async def _birthday(self, node: MeshNode, peer: ID, ours: Offer, theirs: Offer,
+                        plan: PunchPlan, budget: SendBudget) -> PathOpened:
+        assert plan.birthday is not None
+        side = self._birthday_hard if plan.udp is UdpPath.BIRTHDAY_HARD else \
+            self._birthday_easy
+        return await side(node, peer, ours.txid, theirs, plan.birthday, plan.path_timeout,
+                          budget)
+
+    async def _traversal(self, node: MeshNode, peer: ID, ours: Offer, theirs: Offer,
+                         plan: PunchPlan, budget: SendBudget, heard: trio.Event) -> PathOpened:
         """`heard` is set once the traversal heard the peer (the TCP path may wait on it)."""
-        if plan.birthday is not None:
-            side = self._birthday_hard if plan.udp is UdpPath.BIRTHDAY_HARD else \
-                self._birthday_easy
-            return await side(node, peer, ours.txid, theirs, plan.birthday, plan.path_timeout,
-                              budget)
         local = node.listen_endpoint("udp")
         # the punch's Offers were the traversal's candidate exchange, and Sync started both
-        # sides together: each adopts the traversal under the punch's txid (on a dual-stack
-        # node it probes both families' candidates at once: the first live pair is taken)
-        traversal = await self._traversals.adopt(ours.txid, peer, theirs.udp, budget=budget,
+        # sides together: each adopts the traversal under the punch's txid, probing the
+        # candidates of the families the plan names at once (the first live pair is taken)
+        candidates = traversal_candidates(theirs.udp, plan.traversal_versions)
+        if not candidates:
+            raise PunchFailed("no UDP candidate of a family to traverse")
+        traversal = await self._traversals.adopt(ours.txid, peer, candidates, budget=budget,
                                                  shared=True)
         try:
-            if not plan.udp_dials:  # the initiator takes a pair and dials; our listener accepts
+            if not plan.traversal_dials:  # the initiator takes a pair and dials; we accept
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._signal_heard, traversal.id, heard, plan.path_timeout)
                     conn = await _libp2p.wait_direct_connection(node.host, peer)

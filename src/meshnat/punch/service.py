@@ -45,7 +45,8 @@ from meshnat.wire.error_response import ErrorCode, ErrorResponse, refusal_for
 
 log = logging.getLogger(__name__)
 
-PUNCH_PROTOCOL = TProtocol("/meshnat/punch/1.0.0")
+PUNCH_PROTOCOL = TProtocol("/meshnat/punch/1.1.0")
+"""1.1.0: the Offer carries a mapping hint per IP family (field 14, IPv6; required)."""
 
 __all__ = ["PUNCH_PROTOCOL", "HolePuncher", "PunchConfig", "PunchStatistics", "Punched"]
 
@@ -274,4 +275,5 @@ class HolePuncher:
                 public.append(seen6.address)
             candidates[transport] = list(dict.fromkeys(public + local))
         return Offer(txid, tuple(candidates["udp"]), tuple(candidates["tcp"]),
-                     self.config.mapping, reachable, bytes(self.config.offer_padding))
+                     self.config.mapping, reachable, bytes(self.config.offer_padding),
+                     self.config.mapping6)
