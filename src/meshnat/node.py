@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from ipaddress import ip_address
 from socket import SOCK_DGRAM as UDP
 from socket import SOCK_STREAM as TCP
-from typing import TYPE_CHECKING, Protocol, Self, TypeVar
+from typing import TYPE_CHECKING, Protocol, Self, TypeVar, overload
 
 import multiaddr
 import trio
@@ -42,6 +42,8 @@ from meshnat.paths import PathKind
 __all__ = ["QUIC_STACK_ENV", "MeshNode", "NodeConfig", "Service"]
 
 if TYPE_CHECKING:
+    from meshnat.connect import Path as MeshPath
+    from meshnat.mesh import Mesh
     from meshnat.portmap import PortMapper
 
 log = logging.getLogger(__name__)
@@ -99,6 +101,7 @@ class MeshNode:
         self._punch_sources: list[PunchedConnections] = []
         self.port_mapper: PortMapper | None = None
         """The PortMapper mounted by `NodeConfig.port_mapping` (None when off)."""
+        self._mesh: Mesh | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -134,8 +137,27 @@ class MeshNode:
             except BaseException:
                 await self.__aexit__(None, None, None)
                 raise
+        if self.config.bootstrap or self.config.mesh is not None:
+            await self._join_mesh()
         log.info("node up peer=%s addrs=%s", self.peer_id, [str(a) for a in self.addrs])
         return self
+
+    async def _join_mesh(self) -> None:
+        from meshnat.mesh import Mesh  # the mesh's services are built on this module
+
+        try:
+            bootstrap = _libp2p.merge_peer_addrs(list(self.config.bootstrap))
+            self._mesh = await self.mount(Mesh(self.config.mesh, bootstrap=bootstrap))
+        except BaseException as exc:
+            await self.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+
+    @property
+    def mesh(self) -> Mesh:
+        """The self-organizing mesh service (NodeConfig `bootstrap` or `mesh`)."""
+        if self._mesh is None:
+            raise NotMounted("the node has no mesh (give NodeConfig bootstrap or mesh)")
+        return self._mesh
 
     async def __aexit__(self, *exc_info: object) -> None:
         stack, self._stack = self._stack, None
@@ -156,6 +178,7 @@ class MeshNode:
             self._host = self._udp = self._nursery = None
             self._mounted.clear()
             self._listen_port_conns.clear()
+            self._mesh = None
 
     # --- identity and addresses --------------------------------------------------------------
 
@@ -311,7 +334,13 @@ class MeshNode:
         finally:
             self._punch_sources.remove(source)
 
-    async def connect(self, peer: PeerInfo, *, timeout: float | None = None) -> None:
+    @overload
+    async def connect(self, peer: PeerInfo, *, timeout: float | None = None) -> None: ...
+    @overload
+    async def connect(self, peer: ID, *, timeout: float | None = None) -> MeshPath: ...
+
+    async def connect(self, peer: PeerInfo | ID, *, timeout: float | None = None
+                      ) -> MeshPath | None:
         """Connect to `peer` at its known addresses (reusing an existing connection).
 
         Happy eyeballs (RFC 8305 §5): the addresses are tried with the IP families
@@ -320,10 +349,15 @@ class MeshNode:
         first connection winning (the others are cancelled, or closed if they also made it).
         So an address that swallows packets (a firewalled IPv6 one, a stale IPv4 mapping)
         delays the next by 250 ms, not by the whole timeout.
+
+        Given only a peer id, the node's mesh finds the peer's signed record in the DHT and
+        climbs the ladder (direct, relayed, punched in the background): the Path is returned.
         """
+        if isinstance(peer, ID):
+            return await self.mesh.connect(peer)
         limit = timeout or self.config.dial_timeout
         if self.host.get_network().get_connections(peer.peer_id):
-            return
+            return None
         if not peer.addrs:
             raise ConfigError(f"no address known for {peer.peer_id}")
         errors: list[PeerUnavailable] = []
@@ -351,11 +385,11 @@ class MeshNode:
                     with trio.move_on_after(ATTEMPT_DELAY):
                         await failed.wait()
         for extra in won[1:]:  # two attempts made it at once: keep the first
-            with trio.CancelScope(shield=True):
+            with trio.CancelScope(shield=True), trio.move_on_after(limit):
                 await extra.close()
         if won:
             self.host.get_peerstore().add_addrs(peer.peer_id, peer.addrs, 3600)
-            return
+            return None
         last = errors[-1] if errors else None
         raise PeerUnavailable(f"could not connect to {peer.peer_id}: {last}")
 
@@ -396,6 +430,19 @@ class MeshNode:
         with _libp2p.map_peer_errors(f"open {protocol}", limit), trio.fail_after(limit):
             conn = self._listen_port_conns.get(key)
             if conn is None or conn.is_closed:
-                conn = await self.host.get_network().dial_addr(addr, peer.peer_id, source)
+                conn = (self._dialled_from_listen_port(peer.peer_id, [addr])
+                        or await self.host.get_network().dial_addr(addr, peer.peer_id, source))
                 self._listen_port_conns[key] = conn
             return await _libp2p.open_stream_on(self.host, conn, protocol, limit)
+
+    def _dialled_from_listen_port(self, peer: ID, tcp: list[multiaddr.Multiaddr]
+                                  ) -> INetConn | None:
+        """The peer's connection from its own TCP listen port to this node's, if it made one:
+        a dial from here would have the same four-tuple, and the two would collide."""
+        listen = {p[1] for p in map(_libp2p.endpoint_of, tcp) if p is not None}
+        for conn in self.host.get_network().get_connections(peer):
+            if (not conn.is_closed and _libp2p.is_inbound(conn)
+                    and _libp2p.transport_of(conn) == "tcp"
+                    and _libp2p.connection_remote(conn) in listen):
+                return conn
+        return None

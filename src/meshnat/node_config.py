@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, cast, get_args
 
 import multiaddr
 
+from meshnat import _libp2p
 from meshnat._libp2p import PeerInfo
 from meshnat._libp2p.host import QuicStack
 from meshnat.config import require_in_range, require_positive
@@ -18,6 +19,8 @@ from meshnat.errors import ConfigError
 
 if TYPE_CHECKING:  # not at run time: portmap's service imports meshnat.node, which imports this
     from meshnat.portmap.config import PortMapConfig
+if TYPE_CHECKING:
+    from meshnat.mesh import MeshConfig
 
 QUIC_STACK_ENV = "MESHNAT_QUIC_STACK"
 
@@ -83,8 +86,17 @@ class NodeConfig:
 
     port_mapping_helpers: tuple[PeerInfo, ...] = ()
     """Peers running ProbeHelperService that confirm the mapper's mappings by a dial-back."""
+    bootstrap: tuple[str, ...] = ()
+    """Multiaddrs (ending in /p2p/<peer id>) of mesh nodes to join through; given (or with
+    `mesh`), the node organizes itself (`meshnat.mesh.Mesh`) and `connect(peer_id)` works."""
+
+    mesh: MeshConfig | None = None
+    """How the node organizes itself; set without `bootstrap` for the first node of a mesh."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "bootstrap", tuple(self.bootstrap))
+        for addr in self.bootstrap:
+            _libp2p.parse_peer_addr(addr)
         try:
             ip_address(self.listen_ip)
         except ValueError:

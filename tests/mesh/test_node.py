@@ -59,6 +59,26 @@ async def test_every_address_a_wildcard_listener_advertises_is_dialable() -> Non
                 await conn.close()
 
 
+async def test_identify_advertises_no_wildcard_address() -> None:
+    # identify sends host.get_addrs(): py-libp2p's were the raw listen addresses (0.0.0.0),
+    # which peers stored and dialled (reaching themselves)
+    async with MeshNode(NodeConfig()) as node:
+        advertised = {str(a) for a in node.host.get_addrs()}
+        assert advertised and advertised <= {str(a) for a in node.addrs}
+    assert not any("/0.0.0.0/" in a for a in advertised)
+
+
+async def test_tcp_dials_leave_from_the_listen_ip() -> None:
+    # unbound, the kernel picks 127.0.0.1 for loopback, and peers saw a network the node is not on
+    async with MeshNode(NodeConfig(listen_ip="127.0.1.1")) as a, \
+            MeshNode(NodeConfig(listen_ip="127.0.2.1")) as b:
+        with trio.fail_after(15):
+            await a.connect(PeerInfo(b.peer_id, [x for x in b.addrs if "/tcp/" in str(x)]))
+        (conn,) = b.host.get_network().get_connections(a.peer_id)
+        remote = _libp2p.connection_remote(conn)
+        assert remote is not None and str(remote.ip) == "127.0.1.1"
+
+
 async def test_unmounted_service_stops_answering_and_cannot_be_unmounted_twice() -> None:
     async with nodes(2) as (a, b):
         service = await a.mount(EchoService())

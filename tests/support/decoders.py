@@ -25,6 +25,7 @@ from meshnat.classify import messages as classify
 from meshnat.datagrams import parse_datagram
 from meshnat.endpoint import udp_source
 from meshnat.errors import RemoteProtocolError
+from meshnat.mesh import messages as dialback
 from meshnat.punch import messages as punch
 from meshnat.records import AddressRecord, sign_record, verify_record
 from meshnat.records import messages as records
@@ -39,7 +40,7 @@ from meshnat.wire import error_response as errors
 SRC = Path(__file__).parents[2] / "src" / "meshnat"
 VECTORS = Path(__file__).parents[1] / "vectors"
 MESSAGE_MODULES: tuple[ModuleType, ...] = (
-    reflection, classify, punch, traversal, tunnel, records, rendezvous, chat, errors)
+    reflection, classify, punch, traversal, tunnel, records, rendezvous, chat, dialback, errors)
 """Every module that defines wire messages (a unit test checks none is missing)."""
 NOW = 1_700_000_000
 

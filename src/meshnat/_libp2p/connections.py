@@ -19,6 +19,7 @@ from libp2p.host.ping import ID as PING_PROTOCOL
 from libp2p.host.ping import perform_ping_roundtrip
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
+from libp2p.rcmgr import Direction
 
 from meshnat._libp2p.streams import (
     carried_by,
@@ -214,6 +215,11 @@ def connection_reports(host: IHost, capacity: int
 
     with watch_connections(host, on_connected):
         yield receive
+
+
+def is_inbound(conn: INetConn) -> bool:
+    """True for a connection the remote peer dialled."""
+    return getattr(conn, "direction", None) == Direction.INBOUND
 
 
 def stream_count(conn: INetConn) -> int:

@@ -35,7 +35,7 @@ from libp2p.transport.tcp.tcp import TCP
 from libp2p.utils.address_validation import expand_wildcard_address
 from multiaddr.exceptions import Error as MultiaddrError
 
-from meshnat._libp2p import admission, identity, multiselect, quic_stream, yamux
+from meshnat._libp2p import admission, identity, multiselect, quic_stream, tcp, yamux
 from meshnat._libp2p.quic import QuicTransport
 from meshnat.endpoint import Endpoint
 from meshnat.errors import (
@@ -137,12 +137,17 @@ def new_libp2p_host(key_pair: KeyPair, listen: Sequence[multiaddr.Multiaddr], *,
         connection_config=quiet,
         resource_manager=resources,
         muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): yamux.Yamux},
+        # what identify advertises: wildcards expanded, as node.addrs (0.0.0.0 is no address)
+        addrs_factory=lambda addrs: [e for a in addrs for e in _expand(a)],
     )
 
     async def no_auto_dial() -> None:
         """Even at low_watermark=0 the AutoConnector aims for (low+high)/2 connections."""
 
     cast(Any, host.get_network()).auto_connector.maybe_connect = no_auto_dial
+    concrete = {str(a).split("/")[2] for a in listen} - {"0.0.0.0", "::"}
+    if len(concrete) == 1:
+        tcp.dial_from_listen_ip(host, concrete.pop())
     admission.limit_inbound(host, total=max_connections,
                             per_network=min(max_connections_per_network, max_connections))
     admission.end_inbound_handlers(host)

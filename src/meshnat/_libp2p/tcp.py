@@ -24,7 +24,7 @@ replacement below takes both.
 from __future__ import annotations
 
 import socket
-from typing import Any
+from typing import Any, cast
 
 import multiaddr
 import trio
@@ -108,6 +108,25 @@ def _remote_address(self: TrioTCPStream) -> tuple[str, int] | None:
         return None
     self._cached_remote_address = (str(peer[0]), int(peer[1]))
     return self._cached_remote_address
+
+
+def dial_from_listen_ip(host: IHost, ip: str) -> None:
+    """Make `host`'s TCP dials leave from `ip` (its listen address) rather than whichever
+    address the kernel picks: on a multi-homed host (or several loopback addresses) peers then
+    see the address the node listens on, as they do for its QUIC dials. A dial that cannot
+    leave from `ip` (no route from it) is made unbound, as before."""
+    for transport in cast(Any, host.get_network()).transport_manager.get_transports():
+        if isinstance(transport, _tcp.TCP):
+            plain = transport.dial
+
+            async def dial(maddr: multiaddr.Multiaddr, transport: Any = transport,
+                           plain: Any = plain) -> Any:
+                try:
+                    return await transport.dial_with_source(maddr, (ip, 0))
+                except OpenConnectionError:
+                    return await plain(maddr)
+
+            transport.dial = dial  # type: ignore[method-assign]
 
 
 def install() -> None:

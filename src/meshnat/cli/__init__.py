@@ -27,6 +27,7 @@ from meshnat.cli.commands import (
 from meshnat.cli.connect import run_connect, run_listen, run_relay
 from meshnat.cli.traversal import add_traversal_commands
 from meshnat.cli.tunnel import add_tunnel_commands
+from meshnat.cli.up import add_up_parser
 from meshnat.errors import ConfigError, MeshNatError
 from meshnat.node import NodeConfig
 from meshnat.portmap import MappingProtocol
@@ -146,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     mesh_flags(p)
     p.set_defaults(run=run_connect)
 
+    add_up_parser(sub, common)
     add_tunnel_commands(sub)
     add_chat_parser(sub, common)
     add_traversal_commands(sub)

@@ -1,0 +1,411 @@
+"""`Mesh`: a node that joins from bootstrap addresses and organizes itself from then on.
+
+It connects to the bootstrap nodes, learns members through the DHT, asks peers to dial it back
+(`dialback`), serves others once confirmed public (`offers`), picks its reflectors among
+confirmed-public peers (`reflectors`), reserves on relays while behind NAT (`autorelay`) and
+publishes its signed record in the DHT (`publishing`). Each decision is a pure core; this is
+the trio adapter that feeds them what the host sees and carries out what they say.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+
+import multiaddr
+import trio
+
+from meshnat import _libp2p
+from meshnat._libp2p import ID, PeerInfo, TaskStatus
+from meshnat._libp2p.dht import MeshDHT, stored_addrs, stored_protocols
+from meshnat._libp2p.relay import HOP_PROTOCOL
+from meshnat.classify import NatClassifier
+from meshnat.connect import Connector, Path
+from meshnat.discovery import DiscoveryConfig, PeerAddressDiscovery
+from meshnat.errors import MeshNatError, NotMounted, PeerUnavailable, RelayUnavailable
+from meshnat.limits import network_of
+from meshnat.mesh.autorelay import AutoRelay, RelayOption
+from meshnat.mesh.config import MeshConfig
+from meshnat.mesh.dialback import DIALBACK_PROTOCOL, DialBackService
+from meshnat.mesh.events import MeshChanged, MeshSink, ignore_mesh_events
+from meshnat.mesh.offers import Offers
+from meshnat.mesh.peers import Membership
+from meshnat.mesh.publishing import Republisher
+from meshnat.mesh.reachability import Reachability, ReachabilityTracker
+from meshnat.mesh.reflectors import choose_reflectors
+from meshnat.node import MeshNode, Service
+from meshnat.punch import HolePuncher
+from meshnat.records import AddressRecord, NatSummary, RecordAuthority, RecordConfig
+from meshnat.reflection.service import REFLECT_PROTOCOL
+from meshnat.relay import RelayClient
+
+log = logging.getLogger(__name__)
+
+
+class Mesh:
+    """Mounted by MeshNode when its config has bootstrap addresses (or a MeshConfig)."""
+
+    def __init__(self, config: MeshConfig | None = None, *, bootstrap: Sequence[PeerInfo] = (),
+                 events: MeshSink = ignore_mesh_events) -> None:
+        self.config = config or MeshConfig()
+        self.bootstrap = list(bootstrap)
+        self.events = events
+        """Where MeshChanged events go (the CLI's `up` prints them)."""
+        cfg = self.config
+        self.reachability = ReachabilityTracker(
+            confirmations=cfg.dialback_confirmations, refutations=cfg.dialback_refutations,
+            ttl=cfg.dialback_ttl, forced=cfg.reachability)
+        self.membership = Membership(target=cfg.target_peers)
+        self.autorelay = AutoRelay(count=cfg.relays, refusal_backoff=cfg.relay_refusal_backoff,
+                                   failure_backoff=cfg.relay_failure_backoff)
+        self._republisher = Republisher(interval=cfg.republish_interval)
+        self.reflectors: list[str] = []
+        self.relay_addrs: dict[str, str] = {}
+        self._status = Reachability.UNKNOWN
+        self._rtt: dict[str, float] = {}
+        self._busy: set[tuple[str, str]] = set()
+        self._wake = trio.Event()
+        self._reconciled = trio.Event()
+        self._published = trio.Event()
+        self._node: MeshNode | None = None
+        self._parts: _Parts | None = None
+
+    # --- public API --------------------------------------------------------------------------
+
+    @property
+    def status(self) -> Reachability:
+        return self._status
+
+    @property
+    def dht(self) -> MeshDHT:
+        return self._mounted()[1].dht
+
+    @property
+    def authority(self) -> RecordAuthority:
+        return self._mounted()[1].authority
+
+    @property
+    def discovery(self) -> PeerAddressDiscovery:
+        return self._mounted()[1].discovery
+
+    async def wait_published(self) -> None:
+        """Wait until this node's record (with an address to reach it) is in the DHT."""
+        await self._published.wait()
+
+    async def wait_reconciled(self) -> None:
+        """Wait until the node has next looked at the mesh and acted on what it saw."""
+        await self._reconciled.wait()
+
+    async def lookup(self, peer: ID) -> AddressRecord:
+        """`peer`'s verified record from the DHT; PeerUnavailable if none verifies."""
+        record = await self.dht.lookup(peer)
+        if record is None:
+            raise PeerUnavailable(f"no valid record of {peer} in the mesh")
+        return record
+
+    async def connect(self, peer: ID) -> Path:
+        """Reach `peer` by its id alone: an existing connection, else its record from the DHT,
+        then direct, relayed (punched in the background)."""
+        node, parts = self._mounted()
+        if node.connections(peer):
+            return await parts.connector.connect(_libp2p.peer_by_id(peer))
+        record = await self.lookup(peer)
+        relays = _libp2p.merge_peer_addrs([str(a).split("/p2p-circuit")[0]
+                                           for a in record.relay_addrs()])
+        try:
+            return await parts.connector.connect(PeerInfo(peer, record.direct_addrs()))
+        except PeerUnavailable:
+            if not relays:
+                raise
+        return await parts.connector.connect_via(peer, relays)
+
+    async def connect_via(self, peer: ID, relays: Sequence[PeerInfo]) -> Path:
+        """A relay circuit to `peer` through the first of `relays` that gives one."""
+        return await self._mounted()[1].connector.connect_via(peer, relays)
+
+    def to_json(self) -> dict[str, object]:
+        """Reachability, addresses, reflectors, relays, DHT and connected peers, now."""
+        node, parts = self._mounted()
+        latest = {t: parts.discovery.latest(t) for t in ("udp", "tcp")}
+        return {"peer_id": str(node.peer_id), "reachability": str(self._status),
+                "addresses": {t: c.to_json() for t, c in latest.items() if c is not None},
+                "reflectors": list(self.reflectors), "relays": list(self.relay_addrs.values()),
+                "dht_server": parts.dht.server, "dht_peers": len(parts.dht.routing_peers()),
+                "connected": len(node.host.get_connected_peers())}
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def _mounted(self) -> tuple[MeshNode, _Parts]:
+        if self._node is None or self._parts is None:
+            raise NotMounted("the mesh is not running")
+        return self._node, self._parts
+
+    async def serve(self, node: MeshNode, *, task_status: TaskStatus[None]) -> None:
+        mounted: list[Service] = []
+
+        async def mount(service: Service) -> Service:
+            mounted.append(await node.mount(service))
+            return service
+
+        dht = MeshDHT(node.host, is_member=lambda p: self._speaks(node, p, DIALBACK_PROTOCOL))
+        discovery = PeerAddressDiscovery([], DiscoveryConfig(
+            min_responses=1, interval=self.config.discovery_interval),
+            events=lambda _: self._wake.set())
+        record_config = RecordConfig(ttl=self.config.record_ttl,
+                                     publish_local=self.config.publish_local)
+        parts = _Parts(dht, discovery, RecordAuthority(record_config, discovery=discovery),
+                       RelayClient(), HolePuncher(discovery=discovery), Offers(
+                           node, dht, relay=self.config.offer_relay))
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(dht.run)
+                services: list[Service] = [parts.dialback, discovery, parts.authority,
+                                           parts.relay, parts.puncher, parts.connector,
+                                           parts.classifier]
+                for service in services:
+                    await mount(service)
+                self._node, self._parts = node, parts
+                task_status.started()
+                with _libp2p.watch_connections(node.host, lambda _: self._wake.set()):
+                    nursery.start_soon(self._refresh_loop, dht)
+                    nursery.start_soon(self._publish_loop, node, parts)
+                    await self._reconcile_loop(node, parts, nursery)
+        finally:
+            self._node = self._parts = None
+            # shielded but bounded: the node may be tearing down the services itself
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + 5.0):
+                await parts.offers.withdraw()
+                for service in reversed(mounted):
+                    with contextlib.suppress(MeshNatError):
+                        await node.unmount(service)
+
+    # --- what the host sees ------------------------------------------------------------------
+
+    @staticmethod
+    def _listen_addrs(node: MeshNode, peer: ID) -> list[multiaddr.Multiaddr]:
+        """What the peerstore holds for `peer` but the source addresses of connections it
+        dialled (ephemeral ports nothing listens on)."""
+        sources = {_libp2p.connection_remote(c) for c in
+                   node.host.get_network().get_connections(peer) if _libp2p.is_inbound(c)}
+        return [a for a in stored_addrs(node.host, peer)
+                if (p := _libp2p.endpoint_of(a)) is None or p[1] not in sources]
+
+    @staticmethod
+    def _speaks(node: MeshNode, peer: ID, protocol: str) -> bool:
+        return protocol in stored_protocols(node.host, peer)
+
+    def _members(self, node: MeshNode) -> dict[str, str]:
+        """Directly connected mesh members: peer id -> network."""
+        found: dict[str, str] = {}
+        for peer in node.host.get_connected_peers():
+            if not self._speaks(node, peer, DIALBACK_PROTOCOL):
+                continue
+            # TCP first: QUIC dials leave from a socket of py-libp2p's choosing
+            for conn in sorted(node.connections(peer), key=lambda c: c.transport != "tcp"):
+                if conn.kind.is_direct and conn.remote is not None:
+                    found[str(peer)] = network_of(conn.remote.ip)
+                    break
+        return found
+
+    def _known(self, node: MeshNode, dht: MeshDHT) -> dict[ID, tuple[str, PeerInfo]]:
+        """Bootstrap nodes and DHT server members: peer -> (network, how to dial it)."""
+        known: dict[ID, tuple[str, PeerInfo]] = {}
+        for peer in [*(b.peer_id for b in self.bootstrap), *dht.routing_peers()]:
+            given = next((b.addrs for b in self.bootstrap if b.peer_id == peer), [])
+            addrs = [a for a in [*given, *self._listen_addrs(node, peer)]
+                     if not _libp2p.is_circuit_addr(a)]
+            parsed = [p for p in map(_libp2p.endpoint_of, addrs) if p is not None]
+            if parsed and peer != node.peer_id:
+                known.setdefault(peer, (network_of(parsed[0][1].ip), PeerInfo(peer, addrs)))
+        return known
+
+    # --- the loops ---------------------------------------------------------------------------
+
+    async def _reconcile_loop(self, node: MeshNode, parts: _Parts,
+                              nursery: trio.Nursery) -> None:
+        while True:
+            with trio.move_on_after(self.config.tick):
+                await self._wake.wait()
+            self._wake = trio.Event()
+            await self._reconcile(node, parts, nursery, trio.current_time())
+            self._reconciled.set()
+            self._reconciled = trio.Event()
+
+    async def _reconcile(self, node: MeshNode, parts: _Parts, nursery: trio.Nursery,
+                         now: float) -> None:
+        parts.authority.update()  # a newly confirmed address is signed at once
+        members = self._members(node)
+        parts.dht.prune()
+        for peer in members:
+            await parts.dht.add_peer(ID.from_base58(peer))
+        known = self._known(node, parts.dht)
+        by_name = {str(p): v for p, v in known.items()}
+        for peer in self.membership.to_dial({k: v[0] for k, v in by_name.items()},
+                                            set(members), now):
+            self._spawn(nursery, "dial", peer, self._dial, node, by_name[peer][1])
+        for peer in self.reachability.to_ask(members, now):
+            self._spawn(nursery, "dialback", peer, self._ask_dial_back, node, parts,
+                        ID.from_base58(peer), members[peer])
+        status = self.reachability.status(now)
+        if status != self._status:
+            self._status = status
+            await parts.offers.offer(status is Reachability.PUBLIC)
+            parts.authority.set_services(parts.offers.names())
+            self.events(MeshChanged("reachability", {"reachability": str(status)}))
+        public = {p: n for p, n in members.items()
+                  if parts.dht.is_server_member(ID.from_base58(p))}
+        self._choose_reflectors(node, parts, nursery,
+                                {p: n for p, n in public.items()
+                                 if self._speaks(node, ID.from_base58(p), REFLECT_PROTOCOL)})
+        self._keep_relays(node, parts, nursery, now,
+                          {p: n for p, n in public.items()
+                           if self._speaks(node, ID.from_base58(p), HOP_PROTOCOL)})
+
+    def _spawn(self, nursery: trio.Nursery, kind: str, peer: str, fn: object,
+               *args: object) -> None:
+        """Run one task per (kind, peer) at a time."""
+        key = (kind, peer)
+        if key in self._busy:
+            return
+        self._busy.add(key)
+
+        async def run() -> None:
+            try:
+                await fn(*args)  # type: ignore[operator]
+            finally:
+                self._busy.discard(key)
+                self._wake.set()
+
+        nursery.start_soon(run)
+
+    async def _dial(self, node: MeshNode, peer: PeerInfo) -> None:
+        started = trio.current_time()
+        try:
+            await node.connect(_libp2p.tcp_first(peer))
+        except MeshNatError as exc:
+            log.debug("mesh: could not dial %s: %s", peer.peer_id, exc)
+            self.membership.dialled(str(peer.peer_id), False, trio.current_time())
+            return
+        self._rtt.setdefault(str(peer.peer_id), trio.current_time() - started)
+        self.membership.dialled(str(peer.peer_id), True, trio.current_time())
+
+    async def _ask_dial_back(self, node: MeshNode, parts: _Parts, peer: ID,
+                             network: str) -> None:
+        try:
+            witnessed = await parts.dialback.dial_back(
+                PeerInfo(peer, self._listen_addrs(node, peer)))
+        except MeshNatError as exc:
+            log.debug("mesh: no dial-back from %s: %s", peer, exc)
+            return
+        self.reachability.record(network, bool(witnessed), trio.current_time())
+
+    def _choose_reflectors(self, node: MeshNode, parts: _Parts, nursery: trio.Nursery,
+                           candidates: dict[str, str]) -> None:
+        ranked = dict(sorted(candidates.items(), key=lambda kv: self._rtt.get(kv[0], 1.0)))
+        chosen = choose_reflectors(self.reflectors, ranked, count=self.config.reflectors)
+        if chosen == self.reflectors:
+            return
+        self.reflectors = chosen
+        infos = [PeerInfo(ID.from_base58(p), self._listen_addrs(node, ID.from_base58(p)))
+                 for p in chosen]
+        parts.discovery.reflectors = infos
+        parts.discovery.config = replace(parts.discovery.config,
+                                         min_responses=max(1, min(3, len(infos))))
+        parts.discovery.network_changed()
+        parts.classifier.reflectors = infos
+        if self.config.classify and len(infos) >= 2:
+            self._spawn(nursery, "classify", "", self._classify, parts)
+        self.events(MeshChanged("reflectors", {"reflectors": chosen}))
+
+    async def _classify(self, parts: _Parts) -> None:
+        try:
+            report = await parts.classifier.classify()
+        except MeshNatError as exc:
+            log.info("mesh: classification failed: %s", exc)
+            return
+        parts.authority.set_nat(NatSummary.from_report(report))
+        self.events(MeshChanged("nat-report", report.to_json()))
+
+    def _keep_relays(self, node: MeshNode, parts: _Parts, nursery: trio.Nursery, now: float,
+                     candidates: dict[str, str]) -> None:
+        if self._status is not Reachability.PRIVATE:
+            candidates = {}
+        options = [RelayOption(p, n, self._rtt.get(p, 1.0)) for p, n in candidates.items()]
+        dropped = self.autorelay.to_drop(options)
+        for peer in dropped:
+            self.relay_addrs.pop(peer, None)
+        if dropped:
+            self._relays_changed(parts)
+        for option in self.autorelay.to_reserve(options, now):
+            self._spawn(nursery, "reserve", option.peer, self._reserve, node, parts, option)
+
+    async def _reserve(self, node: MeshNode, parts: _Parts, option: RelayOption) -> None:
+        relay = ID.from_base58(option.peer)
+        info = PeerInfo(relay, self._listen_addrs(node, relay))
+        try:
+            addr = await parts.relay.reserve(info)
+        except RelayUnavailable as exc:
+            log.info("mesh: relay %s refused: %s", relay, exc)
+            self.autorelay.refused(option.peer, trio.current_time())
+            return
+        except MeshNatError as exc:
+            log.info("mesh: reservation on %s failed: %s", relay, exc)
+            self.autorelay.failed(option.peer, trio.current_time())
+            return
+        self.autorelay.reserved(option)
+        self.relay_addrs[option.peer] = str(addr)
+        self._relays_changed(parts)
+
+    def _relays_changed(self, parts: _Parts) -> None:
+        addrs = [self.relay_addrs[p] for p in self.autorelay.held if p in self.relay_addrs]
+        parts.authority.set_relay_addrs([_libp2p.parse_multiaddr(a) for a in addrs])
+        self.events(MeshChanged("relays", {"relays": addrs}))
+
+    async def _refresh_loop(self, dht: MeshDHT) -> None:
+        """Refresh the DHT once it has a member, again soon after, then periodically."""
+        while not dht.routing_peers():
+            await self._joined_or_tick()
+        await dht.refresh()
+        await trio.sleep(self.config.refresh_soon)
+        while True:
+            size = await dht.refresh()
+            self.events(MeshChanged("peers", {"dht_peers": size}))
+            await trio.sleep(self.config.refresh_interval)
+
+    async def _joined_or_tick(self) -> None:
+        with trio.move_on_after(self.config.tick):
+            await self._wake.wait()
+
+    async def _publish_loop(self, node: MeshNode, parts: _Parts) -> None:
+        """Publish the record whenever it changes, and again before copies expire."""
+        while True:
+            current = parts.authority.current()
+            now = trio.current_time()
+            if current.record.addrs and parts.dht.routing_peers() and \
+                    self._republisher.due(current.record.seq, now):
+                stored = await parts.dht.publish(current.data, node.peer_id)
+                self._republisher.published(current.record.seq, trio.current_time(),
+                                            stored=stored)
+                if stored:
+                    self._published.set()
+                    self.events(MeshChanged("published", {
+                        "seq": current.record.seq, "at": time.time(),
+                        "addrs": [str(a) for a in current.record.addrs]}))
+            with trio.move_on_after(self.config.tick):
+                await parts.authority.wait_newer(current.record.seq)
+
+
+class _Parts:
+    """The services a Mesh mounts on its node."""
+
+    def __init__(self, dht: MeshDHT, discovery: PeerAddressDiscovery,
+                 authority: RecordAuthority, relay: RelayClient, puncher: HolePuncher,
+                 offers: Offers) -> None:
+        self.dht, self.discovery, self.authority = dht, discovery, authority
+        self.relay, self.puncher, self.offers = relay, puncher, offers
+        self.dialback = DialBackService()
+        self.connector = Connector(relay_client=relay, puncher=puncher)
+        self.classifier = NatClassifier([])

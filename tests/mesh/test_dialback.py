@@ -1,0 +1,40 @@
+"""`/meshnat/dialback/1.0.0` on loopback: a peer proves this node reachable only by dialling
+it, and a peer that only says so proves nothing."""
+
+from __future__ import annotations
+
+import trio
+
+from meshnat import _libp2p
+from meshnat._libp2p import INetStream
+from meshnat.mesh.dialback import DIALBACK_PROTOCOL, DialBackService
+from meshnat.mesh.messages import DialBackRequest, DialBackResponse
+from meshnat.node import MeshNode, NodeConfig
+from meshnat.wire import decode, encode
+
+
+async def test_a_dial_back_is_witnessed_on_both_transports_and_leaves_no_connection() -> None:
+    async with MeshNode(NodeConfig(listen_ip="127.0.1.1")) as asker, \
+            MeshNode(NodeConfig(listen_ip="127.0.2.1")) as helper:
+        asking = await asker.mount(DialBackService())
+        helping = await helper.mount(DialBackService())
+        await asker.connect(helper.peer_info())
+        with trio.fail_after(30):
+            assert await asking.dial_back(helper.peer_info()) == {"tcp", "udp"}
+            # and the other way, over the connection the asker dialled
+            assert await helping.dial_back(asker.peer_info()) == {"tcp", "udp"}
+        assert asking.dialled == helping.dialled == 2
+
+
+async def test_a_peer_that_claims_a_dial_back_it_never_made_proves_nothing() -> None:
+    async with MeshNode(NodeConfig(listen_ip="127.0.1.1")) as asker, \
+            MeshNode(NodeConfig(listen_ip="127.0.2.1")) as liar:
+        asking = await asker.mount(DialBackService())
+
+        async def lie(stream: INetStream) -> None:
+            request = decode(await _libp2p.read_frame(stream), DialBackRequest)
+            await _libp2p.write_frame(stream, encode(DialBackResponse(request.txid, True, True)))
+            await stream.close()
+
+        with _libp2p.handling(liar.host, DIALBACK_PROTOCOL, "liar", lie), trio.fail_after(30):
+            assert await asking.dial_back(liar.peer_info()) == set()
