@@ -4,6 +4,7 @@ it, and a peer that only says so proves nothing."""
 from __future__ import annotations
 
 import trio
+import trio.testing
 
 from meshnat import _libp2p
 from meshnat._libp2p import INetStream
@@ -24,6 +25,25 @@ async def test_a_dial_back_is_witnessed_on_both_transports_and_leaves_no_connect
             # and the other way, over the connection the asker dialled
             assert await helping.dial_back(asker.peer_info()) == {"tcp", "udp"}
         assert asking.dialled == helping.dialled == 2
+
+
+class _LateReader(DialBackService):
+    """A requester whose handler gets to a proof only once everything else has run (a
+    loaded machine): the dialler must wait for it to read the proof before it closes."""
+
+    async def _handle(self, stream: INetStream) -> None:
+        await trio.testing.wait_all_tasks_blocked(cushion=0.1)
+        await super()._handle(stream)
+
+
+async def test_a_proof_read_late_still_counts_on_both_transports() -> None:
+    async with MeshNode(NodeConfig(listen_ip="127.0.1.1")) as asker, \
+            MeshNode(NodeConfig(listen_ip="127.0.2.1")) as helper:
+        asking = await asker.mount(_LateReader())
+        await helper.mount(DialBackService())
+        await asker.connect(helper.peer_info())
+        with trio.fail_after(30):
+            assert await asking.dial_back(helper.peer_info()) == {"tcp", "udp"}
 
 
 async def test_a_peer_that_claims_a_dial_back_it_never_made_proves_nothing() -> None:

@@ -122,7 +122,10 @@ class DialBackService:
                 stream = await _libp2p.open_stream_on(node.host, conn, DIALBACK_PROTOCOL,
                                                       DIAL_TIMEOUT)
                 await _libp2p.write_frame(stream, encode(DialBackProof(txid)))
-                await stream.close()
+                # a half-close: close() over QUIC ends the reading side too, the read below
+                # returned at once and the connection closed under a proof not yet read (the
+                # requester's swarm then reset its stream and dropped the proof)
+                await _libp2p.close_write(stream)
                 with contextlib.suppress(MeshNatError), _libp2p.map_peer_errors("proof"):
                     await _libp2p.read_frame(stream)  # until the requester has read it
             return True
