@@ -1,4 +1,4 @@
-"""PortMapper on loopback against a fake NAT-PMP gateway (127.0.0.9:5351): a mapping is
+"""PortMapper on loopback against a fake NAT-PMP gateway (127.0.9.N:5351): a mapping is
 advertised only after a helper's dial-back reached it; a gateway that lies advertises nothing;
 mappings are deleted on unmount. And the Connector's mapped rung."""
 
@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from ipaddress import IPv4Address
 
 import multiaddr
@@ -24,7 +26,26 @@ from meshnat.portmap.natpmp import SERVER_PORT
 from meshnat.records.authority import RecordAuthority
 from tests.support.fake_reflectors import nodes
 
-GATEWAY = IPv4Address("127.0.0.9")
+GATEWAYS = [IPv4Address(f"127.0.9.{n}") for n in range(1, 65)]
+"""Where a fake gateway may listen. NAT-PMP's port is fixed (5351), so the first free address
+is taken: another test process on this host (a CI run beside a local one) may hold one; a
+single fixed 127.0.0.9 fails every gateway test (EADDRINUSE) while another process holds it."""
+
+
+@asynccontextmanager
+async def gateway_socket() -> AsyncIterator[tuple[trio.socket.SocketType, IPv4Address]]:
+    """A UDP socket bound to port 5351 of the first free address in GATEWAYS, and that address."""
+    for address in GATEWAYS:
+        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            await sock.bind((str(address), SERVER_PORT))
+        except OSError:
+            sock.close()
+            continue
+        with sock:
+            yield sock, address
+        return
+    raise OSError(f"no free fake-gateway address among {GATEWAYS[0]}..{GATEWAYS[-1]}")
 
 
 async def fake_gateway(sock: trio.socket.SocketType, port_offset: int,
@@ -48,39 +69,38 @@ async def fake_gateway(sock: trio.socket.SocketType, port_offset: int,
 @pytest.mark.parametrize("lies", [False, True])
 async def test_a_mapping_is_advertised_only_once_a_dial_back_reached_it(lies: bool) -> None:
     requests: list[bytes] = []
-    with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as gateway_sock:
-        await gateway_sock.bind((str(GATEWAY), SERVER_PORT))
-        async with (MeshNode(NodeConfig(listen_ip="127.0.0.1")) as client,
-                    MeshNode(NodeConfig(listen_ip="127.0.0.2")) as helper_node,
-                    trio.open_nursery() as nursery):
-            nursery.start_soon(fake_gateway, gateway_sock, 7 if lies else 0, requests)
-            await helper_node.mount(ProbeHelperService())
-            authority = await client.mount(RecordAuthority())
-            config = PortMapConfig(protocols=(MappingProtocol.NATPMP,), gateway=GATEWAY,
-                                   verify_timeout=4.0)
-            mapper = PortMapper(config, helpers=[helper_node.peer_info()], records=authority)
-            await client.mount(mapper)
-            udp_port = client.listen_endpoint("udp").port
-            tcp_port = client.listen_endpoint("tcp").port
-            with trio.fail_after(20):
-                if lies:
-                    while mapper.statistics().refuted < 2:
-                        await mapper.wait_changed()
-                else:
-                    mapping = await mapper.wait_confirmed("udp")
-                    await mapper.wait_confirmed("tcp")
-            record = authority.current().record
-            if lies:  # neither the datagram nor the TCP dial-back reached the node
-                assert mapper.confirmed() == [] and record.mapped == 0
-                held = {m.transport: m.external.port for m in mapper.statistics().held}
-                assert held == {"udp": udp_port + 7, "tcp": tcp_port + 7}
+    async with (gateway_socket() as (gateway_sock, gateway),
+                MeshNode(NodeConfig(listen_ip="127.0.0.1")) as client,
+                MeshNode(NodeConfig(listen_ip="127.0.0.2")) as helper_node,
+                trio.open_nursery() as nursery):
+        nursery.start_soon(fake_gateway, gateway_sock, 7 if lies else 0, requests)
+        await helper_node.mount(ProbeHelperService())
+        authority = await client.mount(RecordAuthority())
+        config = PortMapConfig(protocols=(MappingProtocol.NATPMP,), gateway=gateway,
+                               verify_timeout=4.0)
+        mapper = PortMapper(config, helpers=[helper_node.peer_info()], records=authority)
+        await client.mount(mapper)
+        udp_port = client.listen_endpoint("udp").port
+        tcp_port = client.listen_endpoint("tcp").port
+        with trio.fail_after(20):
+            if lies:
+                while mapper.statistics().refuted < 2:
+                    await mapper.wait_changed()
             else:
-                assert mapping.external.port == udp_port and mapping.protocol == "nat-pmp"
-                assert record.mapped == 2
-                assert {str(a) for a in record.addrs[:2]} == {
-                    f"/ip4/127.0.0.1/udp/{udp_port}/quic-v1", f"/ip4/127.0.0.1/tcp/{tcp_port}"}
-            await client.unmount(mapper)
-            nursery.cancel_scope.cancel()
+                mapping = await mapper.wait_confirmed("udp")
+                await mapper.wait_confirmed("tcp")
+        record = authority.current().record
+        if lies:  # neither the datagram nor the TCP dial-back reached the node
+            assert mapper.confirmed() == [] and record.mapped == 0
+            held = {m.transport: m.external.port for m in mapper.statistics().held}
+            assert held == {"udp": udp_port + 7, "tcp": tcp_port + 7}
+        else:
+            assert mapping.external.port == udp_port and mapping.protocol == "nat-pmp"
+            assert record.mapped == 2
+            assert {str(a) for a in record.addrs[:2]} == {
+                f"/ip4/127.0.0.1/udp/{udp_port}/quic-v1", f"/ip4/127.0.0.1/tcp/{tcp_port}"}
+        await client.unmount(mapper)
+        nursery.cancel_scope.cancel()
     deletes = {r[1] for r in requests if len(r) == 12 and r[8:] == bytes(4)}
     assert deletes == {1, 2}  # both released on unmount (lifetime 0): UDP and TCP opcodes
 
@@ -134,43 +154,41 @@ async def test_a_gateway_that_refuses_pcp_mappings_is_asked_by_nat_pmp_next() ->
             await sock.sendto(reply, addr)
 
     requests: list[bytes] = []
-    with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as gateway_sock:
-        await gateway_sock.bind((str(GATEWAY), SERVER_PORT))
-        async with (MeshNode(NodeConfig(listen_ip="127.0.0.1")) as client,
-                    MeshNode(NodeConfig(listen_ip="127.0.0.2")) as helper_node,
-                    trio.open_nursery() as nursery):
-            nursery.start_soon(pcp_refusing, gateway_sock, requests)
-            await helper_node.mount(ProbeHelperService())
-            config = PortMapConfig(protocols=(MappingProtocol.PCP, MappingProtocol.NATPMP),
-                                   transports=("udp",), gateway=GATEWAY)
-            mapper = await client.mount(PortMapper(config, helpers=[helper_node.peer_info()]))
-            with trio.fail_after(15):
-                mapping = await mapper.wait_confirmed("udp")
-            assert mapping.protocol == "nat-pmp"
-            assert mapper.statistics().protocol == "nat-pmp"
-            await client.unmount(mapper)
-            nursery.cancel_scope.cancel()
+    async with (gateway_socket() as (gateway_sock, gateway),
+                MeshNode(NodeConfig(listen_ip="127.0.0.1")) as client,
+                MeshNode(NodeConfig(listen_ip="127.0.0.2")) as helper_node,
+                trio.open_nursery() as nursery):
+        nursery.start_soon(pcp_refusing, gateway_sock, requests)
+        await helper_node.mount(ProbeHelperService())
+        config = PortMapConfig(protocols=(MappingProtocol.PCP, MappingProtocol.NATPMP),
+                               transports=("udp",), gateway=gateway)
+        mapper = await client.mount(PortMapper(config, helpers=[helper_node.peer_info()]))
+        with trio.fail_after(15):
+            mapping = await mapper.wait_confirmed("udp")
+        assert mapping.protocol == "nat-pmp"
+        assert mapper.statistics().protocol == "nat-pmp"
+        await client.unmount(mapper)
+        nursery.cancel_scope.cancel()
 
 
 async def test_node_config_port_mapping_mounts_a_mapper_that_confirms_its_mappings() -> None:
     requests: list[bytes] = []
-    with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as gateway_sock:
-        await gateway_sock.bind((str(GATEWAY), SERVER_PORT))
-        async with (MeshNode(NodeConfig(listen_ip="127.0.0.2")) as helper_node,
-                    trio.open_nursery() as nursery):
-            nursery.start_soon(fake_gateway, gateway_sock, 0, requests)
-            await helper_node.mount(ProbeHelperService())
-            config = PortMapConfig(protocols=(MappingProtocol.NATPMP,), gateway=GATEWAY,
-                                   verify_timeout=4.0)
-            async with MeshNode(NodeConfig(listen_ip="127.0.0.1", port_mapping=config,
-                                           port_mapping_helpers=(helper_node.peer_info(),))
-                                ) as client:
-                mapper = client.port_mapper
-                assert mapper is not None and mapper.config is config
-                with trio.fail_after(20):
-                    mapping = await mapper.wait_confirmed("udp")
-                assert mapping.external.port == client.listen_endpoint("udp").port
-            nursery.cancel_scope.cancel()
+    async with (gateway_socket() as (gateway_sock, gateway),
+                MeshNode(NodeConfig(listen_ip="127.0.0.2")) as helper_node,
+                trio.open_nursery() as nursery):
+        nursery.start_soon(fake_gateway, gateway_sock, 0, requests)
+        await helper_node.mount(ProbeHelperService())
+        config = PortMapConfig(protocols=(MappingProtocol.NATPMP,), gateway=gateway,
+                               verify_timeout=4.0)
+        async with MeshNode(NodeConfig(listen_ip="127.0.0.1", port_mapping=config,
+                                       port_mapping_helpers=(helper_node.peer_info(),))
+                            ) as client:
+            mapper = client.port_mapper
+            assert mapper is not None and mapper.config is config
+            with trio.fail_after(20):
+                mapping = await mapper.wait_confirmed("udp")
+            assert mapping.external.port == client.listen_endpoint("udp").port
+        nursery.cancel_scope.cancel()
     assert any(len(r) == 12 and r[8:] == bytes(4) for r in requests)  # released on exit
 
 
