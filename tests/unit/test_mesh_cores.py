@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from libp2p.crypto.ed25519 import create_new_key_pair
 
 from meshnat._libp2p import ID
@@ -62,9 +64,53 @@ def test_autorelay_holds_two_on_distinct_networks_and_backs_off_refusals() -> No
     relay.failed("far", 2.0)
     assert relay.to_reserve(options, 3.0) == []  # slow shares fast's network
     assert [o.peer for o in relay.to_reserve(options, 63.0)] == ["far"]
+    relay.failed("far", 63.0)
     assert [o.peer for o in relay.to_reserve(options, 3602.0)] == ["other"]
     assert relay.to_drop([o for o in options if o.peer != "fast"]) == ["fast"]
     assert relay.held == {}
+
+
+def test_autorelay_counts_reservations_under_way_so_a_better_candidate_starts_no_third() -> None:
+    # test_automesh's relay test once held 3: b's reservation was slow, c's RTT was measured
+    # meanwhile and ranked it first, and c was tried beside b
+    relay = AutoRelay(count=2)
+    first = [RelayOption("a", "n1", 1.0), RelayOption("b", "n2", 1.0)]
+    assert [o.peer for o in relay.to_reserve(first, 0.0)] == ["a", "b"]
+    relay.reserved(first[0])  # b's is still under way
+    better = [*first, RelayOption("c", "n3", 0.01), RelayOption("d", "n2", 0.02)]
+    assert relay.to_reserve(better, 1.0) == []
+    relay.reserved(first[1])
+    assert set(relay.held) == {"a", "b"} and relay.pending == {}
+    relay.to_drop([o for o in better if o.peer != "b"])  # b leaves: the best replaces it
+    assert [o.peer for o in relay.to_reserve(better, 2.0)] == ["c"]
+    relay.abandoned("c")  # cancelled with no answer: free to try again
+    assert [o.peer for o in relay.to_reserve(better, 3.0)] == ["c"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["pick", "ok", "refused", "failed", "abandoned"]),
+                          st.integers(0, 5), st.floats(0.0, 1.0)), max_size=40))
+def test_autorelay_never_holds_or_tries_more_than_count_on_distinct_networks(
+        steps: list[tuple[str, int, float]]) -> None:
+    relay = AutoRelay(count=2, refusal_backoff=10.0, failure_backoff=1.0)
+    under_way: dict[str, RelayOption] = {}
+    for now, (step, index, rtt) in enumerate(steps):
+        options = [RelayOption(f"p{i}", f"n{i // 2}", rtt if i == index else 0.5)
+                   for i in range(6)]
+        peer = f"p{index}"
+        if step == "pick":
+            under_way.update((o.peer, o) for o in relay.to_reserve(options, float(now)))
+        elif peer in under_way:
+            option = under_way.pop(peer)
+            if step == "ok":
+                relay.reserved(option)
+            elif step == "abandoned":
+                relay.abandoned(peer)
+            else:
+                getattr(relay, step)(peer, float(now))
+        taken = [*relay.held.values(), *relay.pending.values()]
+        assert len(taken) <= 2 and len(set(taken)) == len(taken)
+        assert set(relay.pending) == set(under_way)
 
 
 def test_membership_spreads_over_networks_and_backs_off_failed_dials() -> None:

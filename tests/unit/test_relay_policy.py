@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from libp2p.crypto.ed25519 import create_new_key_pair
+
+from meshnat._libp2p import ID, PeerInfo, parse_multiaddr
+from meshnat.relay import RelayClient
 from meshnat.relay.policy import HopLimits, RelayCandidate, rank_relays
 
 
@@ -63,3 +67,12 @@ def test_circuits_and_hop_streams_are_bounded_per_peer_and_network() -> None:
     assert stream is not None and h.open_stream("a", "n1") is None
     h.close_stream(stream)
     assert h.statistics().circuits == 3 and h.statistics().streams == 0
+
+
+def test_a_circuit_address_names_the_relay_once_whether_or_not_its_address_did() -> None:
+    relay = ID.from_pubkey(create_new_key_pair().public_key)
+    target = ID.from_pubkey(create_new_key_pair().public_key)
+    want = f"/ip4/127.0.1.1/tcp/4001/p2p/{relay}/p2p-circuit/p2p/{target}"
+    for given in ("/ip4/127.0.1.1/tcp/4001", f"/ip4/127.0.1.1/tcp/4001/p2p/{relay}"):
+        info = PeerInfo(relay, [parse_multiaddr(given)])
+        assert str(RelayClient.circuit_addr(info, target)) == want  # identify's addrs end in /p2p

@@ -4,6 +4,10 @@ Candidates are confirmed-public peers that speak the relay hop protocol, ranked 
 node holds `count` reservations on distinct networks; a relay that leaves is dropped and
 replaced; a refusal backs that relay off for `refusal_backoff` (go-libp2p: 1 h), any other
 failure for `failure_backoff`.
+
+A reservation handed out by `to_reserve` is pending until the adapter reports how it ended
+(`reserved`, `refused`, `failed`): pending ones count towards `count` and their networks are
+taken, so a candidate that ranks better while one is under way does not start a third.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ class RelayOption:
 
 
 class AutoRelay:
-    """Tracks reservations held and relays backed off."""
+    """Tracks reservations held, under way and relays backed off."""
 
     def __init__(self, *, count: int = 2, refusal_backoff: float = 3600.0,
                  failure_backoff: float = 60.0) -> None:
@@ -30,20 +34,24 @@ class AutoRelay:
         self.failure_backoff = failure_backoff
         self.held: dict[str, str] = {}
         """Relays holding a reservation for this node: peer -> network."""
+        self.pending: dict[str, str] = {}
+        """Reservations handed out by `to_reserve` and not yet settled: peer -> network."""
         self._backoff: dict[str, float] = {}
 
     def to_reserve(self, options: Sequence[RelayOption], now: float) -> list[RelayOption]:
-        """The relays to try now, best first, enough to reach `count` on distinct networks."""
+        """The relays to try now, best first, enough to reach `count` on distinct networks
+        with those held and those under way; each returned one is pending from now on."""
         self._backoff = {p: t for p, t in self._backoff.items() if t > now}
-        networks = set(self.held.values())
+        networks = {*self.held.values(), *self.pending.values()}
         picked: list[RelayOption] = []
         for option in sorted(options, key=lambda o: o.rtt):
-            if len(self.held) + len(picked) >= self.count:
+            if len(self.held) + len(self.pending) >= self.count:
                 break
-            if (option.peer in self.held or option.peer in self._backoff
-                    or option.network in networks):
+            if (option.peer in self.held or option.peer in self.pending
+                    or option.peer in self._backoff or option.network in networks):
                 continue
             picked.append(option)
+            self.pending[option.peer] = option.network
             networks.add(option.network)
         return picked
 
@@ -57,11 +65,18 @@ class AutoRelay:
         return gone
 
     def reserved(self, option: RelayOption) -> None:
+        self.pending.pop(option.peer, None)
         self.held[option.peer] = option.network
 
     def refused(self, peer: str, now: float) -> None:
+        self.pending.pop(peer, None)
         self._backoff[peer] = now + self.refusal_backoff
 
     def failed(self, peer: str, now: float) -> None:
+        self.pending.pop(peer, None)
         self.held.pop(peer, None)
         self._backoff[peer] = now + self.failure_backoff
+
+    def abandoned(self, peer: str) -> None:
+        """A reservation under way that ended with no answer (the task was cancelled)."""
+        self.pending.pop(peer, None)

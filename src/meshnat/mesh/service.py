@@ -265,11 +265,11 @@ class Mesh:
                            if self._speaks(node, ID.from_base58(p), HOP_PROTOCOL)})
 
     def _spawn(self, nursery: trio.Nursery, kind: str, peer: str, fn: object,
-               *args: object) -> None:
-        """Run one task per (kind, peer) at a time."""
+               *args: object) -> bool:
+        """Run one task per (kind, peer) at a time; False if one was running already."""
         key = (kind, peer)
         if key in self._busy:
-            return
+            return False
         self._busy.add(key)
 
         async def run() -> None:
@@ -280,6 +280,7 @@ class Mesh:
                 self._wake.set()
 
         nursery.start_soon(run)
+        return True
 
     async def _dial(self, node: MeshNode, peer: PeerInfo) -> None:
         started = trio.current_time()
@@ -340,7 +341,9 @@ class Mesh:
         if dropped:
             self._relays_changed(parts)
         for option in self.autorelay.to_reserve(options, now):
-            self._spawn(nursery, "reserve", option.peer, self._reserve, node, parts, option)
+            if not self._spawn(nursery, "reserve", option.peer, self._reserve, node, parts,
+                               option):
+                self.autorelay.abandoned(option.peer)
 
     async def _reserve(self, node: MeshNode, parts: _Parts, option: RelayOption) -> None:
         relay = ID.from_base58(option.peer)
@@ -355,6 +358,8 @@ class Mesh:
             log.info("mesh: reservation on %s failed: %s", relay, exc)
             self.autorelay.failed(option.peer, trio.current_time())
             return
+        finally:
+            self.autorelay.abandoned(option.peer)  # settled above unless cancelled
         self.autorelay.reserved(option)
         self.relay_addrs[option.peer] = str(addr)
         self._relays_changed(parts)

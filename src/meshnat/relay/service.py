@@ -276,6 +276,8 @@ class RelayClient:
 
     @staticmethod
     def circuit_addr(relay: PeerInfo, target: ID) -> multiaddr.Multiaddr:
-        base = next(a for a in tcp_first(relay).addrs)
-        return base.encapsulate(f"/p2p/{relay.peer_id}/p2p-circuit/p2p/{target}")
+        """`target`'s address through `relay`'s first address (TCP first); an address that
+        ends in the relay's /p2p already (the peerstore's, from identify) is not doubled."""
+        base = str(next(a for a in tcp_first(relay).addrs)).removesuffix(f"/p2p/{relay.peer_id}")
+        return _libp2p.parse_multiaddr(f"{base}/p2p/{relay.peer_id}/p2p-circuit/p2p/{target}")
 
