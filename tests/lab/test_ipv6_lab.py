@@ -204,3 +204,28 @@ def test_without_ipv6_the_same_pair_stays_on_the_relay(lab: Lab) -> None:
     result = _connect(left.hosts[0], peer, args)
     assert result["path"] == "relayed", result
     assert "endpoint-dependent" in result["punch_error"]
+
+
+def test_probe_classifies_each_family_an_ipv6_firewall_as_no_nat_with_filtering(
+        lab: Lab) -> None:
+    """`meshnat probe --ipv6`: the IPv4 report of a symmetric NAT at the top, the IPv6 one
+    under "ipv6", measured through the reflectors' IPv6 addresses: no NAT, an
+    endpoint-independent mapping (the host's own address, port kept), and the stateful
+    firewall's address-and-port-dependent filtering (RFC 4787 §5)."""
+    _, reflectors = _dual_stack_mesh(lab)
+    inside = lab.site("home", Nat.SYMMETRIC, ipv6=True).hosts[0]
+    args = ["-m", "meshnat", "probe", "--ipv6", "--json", "--port", "5000"]
+    for addr in reflectors:
+        args += ["--reflector", addr]
+    proc = inside.run(inside.python(*args), timeout=90)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout.splitlines()[-1])
+    assert (report["ip_version"], report["nat_type"]) == (4, "symmetric"), report
+    six = report["ipv6"]
+    assert six["ip_version"] == 6 and six["udp_blocked"] is False, six
+    assert six["behind_nat"] is False and six["local"] == f"[{inside.ip6}]:5000", six
+    assert six["mapping"] == "endpoint-independent", six
+    assert six["filtering"] == "address-and-port-dependent", six
+    assert six["port_allocation"] == "preserved", six
+    assert six["public_addrs"] == [f"[{inside.ip6}]:5000"], six
+    assert six["hairpin"] is None  # no NAT: nothing to hairpin through

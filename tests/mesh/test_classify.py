@@ -19,7 +19,7 @@ from meshnat.classify import (
 )
 from meshnat.classify.messages import ProbeAck, ProbeRequest
 from meshnat.endpoint import Endpoint
-from meshnat.errors import NotMounted
+from meshnat.errors import ConfigError, NotMounted
 from meshnat.reflection import ReflectionService
 from meshnat.wire import decode, encode, new_txid
 from meshnat.wire.error_response import ErrorCode, ErrorResponse
@@ -115,3 +115,43 @@ async def test_fresh_identities_of_one_network_share_its_probe_rate() -> None:
     assert isinstance(first, ProbeAck) and isinstance(second, ProbeAck)
     assert isinstance(third, ErrorResponse) and third.code is ErrorCode.RATE_LIMITED
     assert (helper.probes_sent, helper.refused) == (2, 1)
+
+
+async def test_a_dual_stack_node_is_classified_per_family_through_the_reflectors_ipv6() -> None:
+    """Reflectors on 127.0.0.2-4 and ::1, a client on 127.0.0.1 and ::1: one report per
+    family, the IPv6 one measured only over IPv6 (loopback has one IPv6 address, so its
+    mapping across IPs cannot be told: the note says so), no NAT in either."""
+    async with AsyncExitStack() as stack:
+        client = await stack.enter_async_context(MeshNode(NodeConfig(
+            listen_ip="127.0.0.1", listen_ip6="::1")))
+        nodes, helpers = [], []
+        for i in range(3):
+            node = await stack.enter_async_context(MeshNode(NodeConfig(
+                listen_ip=f"127.0.0.{i + 2}", listen_ip6="::1")))
+            await node.mount(ReflectionService())
+            helpers.append(await node.mount(ProbeHelperService()))
+            nodes.append(node)
+        for helper in helpers:  # one alt port in both families
+            assert set(helper._alt) == {4, 6}
+            assert {s.getsockname()[1] for s in helper._alt.values()} == {helper.alt_port}
+        classifier = await client.mount(NatClassifier([n.peer_info() for n in nodes]))
+        with trio.fail_after(30):
+            reports = await classifier.classify_families()
+        assert list(reports) == [4, 6]
+        v4, v6 = reports[4], reports[6]
+        assert (v4.version, v4.nat_type, v4.local.ip.version) == (4, NatType.OPEN, 4)
+        own6 = Endpoint.parse(f"[::1]:{client.listen_endpoint('udp', 6).port}")
+        assert (v6.version, v6.local, v6.behind_nat, v6.udp_blocked) == (6, own6, False, False)
+        assert v6.public_addrs == (own6,)
+        assert v6.to_json()["ip_version"] == 6
+        assert any("two distinct IP" in n for n in v6.notes)
+        filtering = [e for e in v6.evidence if e.test == "filtering"]
+        assert filtering and filtering[0].result == "received"  # from the alt port over IPv6
+        assert all("127.0.0" not in e.target for e in v6.evidence if e.test == "mapping")
+
+
+async def test_classifying_a_family_the_node_does_not_listen_on_is_refused() -> None:
+    async with reflectors(1) as (client, nodes, _):
+        classifier = await client.mount(NatClassifier([n.peer_info() for n in nodes]))
+        with pytest.raises(ConfigError, match="IPv6"):
+            await classifier.classify(version=6)

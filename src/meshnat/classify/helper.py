@@ -6,6 +6,10 @@ datagrams into a requester's mapping from a fresh port (filtering tests), or dia
 requester's TCP mapping once (a port mapping's confirmation). Probes only ever go to the
 requester's own IP address, at most `probe_copies` tiny datagrams per request,
 rate-limited per peer: the service cannot be used to send traffic at a third party.
+
+On a dual-stack node the second port is open in both families, with one port number (an
+IPv6 client classifies its IPv6 firewall or NAT66 through it), and probes leave from a fresh
+socket of the target's family.
 """
 
 from __future__ import annotations
@@ -90,24 +94,52 @@ class ProbeHelperService:
         self._network_limiter = RateLimiter(rate=self.config.network_rate,
                                             burst=self.config.network_burst)
         self._alt_core = ReflectorCore(rate=10.0, burst=20, max_keys=10_000)
-        self._alt: trio.socket.SocketType | None = None
+        self._alt: dict[int, trio.socket.SocketType] = {}
+        """The second port's socket per IP version (one port number)."""
         self._node: MeshNode | None = None
         self.probes_sent = self.refused = 0
         self.impossible_sources = 0
         """Datagrams on the second port dropped for an impossible source (port 0, ...)."""
 
     async def serve(self, node: MeshNode, *, task_status: TaskStatus[None]) -> None:
-        primary = node.listen_endpoint("udp")
-        family = socket.AF_INET if primary.ip.version == 4 else socket.AF_INET6
-        with trio.socket.socket(family, socket.SOCK_DGRAM) as alt:
-            await alt.bind((str(primary.ip), self.config.alt_port))
-            self._alt, self._node = alt, node
-            try:
-                with _libp2p.handling(node.host, self.protocol_id, "classify", self._handle):
+        sockets = await self._bind_alt(node)
+        try:
+            self._alt, self._node = sockets, node
+            with _libp2p.handling(node.host, self.protocol_id, "classify", self._handle):
+                async with trio.open_nursery() as nursery:
+                    for alt in sockets.values():
+                        nursery.start_soon(self._answer_on, alt)
                     task_status.started()
-                    await self._answer_on(alt)
-            finally:
-                self._alt = self._node = None
+        finally:
+            self._alt, self._node = {}, None
+            for alt in sockets.values():
+                alt.close()
+
+    async def _bind_alt(self, node: MeshNode) -> dict[int, trio.socket.SocketType]:
+        """The second port in each family the node listens on, one port number: the first
+        family's port (`alt_port`, or any free one), then the others on that number; an
+        ephemeral number taken in another family is tried afresh (up to 8 times)."""
+        versions = sorted(node.ip_versions)
+        for attempt in range(8):
+            sockets: dict[int, trio.socket.SocketType] = {}
+            port = self.config.alt_port
+            try:
+                for version in versions:
+                    ip = node.listen_endpoint("udp", version).ip
+                    alt = trio.socket.socket(socket.AF_INET if version == 4 else socket.AF_INET6,
+                                             socket.SOCK_DGRAM)
+                    sockets[version] = alt
+                    if version == 6:
+                        alt.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                    await alt.bind((str(ip), port))
+                    port = alt.getsockname()[1]
+                return sockets
+            except OSError:
+                for alt in sockets.values():
+                    alt.close()
+                if self.config.alt_port or attempt == 7:
+                    raise
+        raise AssertionError("unreachable")
 
     async def _answer_on(self, alt: trio.socket.SocketType) -> None:
         """Answer observe requests on the second port, until cancelled."""
@@ -127,9 +159,10 @@ class ProbeHelperService:
 
     @property
     def alt_port(self) -> int:
-        if self._alt is None:
+        """The second port's number (the same in every family)."""
+        if not self._alt:
             raise ConfigError("the probe helper is not mounted")
-        port: int = self._alt.getsockname()[1]
+        port: int = next(iter(self._alt.values())).getsockname()[1]
         return port
 
     async def _handle(self, stream: INetStream) -> None:
@@ -189,11 +222,14 @@ class ProbeHelperService:
             return refused
         assert self._node is not None
         datagram = frame_datagram(encode(ProbeDatagram(request.txid)))
-        primary = self._node.listen_endpoint("udp")
-        family = socket.AF_INET if primary.ip.version == 4 else socket.AF_INET6
-        with trio.socket.socket(family, socket.SOCK_DGRAM) as fresh:
+        version = request.target.ip.version  # the requester's own IP: its stream's family
+        if version not in self._alt:
+            return ErrorResponse(request.txid, ErrorCode.UNAVAILABLE, "no such IP family here")
+        source = self._node.listen_endpoint("udp", version)
+        with trio.socket.socket(socket.AF_INET if version == 4 else socket.AF_INET6,
+                                socket.SOCK_DGRAM) as fresh:
             try:
-                await fresh.bind((str(primary.ip), 0))
+                await fresh.bind((str(source.ip), 0))
                 for _ in range(self.config.probe_copies):
                     await fresh.sendto(datagram, request.target.to_sockaddr())
             except OSError as exc:

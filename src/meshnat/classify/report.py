@@ -66,6 +66,8 @@ class NatReport:
 
     local: Endpoint
     """The node's UDP socket, whose mapping was measured."""
+    version: int = 4
+    """The IP family measured (a dual-stack node has one report per family)."""
     udp_blocked: bool | None = None
     behind_nat: bool | None = None
     mapping: Mapping | None = None
@@ -110,6 +112,7 @@ class NatReport:
     def to_json(self) -> dict[str, object]:
         """Stable keys for `meshnat probe --json`."""
         return {
+            "ip_version": self.version,
             "nat_type": str(self.nat_type),
             "mapping": self.mapping and str(self.mapping),
             "filtering": self.filtering and str(self.filtering),

@@ -33,7 +33,7 @@ from meshnat.classify.plan import ProbePlan, ReflectorPorts, make_probe_plan
 from meshnat.classify.report import Evidence, NatReport
 from meshnat.config import require_in_range, require_positive
 from meshnat.endpoint import Endpoint
-from meshnat.errors import InsufficientResponses, MeshNatError
+from meshnat.errors import ConfigError, InsufficientResponses, MeshNatError
 from meshnat.exchange import request
 from meshnat.node import MeshNode
 from meshnat.reflection.client import observe_over_udp
@@ -63,10 +63,13 @@ class ClassifierConfig:
 
 
 class NatClassifier(NodeBound):
-    """Classifies this node's UDP NAT (RFC 4787) with mesh reflectors only.
+    """Classifies this node's UDP NAT (RFC 4787) with mesh reflectors only, per IP family.
 
     Reflectors should mount ReflectionService and ProbeHelperService (`meshnat reflector`
-    does); two of them on distinct IPs are needed for a full report.
+    does); two of them on distinct IPs (IPv6: distinct /56s are not needed, distinct
+    addresses are) are needed for a full report. Over IPv6 the same tests run through the
+    reflectors' IPv6 addresses: a global address behind a stateful firewall is reported
+    `behind_nat=False` with its filtering (RFC 4787 §5), a NAT66 as any NAT.
     """
 
     def __init__(self, reflectors: Sequence[PeerInfo], config: ClassifierConfig | None = None
@@ -74,13 +77,33 @@ class NatClassifier(NodeBound):
         self.config = config or ClassifierConfig()
         self.reflectors = list(reflectors)
 
-    async def classify(self) -> NatReport:
-        """Run every test the reflectors allow; facts that could not be measured stay None.
+    async def classify(self, version: int | None = None) -> NatReport:
+        """Run every test the reflectors allow over IP `version` (default: the node's first
+        family, IPv4 on a dual-stack node); facts that could not be measured stay None.
 
-        Raises InsufficientResponses when no reflector could be reached at all.
+        Raises InsufficientResponses when no reflector of that family could be reached,
+        ConfigError when the node does not listen on it.
         """
-        run = _Run(self.node, self.config)
+        node = self.node
+        version = version if version is not None else min(node.ip_versions)
+        if version not in node.ip_versions:
+            raise ConfigError(f"the node does not listen on IPv{version}")
+        run = _Run(node, self.config, version)
         return await run.execute(self.reflectors[: self.config.max_reflectors])
+
+    async def classify_families(self) -> dict[int, NatReport]:
+        """One report per IP family the node listens on (IPv4 first); a family no reflector
+        answered in is left out (InsufficientResponses only when none answered at all)."""
+        reports: dict[int, NatReport] = {}
+        last: InsufficientResponses | None = None
+        for version in sorted(self.node.ip_versions):
+            try:
+                reports[version] = await self.classify(version)
+            except InsufficientResponses as exc:
+                last = exc
+        if not reports and last is not None:
+            raise last
+        return reports
 
 
 async def dial_back(node: MeshNode, peer: PeerInfo, target: Endpoint,
@@ -89,7 +112,8 @@ async def dial_back(node: MeshNode, peer: PeerInfo, target: Endpoint,
     of this node's own public endpoints (the helper refuses any other IP): None if it would
     not, else whether the datagram reached this node's UDP socket through the NAT (a port
     mapping or a forwarded port that really works)."""
-    return await _Run(node, config or ClassifierConfig()).unsolicited(peer, target, "dial-back")
+    run = _Run(node, config or ClassifierConfig(), target.ip.version)
+    return await run.unsolicited(peer, target, "dial-back")
 
 
 async def dial_back_tcp(node: MeshNode, peer: PeerInfo, target: Endpoint,
@@ -110,11 +134,15 @@ async def dial_back_tcp(node: MeshNode, peer: PeerInfo, target: Endpoint,
 class _Run:
     """One classification: the probes in RFC 5780 order, with their evidence."""
 
-    def __init__(self, node: MeshNode, config: ClassifierConfig) -> None:
-        self.node, self.config = node, config
+    def __init__(self, node: MeshNode, config: ClassifierConfig, version: int = 4) -> None:
+        self.node, self.config, self.version = node, config, version
         self.evidence: list[Evidence] = []
-        self.local = node.listen_endpoint("udp")
+        self.local = node.listen_endpoint("udp", version)
         self.started = trio.current_time()
+
+    def local_endpoints(self) -> list[Endpoint]:
+        """The node's concrete UDP endpoints of this run's family."""
+        return [e for e in self.node.local_endpoints("udp") if e.ip.version == self.version]
 
     def note(self, test: str, target: str, result: str, since: float) -> None:
         self.evidence.append(Evidence(test, target, result, (trio.current_time() - since) * 1e3))
@@ -125,7 +153,7 @@ class _Run:
         if plan is None:
             raise InsufficientResponses(0, 1, len(reflectors))
         first = await self.first_mapping(ports)
-        local_eps = self.node.local_endpoints("udp")
+        local_eps = self.local_endpoints()
         if first is None:
             reachable = any(p.alt is not None for p in ports)  # streams worked, UDP did not
             return self.report(plan, udp_blocked=True if reachable else None)
@@ -151,11 +179,11 @@ class _Run:
             port_allocation=allocation, port_delta=delta, hairpin=hairpin, public_addrs=public)
 
     def report(self, plan: ProbePlan | None, **facts: object) -> NatReport:
-        local = next(iter(self.node.local_endpoints("udp")), self.local)
+        local = next(iter(self.local_endpoints()), self.local)
         notes = plan.notes if plan else ()
         elapsed = trio.current_time() - self.started
-        report = NatReport(local=local, evidence=tuple(self.evidence), notes=notes,
-                           elapsed=elapsed, **facts)  # type: ignore[arg-type]
+        report = NatReport(local=local, version=self.version, evidence=tuple(self.evidence),
+                           notes=notes, elapsed=elapsed, **facts)  # type: ignore[arg-type]
         log.info("classify: %s (%.0f ms)", report, elapsed * 1e3)
         return report
 
@@ -164,8 +192,8 @@ class _Run:
         found: dict[int, ReflectorPorts] = {}
 
         async def ask(index: int, peer: PeerInfo) -> None:
-            primary = next((p[1] for a in peer.addrs if (p := endpoint_of(a)) and p[0] == "udp"),
-                           None)
+            primary = next((p[1] for a in peer.addrs if (p := endpoint_of(a))
+                            and p[0] == "udp" and p[1].ip.version == self.version), None)
             if primary is None:
                 return
             since = trio.current_time()
@@ -274,4 +302,4 @@ class _Run:
     async def request(self, peer: PeerInfo, message: Message, expected: type[M]) -> M:
         """One request/response over a fresh `/meshnat/classify/1.0.0` stream."""
         return await request(self.node, peer, CLASSIFY_PROTOCOL, message, expected,
-                             timeout=self.config.query_timeout)
+                             timeout=self.config.query_timeout, version=self.version)

@@ -182,8 +182,17 @@ async def run_probe(args: argparse.Namespace, out: Output) -> int:
                              listen_ip6="::" if args.ipv6 else None)
     async with MeshNode(node_config) as node:
         classifier = await node.mount(NatClassifier(reflectors))
-        report = await classifier.classify()
-    out.emit(report.to_json(), format_report(report))
+        reports = await classifier.classify_families()
+    # the first family's report at the top (IPv4 on a dual-stack node), IPv6's under "ipv6"
+    first = next(iter(reports.values()))
+    facts = first.to_json()
+    text = [format_report(first)]
+    if args.ipv6 and first.version == 4:
+        six = reports.get(6)
+        facts["ipv6"] = six.to_json() if six is not None else None
+        text.append("IPv6:\n" + (format_report(six) if six is not None
+                                  else "no reflector answered over IPv6"))
+    out.emit(facts, "\n".join(text))
     return 0
 
 
