@@ -13,7 +13,7 @@ import trio
 from meshnat import EchoService, MeshNode, NodeConfig, _libp2p
 from meshnat._libp2p import PeerInfo, is_relayed
 from meshnat.discovery import DiscoveryConfig, PeerAddressDiscovery
-from meshnat.echo import echo
+from meshnat.echo import ECHO_PROTOCOL, echo
 from meshnat.endpoint import Endpoint
 from meshnat.errors import ConfigError, PeerUnavailable
 from meshnat.punch import HolePuncher, PunchConfig
@@ -22,6 +22,7 @@ from meshnat.punch.race import PathRace
 from meshnat.records import RecordAuthority
 from meshnat.reflection import ReflectionService
 from meshnat.relay import RelayClient, RelayService
+from meshnat.traversal import PairState, TraversalService
 from meshnat.wire import frame_datagram
 
 DUAL = NodeConfig(listen_ip="127.0.0.1", listen_ip6="::1")
@@ -205,3 +206,29 @@ async def test_birthday_probing_runs_beside_an_ipv6_traversal_that_hears_nothing
             # a birthday socket of the hard side's, not its listen port
             assert result.remote.port != b.listen_endpoint("udp").port
             assert puncher.statistics().paid > 0 and responder.statistics().paid > 0
+
+
+async def test_an_explicit_traversal_between_dual_stack_nodes_has_ipv6_pairs_of_its_own() -> None:
+    """A traversal on its own sockets (not the shared port) opens one per family on one port
+    number: its IPv6 pair comes alive, and QUIC taken on it runs over IPv6 from that port.
+    Before, the own socket was IPv4 only and IPv6 candidates were never probed."""
+    async with MeshNode(DUAL) as a, MeshNode(DUAL) as b:
+        await a.connect(b.peer_info())
+        ours = await a.mount(TraversalService())
+        await b.mount(TraversalService())
+        await b.mount(EchoService())
+        with trio.fail_after(20):
+            traversal = await ours.start(b.peer_id)
+            assert traversal.carrier is not None and traversal.carrier.versions == {4, 6}
+            port = traversal.table.local_port
+            assert port not in (a.listen_endpoint("udp", 4).port, 0)
+            v6 = next(p for p in traversal.table.pairs() if p.remote.ip.version == 6)
+            alive = await ours.wait_for(v6.id, PairState.ALIVE, 5)
+            assert alive.local == Endpoint.parse(f"[::1]:{port}")
+            await ours.take(alive.id)
+            opened = await ours.open_stream(alive.id, ECHO_PROTOCOL)
+            await opened.stream.write(b"over IPv6")
+            assert await opened.stream.read(100) == b"over IPv6"
+            remote = _libp2p.connection_remote(opened.connection)
+            assert remote is not None and remote.ip.version == 6
+            assert _libp2p.local_port(opened.connection) == port

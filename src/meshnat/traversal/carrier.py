@@ -8,6 +8,7 @@ pair closes nothing, the node's own QUIC listener answers, and QUIC dials from t
 
 from __future__ import annotations
 
+import errno
 import socket
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address
@@ -24,37 +25,71 @@ ProbeHandler = Callable[[Probe, Endpoint], None]
 
 
 class OwnSocket:
-    """A fresh UDP socket on an ephemeral port, closed when the traversal stops."""
+    """Fresh UDP sockets on one ephemeral port number, one per IP family the node listens on
+    (a dual-stack node's IPv6 pairs need a socket of their own too), closed when the traversal
+    stops."""
 
     shared = False
 
-    def __init__(self, sock: trio.socket.SocketType) -> None:
-        self._sock = sock
-        self.local_port: int = sock.getsockname()[1]
-        self.versions = frozenset({6 if sock.family == socket.AF_INET6 else 4})
-        """The IP versions it can send to: its own family."""
+    def __init__(self, socks: dict[int, trio.socket.SocketType]) -> None:
+        self._socks = socks
+        self.local_port: int = next(iter(socks.values())).getsockname()[1]
+        self.versions = frozenset(socks)
+        """The IP versions it can send to: one socket each."""
 
     @classmethod
-    async def open(cls, ip: IPv4Address | IPv6Address) -> OwnSocket:
-        sock = trio.socket.socket(socket.AF_INET6 if ip.version == 6 else socket.AF_INET,
-                                  socket.SOCK_DGRAM)
-        try:
-            await sock.bind((str(ip), 0))
-        except OSError:
-            sock.close()
-            raise
-        return cls(sock)
+    async def open(cls, *ips: IPv4Address | IPv6Address) -> OwnSocket:
+        """Sockets on `ips` (at most one per family), all on the port number the first got;
+        a number taken in another family is tried afresh (up to 8 times)."""
+        for attempt in range(8):
+            socks: dict[int, trio.socket.SocketType] = {}
+            port = 0
+            try:
+                for ip in ips:
+                    sock = trio.socket.socket(
+                        socket.AF_INET6 if ip.version == 6 else socket.AF_INET, socket.SOCK_DGRAM)
+                    socks[ip.version] = sock
+                    if ip.version == 6:
+                        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                    await sock.bind((str(ip), port))
+                    port = sock.getsockname()[1]
+                return cls(socks)
+            except OSError:
+                for sock in socks.values():
+                    sock.close()
+                if len(socks) < 2 or attempt == 7:  # the first bind failed, or the last try
+                    raise
+        raise AssertionError("unreachable")
 
     async def send(self, data: bytes, dst: Endpoint) -> None:
-        await self._sock.sendto(data, dst.to_sockaddr())
+        sock = self._socks.get(dst.ip.version)
+        if sock is None:
+            raise OSError(errno.EAFNOSUPPORT, f"no IPv{dst.ip.version} socket")
+        await sock.sendto(data, dst.to_sockaddr())
 
     async def run(self, on_probe: ProbeHandler) -> None:
-        """Hand every traversal probe arriving on the socket to `on_probe`, until cancelled."""
-        async for probe, src in receive_messages(self._sock, Probe):
-            on_probe(probe, src)
+        """Hand every traversal probe arriving on the sockets to `on_probe`, until cancelled.
+        A socket's error (closed under its reader by `close`) ends every reader and is
+        raised as itself, as with one socket."""
+        failed: list[OSError | trio.ClosedResourceError] = []
+
+        async def receive(sock: trio.socket.SocketType, done: trio.CancelScope) -> None:
+            try:
+                async for probe, src in receive_messages(sock, Probe):
+                    on_probe(probe, src)
+            except (OSError, trio.ClosedResourceError) as exc:
+                failed.append(exc)
+                done.cancel()
+
+        async with trio.open_nursery() as nursery:
+            for sock in self._socks.values():
+                nursery.start_soon(receive, sock, nursery.cancel_scope)
+        if failed:
+            raise failed[0]
 
     def close(self) -> None:
-        self._sock.close()
+        for sock in self._socks.values():
+            sock.close()
 
 
 class SharedPort:

@@ -97,8 +97,8 @@ class Handover:
         port = pair.local_port
         if not traversal.shared:
             try:
-                traversal.listener = await _libp2p.listen_quic(
-                    node.host, node.listen_endpoint("udp").ip, port)
+                traversal.listener = await _libp2p.listen_quic(  # the pair's family
+                    node.host, node.listen_endpoint("udp", pair.remote.ip.version).ip, port)
             except OSError as exc:
                 if exc.errno == errno.EADDRINUSE:
                     raise PortInUse(f"port {port} is held by another socket") from exc

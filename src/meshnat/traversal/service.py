@@ -328,8 +328,8 @@ class TraversalService:
         if isinstance(claim, Refusal):
             return claim
         try:
-            carrier: Carrier = (SharedPort(node) if shared
-                                else await OwnSocket.open(node.listen_endpoint("udp").ip))
+            carrier: Carrier = (SharedPort(node) if shared else await OwnSocket.open(
+                *(node.listen_endpoint("udp", v).ip for v in sorted(node.ip_versions))))
         except BaseException as exc:
             if claim is None:
                 raise
