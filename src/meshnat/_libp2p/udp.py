@@ -208,6 +208,8 @@ class DatagramTap:
         self._stats = TapStatistics()
         self._endpoints: dict[int, QuicEndpoint] = {}
         """meshnat's QUIC: the listening endpoint of each address family (4, 6)."""
+        self._last_addr: object = None
+        self._last_src: Endpoint | None = None
         if isinstance(self._listener, QuicListener):
             for listener in listeners:
                 endpoint = listener.endpoint if isinstance(listener, QuicListener) else None
@@ -244,11 +246,18 @@ class DatagramTap:
         return replace(self._stats)
 
     def _claim(self, data: bytes, addr: tuple[str, int]) -> bool:
-        """meshnat's QUIC endpoint asks first: True for what QUIC must not see."""
-        src = udp_source(addr)
+        """meshnat's QUIC endpoint asks first: True for what QUIC must not see.
+
+        The last source that passed `udp_source` is remembered (one entry): a QUIC transfer
+        brings thousands of datagrams a second from one address, and parsing it for each was
+        a third of the receiver's CPU."""
+        src = self._last_src if addr == self._last_addr else None
         if src is None:
-            self._drop_impossible(addr)
-            return True
+            src = udp_source(addr)
+            if src is None:
+                self._drop_impossible(addr)
+                return True
+            self._last_addr, self._last_src = addr, src
         if is_meshnat_datagram(data):
             self._dispatch(data, src)
             return True
