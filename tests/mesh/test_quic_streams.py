@@ -7,6 +7,7 @@ reads again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import socket
 from collections.abc import AsyncIterator
@@ -25,6 +26,8 @@ from libp2p.stream_muxer.exceptions import (
 )
 
 from meshnat._libp2p.quic import QuicConn, QuicEndpoint, QuicStream
+from meshnat._libp2p.quic import connection as quic_connection
+from meshnat._libp2p.quic import stream as quic_stream
 from meshnat._libp2p.quic.stream import RECEIVE_LIMIT
 from meshnat._libp2p.quic.tls import configuration, libp2p_certificate
 
@@ -244,3 +247,46 @@ async def test_any_error_from_a_qh3_call_closes_the_connection_naming_the_call(
             assert f"qh3 {call.lstrip('_')} failed: RuntimeError('core broke')" == near.failure
             with pytest.raises(MuxedStreamReset):
                 await stream.read()
+
+
+async def test_an_echo_that_answers_more_than_it_reads_does_not_stall(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The echo's writes wait for acknowledgments while its unread data is over the limit.
+    The intake used to stop by dropping datagrams, acknowledgments included, so the echo's
+    writer never progressed, it never read again, and both ends waited forever."""
+    limit = 256 << 10
+    monkeypatch.setattr(quic_connection, "RECEIVE_LIMIT", limit)
+    monkeypatch.setattr(quic_stream, "RECEIVE_LIMIT", limit)
+    piece = bytes(range(256)) * 256
+    pieces = 64  # 4 MiB sent, 8 MiB answered
+    paused: list[bool] = []
+    read: list[bytes] = []
+    with trio.fail_after(60):
+        async with connected() as (near, far), trio.open_nursery() as nursery:
+            stream = await near.open_stream()
+
+            async def send() -> None:
+                for _ in range(pieces):
+                    await stream.write(piece)
+                await stream.close_write()
+
+            async def echo_twice() -> None:
+                remote = await far.accept_stream()
+                try:
+                    while True:
+                        data = await remote.read(len(piece))
+                        paused.append(far.paused)
+                        read.append(data)
+                        await remote.write(data + data)
+                except MuxedStreamEOF:
+                    await remote.close_write()
+
+            nursery.start_soon(send)
+            nursery.start_soon(echo_twice)
+            received = bytearray()
+            with contextlib.suppress(MuxedStreamEOF):
+                while True:
+                    received += await stream.read(1 << 20)
+    assert any(paused)  # the echo's intake was held at least once
+    assert b"".join(read) == piece * pieces
+    assert bytes(received) == b"".join(data + data for data in read)

@@ -75,7 +75,9 @@ class QuicConn(IMuxedConn):
         self._sleeping_until = float("inf")
         self._last_activity = trio.current_time()
         self.paused = False
-        """True while a stream holds more than RECEIVE_LIMIT unread: datagrams are dropped."""
+        """True while a stream holds more than RECEIVE_LIMIT unread: the core keeps the data
+        that arrives meanwhile and grants no credit for it (`Libp2pQuicConnection.holding`);
+        acknowledgments go on being processed, so this side's writers are not stalled."""
         self.intake_paused = trio.Event()
         """Set while `paused` (a fresh event once intake resumes)."""
         self._full: set[int] = set()
@@ -193,6 +195,10 @@ class QuicConn(IMuxedConn):
             if self.paused and not self._full:
                 self.paused = False
                 self.intake_paused = trio.Event()
+                self._qh3("release", self.quic.release)
+                self._handle_events()
+                self.wake_writers()
+                self.flush()  # the credit for what was taken
 
     def forget_if_done(self, stream: QuicStream) -> None:
         if stream.done:
@@ -345,7 +351,7 @@ class QuicConn(IMuxedConn):
         stream.on_data(data, end_stream)
         if stream.unread > RECEIVE_LIMIT:
             self._full.add(stream_id)
-            self.paused = True
+            self.paused = self.quic.holding = True
             self.intake_paused.set()
 
     def _is_local(self, stream_id: int) -> bool:

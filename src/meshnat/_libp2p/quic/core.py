@@ -51,6 +51,22 @@ class Libp2pQuicConnection(QuicConnection):
         super().__init__(**kwargs)
         self._packed: list[tuple[bytes, Address]] = []
         """Datagrams packed while receiving (see the module docstring), sent by the next flush."""
+        self.holding = False
+        """While True (after the handshake) the core's events stay in the core: its streams'
+        data is not taken, so no flow-control credit is granted for it (qh3's core grants
+        credit as its events are taken), while acknowledgments and everything else in the
+        datagrams are still processed. `release()` takes them again."""
+
+    def _drain_core(self) -> None:
+        if self.holding and self._handshake_complete:
+            return
+        super()._drain_core()
+
+    def release(self) -> None:
+        """Stop holding events and take those the core kept meanwhile."""
+        self.holding = False
+        if self._core is not None:
+            super()._drain_core()
 
     def _create_tls(self, remote_source_cid: bytes | None) -> QuicTlsBridge:
         bridge = super()._create_tls(remote_source_cid)

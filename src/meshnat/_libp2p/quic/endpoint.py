@@ -208,7 +208,7 @@ class QuicEndpoint:
                     continue
                 addr = addr[:2]
                 conn = self._conn_for(data, addr)
-                if conn is None or conn.paused:
+                if conn is None:
                     self.dropped += 1
                     continue
                 batches.setdefault(conn, {}).setdefault(addr, []).append(data)

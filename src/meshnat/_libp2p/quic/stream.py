@@ -3,10 +3,11 @@
 Reads see buffer, reset and FIN in one observation (no checkpoint between them), so the end
 of stream is reported only once every received byte was read. Writes wait while more than
 `SEND_BACKLOG` bytes of the stream are still queued in qh3 (not yet sent); received data the
-application has not read is bounded by `RECEIVE_LIMIT`: past it the connection stops taking
-datagrams until the reader catches up (qh3 grants flow-control credit as data arrives, not as
-it is read, so the bound is enforced here; the peer's datagrams are dropped meanwhile and
-QUIC's loss recovery resends them).
+application has not read is bounded by `RECEIVE_LIMIT`: past it the connection takes no more
+data out of qh3's core until the reader catches up. qh3's core grants flow-control credit as
+its events are taken, so the peer then stops at its window, while acknowledgments (and so
+this side's own writes) keep flowing. Until the reader catches up, the connection's other
+streams receive nothing either (their data waits in the core behind the full one).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 SEND_BACKLOG = 1 << 20
 """Bytes of a stream queued in qh3 (not yet sent) past which `write` waits."""
 RECEIVE_LIMIT = 8 << 20
-"""Unread bytes of a stream past which its connection stops taking datagrams."""
+"""Unread bytes of a stream past which its connection takes no more data from qh3's core."""
 _RESET = 0
 """Application error code of the resets and stop-sendings this module sends."""
 
