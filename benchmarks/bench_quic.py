@@ -9,10 +9,13 @@ in a child process; the time runs from the first byte written to the receiver's 
 it has the last one (a short count fails the run).
 
 Run: .venv/bin/python -m benchmarks.bench_quic [size in MiB] [runs]
+In the NAT lab (bench_throughput_lab) the raw driver runs as `--serve raw IP:PORT` in one
+namespace and `--send raw IP:PORT SIZE` (prints {"one_way": MB/s}) in another.
 """
 
 from __future__ import annotations
 
+import json
 import socket
 import statistics
 import subprocess
@@ -78,18 +81,19 @@ async def raw_pump(sock: socket.socket, quic: QuicConnection, on_event: object,
                 return
 
 
-def raw_socket() -> socket.socket:
+def raw_socket(bind: tuple[str, int] = ("127.0.0.1", 0)) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
+    sock.bind(bind)
     sock.setblocking(False)
     for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
         sock.setsockopt(socket.SOL_SOCKET, option, 4 << 20)
     return sock
 
 
-async def raw_serve() -> None:
-    sock = raw_socket()
-    print(f"127.0.0.1:{sock.getsockname()[1]}", flush=True)
+async def raw_serve(bind: tuple[str, int] = ("127.0.0.1", 0)) -> None:
+    """Serve one raw qh3 connection on `bind`: count a stream's bytes, answer the count."""
+    sock = raw_socket(bind)
+    print(f"{bind[0]}:{sock.getsockname()[1]}", flush=True)
     await trio.lowlevel.wait_readable(sock.fileno())
     data, addr = sock.recvfrom(65536)
     quic = QuicConnection(configuration=configuration(
@@ -111,8 +115,10 @@ async def raw_serve() -> None:
 
 
 async def raw_send(address: str, size: int) -> float:
+    """Seconds to send `size` bytes over one stream of a raw qh3 connection to `address` and
+    hear the receiver's count (LostBytes if it is short)."""
     host, port = address.rsplit(":", 1)
-    sock = raw_socket()
+    sock = raw_socket(("0.0.0.0", 0) if host != "127.0.0.1" else ("127.0.0.1", 0))
     quic = QuicConnection(configuration=configuration(
         libp2p_certificate(create_new_key_pair().private_key), is_client=True, **WINDOWS))
     quic.connect((host, int(port)), trio.current_time())
@@ -213,6 +219,14 @@ def measure(stack: str, size: int) -> float | None:
 
 
 def main() -> None:
+    if sys.argv[1:3] == ["--serve", "raw"] and len(sys.argv) == 4:  # the lab: raw IP:PORT
+        ip, port = sys.argv[3].rsplit(":", 1)
+        trio.run(raw_serve, (ip, int(port)))
+        return
+    if sys.argv[1:3] == ["--send", "raw"]:  # the lab: raw IP:PORT SIZE -> {"one_way": MB/s}
+        size = int(sys.argv[4])
+        print(json.dumps({"one_way": size / trio.run(raw_send, sys.argv[3], size) / 1e6}))
+        return
     if sys.argv[1:2] == ["--serve"]:
         stack = sys.argv[2]
         trio.run(raw_serve) if stack == "raw" else trio.run(host_serve, stack)

@@ -1,20 +1,27 @@
-"""Throughput in the NAT lab: meshnat streams direct and relayed, against baselines of the run.
+"""Throughput in the NAT lab: meshnat streams and tunnels direct, relayed and punched, against
+baselines of the run.
 
-Needs root. Topology: a public relay host, a public listener host and a dialer behind a cone
-NAT (its connections leave through the NAT's conntrack forward, the data path a punched TCP
-connection takes); one process per role and namespace (benchmarks/throughput_node.py). Per
-path, SIZE (50 MiB) one way (to a sink that answers the count) and both ways at once (an echo,
-digest-checked), MB/s per direction:
+Needs root. Topology: a public relay host, a public listener host, a dialer behind a cone NAT
+(its connections leave through the NAT's conntrack forward, the data path a punched TCP
+connection takes), and a second listener behind another cone NAT (cone/cone: the dialer
+punches to it); one process per role and namespace (benchmarks/throughput_node.py). Per path,
+SIZE (50 MiB) one way (to a sink that answers the count) and both ways at once (an echo,
+digest-checked), MB/s per direction, over a bare stream and through a tunnel (`forward` ->
+tunnel -> `expose` of the listener's plain TCP server):
 - direct: meshnat TCP+Noise+Yamux, a plain TCP socket on the same path, py-libp2p 0.8.1 as
   shipped (its Noise and Yamux, in processes without meshnat);
 - relayed: meshnat through meshnat's relay, a plain trio TCP forwarder on the relay host,
   py-libp2p 0.8.1 through its own relay as shipped (limits raised to let 50 MiB through);
+- punched (cone/cone): the relayed circuit to the NATed listener, then the connection
+  `HolePuncher.punch` opened (QUIC), against a raw qh3 connection driven by a minimal trio loop
+  (`bench_quic`'s driver, one way) and a plain TCP socket on the same path (both NATs: the
+  listener's router forwards the two baseline ports to it, the punch's port is not forwarded);
 - the meshnat relay's CPU seconds per GB carried (from /proc, over the relayed measurements)
   and its memory per open idle circuit (RSS growth while 6 dialers hold 8 each);
-- 1,000 echoed transfers of mixed sizes (1 B .. 1 MiB, 16 at a time) per meshnat path, by digest.
+- 1,000 echoed transfers of mixed sizes (1 B .. 1 MiB, 16 at a time) per meshnat path and
+  kind (bare stream, tunnel), by digest: the transfers that lost or changed a byte.
 
-Not here: tunnels (bench_tunnel, loopback), punched QUIC (quicfast's bench), memory per
-reservation (bench_relay_memory).
+Not here: memory per reservation (bench_relay_memory).
 
 Run: sudo .venv/bin/python -m benchmarks.bench_throughput_lab [--json]
 """
@@ -26,14 +33,18 @@ import os
 import sys
 from pathlib import Path
 
-from tests.support.netlab import Host, Lab, Nat, lab_available
+from tests.lab.test_discovery_lab import start_reflectors
+from tests.support.netlab import Host, Lab, Nat, Site, lab_available
 
 from benchmarks._stats import row
 
 NODE = ["-m", "benchmarks.throughput_node"]
 SIZE = 50 * 1024 * 1024
 HOLDERS = 6
-WIDTHS = (34, 10, 10, 12, 8)
+WIDTHS = (40, 10, 10, 12, 8)
+RAW_QUIC_PORT = 4300
+FORWARDED = (4200, RAW_QUIC_PORT)
+"""The baselines' ports the punched listener's router forwards to it (TCP and UDP)."""
 TICKS = os.sysconf("SC_CLK_TCK")
 GB = 1e9
 
@@ -56,6 +67,42 @@ def dial(host: Host, *args: str) -> dict[str, object]:
         raise RuntimeError(f"dialer {args} failed: {proc.stderr[-2000:]}")
     result: dict[str, object] = json.loads(proc.stdout.splitlines()[-1])
     return result
+
+
+def forward_baseline_ports(site: Site) -> None:
+    """Let the plain TCP and raw QUIC baselines reach the site's first host through its NAT
+    (DNAT of FORWARDED on the WAN side); every other port, the punch's included, stays a
+    port-restricted cone."""
+    host = site.hosts[0]
+    ports = ", ".join(map(str, FORWARDED))
+    for rule in (
+            "add chain ip nat prerouting { type nat hook prerouting priority dstnat; "
+            "policy accept; }",
+            f'add rule ip nat prerouting iifname "wan" meta l4proto {{ tcp, udp }} '
+            f"th dport {{ {ports} }} dnat to {host.ip}",
+            "insert rule inet fw forward_filter ct status dnat accept"):
+        proc = site.router.run(["nft", rule], timeout=30)
+        if proc.returncode != 0:
+            raise RuntimeError(f"nft {rule}: {proc.stderr}")
+
+
+def raw_quic(dialer: Host, listener: Host, target: str) -> dict[str, object]:
+    """One SIZE transfer over a raw qh3 connection from `dialer` to `target` (the listener's
+    raw server, through its router)."""
+    server = listener.popen(listener.python("-m", "benchmarks.bench_quic", "--serve", "raw",
+                                            f"0.0.0.0:{RAW_QUIC_PORT}"))
+    try:
+        assert server.stdout is not None
+        server.stdout.readline()  # bound
+        proc = dialer.run(dialer.python("-m", "benchmarks.bench_quic", "--send", "raw", target,
+                                        str(SIZE)), timeout=600)
+        if proc.returncode != 0:
+            raise RuntimeError(f"raw qh3 failed: {proc.stderr[-2000:]}")
+        result: dict[str, object] = json.loads(proc.stdout.splitlines()[-1])
+        return result
+    finally:
+        server.kill()
+        server.wait(timeout=30)
 
 
 def circuit_memory(relay_pid: int, dialer: Host, peer: dict[str, object],
@@ -109,13 +156,29 @@ def main() -> None:
                                              "--target", str(peer["addr"]), *common)
             before = cpu_seconds(relay.pid)
             results[f"{name} relayed"] = dial(dialer, "--path", "relayed", *common)
-            if not stock:  # one way, both ways (2 x SIZE), the mixed echoes (both ways)
-                mixed = results["meshnat relayed"]["mixed"]["bytes"]  # type: ignore[index]
-                carried = 3 * SIZE + 2 * mixed
+            if not stock:  # one way, both ways (2 x SIZE), the mixed echoes (both ways),
+                # over a bare stream and through a tunnel
+                ours = results["meshnat relayed"]
+                mixed = ours["mixed"]["bytes"] + ours["tunnel"]["mixed"]["bytes"]  # type: ignore[index]
+                carried = 6 * SIZE + 2 * mixed
                 results["relay"] = {"cpu_s_per_gb": (cpu_seconds(relay.pid) - before)
                                     / (carried / GB)}
         results["relay"]["kib_per_circuit"] = circuit_memory(relay.pid, dialer, mesh_peer,
                                                              mesh_relay)
+        # cone/cone: the dialer punches to a listener behind a second cone NAT
+        site = lab.site("b", Nat.CONE)
+        natted = site.hosts[0]
+        forward_baseline_ports(site)
+        reflectors = start_reflectors(lab, count=3)
+        marks = [arg for addr in reflectors for arg in ("--reflector", addr)]
+        _, punch_peer = natted.start_json(natted.python(
+            *NODE, "listener", "--relay", str(mesh_relay["addr"]), *marks), timeout=120)
+        results["raw qh3"] = raw_quic(dialer, natted, f"{site.public_ip}:{RAW_QUIC_PORT}")
+        results["plain cone/cone"] = dial(dialer, "--path", "plain",
+                                          "--target", f"{site.public_ip}:4200")
+        results["meshnat punched"] = dial(
+            dialer, "--path", "punched", "--peer", str(punch_peer["peer_id"]),
+            "--relay", str(mesh_relay["addr"]), *marks)
     if "--json" in sys.argv:
         print(json.dumps(results))
         return
@@ -123,27 +186,55 @@ def main() -> None:
 
 
 def report(r: dict[str, dict[str, object]]) -> None:
-    def rate(name: str, key: str) -> float:
-        return float(r[name][key])  # type: ignore[arg-type]
+    def rate(result: dict[str, object], key: str) -> float:
+        return float(result[key])  # type: ignore[arg-type]
 
+    def line(label: str, ours: dict[str, object], base: dict[str, object], key: str) -> None:
+        if key not in base:
+            return
+        print(row(label, f"{rate(ours, key):.1f}", f"{rate(base, key):.1f}", "",
+                  f"{rate(ours, key) / rate(base, key):.3f}", widths=WIDTHS))
+
+    punch = r["meshnat punched"]
+    relayed_cc, punched = punch["relayed"], punch["punched"]
+    assert isinstance(relayed_cc, dict) and isinstance(punched, dict)
     print(row("50 MiB, MB/s per direction", "meshnat", "baseline", "", "ratio", widths=WIDTHS))
-    for path, base, stock in (("direct", "plain", "stock direct"),
-                              ("relayed", "forwarder", "stock relayed")):
+    paths = (("direct", r["meshnat direct"], r["plain"], "plain", r["stock direct"]),
+             ("relayed", r["meshnat relayed"], r["forwarder"], "forwarder", r["stock relayed"]),
+             ("punched", punched, r["raw qh3"], "raw qh3", None))
+    for path, ours, base, base_name, stock in paths:
         for key in ("one_way", "both_ways"):
-            ours = rate(f"meshnat {path}", key)
-            print(row(f"{path} {key.replace('_', ' ')} vs {base}", f"{ours:.1f}",
-                      f"{rate(base, key):.1f}", "", f"{ours / rate(base, key):.3f}",
-                      widths=WIDTHS))
-            print(row(f"  vs py-libp2p 0.8.1 {path}", f"{ours:.1f}", f"{rate(stock, key):.1f}",
-                      "", f"{ours / rate(stock, key):.2f}", widths=WIDTHS))
-    print(f"meshnat relay: {rate('relay', 'cpu_s_per_gb'):.1f} CPU s per GB carried, "
-          f"{rate('relay', 'kib_per_circuit'):.1f} KiB per open idle circuit")
-    for path in ("direct", "relayed"):
-        mixed = r[f"meshnat {path}"]["mixed"]
-        print(f"mixed transfers, {path}: {mixed}")  # failed = transfers that lost or changed bytes
+            way = key.replace("_", " ")
+            line(f"{path} {way} vs {base_name}", ours, base, key)
+            if stock is not None:
+                line(f"  vs py-libp2p 0.8.1 {path}", ours, stock, key)
+            tunnel = ours["tunnel"]
+            assert isinstance(tunnel, dict)
+            line(f"  tunnel, {path} {way} vs {base_name}", tunnel, base, key)
+    for key in ("one_way", "both_ways"):
+        way = key.replace("_", " ")
+        line(f"punched {way} vs plain TCP cone/cone", punched, r["plain cone/cone"], key)
+        line(f"punched {way} vs relayed cone/cone", punched, relayed_cc, key)
+        tunnels = (punched["tunnel"], relayed_cc["tunnel"])
+        assert all(isinstance(t, dict) for t in tunnels)
+        line(f"  tunnel, punched vs relayed {way}", *tunnels, key)  # type: ignore[arg-type]
+    print(f"punch (cone/cone): {punch['transport']} in {float(punch['punch_ms']):.0f} ms; "
+          f"meshnat relay: {rate(r['relay'], 'cpu_s_per_gb'):.1f} CPU s per GB carried, "
+          f"{rate(r['relay'], 'kib_per_circuit'):.1f} KiB per open idle circuit")
+    for path, result in (("direct", r["meshnat direct"]), ("relayed", r["meshnat relayed"]),
+                         ("relayed cone/cone", relayed_cc), ("punched", punched)):
+        tunnel = result["tunnel"]
+        assert isinstance(tunnel, dict)
+        # failed = transfers that lost or changed bytes
+        print(f"mixed transfers, {path}: stream {result['mixed']}, tunnel {tunnel['mixed']}")
     print("direct: a TCP connection through the dialer's cone NAT to a public listener (the data "
           "path a punched TCP connection takes); plain: a trio TCP socket on the same path; "
-          "forwarder: a plain trio forwarder on the relay host; stock: py-libp2p 0.8.1 as shipped")
+          "forwarder: a plain trio forwarder on the relay host; stock: py-libp2p 0.8.1 as "
+          "shipped; punched: the connection HolePuncher opened from behind one cone NAT to a "
+          "listener behind another; raw qh3: qh3 driven by a minimal trio loop on that path "
+          "(one way only; no libp2p identity check, no stream API); tunnel: forward -> tunnel "
+          "-> expose of the listener's plain TCP server, over the same connection")
+    print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

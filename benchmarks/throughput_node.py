@@ -5,12 +5,15 @@ Roles (one JSON line each when ready, or with results):
   its limits raised, or py-libp2p 0.8.1's CircuitV2Protocol as shipped, limits raised the same);
 - `forwarder`: a plain trio TCP forwarder on :4100; the client's first 6 bytes name the target
   (IPv4 address, port);
-- `listener --ip IP --relay ADDR [--stock]`: reserves on the relay; serves SINK (read to end,
-  answer the count) and ECHO (echo until end, half-close) over libp2p, and the same as plain
-  TCP on :4200 (first byte `s` or `e`);
-- `dialer --path direct|relayed|plain|forwarder --target ... [--stock]`: SIZE bytes one way,
-  then both ways at once, then (meshnat, libp2p paths) TRANSFERS echoed transfers of mixed
-  sizes checked by digest; prints MB/s and the bytes lost.
+- `listener --ip IP --relay ADDR [--stock] [--reflector ADDR ...]`: reserves on the relay;
+  serves SINK (read to end, answer the count) and ECHO (echo until end, half-close) over
+  libp2p, and the same as plain TCP on :4200 (first byte `s` or `e`), which a meshnat listener
+  also exposes as the tunnel service `plain`; with reflectors it answers punches;
+- `dialer --path direct|relayed|punched|plain|forwarder --target ... [--stock]`: SIZE bytes
+  one way, then both ways at once, then (meshnat, libp2p paths) TRANSFERS echoed transfers of
+  mixed sizes checked by digest, over a bare stream and (meshnat) through a tunnel; prints
+  MB/s and the transfers that lost bytes. `punched` (with reflectors) measures the relayed
+  circuit, punches, then measures the punched connection.
 """
 
 from __future__ import annotations
@@ -247,8 +250,10 @@ def main() -> None:
     parser.add_argument("--relay")
     parser.add_argument("--peer")
     parser.add_argument("--target")
-    parser.add_argument("--path", choices=("direct", "relayed", "plain", "forwarder",
-                                                     "circuits"))
+    parser.add_argument("--path", choices=("direct", "relayed", "punched", "plain",
+                                           "forwarder", "circuits"))
+    parser.add_argument("--reflector", action="append", help="(meshnat) discover mappings and "
+                        "punch: a reflector's multiaddr, repeated")
     parser.add_argument("--forwarder")
     args = parser.parse_args()
     logging.getLogger("libp2p").setLevel(logging.CRITICAL)
