@@ -80,11 +80,13 @@ table ip {HAIRPIN_TABLE} {{{"".join(maps)}
 
 def ruleset(nat: str, first_host: str | None, forwarded_port: int, wan_ip: str,
             hairpin_lan: str | None, port_mapping: bool = False, *, carrier: bool = False,
-            hairpin_timeout: int = 120) -> str:
+            hairpin_timeout: int = 120, nat64: str | None = None) -> str:
     """The router's ruleset for a `netlab.Nat` kind (its value: "cone", "symmetric", ...).
 
     `hairpin_lan` (the LAN's first three octets) makes a PORT_FORWARD router's forwarded
-    port, or a `carrier` router's every mapping, work from inside its LAN too.
+    port, or a `carrier` router's every mapping, work from inside its LAN too. `nat64`: the
+    NAT64 TUN device (tests/support/nat64.py), whose packets are the LAN's own, translated:
+    forwarded out like the LAN's (what comes back in still needs an established flow).
     """
     symmetric = nat == "symmetric"
     masquerade = "masquerade random,fully-random" if symmetric else "masquerade"
@@ -105,6 +107,7 @@ def ruleset(nat: str, first_host: str | None, forwarded_port: int, wan_ip: str,
     elif carrier and hairpin_lan:
         hairpin_table = _carrier_hairpin(wan_ip, hairpin_lan, symmetric=symmetric,
                                          timeout=hairpin_timeout)
+    from_nat64 = f'iifname "{nat64}" accept' if nat64 else ""
     upnp_jump = f"jump {miniupnpd.FORWARD_CHAIN}" if port_mapping else ""
     upnp_chain = f"chain {miniupnpd.FORWARD_CHAIN} {{\n  }}" if port_mapping else ""
     upnp_nat = miniupnpd.NFT_TABLE if port_mapping else ""
@@ -124,6 +127,7 @@ table inet fw {{
     {allow_fwd}
     {block_udp}
     iifname "lanbr" accept
+    {from_nat64}
   }}
   chain input_filter {{
     type filter hook input priority filter; policy drop;

@@ -25,7 +25,9 @@ chains: established/related in, nothing unsolicited, neighbour discovery allowed
 IPv4 NAT. Public hosts are always dual-stack (each with a /48 of its own in 2001:db8:ff00::/40,
 on-link on the internet bridge, which routes every IPv6 site's /48 via its router). IPv6
 addresses skip duplicate address detection, so they are usable at once. WAN emulation (`wan`)
-delays and drops IPv6 as it does IPv4.
+delays and drops IPv6 as it does IPv4. An `ipv6_only` site's hosts have no IPv4 address at all
+(`Host.ip` is then their IPv6 address); its router translates NAT64 (tests/support/nat64.py:
+TAYGA, `2001:db8:64::a.b.c.d` reaches IPv4 `a.b.c.d` from the router's public IPv4 address).
 
 Any top-level router can also run miniupnpd (`port_mapping`, tests/support/miniupnpd.py):
 UPnP-IGD, NAT-PMP and PCP for its LAN. Its WAN address is then on MAPPING_PREFIX, a second
@@ -47,7 +49,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support import miniupnpd
+from tests.support import miniupnpd, nat64
 from tests.support.nat_rules import ruleset
 from tests.support.wan import Wan, WanEmulator, stop_process
 
@@ -91,6 +93,7 @@ class Host:
 
     ns: str
     ip: str
+    """Its IPv4 address (an IPv6-only host's IPv6 address)."""
     lab: Lab = field(repr=False)
     ip6: str | None = None
     """Its global IPv6 address (public hosts, hosts of an `ipv6` site), else None."""
@@ -143,6 +146,8 @@ class Site:
     """Its router runs miniupnpd."""
     lan6_prefix: str | None = None
     """The LAN's IPv6 /64 as `2001:db8:<n>:` (an `ipv6` site), else None."""
+    nat64: bool = False
+    """An `ipv6_only` site: its router translates NAT64 (tests/support/nat64.py)."""
     _lan_ips: Iterator[int] = field(default_factory=lambda: itertools.count(10), repr=False)
 
     @property
@@ -266,7 +271,7 @@ class Lab:
         self, name: str, nat: Nat, *, hosts: int = 1, behind: Site | None = None,
         forwarded_port: int = 4001, hairpin: bool = False, wan: Wan | None = None,
         udp_timeout: int | None = None, carrier: bool = False, port_mapping: bool = False,
-        ipv6: bool = False,
+        ipv6: bool = False, ipv6_only: bool = False,
     ) -> Site:
         """A router of kind `nat` with `hosts` hosts behind it; `behind` nests it (double NAT).
 
@@ -281,7 +286,10 @@ class Lab:
         A `port_mapping` router (top-level only) runs miniupnpd: UPnP-IGD, NAT-PMP and PCP.
         An `ipv6` site (top-level only) is dual-stack: its hosts also have global IPv6
         addresses (`Host.ip6`) behind the router's stateful firewall, with no NAT.
+        An `ipv6_only` site's hosts have only those (no IPv4 at all), and its router runs
+        NAT64 for them; `nat` is then the kind of the router's IPv4 NAT behind the NAT64.
         """
+        ipv6 = ipv6 or ipv6_only
         if (wan is not None or port_mapping or ipv6) and behind is not None:
             raise ValueError("WAN emulation, port mapping and IPv6 are for top-level sites only")
         if hairpin and not (nat is Nat.PORT_FORWARD or carrier):
@@ -318,31 +326,42 @@ class Lab:
             self._route_site6(f"2001:db8:{n:x}::/48", site.router.ip6, router_ns)
         for i in range(hosts):
             ns = self._namespace(f"{name}-h{i + 1}")
-            ip = site.next_lan_ip()
             self._link(ns, "eth0", router_ns, "lanbr")
-            _run("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", "eth0")
-            _run("ip", "-n", ns, "route", "add", "default", "via", f"{lan}.1")
-            ip6 = None
+            ip = ip6 = None
+            if not ipv6_only:
+                ip = site.next_lan_ip()
+                _run("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", "eth0")
+                _run("ip", "-n", ns, "route", "add", "default", "via", f"{lan}.1")
             if site.lan6_prefix is not None:
                 ip6 = f"{site.lan6_prefix}:{i + 10:x}"
                 _run("ip", "-n", ns, "-6", "addr", "add", f"{ip6}/64", "dev", "eth0", "nodad")
                 _run("ip", "-n", ns, "-6", "route", "add", "default", "via",
                      f"{site.lan6_prefix}:1")
-            site.hosts.append(Host(ns, ip, self, ip6=ip6))
+            site.hosts.append(Host(ns, ip or ip6 or "", self, ip6=ip6))
+        if ipv6_only:
+            self.daemons.append(nat64.start(router_ns, self._scratch(), n,
+                                            f"{site.lan6_prefix}ffff::1"))
+            site.nat64 = True
         _run("ip", "netns", "exec", router_ns, "nft", "-f", "-",
-             input=ruleset(nat.value, site.hosts[0].ip if site.hosts else None, forwarded_port,
+             input=ruleset(nat.value, None if ipv6_only else
+                           (site.hosts[0].ip if site.hosts else None), forwarded_port,
                            wan_ip, lan if hairpin else None, port_mapping, carrier=carrier,
-                           hairpin_timeout=udp_timeout or 120))
+                           hairpin_timeout=udp_timeout or 120,
+                           nat64=nat64.TUN if ipv6_only else None))
         if port_mapping:
-            if self._workdir is None:
-                self._workdir = Path(tempfile.mkdtemp(prefix=f"{self.prefix}-"))
-            self.daemons.append(miniupnpd.start(router_ns, self._workdir, lan, n))
+            self.daemons.append(miniupnpd.start(router_ns, self._scratch(), lan, n))
             site.port_mapping = True
         if udp_timeout is not None:  # conntrack is loaded in the namespace by the ruleset
             for key in ("nf_conntrack_udp_timeout", "nf_conntrack_udp_timeout_stream"):
                 _run("ip", "netns", "exec", router_ns, "sysctl", "-q", "-w",
                      f"net.netfilter.{key}={udp_timeout}")
         return site
+
+    def _scratch(self) -> Path:
+        """The lab's directory for daemons' files (removed on close)."""
+        if self._workdir is None:
+            self._workdir = Path(tempfile.mkdtemp(prefix=f"{self.prefix}-"))
+        return self._workdir
 
     def reboot_port_mapping(self, site: Site) -> None:
         """Restart `site`'s miniupnpd with its mappings and bindings gone, as a router reboot
