@@ -19,11 +19,22 @@ from meshnat._libp2p import (
     reset_quietly,
     wait_closed,
 )
+from meshnat._libp2p.quic.connection import QuicConn
 from meshnat.connect import ConnectConfig, Connector
 from meshnat.echo import ECHO_PROTOCOL, echo
 from meshnat.errors import ConfigError, PeerUnavailable
-from meshnat.events import MeshEvent, PathEstablished, PathUpgraded, PunchSucceeded
+from meshnat.events import (
+    EventSink,
+    MeshEvent,
+    PathEstablished,
+    PathLost,
+    PathUpgraded,
+    PunchAbandoned,
+    PunchSucceeded,
+    ignore_events,
+)
 from meshnat.punch import HolePuncher, PunchConfig
+from meshnat.punch.health import HealthConfig
 from meshnat.punch.repunch import RepunchConfig
 from meshnat.relay import RelayClient, RelayService
 from tests.support.fake_reflectors import LOOPBACK, nodes
@@ -73,15 +84,16 @@ async def _relayed_pair(stack: AsyncExitStack, config: ConnectConfig,
                         punch: PunchConfig | None = None,
                         relay_client: RelayClient | None = None,
                         puncher: HolePuncher | None = None,
+                        events: EventSink = ignore_events, b_punch: PunchConfig | None = None,
                         ) -> tuple[MeshNode, MeshNode, Connector]:
     relay, a, b = [await stack.enter_async_context(MeshNode(LOOPBACK)) for _ in range(3)]
     await relay.mount(RelayService())
     await (await b.mount(RelayClient())).reserve(relay.peer_info())
-    await b.mount(HolePuncher())
+    await b.mount(HolePuncher(b_punch))
     await b.mount(EchoService())
     connector = await a.mount(Connector(
         relays=[relay.peer_info()], relay_client=await a.mount(relay_client or RelayClient()),
-        puncher=await a.mount(puncher or HolePuncher(punch)), config=config))
+        puncher=await a.mount(puncher or HolePuncher(punch)), config=config, events=events))
     return a, b, connector
 
 
@@ -107,6 +119,70 @@ async def test_suspecting_a_healthy_punched_path_dials_one_circuit_per_interval(
                     assert await puncher.wait_settled(punched)
                 assert [c.kind for c in a.connections(b.peer_id)] == ["punched"]
             assert client.dials == 2
+
+
+class Events:
+    """An event sink whose events can be waited for."""
+
+    def __init__(self) -> None:
+        self.events: list[MeshEvent] = []
+        self._changed = trio.Event()
+
+    def __call__(self, event: MeshEvent) -> None:
+        self.events.append(event)
+        self._changed.set()
+
+    async def count(self, kind: type[MeshEvent], n: int) -> None:
+        """Return once `n` events of `kind` have been seen."""
+        while sum(isinstance(e, kind) for e in self.events) < n:
+            self._changed = trio.Event()
+            await self._changed.wait()
+
+
+def silence(conn: INetConn) -> None:
+    """The binding under a punched QUIC path dies (a flushed NAT): nothing it receives gets
+    through any more; other connections on the same socket are untouched."""
+    muxed = conn.muxed_conn
+    assert isinstance(muxed, QuicConn)
+    muxed.receive = lambda datagrams, addr, now: None  # type: ignore[method-assign]
+
+
+async def test_a_punched_path_whose_binding_dies_falls_back_to_the_relay_and_back() -> None:
+    events = Events()
+    quick = HealthConfig(interval=1.0, probe_interval=0.5)  # found dead in about 2-4 s
+    never = HealthConfig(interval=3600.0)  # the far end does not find out in this test
+    with trio.fail_after(60):
+        async with AsyncExitStack() as stack:
+            client = CountingRelayClient()
+            a, b, connector = await _relayed_pair(
+                stack, ConnectConfig(), relay_client=client,
+                puncher=HolePuncher(PunchConfig(health=quick), events=events), events=events,
+                b_punch=PunchConfig(health=never))
+            await connector.connect(PeerInfo(b.peer_id, []))
+            await events.count(PathUpgraded, 1)
+            old = a.best_connection(b.peer_id).conn
+            assert a.best_connection(b.peer_id).kind == "punched"
+            far = next(c.conn for c in b.connections(a.peer_id) if c.kind == "punched")
+            for end in (old, far):
+                silence(end)
+            await events.count(PathLost, 1)  # the health check found it dead and retired it
+            await events.count(PathUpgraded, 2)  # over a new circuit, punched again
+            assert client.dials == 2 and old.is_closed
+            # at the first try, though the far end still holds its dead end of the old path:
+            # that is not taken for the new one (it was: the far end's punch ended at once,
+            # it stopped answering probes, and every re-punch failed)
+            after = events.events[[type(e) for e in events.events].index(PathLost):]
+            assert not [e for e in after if isinstance(e, PunchAbandoned)], after
+            assert not far.is_closed
+            new = a.best_connection(b.peer_id)
+            assert new.kind == "punched" and new.conn is not old
+            assert await echo(a, PeerInfo(b.peer_id, []), b"again") == b"again"
+            lost = next(e for e in events.events if isinstance(e, PathLost))
+            assert "pings failed" in lost.reason
+            # the circuit that stood meanwhile is let go once idle
+            relayed = [c.conn for c in a.connections(b.peer_id) if c.kind == "relayed"]
+            for conn in relayed:
+                await wait_closed(conn)
 
 
 async def test_a_stream_open_on_the_relay_finishes_there_after_the_upgrade() -> None:

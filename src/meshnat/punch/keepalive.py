@@ -59,7 +59,9 @@ class HealthWatch:
         self._outcome = trio.Event()
 
     async def run(self, stop: Callable[[], bool] = lambda: False) -> PathDead | None:
-        """Why the connection is dead; None once `stop()` holds after an answered ping."""
+        """Why the connection is dead; None once `stop()` holds after an answered ping.
+        Pings run concurrently, as many as `PathHealth` asks for."""
+        stopped = False
 
         async def on_close() -> None:
             await _libp2p.wait_closed(self.conn)
@@ -67,17 +69,30 @@ class HealthWatch:
             self._wake.set()
             self.note_outcome()
 
+        async def ping(action: SendPing) -> None:
+            nonlocal stopped
+            try:
+                await _libp2p.ping_over(self.host, self.conn, timeout=action.timeout)
+            except MeshNatError as exc:
+                log.debug("keepalive over %s failed: %s", self.conn.muxed_conn.peer_id, exc)
+                self.health.failed(trio.current_time(), str(exc), action.ping)
+            else:
+                self.pings_answered += 1
+                self.health.answered(trio.current_time(), action.ping)
+                stopped = stopped or stop()
+            self._wake.set()
+            self.note_outcome()
+
         async with trio.open_nursery() as nursery:
             nursery.start_soon(on_close)
             try:
                 while True:
-                    action = self.health.next_action()
-                    if isinstance(action, PathDead):
-                        return action
-                    if isinstance(action, SendPing):
-                        if await self._ping(action.timeout) and stop():
-                            return None
-                        continue
+                    while (action := self.health.next_action()) is not None:
+                        if isinstance(action, PathDead):
+                            return action
+                        nursery.start_soon(ping, action)
+                    if stopped:
+                        return None
                     timer = self.health.get_timer()
                     with trio.move_on_at(timer if timer is not None else float("inf")):
                         await self._wake.wait()
@@ -85,19 +100,6 @@ class HealthWatch:
                     self.health.handle_timer(trio.current_time())
             finally:
                 nursery.cancel_scope.cancel()
-
-    async def _ping(self, timeout: float) -> bool:
-        try:
-            await _libp2p.ping_over(self.host, self.conn, timeout=timeout)
-        except MeshNatError as exc:
-            log.debug("keepalive over %s failed: %s", self.conn.muxed_conn.peer_id, exc)
-            self.health.failed(trio.current_time(), str(exc))
-            self.note_outcome()
-            return False
-        self.pings_answered += 1
-        self.health.answered(trio.current_time())
-        self.note_outcome()
-        return True
 
 
 async def close_dead(conn: INetConn, timeout: float) -> None:
@@ -182,7 +184,7 @@ class PathKeeper:
     async def wait_settled(self, conn: INetConn) -> bool:
         """Wait until the health check has made up its mind about `conn`: True once a ping
         over it is answered (healthy), False once it is retired or no longer kept. Bounded
-        by the health check itself (`dead_after` pings of `ping_timeout` each)."""
+        by the health check itself (`dead_after` pings of at most `ping_timeout` each)."""
         while True:
             kept = self._kept.get(conn.muxed_conn.peer_id)
             if kept is None or kept.result.connection is not conn or kept.replaced \

@@ -20,7 +20,7 @@ import random
 import trio
 
 from meshnat import _libp2p
-from meshnat._libp2p import ID
+from meshnat._libp2p import ID, INetConn
 from meshnat.endpoint import Endpoint, interleave_families
 from meshnat.errors import MeshNatError, PeerTimeout, PunchFailed, UnknownPair
 from meshnat.node import MeshNode
@@ -88,6 +88,7 @@ class PathRace:
         failures: list[PunchFailed] = []
         udp_heard, udp_done = trio.Event(), trio.Event()
         udp_runs = plan.udp is not None and bool(theirs.udp)
+        before = direct_now(node, peer)  # taken before any probe: the outcome comes after
 
         async def attempt(path: str, label: str) -> None:
             """`path`: "birthday", "traversal" or "tcp"; `label` names it in failures."""
@@ -103,9 +104,9 @@ class PathRace:
                         opened = await self._birthday(node, peer, ours, theirs, plan, budget)
                     elif path == "traversal":
                         opened = await self._traversal(node, peer, ours, theirs, plan, budget,
-                                                       udp_heard)
+                                                       udp_heard, before)
                     else:
-                        opened = await self._tcp(node, peer, theirs, plan, budget)
+                        opened = await self._tcp(node, peer, theirs, plan, budget, before)
             except PunchFailed as exc:
                 failures.append(PunchFailed(f"{label}: {exc.reason}",
                                             probes_sent=exc.probes_sent))
@@ -158,8 +159,10 @@ class PathRace:
                           budget)
 
     async def _traversal(self, node: MeshNode, peer: ID, ours: Offer, theirs: Offer,
-                         plan: PunchPlan, budget: SendBudget, heard: trio.Event) -> PathOpened:
-        """`heard` is set once the traversal heard the peer (the TCP path may wait on it)."""
+                         plan: PunchPlan, budget: SendBudget, heard: trio.Event,
+                         before: list[INetConn]) -> PathOpened:
+        """`heard` is set once the traversal heard the peer (the TCP path may wait on it);
+        `before`: the direct connections open before the punch, never its outcome."""
         local = node.listen_endpoint("udp")
         # the punch's Offers were the traversal's candidate exchange, and Sync started both
         # sides together: each adopts the traversal under the punch's txid, probing the
@@ -173,7 +176,8 @@ class PathRace:
             if not plan.traversal_dials:  # the initiator takes a pair and dials; we accept
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._signal_heard, traversal.id, heard, plan.path_timeout)
-                    conn = await _libp2p.wait_direct_connection(node.host, peer)
+                    conn = await _libp2p.wait_direct_connection(node.host, peer,
+                                                                besides=before)
                     nursery.cancel_scope.cancel()
                 remote = _libp2p.connection_remote(conn)
                 if remote is not None:
@@ -243,8 +247,7 @@ class PathRace:
         gave_up: list[PunchFailed] = []
         # a direct connection open before the punch (a dead punched path the keepalives have
         # not retired yet, say) is not the outcome: the hard side dials a new one
-        before = [c for c in node.host.get_network().get_connections(peer)
-                  if not _libp2p.is_relayed(c)]
+        before = direct_now(node, peer)
 
         async def probe(done: trio.CancelScope) -> None:
             try:
@@ -266,7 +269,7 @@ class PathRace:
 
     @staticmethod
     async def _tcp(node: MeshNode, peer: ID, theirs: Offer, plan: PunchPlan,
-                   budget: SendBudget) -> PathOpened:
+                   budget: SendBudget, before: list[INetConn]) -> PathOpened:
         """A public side is simply dialled (by the initiator when both are public); two NATed
         sides open at once from their listen ports, with fixed Noise roles. A dial to an IP
         the peer has not proven costs its SYNs from the budget: few candidates get one.
@@ -274,8 +277,8 @@ class PathRace:
         each dialled from the listen port of its family; families this node does not listen
         on are skipped."""
         local = node.listen_endpoint("tcp")
-        if plan.tcp is TcpPath.ACCEPT:
-            conn = await _libp2p.wait_direct_connection(node.host, peer)  # they dial us
+        if plan.tcp is TcpPath.ACCEPT:  # they dial us
+            conn = await _libp2p.wait_direct_connection(node.host, peer, besides=before)
             return PathOpened(local, theirs.tcp[0], 0, conn)
         errors: list[str] = []
         dialable = (e for e in theirs.tcp if e.ip.version in node.ip_versions)
@@ -294,3 +297,11 @@ class PathRace:
                 continue
             return PathOpened(local, remote, 0, conn)
         raise PunchFailed("; ".join(errors) or "no TCP candidate")
+
+
+def direct_now(node: MeshNode, peer: ID) -> list[INetConn]:
+    """The direct connections to `peer` open before a punch: never its outcome. One may be a
+    dead punched path the keepalives have not retired yet (its NAT binding flushed): taken
+    for the new path, the punch would end at once on this side and stop answering probes."""
+    return [c for c in node.host.get_network().get_connections(peer)
+            if not _libp2p.is_relayed(c)]
