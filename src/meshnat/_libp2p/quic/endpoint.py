@@ -25,6 +25,7 @@ from qh3.quic.configuration import QuicConfiguration
 
 from meshnat._libp2p.quic.connection import QuicConn
 from meshnat._libp2p.quic.core import Libp2pQuicConnection
+from meshnat._libp2p.quic.gso import DatagramSender
 from meshnat.limits import network_of
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ class QuicEndpoint:
             with contextlib.suppress(OSError):  # the kernel caps it at [rw]mem_max anyway
                 sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
         self.sock = sock
+        self._sender = DatagramSender(sock)
         self._client, self._server, self._read_timeout = client, server, read_timeout
         self.tap: Tap | None = None
         self.on_accept: Accept | None = None
@@ -222,18 +224,12 @@ class QuicEndpoint:
 
     def send_datagrams(self, datagrams: list[tuple[bytes, tuple[str, int]]]) -> None:
         """Send now; what the socket cannot take yet waits (bounded) for it to be writable."""
-        sendto = self.sock.sendto
-        for i, (data, addr) in enumerate(datagrams):
-            if self._backlog:
-                self._queue(datagrams[i:])
-                return
-            try:
-                sendto(data, addr)
-            except BlockingIOError:
-                self._queue(datagrams[i:])
-                return
-            except OSError as exc:  # unreachable peer and the like: QUIC's timers decide
-                log.debug("quic: sendto %s failed: %s", addr, exc)
+        if self._backlog:
+            self._queue(datagrams)
+            return
+        sent = self._sender.send(datagrams)  # GSO batches where the kernel takes them
+        if sent < len(datagrams):
+            self._queue(datagrams[sent:])
 
     def _queue(self, datagrams: list[tuple[bytes, tuple[str, int]]]) -> None:
         room = MAX_BACKLOG - len(self._backlog)
