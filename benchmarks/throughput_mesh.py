@@ -124,7 +124,8 @@ async def _mount_puncher(node: MeshNode, reflectors: list[str]) -> HolePuncher |
         min_responses=min(3, len(known)))))
     mapping = await discover_mapping(discovery)
     traversals = await node.mount(TraversalService(discovery=discovery))
-    return await node.mount(HolePuncher(PunchConfig(mapping=mapping), discovery=discovery,
+    return await node.mount(HolePuncher(PunchConfig(mapping=mapping.v4, mapping6=mapping.v6),
+                                        discovery=discovery,
                                         traversals=traversals))
 
 
