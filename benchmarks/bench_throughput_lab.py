@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -129,6 +130,8 @@ def circuit_memory(relay_pid: int, dialer: Host, peer: dict[str, object],
 def main() -> None:
     if (reason := lab_available()) is not None:
         raise SystemExit(reason)
+    # SIGTERM unwinds like Ctrl-C, so the Lab tears its namespaces and processes down
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     results: dict[str, dict[str, object]] = {}
     with Lab("mnthru") as lab:
         relay_host, listener = lab.public_host("relay"), lab.public_host("listener")
