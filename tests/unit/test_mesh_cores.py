@@ -8,9 +8,12 @@ import time
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from libp2p.crypto.ed25519 import create_new_key_pair
+from multiaddr import Multiaddr
 
 from meshnat._libp2p import ID
 from meshnat._libp2p.dht import RecordValidator, record_key
+from meshnat.endpoint import Endpoint
+from meshnat.mesh.addresses import Observed, observed_addrs
 from meshnat.mesh.autorelay import AutoRelay, RelayOption
 from meshnat.mesh.messages import DialBackProof, DialBackRequest, DialBackResponse
 from meshnat.mesh.peers import Membership
@@ -111,6 +114,19 @@ def test_autorelay_never_holds_or_tries_more_than_count_on_distinct_networks(
         taken = [*relay.held.values(), *relay.pending.values()]
         assert len(taken) <= 2 and len(set(taken)) == len(taken)
         assert set(relay.pending) == set(under_way)
+
+
+def test_a_peer_is_reached_at_the_ips_it_is_seen_at_never_at_the_ones_it_claims() -> None:
+    claimed = [Multiaddr("/ip4/10.0.0.5/tcp/4001"), Multiaddr("/ip4/10.0.0.5/udp/4001/quic-v1"),
+               Multiaddr("/ip4/10.0.0.5/udp/4002"), Multiaddr("/ip6/fd00::5/tcp/4001")]
+    # behind a NAT: its own LAN addresses, seen from its router's public IP
+    inbound = Observed("udp", Endpoint.parse("198.18.7.10:4001"), dialled=False)
+    assert [str(a) for a in observed_addrs(claimed, [inbound])] == [
+        "/ip4/198.18.7.10/tcp/4001", "/ip4/198.18.7.10/udp/4001/quic-v1"]
+    dialled = Observed("tcp", Endpoint.parse("198.18.3.10:5000"), dialled=True)
+    assert [str(a) for a in observed_addrs([], [dialled, inbound])] == [
+        "/ip4/198.18.3.10/tcp/5000"]  # where it was dialled; an inbound source is no listener
+    assert observed_addrs(claimed, []) == []  # not connected: nothing to go by
 
 
 def test_membership_spreads_over_networks_and_backs_off_failed_dials() -> None:

@@ -2,9 +2,11 @@
 
 Amplification-safe: the peer dials only the IP its request arrived from (never an address
 the requester names), only over a direct connection, one handshake per transport per request,
-rate-limited per source network. Over each connection it made, the peer sends the request's
-id (`DialBackProof`); the requester believes only that: an inbound connection, authenticated
-as the peer by Noise or TLS, carrying the id of its own request. Both ends then close it.
+rate-limited per source network, and from a fresh port (never its listening socket: the
+requester's NAT would let that in through the mapping of the requester's own connection to
+it). Over each connection it made, the peer sends the request's id (`DialBackProof`); the
+requester believes only that: an inbound connection, authenticated as the peer by Noise or
+TLS, carrying the id of its own request. Both ends then close it.
 The service also marks a mesh member: peers that speak it are meshnat nodes (`_libp2p.dht`).
 """
 
@@ -105,20 +107,25 @@ class DialBackService:
         tcp = udp = None
         if req.tcp_port is not None:
             tcp = await self._dial(node, peer, req.txid, multiaddr.Multiaddr(
-                f"/{proto}/{observed.ip}/tcp/{req.tcp_port}"))
+                f"/{proto}/{observed.ip}/tcp/{req.tcp_port}"), observed.ip.version)
         if req.udp_port is not None:
             udp = await self._dial(node, peer, req.txid, multiaddr.Multiaddr(
-                f"/{proto}/{observed.ip}/udp/{req.udp_port}/quic-v1"))
+                f"/{proto}/{observed.ip}/udp/{req.udp_port}/quic-v1"), observed.ip.version)
         return DialBackResponse(req.txid, tcp, udp)
 
     async def _dial(self, node: MeshNode, peer: ID, txid: bytes,
-                    addr: multiaddr.Multiaddr) -> bool:
+                    addr: multiaddr.Multiaddr, version: int) -> bool:
         self.dialled += 1
         conn: INetConn | None = None
         try:
+            # from a fresh port (`source` port 0), never the listening socket QUIC dials
+            # leave from: the requester's NAT would let that in through the mapping of the
+            # requester's own connection to it, and a NATed node would count itself public
+            transport = "udp" if "/udp/" in str(addr) else "tcp"
+            source = (str(node.listen_endpoint(transport, version).ip), 0)
             with _libp2p.map_peer_errors(f"dial back {addr}", DIAL_TIMEOUT), \
                     trio.fail_after(DIAL_TIMEOUT):
-                conn = await dial_once(node.host.get_network(), addr, peer)  # no retries
+                conn = await dial_once(node.host.get_network(), addr, peer, source)  # no retries
                 stream = await _libp2p.open_stream_on(node.host, conn, DIALBACK_PROTOCOL,
                                                       DIAL_TIMEOUT)
                 await _libp2p.write_frame(stream, encode(DialBackProof(txid)))

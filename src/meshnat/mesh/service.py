@@ -27,6 +27,7 @@ from meshnat.connect import Connector, Path
 from meshnat.discovery import DiscoveryConfig, PeerAddressDiscovery
 from meshnat.errors import MeshNatError, NotMounted, PeerUnavailable, RelayUnavailable
 from meshnat.limits import network_of
+from meshnat.mesh.addresses import Observed, observed_addrs
 from meshnat.mesh.autorelay import AutoRelay, RelayOption
 from meshnat.mesh.config import MeshConfig
 from meshnat.mesh.dialback import DIALBACK_PROTOCOL, DialBackService
@@ -194,6 +195,14 @@ class Mesh:
                 if (p := _libp2p.endpoint_of(a)) is None or p[1] not in sources]
 
     @staticmethod
+    def _observed_addrs(node: MeshNode, peer: ID) -> list[multiaddr.Multiaddr]:
+        """Where `peer` is reached as a reflector, relay or dial-back helper: at the IPs its
+        live direct connections come from, never at an IP it claims (`mesh.addresses`)."""
+        seen = [Observed(c.transport, c.remote, not _libp2p.is_inbound(c.conn))
+                for c in node.connections(peer) if c.kind.is_direct and c.remote is not None]
+        return observed_addrs(stored_addrs(node.host, peer), seen)
+
+    @staticmethod
     def _speaks(node: MeshNode, peer: ID, protocol: str) -> bool:
         return protocol in stored_protocols(node.host, peer)
 
@@ -297,7 +306,7 @@ class Mesh:
                              network: str) -> None:
         try:
             witnessed = await parts.dialback.dial_back(
-                PeerInfo(peer, self._listen_addrs(node, peer)))
+                PeerInfo(peer, self._observed_addrs(node, peer)))
         except MeshNatError as exc:
             log.debug("mesh: no dial-back from %s: %s", peer, exc)
             return
@@ -310,7 +319,7 @@ class Mesh:
         if chosen == self.reflectors:
             return
         self.reflectors = chosen
-        infos = [PeerInfo(ID.from_base58(p), self._listen_addrs(node, ID.from_base58(p)))
+        infos = [PeerInfo(ID.from_base58(p), self._observed_addrs(node, ID.from_base58(p)))
                  for p in chosen]
         parts.discovery.reflectors = infos
         parts.discovery.config = replace(parts.discovery.config,
@@ -347,7 +356,7 @@ class Mesh:
 
     async def _reserve(self, node: MeshNode, parts: _Parts, option: RelayOption) -> None:
         relay = ID.from_base58(option.peer)
-        info = PeerInfo(relay, self._listen_addrs(node, relay))
+        info = PeerInfo(relay, self._observed_addrs(node, relay))
         try:
             addr = await parts.relay.reserve(info)
         except RelayUnavailable as exc:
