@@ -81,6 +81,27 @@ async def test_a_tie_between_truth_and_lies_is_no_consensus_not_a_guess() -> Non
     assert events == [AddressDisputed("udp", 4, False)]
 
 
+async def test_an_address_later_seen_to_depend_on_the_destination_is_forgotten() -> None:
+    # a mesh node behind a symmetric NAT that had one reflector took that one's view as its
+    # address (1 of 1 votes) and kept publishing it after more reflectors showed a port per
+    # destination (the NAT lab's symmetric site)
+    async with nodes(4) as (client, honest, *fakes):
+        await honest.mount(ReflectionService())
+        own = client.listen_endpoint("udp")
+        here = Endpoint.parse(f"{client.local_endpoints('udp')[0].ip}:{own.port}")
+        for fake, port in zip(fakes, (own.port + 1, own.port + 2), strict=True):
+            await fake.mount(FakeReflector(Behaviour.LIE, replace(here, port=port)))
+        discovery = await client.mount(PeerAddressDiscovery(
+            [honest.peer_info()], replace(LOOPBACK_VOTES, min_responses=1)))
+        with trio.fail_after(10):
+            assert (await discovery.discover()).address == here
+            discovery.reflectors = [honest.peer_info(), *(f.peer_info() for f in fakes)]
+            with pytest.raises(NoConsensus) as caught:
+                await discovery.discover()
+        assert caught.value.consensus.endpoint_dependent
+        assert discovery.latest() is None  # unknown now, not the one reflector's view
+
+
 async def test_silent_slow_garbage_and_forged_ids_are_ignored_within_the_deadline() -> None:
     fakes = (Behaviour.SILENT, Behaviour.SLOW, Behaviour.GARBAGE, Behaviour.STALE_ID)
     config = replace(LOOPBACK_VOTES, min_responses=2)

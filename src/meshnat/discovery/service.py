@@ -95,7 +95,8 @@ class PeerAddressDiscovery:
 
     def latest(self, transport: str = "udp", version: int = 4) -> Consensus | None:
         """The last successful round for `transport` over IP `version`; None means the
-        address is unknown."""
+        address is unknown (never agreed on, or a later round showed a port per reflector:
+        a mapping that depends on the destination is no address)."""
         return self._latest.get((transport, version))
 
     def last_round(self, transport: str = "udp", version: int = 4) -> Consensus | None:
@@ -173,6 +174,12 @@ class PeerAddressDiscovery:
                                  min_responses=self.config.min_responses, asked=len(asked))
         except NoConsensus as exc:
             self._last_round[transport, version] = exc.consensus
+            if exc.consensus.endpoint_dependent and self._latest.pop((transport, version),
+                                                                     None) is not None:
+                # one IP, a port per reflector: the NAT maps per destination, so no earlier
+                # (fewer-voter) answer is an address anyone else can reach
+                log.info("discovery: %s/IPv%d address forgotten: the mapping depends on the "
+                         "destination", transport, version)
             self._events(AddressDisputed(transport, exc.consensus.voters,
                                          exc.consensus.endpoint_dependent))
             raise

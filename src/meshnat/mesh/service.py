@@ -68,6 +68,7 @@ class Mesh:
         self._status = Reachability.UNKNOWN
         self._rtt: dict[str, float] = {}
         self._busy: set[tuple[str, str]] = set()
+        self._classify_due = False
         self._wake = trio.Event()
         self._reconciled = trio.Event()
         self._published = trio.Event()
@@ -327,17 +328,22 @@ class Mesh:
         parts.discovery.network_changed()
         parts.classifier.reflectors = infos
         if self.config.classify and len(infos) >= 2:
+            self._classify_due = True  # a classification under way runs again after
             self._spawn(nursery, "classify", "", self._classify, parts)
         self.events(MeshChanged("reflectors", {"reflectors": chosen}))
 
     async def _classify(self, parts: _Parts) -> None:
-        try:
-            report = await parts.classifier.classify()
-        except MeshNatError as exc:
-            log.info("mesh: classification failed: %s", exc)
-            return
-        parts.authority.set_nat(NatSummary.from_report(report))
-        self.events(MeshChanged("nat-report", report.to_json()))
+        """Classify with the reflectors in use, and again while they changed meanwhile (the
+        first run, with two reflectors, may not tell a symmetric NAT)."""
+        while self._classify_due:
+            self._classify_due = False
+            try:
+                report = await parts.classifier.classify()
+            except MeshNatError as exc:
+                log.info("mesh: classification failed: %s", exc)
+                continue
+            parts.authority.set_nat(NatSummary.from_report(report))
+            self.events(MeshChanged("nat-report", report.to_json()))
 
     def _keep_relays(self, node: MeshNode, parts: _Parts, nursery: trio.Nursery, now: float,
                      candidates: dict[str, str]) -> None:
