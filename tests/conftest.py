@@ -16,17 +16,19 @@ settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 
 @pytest.fixture
-def lab() -> Iterator[Lab]:
+def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
     """A fresh NAT lab, torn down after the test whatever happens.
 
     Without root the test is skipped with the reason, except in CI, where a lab that cannot
-    be built is a failure: the lab tests must run there.
+    be built is a failure: the lab tests must run there. Options for `Lab` come indirectly:
+    `@pytest.mark.parametrize("lab", [{"spread_networks": True}], indirect=True)`.
     """
+    options: dict[str, object] = getattr(request, "param", {})
     reason = lab_available()
     if reason is not None:
         if os.environ.get("CI"):
             pytest.fail(f"CI must run the NAT lab: {reason}")
         pytest.skip(reason)
     remove_stale_namespaces()
-    with Lab() as built:
+    with Lab(**options) as built:  # type: ignore[arg-type]
         yield built

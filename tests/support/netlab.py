@@ -36,6 +36,7 @@ prefix on the internet bridge that every bridge host routes on-link.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import itertools
 import json
@@ -105,12 +106,16 @@ class Host:
         """Run a command in this host's namespace; a hang fails the test after `timeout`."""
         return subprocess.run(self.cmd(args), capture_output=True, text=True, timeout=timeout)
 
-    def popen(self, args: Sequence[str], *, stdin: bool = False) -> subprocess.Popen[str]:
-        """Start a background process in this host; the lab kills it on close."""
-        proc = subprocess.Popen(
-            self.cmd(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-        )
+    def popen(self, args: Sequence[str], *, stdin: bool = False,
+              stderr: Path | None = None) -> subprocess.Popen[str]:
+        """Start a background process in this host; the lab kills it on close. `stderr`: a
+        file for its log (a pipe nobody reads fills up and blocks a talkative process)."""
+        with contextlib.ExitStack() as files:
+            err = subprocess.PIPE if stderr is None else files.enter_context(stderr.open("a"))
+            proc = subprocess.Popen(
+                self.cmd(args), stdout=subprocess.PIPE, stderr=err, text=True,
+                stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+            )
         self.lab.processes.append(proc)
         return proc
 
@@ -169,8 +174,13 @@ class Site:
 class Lab:
     """Builds namespaces on demand and deletes every one of them (and their processes) on close."""
 
-    def __init__(self, prefix: str | None = None, *, wan_seed: int = 1) -> None:
+    def __init__(self, prefix: str | None = None, *, wan_seed: int = 1,
+                 spread_networks: bool = False) -> None:
         self.prefix = prefix or f"mnlab{os.getpid()}"
+        self.spread_networks = spread_networks
+        """Each internet address on its own /24 (198.18.N.10 in 198.18.0.0/16, all on the one
+        bridge), as peers on the real internet are: for code that counts one vote or one
+        result per /24. Not with port-mapping sites."""
         self.namespaces: list[str] = []
         self.processes: list[subprocess.Popen[str]] = []
         self.daemons: list[subprocess.Popen[bytes]] = []
@@ -223,12 +233,17 @@ class Lab:
             self.wan = WanEmulator(self.inet, self.wan_seed)
         self.wan.add_uplink(port, wan)
 
+    def _inet_ip(self) -> tuple[str, int]:
+        """The next internet address and its prefix length."""
+        n = next(self._inet_ips)
+        return (f"198.18.{n}.10", 16) if self.spread_networks else (f"{INET_PREFIX}.{n}", 24)
+
     def public_host(self, name: str, *, wan: Wan | None = None) -> Host:
         """A host on the internet segment, with no NAT in front of it (`wan` on its link)."""
         ns = self._namespace(name)
-        ip = f"{INET_PREFIX}.{next(self._inet_ips)}"
+        ip, length = self._inet_ip()
         self._emulate(self._link(ns, "eth0", self.inet, "br0"), wan)
-        _run("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", "eth0")
+        _run("ip", "-n", ns, "addr", "add", f"{ip}/{length}", "dev", "eth0")
         self._on_bridge(ns, "eth0")
         return Host(ns, ip, self, ip6=self._on_bridge6(ns, "eth0"))
 
@@ -300,9 +315,9 @@ class Lab:
             self._emulate(self._link(router_ns, "wan", self.inet, "br0"), wan)
             wan_ip = self._mapping_wan_ip(router_ns)
         elif behind is None:
-            wan_ip = f"{INET_PREFIX}.{next(self._inet_ips)}"
+            wan_ip, length = self._inet_ip()
             self._emulate(self._link(router_ns, "wan", self.inet, "br0"), wan)
-            _run("ip", "-n", router_ns, "addr", "add", f"{wan_ip}/24", "dev", "wan")
+            _run("ip", "-n", router_ns, "addr", "add", f"{wan_ip}/{length}", "dev", "wan")
             self._on_bridge(router_ns, "wan")
         else:
             wan_ip = behind.next_lan_ip()

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 @dataclass(frozen=True, slots=True)
 class MeshChanged:
     """Something the node decided or learned: `what` is `reachability`, `reflectors`,
-    `relays`, `published` or `peers`; `detail` is JSON-ready."""
+    `relays`, `published`, `peers`, `nat-report` or `path-upgraded` (a relayed peer now
+    reached over a punched path); `detail` is JSON-ready."""
 
     what: str
     detail: dict[str, object]

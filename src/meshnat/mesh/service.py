@@ -26,6 +26,7 @@ from meshnat.classify import NatClassifier
 from meshnat.connect import Connector, Path
 from meshnat.discovery import DiscoveryConfig, PeerAddressDiscovery
 from meshnat.errors import MeshNatError, NotMounted, PeerUnavailable, RelayUnavailable
+from meshnat.events import EventSink, MeshEvent, PathUpgraded
 from meshnat.limits import network_of
 from meshnat.mesh.addresses import Observed, observed_addrs
 from meshnat.mesh.autorelay import AutoRelay, RelayOption
@@ -38,6 +39,7 @@ from meshnat.mesh.publishing import Republisher
 from meshnat.mesh.reachability import Reachability, ReachabilityTracker
 from meshnat.mesh.reflectors import choose_reflectors
 from meshnat.node import MeshNode, Service
+from meshnat.paths import PathKind
 from meshnat.punch import HolePuncher
 from meshnat.records import AddressRecord, NatSummary, RecordAuthority, RecordConfig
 from meshnat.reflection.service import REFLECT_PROTOCOL
@@ -129,14 +131,18 @@ class Mesh:
         return await self._mounted()[1].connector.connect_via(peer, relays)
 
     def to_json(self) -> dict[str, object]:
-        """Reachability, addresses, reflectors, relays, DHT and connected peers, now."""
+        """Reachability, addresses, reflectors, relays, DHT peers, and each connected peer's
+        open connections (`paths`: kind/transport, best first), now."""
         node, parts = self._mounted()
         latest = {t: parts.discovery.latest(t) for t in ("udp", "tcp")}
+        peers = node.host.get_connected_peers()
         return {"peer_id": str(node.peer_id), "reachability": str(self._status),
                 "addresses": {t: c.to_json() for t, c in latest.items() if c is not None},
                 "reflectors": list(self.reflectors), "relays": list(self.relay_addrs.values()),
                 "dht_server": parts.dht.server, "dht_peers": len(parts.dht.routing_peers()),
-                "connected": len(node.host.get_connected_peers())}
+                "connected": len(peers),
+                "paths": {str(p): [f"{c.kind}/{c.transport}" for c in node.connections(p)]
+                          for p in peers}}
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -160,7 +166,7 @@ class Mesh:
                                      publish_local=self.config.publish_local)
         parts = _Parts(dht, discovery, RecordAuthority(record_config, discovery=discovery),
                        RelayClient(), HolePuncher(discovery=discovery), Offers(
-                           node, dht, relay=self.config.offer_relay))
+                           node, dht, relay=self.config.offer_relay), self._path_event)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(dht.run)
@@ -183,6 +189,13 @@ class Mesh:
                 for service in reversed(mounted):
                     with contextlib.suppress(MeshNatError):
                         await node.unmount(service)
+
+    def _path_event(self, event: MeshEvent) -> None:
+        """A relayed peer now reached directly (its punch worked): told as `path-upgraded`."""
+        if isinstance(event, PathUpgraded):
+            self.events(MeshChanged("path-upgraded", {
+                "peer": event.peer, "path": str(PathKind.PUNCHED),
+                "transport": event.transport, "remote": str(event.remote)}))
 
     # --- what the host sees ------------------------------------------------------------------
 
@@ -423,9 +436,9 @@ class _Parts:
 
     def __init__(self, dht: MeshDHT, discovery: PeerAddressDiscovery,
                  authority: RecordAuthority, relay: RelayClient, puncher: HolePuncher,
-                 offers: Offers) -> None:
+                 offers: Offers, events: EventSink) -> None:
         self.dht, self.discovery, self.authority = dht, discovery, authority
         self.relay, self.puncher, self.offers = relay, puncher, offers
         self.dialback = DialBackService()
-        self.connector = Connector(relay_client=relay, puncher=puncher)
+        self.connector = Connector(relay_client=relay, puncher=puncher, events=events)
         self.classifier = NatClassifier([])
