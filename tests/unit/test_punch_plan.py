@@ -299,3 +299,17 @@ def test_tcp_waits_for_udp_only_where_both_udp_mappings_are_endpoint_independent
 def test_the_tcp_grace_is_two_coordination_round_trips_within_bounds(rtt: float,
                                                                       grace: float) -> None:
     assert tcp_grace(rtt) == pytest.approx(grace)
+
+
+@pytest.mark.parametrize(("hint6", "waits"), [(EI, True), (UNKNOWN, False), (ED, False)])
+def test_tcp_waits_for_an_ipv6_traversal_both_ipv6_sides_measured_independent(
+        hint6: MappingHint, waits: bool) -> None:
+    """Two symmetric IPv4 sides behind IPv6 firewalls: the UDP traversal runs over IPv6
+    alone, and TCP waits for it exactly when both IPv6 rounds agreed (both sides alike)."""
+    ours = v6_hint(with_v6("symmetric"), EI)
+    theirs = v6_hint(with_v6("symmetric"), hint6)
+    init, resp = plan_punch(ours, theirs, INIT, PunchConfig()), plan_punch(theirs, ours, RESP,
+                                                                            PunchConfig())
+    assert init.tcp_after_udp is resp.tcp_after_udp is waits
+    assert init.traversal_versions == ({6} if hint6 is not ED else set())
+

@@ -27,8 +27,9 @@ before it sends a packet:
 - padding: only birthday probing needs it (`punch/payment.py`), from the IPv4 hints; nothing
   when giving up;
 - timing: DCUtR's, the responder punches on Sync and the initiator RTT/2 after it;
-- TCP after UDP: when both sides' UDP mappings are endpoint-independent (their discovery
-  rounds over UDP agreed) the traversal is all but certain to work, so the TCP open waits
+- TCP after UDP: when both sides' UDP mappings are endpoint-independent in a family the
+  traversal probes (their discovery rounds over UDP agreed; IPv6 behind two stateful
+  firewalls counts) the traversal is all but certain to work, so the TCP open waits
   (`tcp_after_udp`): it starts only if the UDP path heard nothing within `tcp_grace(rtt)` or
   failed, and is skipped once UDP connected. Both sides decide this from the same two Offers,
   so their simultaneous opens still start together. Otherwise (UDP blocked or unknown,
@@ -163,8 +164,10 @@ def plan_punch(ours: Offer, theirs: Offer, role: Role, config: PunchConfig) -> P
         birthday=_birthday(udp, config),
         tcp=tcp,
         half_rtt_delay=initiator,
-        tcp_after_udp=(tcp is not None and udp is UdpPath.TRAVERSAL
-                       and ours.mapping is theirs.mapping is MappingHint.ENDPOINT_INDEPENDENT),
+        tcp_after_udp=tcp is not None and udp is UdpPath.TRAVERSAL and any(
+            v in versions and a is b is MappingHint.ENDPOINT_INDEPENDENT
+            for v, a, b in ((4, ours.mapping, theirs.mapping),
+                            (6, ours.mapping6, theirs.mapping6))),
         path_timeout=config.punch_timeout,
         backstop=config.punch_timeout + BACKSTOP,
     )
