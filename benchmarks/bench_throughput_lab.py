@@ -35,11 +35,13 @@ import sys
 from pathlib import Path
 
 from tests.lab.test_discovery_lab import start_reflectors
-from tests.support.netlab import Host, Lab, Nat, Site, lab_available
+from tests.support.netlab import Host, Lab, Nat, Site, lab_available, remove_stale_namespaces
 
 from benchmarks._stats import row
 
 NODE = ["-m", "benchmarks.throughput_node"]
+PREFIX = "mnthru"
+"""Namespace names: PREFIX, the run's pid, then the lab's own."""
 SIZE = 50 * 1024 * 1024
 HOLDERS = 6
 WIDTHS = (40, 10, 10, 12, 8)
@@ -133,7 +135,10 @@ def main() -> None:
     # SIGTERM unwinds like Ctrl-C, so the Lab tears its namespaces and processes down
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     results: dict[str, dict[str, object]] = {}
-    with Lab("mnthru") as lab:
+    # namespaces named by this run's pid: runs side by side do not collide, and one that
+    # died (SIGKILL) is swept by the next by its dead pid
+    remove_stale_namespaces(PREFIX)
+    with Lab(f"{PREFIX}{os.getpid()}") as lab:
         relay_host, listener = lab.public_host("relay"), lab.public_host("listener")
         dialer = lab.site("a", Nat.CONE).hosts[0]
         relay, mesh_relay = relay_host.start_json(

@@ -438,13 +438,14 @@ def _plain_bridges(ns: str) -> None:
                        capture_output=True, timeout=10)
 
 
-def remove_stale_namespaces() -> None:
-    """Delete lab namespaces left by a run that died before it could clean up."""
+def remove_stale_namespaces(kind: str = "mnlab") -> None:
+    """Delete lab namespaces named `<kind><pid>-...` left by a run (process `pid`) that died
+    before it could clean up; a live run's namespaces are left alone."""
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     for line in out.splitlines():
         ns = line.split()[0] if line.strip() else ""
-        if not ns.startswith("mnlab"):
+        if not ns.startswith(kind):
             continue
-        pid = ns[len("mnlab"):].split("-", 1)[0]
+        pid = ns[len(kind):].split("-", 1)[0]
         if pid.isdigit() and not Path(f"/proc/{pid}").exists():
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
