@@ -23,7 +23,9 @@ tunnel -> `expose` of the listener's plain TCP server):
 
 Not here: memory per reservation (bench_relay_memory).
 
-Run: sudo .venv/bin/python -m benchmarks.bench_throughput_lab [--json]
+Run: sudo .venv/bin/python -m benchmarks.bench_throughput_lab [--json] [--punched-only]
+[--no-gro]: --punched-only measures the punched path and its relayed cone/cone circuit only;
+--no-gro turns UDP receive coalescing off in the nodes (the baseline of that change).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from tests.lab.test_discovery_lab import start_reflectors
 from tests.support.netlab import Host, Lab, Nat, Site, lab_available, remove_stale_namespaces
 
 from benchmarks._stats import row
+from benchmarks.throughput_node import NO_GRO
 
 NODE = ["-m", "benchmarks.throughput_node"]
 PREFIX = "mnthru"
@@ -129,12 +132,34 @@ def circuit_memory(relay_pid: int, dialer: Host, peer: dict[str, object],
     return (after - before) / circuits
 
 
+def punched_path(lab: Lab, dialer: Host, mesh_relay: dict[str, object],
+                 into: dict[str, dict[str, object]] | None = None) -> dict[str, object]:
+    """Cone/cone: the dialer punches to a listener behind a second cone NAT; given `into`,
+    the raw qh3 and plain TCP baselines on that path first (into it)."""
+    site = lab.site("b", Nat.CONE)
+    natted = site.hosts[0]
+    forward_baseline_ports(site)
+    reflectors = start_reflectors(lab, count=3)
+    marks = [arg for addr in reflectors for arg in ("--reflector", addr)]
+    _, punch_peer = natted.start_json(natted.python(
+        *NODE, "listener", "--relay", str(mesh_relay["addr"]), *marks), timeout=120)
+    if into is not None:
+        into["raw qh3"] = raw_quic(dialer, natted, f"{site.public_ip}:{RAW_QUIC_PORT}")
+        into["plain cone/cone"] = dial(dialer, "--path", "plain",
+                                       "--target", f"{site.public_ip}:4200")
+    return dial(dialer, "--path", "punched", "--peer", str(punch_peer["peer_id"]),
+                "--relay", str(mesh_relay["addr"]), *marks)
+
+
 def main() -> None:
     if (reason := lab_available()) is not None:
         raise SystemExit(reason)
     # SIGTERM unwinds like Ctrl-C, so the Lab tears its namespaces and processes down
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     results: dict[str, dict[str, object]] = {}
+    punched_only = "--punched-only" in sys.argv
+    if "--no-gro" in sys.argv:  # the nodes read one datagram per call (inherited by them)
+        os.environ[NO_GRO] = "1"
     # namespaces named by this run's pid: runs side by side do not collide, and one that
     # died (SIGKILL) is swept by the next by its dead pid
     remove_stale_namespaces(PREFIX)
@@ -145,6 +170,10 @@ def main() -> None:
             relay_host.python(*NODE, "relay", "--ip", relay_host.ip), timeout=60)
         _, stock_relay = relay_host.start_json(
             relay_host.python(*NODE, "relay", "--stock", "--ip", relay_host.ip), timeout=60)
+        if punched_only:
+            results["meshnat punched"] = punched_path(lab, dialer, mesh_relay)
+            report_punched(results["meshnat punched"])
+            return
         relay_host.start_json(relay_host.python(*NODE, "forwarder"), timeout=60)
         _, mesh_peer = listener.start_json(listener.python(
             *NODE, "listener", "--ip", listener.ip, "--relay", str(mesh_relay["addr"])),
@@ -173,24 +202,29 @@ def main() -> None:
                                     / (carried / GB)}
         results["relay"]["kib_per_circuit"] = circuit_memory(relay.pid, dialer, mesh_peer,
                                                              mesh_relay)
-        # cone/cone: the dialer punches to a listener behind a second cone NAT
-        site = lab.site("b", Nat.CONE)
-        natted = site.hosts[0]
-        forward_baseline_ports(site)
-        reflectors = start_reflectors(lab, count=3)
-        marks = [arg for addr in reflectors for arg in ("--reflector", addr)]
-        _, punch_peer = natted.start_json(natted.python(
-            *NODE, "listener", "--relay", str(mesh_relay["addr"]), *marks), timeout=120)
-        results["raw qh3"] = raw_quic(dialer, natted, f"{site.public_ip}:{RAW_QUIC_PORT}")
-        results["plain cone/cone"] = dial(dialer, "--path", "plain",
-                                          "--target", f"{site.public_ip}:4200")
-        results["meshnat punched"] = dial(
-            dialer, "--path", "punched", "--peer", str(punch_peer["peer_id"]),
-            "--relay", str(mesh_relay["addr"]), *marks)
+        results["meshnat punched"] = punched_path(lab, dialer, mesh_relay, results)
     if "--json" in sys.argv:
         print(json.dumps(results))
         return
     report(results)
+
+
+def report_punched(punch: dict[str, object]) -> None:
+    """--punched-only: the punched path against the relayed cone/cone circuit of the run."""
+    relayed, punched = punch["relayed"], punch["punched"]
+    assert isinstance(relayed, dict) and isinstance(punched, dict)
+    print(row("50 MiB, MB/s per direction", "punched", "relayed", "", "ratio", widths=WIDTHS))
+    for key in ("one_way", "both_ways"):
+        for label, ours, base in (("stream", punched, relayed),
+                                  ("tunnel", punched["tunnel"], relayed["tunnel"])):
+            print(row(f"{label} {key.replace('_', ' ')}", f"{float(ours[key]):.1f}",
+                      f"{float(base[key]):.1f}", "", f"{float(ours[key]) / float(base[key]):.3f}",
+                      widths=WIDTHS))
+    for name, result in (("relayed", relayed), ("punched", punched)):
+        print(f"mixed transfers, {name}: stream {result['mixed']}, "
+              f"tunnel {result['tunnel']['mixed']}")
+    print(f"UDP_GRO {'off' if os.environ.get(NO_GRO) == '1' else 'on'}; load average "
+          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
 def report(r: dict[str, dict[str, object]]) -> None:

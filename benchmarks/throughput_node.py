@@ -22,6 +22,7 @@ import argparse
 import hashlib
 import json
 import logging
+import os
 import random
 import socket
 from collections.abc import Awaitable, Callable
@@ -42,8 +43,13 @@ from libp2p.relay.circuit_v2.transport import CircuitV2Transport
 from libp2p.tools.anyio_service import background_trio_service
 
 from benchmarks._pipes import pipe_both_ways
+from meshnat._libp2p.quic import gro
 
 SIZE = 50 * 1024 * 1024
+NO_GRO = "MNTHRU_NO_GRO"
+"""Environment: "1" turns UDP receive coalescing (UDP_GRO) off in this process."""
+PROFILE = "MNTHRU_PROFILE"
+"""Environment: a directory; a node that ends by itself (a dialer) leaves its cProfile there."""
 CHUNK = 65536
 TRANSFERS = 1000
 PARALLEL = 16
@@ -257,6 +263,8 @@ def main() -> None:
     parser.add_argument("--forwarder")
     args = parser.parse_args()
     logging.getLogger("libp2p").setLevel(logging.CRITICAL)
+    if os.environ.get(NO_GRO) == "1":  # the baseline of bench_throughput_lab --no-gro
+        gro.COALESCE = False
     if args.role == "dialer" and args.path in ("plain", "forwarder"):
         host, port = args.target.rsplit(":", 1)
         via = None if args.path == "plain" else (args.forwarder, FORWARDER_PORT)
@@ -264,7 +272,16 @@ def main() -> None:
                               partial(plain_opener, host, int(port), b"e", via),
                               transfers=False)))
         return
-    trio.run(run, args)
+    if (where := os.environ.get(PROFILE)) is None:
+        trio.run(run, args)
+        return
+    import cProfile
+
+    with cProfile.Profile() as profile:
+        try:
+            trio.run(run, args)
+        finally:
+            profile.dump_stats(f"{where}/{args.role}-{os.getpid()}.prof")
 
 
 if __name__ == "__main__":

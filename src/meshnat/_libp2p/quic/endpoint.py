@@ -1,7 +1,8 @@
 """One UDP socket driving many QUIC connections: batched receive, demultiplexing, sending.
 
-Each wake-up drains the socket while it is readable (up to `BATCH` datagrams), hands each
-connection its datagrams as one batch, then sends once per touched connection; no polling.
+Each wake-up drains the socket while it is readable (up to `BATCH` datagrams, several per
+call where the kernel coalesces them: `gro`), hands each connection its datagrams as one
+batch, then sends once per touched connection (in GSO batches: `gso`); no polling.
 Datagrams reach a connection by destination connection id (all ids it issued), or, for
 short-header packets with an id not (yet) known, by source address. Datagrams a `tap` claims
 (meshnat's own messages on the QUIC port) never reach QUIC. Dials and accepted connections
@@ -25,6 +26,7 @@ from qh3.quic.configuration import QuicConfiguration
 
 from meshnat._libp2p.quic.connection import QuicConn
 from meshnat._libp2p.quic.core import Libp2pQuicConnection
+from meshnat._libp2p.quic.gro import DatagramReceiver
 from meshnat._libp2p.quic.gso import DatagramSender
 from meshnat.limits import network_of
 
@@ -69,6 +71,7 @@ class QuicEndpoint:
                 sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
         self.sock = sock
         self._sender = DatagramSender(sock)
+        self._receiver = DatagramReceiver(sock)
         self._client, self._server, self._read_timeout = client, server, read_timeout
         self.tap: Tap | None = None
         self.on_accept: Accept | None = None
@@ -197,23 +200,27 @@ class QuicEndpoint:
         while True:
             await trio.lowlevel.wait_readable(self.sock.fileno())
             batches: dict[QuicConn, dict[tuple[str, int], list[bytes]]] = {}
-            for _ in range(BATCH):
+            read = 0
+            while read < BATCH:
                 try:
-                    data, addr = self.sock.recvfrom(65536)
+                    received, source = self._receiver.receive()
                 except BlockingIOError:
                     break
                 except OSError as exc:  # ICMP errors surface here; the socket goes on
                     if exc.errno in (errno.EBADF, errno.ENOTSOCK):
                         return
+                    read += 1
                     continue
-                if not data or (self.tap is not None and self.tap(data, addr)):
-                    continue
-                addr = addr[:2]
-                conn = self._conn_for(data, addr)
-                if conn is None:
-                    self.dropped += 1
-                    continue
-                batches.setdefault(conn, {}).setdefault(addr, []).append(data)
+                read += len(received) or 1
+                for data in received:
+                    if not data or (self.tap is not None and self.tap(data, source)):
+                        continue
+                    addr = source[:2]
+                    conn = self._conn_for(data, addr)
+                    if conn is None:
+                        self.dropped += 1
+                        continue
+                    batches.setdefault(conn, {}).setdefault(addr, []).append(data)
             now = trio.current_time()
             for conn, by_addr in batches.items():
                 for addr, datagrams in by_addr.items():
