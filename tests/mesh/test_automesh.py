@@ -32,8 +32,8 @@ from meshnat.records import AddressRecord, sign_record
 from meshnat.records.messages import RecordBody
 from meshnat.wire import encode, new_txid
 
-MESH_NODES = int(os.environ.get("MESHNAT_MESH_NODES", "8"))
-"""20 pass on an idle machine (benchmarks/bench_automesh.py measures them); CI runs 8."""
+MESH_NODES = int(os.environ.get("MESHNAT_MESH_NODES", "20"))
+"""The 20-node test's size (benchmarks/bench_mesh.py measures 20 and 100)."""
 PUBLIC = MeshConfig(reachability=Reachability.PUBLIC)
 PRIVATE = MeshConfig(reachability=Reachability.PRIVATE)
 DEADLINE = 120.0
@@ -96,14 +96,45 @@ async def wait_until(node: MeshNode, predicate: Callable[[], bool]) -> None:
             await node.mesh.wait_reconciled()
 
 
-async def test_every_node_finds_every_other_by_peer_id_and_opens_a_stream() -> None:
-    async with mesh(MESH_NODES) as running:
-        nodes = running.nodes
+async def test_twenty_nodes_given_one_address_find_each_other_by_id_and_heal() -> None:
+    """The issue's mesh tier: 20 nodes (3 behind NAT), each given only the first node's
+    address. Every node looks every other up by peer id (a verified record) and opens a
+    stream to it; forged records for a real node and for an identity with none, held by
+    half the servers, are never used; a node that leaves is replaced as reflector and relay by
+    those that used it."""
+    async with mesh(MESH_NODES - 3, private=3) as running:
+        nodes = list(running.nodes)
         with trio.fail_after(DEADLINE):
             for node in nodes:
                 await node.mesh.wait_published()
-        reached: dict[tuple[int, int], bytes] = {}
+
+        # liars: every other server holds records forged by the last public node instead of
+        # the true ones, one for the first node (pointing at a trap) and one for an identity
+        # that published none; readers must find the first node's own record on the others
+        attacker, victim = nodes[MESH_NODES - 4], nodes[0]
+        nobody = ID.from_pubkey(create_new_key_pair().public_key)
+        trap = await running.add_plain()
+        trap_ip = trap.listen_endpoint("tcp").ip
+        for forged_for in (victim.peer_id, nobody):
+            forged = forged_record(attacker, forged_for, trap.addrs)
+            for node in nodes[1::2]:
+                node.mesh.dht._kad.value_store.put(record_key(forged_for).encode(), forged)
+
+        found: dict[tuple[int, int], bytes] = {}
         retried: list[tuple[int, int]] = []
+
+        async def find_and_reach(i: int, j: int) -> None:
+            try:
+                record = await nodes[i].mesh.lookup(nodes[j].peer_id)  # by id, verified
+            except PeerUnavailable as exc:
+                raise AssertionError(f"{i} -> {j}: {exc}") from exc
+            assert record.peer_id == nodes[j].peer_id and record.direct_addrs()
+            assert not any(f"/{trap_ip}/" in str(a) for a in record.addrs), (i, j)  # forged
+            try:
+                found[i, j] = await reach(i, j)
+            except PeerUnavailable:  # py-libp2p sometimes hands out a dying connection
+                retried.append((i, j))  # under load ("connection closed"): once more
+                found[i, j] = await reach(i, j)
 
         async def reach(i: int, j: int) -> bytes:
             path = await nodes[i].connect(nodes[j].peer_id)
@@ -111,24 +142,40 @@ async def test_every_node_finds_every_other_by_peer_id_and_opens_a_stream() -> N
             return await echo(nodes[i], PeerInfo(nodes[j].peer_id, []), f"{i}->{j}".encode(),
                               connection=path.connection)
 
-        async def reach_all(i: int) -> None:
+        async def from_node(i: int) -> None:
             for j in range(len(nodes)):
                 if i != j:
-                    try:
-                        reached[i, j] = await reach(i, j)
-                    except PeerUnavailable:  # py-libp2p sometimes hands out a dying
-                        retried.append((i, j))  # connection under load: once more
-                        reached[i, j] = await reach(i, j)
+                    await find_and_reach(i, j)
 
         with trio.fail_after(4 * DEADLINE):
             async with trio.open_nursery() as nursery:
                 for i in range(len(nodes)):
-                    nursery.start_soon(reach_all, i)
-        assert reached == {(i, j): f"{i}->{j}".encode() for i in range(len(nodes))
-                           for j in range(len(nodes)) if i != j}
-        assert len(retried) <= len(reached) // 10, retried
+                    nursery.start_soon(from_node, i)
+        assert found == {(i, j): f"{i}->{j}".encode() for i in range(len(nodes))
+                         for j in range(len(nodes)) if i != j}
+        assert len(retried) <= len(found) // 10, retried
+        assert await nodes[1].mesh.dht.lookup(nobody) is None
+        assert not trap.connections(nodes[1].peer_id)  # the trap was never dialled
         for node in nodes:  # reflectors: confirmed public, one per network, at least three
             assert len(node.mesh.reflectors) >= 3
+
+        # one node leaves: a relay of a NATed node, and a reflector of others
+        nated = nodes[-1]
+        await wait_until(nated, lambda: len(nated.mesh.autorelay.held) == 2)
+        gone = next(iter(nated.mesh.autorelay.held))
+        watchers = {n: len(n.mesh.reflectors) for n in nodes if gone in n.mesh.reflectors}
+        running.stop(next(n for n in nodes if str(n.peer_id) == gone))
+        assert watchers
+        for watcher, count in watchers.items():
+            def replaced(w: MeshNode = watcher, count: int = count) -> bool:
+                return gone not in w.mesh.reflectors and len(w.mesh.reflectors) == count
+
+            await wait_until(watcher, replaced)
+        await wait_until(nated, lambda: len(nated.mesh.autorelay.held) == 2
+                         and gone not in nated.mesh.autorelay.held)
+        await wait_until(nated, lambda: not any(
+            gone in str(a) for a in nated.mesh.authority.current().record.relay_addrs()) and
+            len(nated.mesh.authority.current().record.relay_addrs()) == 2)
 
 
 def forged_record(attacker: MeshNode, victim: ID, addrs: list[Multiaddr]) -> bytes:

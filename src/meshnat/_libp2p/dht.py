@@ -58,6 +58,9 @@ queried a server would look like one by `/ipfs/kad/1.0.0`)."""
 NAMESPACE = "meshnat"
 KEY_HASH_BYTES = 19
 """`/meshnat/` + 38 hex digits = 47 bytes, under FIND_NODE's 50-byte limit."""
+LOOKUP_QUORUM = 3
+"""Valid copies a record lookup waits for before it stops asking (py-libp2p's `quorum`;
+0 would ask every server the walk finds, ~20 queries per lookup in a 20-node mesh)."""
 LOOKUP_TIMEOUT = 30.0
 """Seconds one lookup or refresh may take (py-libp2p bounds each query at 10 s, not the walk)."""
 
@@ -262,7 +265,8 @@ class MeshDHT:
         return False
 
     async def lookup(self, peer: ID) -> AddressRecord | None:
-        """The newest valid record of `peer` in the network (None if none verifies).
+        """The newest valid record of `peer` among the first `LOOKUP_QUORUM` valid copies
+        the walk finds (None if none verifies; forged copies do not count).
 
         py-libp2p answers from the local store when it holds the key, however old: the local
         copy is set aside for the network walk and the better of the two kept.
@@ -272,7 +276,7 @@ class MeshDHT:
         found: bytes | None = None
         with trio.move_on_after(LOOKUP_TIMEOUT):
             try:
-                found = await self._kad.get_value(key)
+                found = await self._kad.get_value(key, quorum=LOOKUP_QUORUM)
             except Exception as exc:
                 log.info("dht: lookup of %s failed: %s", peer, exc)
         candidates = [v for v in (found, local and local[0].value) if v]

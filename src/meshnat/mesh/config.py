@@ -65,13 +65,16 @@ class MeshConfig:
     publish_local: bool = False
     """Also publish interface addresses (for a mesh on one LAN or loopback)."""
 
+    lookup_attempts: int = 3
+    """DHT walks a record lookup makes before it gives up (`Mesh.lookup`)."""
+
     tick: float = 1.0
     """Seconds between looks at the mesh when nothing happened (a connection or identify
     change wakes the node at once)."""
 
     def __post_init__(self) -> None:
         require_in_range(self, 1, 64, "target_peers", "reflectors", "relays",
-                         "dialback_confirmations", "dialback_refutations")
+                         "dialback_confirmations", "dialback_refutations", "lookup_attempts")
         require_in_range(self, 2, 86_400, "record_ttl")
         require_positive(self, "relay_refusal_backoff", "relay_failure_backoff",
                          "dialback_ttl", "refresh_soon", "refresh_interval",

@@ -104,11 +104,16 @@ class Mesh:
         await self._reconciled.wait()
 
     async def lookup(self, peer: ID) -> AddressRecord:
-        """`peer`'s verified record from the DHT; PeerUnavailable if none verifies."""
-        record = await self.dht.lookup(peer)
-        if record is None:
-            raise PeerUnavailable(f"no valid record of {peer} in the mesh")
-        return record
+        """`peer`'s verified record from the DHT; PeerUnavailable if none verifies after
+        `MeshConfig.lookup_attempts` walks (a walk whose queries all failed, as py-libp2p's
+        streams do under load, finds nothing; each walk is bounded by LOOKUP_TIMEOUT)."""
+        for attempt in range(self.config.lookup_attempts):
+            record = await self.dht.lookup(peer)
+            if record is not None:
+                return record
+            log.info("mesh: lookup %d of %d found no valid record of %s", attempt + 1,
+                     self.config.lookup_attempts, peer)
+        raise PeerUnavailable(f"no valid record of {peer} in the mesh")
 
     async def connect(self, peer: ID) -> Path:
         """Reach `peer` by its id alone: an existing connection, else its record from the DHT,
