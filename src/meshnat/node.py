@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections import deque
 from collections.abc import Iterator
 from contextlib import AsyncExitStack, contextmanager
-from dataclasses import dataclass, field
 from ipaddress import ip_address
 from socket import SOCK_DGRAM as UDP
 from socket import SOCK_STREAM as TCP
@@ -28,16 +26,17 @@ from meshnat._libp2p import (
     TaskStatus,
     TProtocol,
 )
+from meshnat.dialing import dial_first
 from meshnat.endpoint import Endpoint
 from meshnat.errors import (
     ConfigError,
     LocalProtocolError,
     NotMounted,
     PeerUnavailable,
-    ServiceFailed,
 )
 from meshnat.node_config import QUIC_STACK_ENV, NodeConfig
 from meshnat.paths import PathKind
+from meshnat.supervision import Mounted, supervise
 
 __all__ = ["QUIC_STACK_ENV", "MeshNode", "NodeConfig", "Service"]
 
@@ -48,14 +47,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_RESTART_BACKOFF = 5.0
-"""Longest wait before a failed service is restarted."""
-
-ATTEMPT_DELAY = 0.25
-"""Seconds between the starts of two dials in `MeshNode.connect` (RFC 8305 §5's
-recommended Connection Attempt Delay)."""
-
-
 class Service(Protocol):
     """Anything that can be mounted: registers handlers, calls `task_status.started()`,
     runs until cancelled and unregisters in `finally`."""
@@ -64,23 +55,6 @@ class Service(Protocol):
 
 
 S = TypeVar("S", bound=Service)
-
-
-class _StartedFlag:
-    """A task_status that remembers whether started() was called."""
-
-    def __init__(self, inner: TaskStatus[None]) -> None:
-        self._inner, self.is_set = inner, False
-
-    def started(self, value: None = None) -> None:
-        self.is_set = True
-        self._inner.started(value)
-
-
-@dataclass(slots=True)
-class _Mounted:
-    scope: trio.CancelScope
-    done: trio.Event = field(default_factory=trio.Event)
 
 
 class MeshNode:
@@ -95,7 +69,7 @@ class MeshNode:
         self._host: IHost | None = None
         self._udp: DatagramTap | None = None
         self._nursery: trio.Nursery | None = None
-        self._mounted: dict[int, _Mounted] = {}
+        self._mounted: dict[int, Mounted] = {}
         self._stack: AsyncExitStack | None = None
         self._listen_port_conns: dict[tuple[ID, int], INetConn] = {}
         self._punch_sources: list[PunchedConnections] = []
@@ -246,41 +220,13 @@ class MeshNode:
             raise NotMounted("the node is not running")
         if id(service) in self._mounted:
             raise LocalProtocolError(f"{type(service).__name__} is already mounted")
-        entry = _Mounted(trio.CancelScope())
-        name = type(service).__name__
-        config = self.config
+        entry = Mounted(trio.CancelScope())
 
         async def run(task_status: TaskStatus[None]) -> None:
-            first = _StartedFlag(task_status)
-            failures: deque[float] = deque()
             try:
-                with entry.scope:  # unmount() cancels it, also during a backoff
-                    status = first
-                    while True:
-                        try:
-                            await service.serve(self, task_status=status)
-                            return  # the service ended by itself
-                        except Exception as exc:
-                            if not first.is_set:
-                                raise  # mount() reports it to the caller
-                            now = trio.current_time()
-                            failures.append(now)
-                            while failures[0] <= now - config.service_restart_window:
-                                failures.popleft()
-                            if len(failures) > config.service_restarts:
-                                log.error("service %s failed %d times within %g s; stopping "
-                                          "the node", name, len(failures),
-                                          config.service_restart_window, exc_info=True)
-                                raise ServiceFailed(name, len(failures),
-                                                    config.service_restart_window) from exc
-                            delay = min(config.service_restart_backoff
-                                        * 2 ** (len(failures) - 1), MAX_RESTART_BACKOFF)
-                            log.error("service %s failed; restarting it in %.2f s (failure %d "
-                                      "of %d allowed within %g s)", name, delay, len(failures),
-                                      config.service_restarts, config.service_restart_window,
-                                      exc_info=True)
-                        await trio.sleep(delay)
-                        status = _StartedFlag(trio.TASK_STATUS_IGNORED)
+                await supervise(type(service).__name__,
+                                lambda status: service.serve(self, task_status=status),
+                                self.config, entry, task_status)
             finally:
                 self._mounted.pop(id(service), None)
                 entry.done.set()
@@ -343,12 +289,9 @@ class MeshNode:
                       ) -> MeshPath | None:
         """Connect to `peer` at its known addresses (reusing an existing connection).
 
-        Happy eyeballs (RFC 8305 §5): the addresses are tried with the IP families
-        alternating (`_libp2p.interleave_addrs`, the first address's family first), a new
-        attempt starting `ATTEMPT_DELAY` after the previous one or as soon as it failed, the
-        first connection winning (the others are cancelled, or closed if they also made it).
-        So an address that swallows packets (a firewalled IPv6 one, a stale IPv4 mapping)
-        delays the next by 250 ms, not by the whole timeout.
+        Happy eyeballs (RFC 8305 §5, `meshnat.dialing`): the families alternate, a new
+        attempt starts `ATTEMPT_DELAY` after the previous one or as soon as it failed, and the
+        first connection wins; an address that swallows packets delays the next by 250 ms.
 
         Given only a peer id, the node's mesh finds the peer's signed record in the DHT and
         climbs the ladder (direct, relayed, punched in the background): the Path is returned.
@@ -360,38 +303,8 @@ class MeshNode:
             return None
         if not peer.addrs:
             raise ConfigError(f"no address known for {peer.peer_id}")
-        errors: list[PeerUnavailable] = []
-        won: list[INetConn] = []
-        network = self.host.get_network()
-
-        async def attempt(addr: multiaddr.Multiaddr, failed: trio.Event,
-                          nursery: trio.Nursery) -> None:
-            try:
-                with _libp2p.map_peer_errors(f"dial {addr}"):
-                    conn = await network.dial_addr(addr, peer.peer_id)
-            except PeerUnavailable as exc:
-                errors.append(exc)
-                log.debug("%s", exc)
-                failed.set()
-                return
-            won.append(conn)
-            nursery.cancel_scope.cancel()
-
-        with _libp2p.map_peer_errors("connect", limit), trio.fail_after(limit):
-            async with trio.open_nursery() as nursery:
-                for addr in _libp2p.interleave_addrs(peer.addrs):
-                    failed = trio.Event()
-                    nursery.start_soon(attempt, addr, failed, nursery)
-                    with trio.move_on_after(ATTEMPT_DELAY):
-                        await failed.wait()
-        for extra in won[1:]:  # two attempts made it at once: keep the first
-            with trio.CancelScope(shield=True), trio.move_on_after(limit):
-                await extra.close()
-        if won:
-            self.host.get_peerstore().add_addrs(peer.peer_id, peer.addrs, 3600)
-            return None
-        last = errors[-1] if errors else None
-        raise PeerUnavailable(f"could not connect to {peer.peer_id}: {last}")
+        await dial_first(self.host, peer, limit)
+        return None
 
     async def open_stream(
         self, peer: PeerInfo, protocol: TProtocol, *, timeout: float | None = None

@@ -15,35 +15,29 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 
-import multiaddr
 import trio
 
 from meshnat import _libp2p
 from meshnat._libp2p import ID, PeerInfo, TaskStatus
-from meshnat._libp2p.dht import MeshDHT, stored_addrs, stored_protocols
+from meshnat._libp2p.dht import MeshDHT
 from meshnat._libp2p.relay import HOP_PROTOCOL
-from meshnat.classify import NatClassifier
-from meshnat.connect import Connector, Path
-from meshnat.discovery import DiscoveryConfig, PeerAddressDiscovery
+from meshnat.connect import Path
+from meshnat.discovery import PeerAddressDiscovery
 from meshnat.errors import MeshNatError, NotMounted, PeerUnavailable, RelayUnavailable
-from meshnat.events import EventSink, MeshEvent, PathUpgraded
-from meshnat.limits import network_of
-from meshnat.mesh.addresses import Observed, observed_addrs
+from meshnat.events import MeshEvent, PathUpgraded
+from meshnat.mesh import view
 from meshnat.mesh.autorelay import AutoRelay, RelayOption
 from meshnat.mesh.config import MeshConfig
-from meshnat.mesh.dialback import DIALBACK_PROTOCOL, DialBackService
 from meshnat.mesh.events import MeshChanged, MeshSink, ignore_mesh_events
-from meshnat.mesh.offers import Offers
+from meshnat.mesh.parts import MeshParts
 from meshnat.mesh.peers import Membership
 from meshnat.mesh.publishing import Republisher
 from meshnat.mesh.reachability import Reachability, ReachabilityTracker
 from meshnat.mesh.reflectors import choose_reflectors
 from meshnat.node import MeshNode, Service
 from meshnat.paths import PathKind
-from meshnat.punch import HolePuncher
-from meshnat.records import AddressRecord, NatSummary, RecordAuthority, RecordConfig
+from meshnat.records import AddressRecord, NatSummary, RecordAuthority
 from meshnat.reflection.service import REFLECT_PROTOCOL
-from meshnat.relay import RelayClient
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +69,7 @@ class Mesh:
         self._reconciled = trio.Event()
         self._published = trio.Event()
         self._node: MeshNode | None = None
-        self._parts: _Parts | None = None
+        self._parts: MeshParts | None = None
 
     # --- public API --------------------------------------------------------------------------
 
@@ -151,7 +145,7 @@ class Mesh:
 
     # --- lifecycle ---------------------------------------------------------------------------
 
-    def _mounted(self) -> tuple[MeshNode, _Parts]:
+    def _mounted(self) -> tuple[MeshNode, MeshParts]:
         if self._node is None or self._parts is None:
             raise NotMounted("the mesh is not running")
         return self._node, self._parts
@@ -163,27 +157,18 @@ class Mesh:
             mounted.append(await node.mount(service))
             return service
 
-        dht = MeshDHT(node.host, is_member=lambda p: self._speaks(node, p, DIALBACK_PROTOCOL))
-        discovery = PeerAddressDiscovery([], DiscoveryConfig(
-            min_responses=1, interval=self.config.discovery_interval),
-            events=lambda _: self._wake.set())
-        record_config = RecordConfig(ttl=self.config.record_ttl,
-                                     publish_local=self.config.publish_local)
-        parts = _Parts(dht, discovery, RecordAuthority(record_config, discovery=discovery),
-                       RelayClient(), HolePuncher(discovery=discovery), Offers(
-                           node, dht, relay=self.config.offer_relay), self._path_event)
+        # the wake-up event is replaced at every look: fetched when called
+        parts = MeshParts(node, self.config, on_discovery=lambda: self._wake.set(),
+                          events=self._path_event)
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(dht.run)
-                services: list[Service] = [parts.dialback, discovery, parts.authority,
-                                           parts.relay, parts.puncher, parts.connector,
-                                           parts.classifier]
-                for service in services:
+                nursery.start_soon(parts.dht.run)
+                for service in parts.services():
                     await mount(service)
                 self._node, self._parts = node, parts
                 task_status.started()
                 with _libp2p.watch_connections(node.host, lambda _: self._wake.set()):
-                    nursery.start_soon(self._refresh_loop, dht)
+                    nursery.start_soon(self._refresh_loop, parts.dht)
                     nursery.start_soon(self._publish_loop, node, parts)
                     await self._reconcile_loop(node, parts, nursery)
         finally:
@@ -202,57 +187,9 @@ class Mesh:
                 "peer": event.peer, "path": str(PathKind.PUNCHED),
                 "transport": event.transport, "remote": str(event.remote)}))
 
-    # --- what the host sees ------------------------------------------------------------------
-
-    @staticmethod
-    def _listen_addrs(node: MeshNode, peer: ID) -> list[multiaddr.Multiaddr]:
-        """What the peerstore holds for `peer` but the source addresses of connections it
-        dialled (ephemeral ports nothing listens on)."""
-        sources = {_libp2p.connection_remote(c) for c in
-                   node.host.get_network().get_connections(peer) if _libp2p.is_inbound(c)}
-        return [a for a in stored_addrs(node.host, peer)
-                if (p := _libp2p.endpoint_of(a)) is None or p[1] not in sources]
-
-    @staticmethod
-    def _observed_addrs(node: MeshNode, peer: ID) -> list[multiaddr.Multiaddr]:
-        """Where `peer` is reached as a reflector, relay or dial-back helper: at the IPs its
-        live direct connections come from, never at an IP it claims (`mesh.addresses`)."""
-        seen = [Observed(c.transport, c.remote, not _libp2p.is_inbound(c.conn))
-                for c in node.connections(peer) if c.kind.is_direct and c.remote is not None]
-        return observed_addrs(stored_addrs(node.host, peer), seen)
-
-    @staticmethod
-    def _speaks(node: MeshNode, peer: ID, protocol: str) -> bool:
-        return protocol in stored_protocols(node.host, peer)
-
-    def _members(self, node: MeshNode) -> dict[str, str]:
-        """Directly connected mesh members: peer id -> network."""
-        found: dict[str, str] = {}
-        for peer in node.host.get_connected_peers():
-            if not self._speaks(node, peer, DIALBACK_PROTOCOL):
-                continue
-            # TCP first: QUIC dials leave from a socket of py-libp2p's choosing
-            for conn in sorted(node.connections(peer), key=lambda c: c.transport != "tcp"):
-                if conn.kind.is_direct and conn.remote is not None:
-                    found[str(peer)] = network_of(conn.remote.ip)
-                    break
-        return found
-
-    def _known(self, node: MeshNode, dht: MeshDHT) -> dict[ID, tuple[str, PeerInfo]]:
-        """Bootstrap nodes and DHT server members: peer -> (network, how to dial it)."""
-        known: dict[ID, tuple[str, PeerInfo]] = {}
-        for peer in [*(b.peer_id for b in self.bootstrap), *dht.routing_peers()]:
-            given = next((b.addrs for b in self.bootstrap if b.peer_id == peer), [])
-            addrs = [a for a in [*given, *self._listen_addrs(node, peer)]
-                     if not _libp2p.is_circuit_addr(a)]
-            parsed = [p for p in map(_libp2p.endpoint_of, addrs) if p is not None]
-            if parsed and peer != node.peer_id:
-                known.setdefault(peer, (network_of(parsed[0][1].ip), PeerInfo(peer, addrs)))
-        return known
-
     # --- the loops ---------------------------------------------------------------------------
 
-    async def _reconcile_loop(self, node: MeshNode, parts: _Parts,
+    async def _reconcile_loop(self, node: MeshNode, parts: MeshParts,
                               nursery: trio.Nursery) -> None:
         while True:
             with trio.move_on_after(self.config.tick):
@@ -262,14 +199,14 @@ class Mesh:
             self._reconciled.set()
             self._reconciled = trio.Event()
 
-    async def _reconcile(self, node: MeshNode, parts: _Parts, nursery: trio.Nursery,
+    async def _reconcile(self, node: MeshNode, parts: MeshParts, nursery: trio.Nursery,
                          now: float) -> None:
         parts.authority.update()  # a newly confirmed address is signed at once
-        members = self._members(node)
+        members = view.members(node)
         parts.dht.prune()
         for peer in members:
             await parts.dht.add_peer(ID.from_base58(peer))
-        known = self._known(node, parts.dht)
+        known = view.known(node, parts.dht, self.bootstrap)
         by_name = {str(p): v for p, v in known.items()}
         for peer in self.membership.to_dial({k: v[0] for k, v in by_name.items()},
                                             set(members), now):
@@ -287,10 +224,10 @@ class Mesh:
                   if parts.dht.is_server_member(ID.from_base58(p))}
         self._choose_reflectors(node, parts, nursery,
                                 {p: n for p, n in public.items()
-                                 if self._speaks(node, ID.from_base58(p), REFLECT_PROTOCOL)})
+                                 if view.speaks(node, ID.from_base58(p), REFLECT_PROTOCOL)})
         self._keep_relays(node, parts, nursery, now,
                           {p: n for p, n in public.items()
-                           if self._speaks(node, ID.from_base58(p), HOP_PROTOCOL)})
+                           if view.speaks(node, ID.from_base58(p), HOP_PROTOCOL)})
 
     def _spawn(self, nursery: trio.Nursery, kind: str, peer: str, fn: object,
                *args: object) -> bool:
@@ -321,24 +258,24 @@ class Mesh:
         self._rtt.setdefault(str(peer.peer_id), trio.current_time() - started)
         self.membership.dialled(str(peer.peer_id), True, trio.current_time())
 
-    async def _ask_dial_back(self, node: MeshNode, parts: _Parts, peer: ID,
+    async def _ask_dial_back(self, node: MeshNode, parts: MeshParts, peer: ID,
                              network: str) -> None:
         try:
             witnessed = await parts.dialback.dial_back(
-                PeerInfo(peer, self._observed_addrs(node, peer)))
+                PeerInfo(peer, view.seen_addrs(node, peer)))
         except MeshNatError as exc:
             log.debug("mesh: no dial-back from %s: %s", peer, exc)
             return
         self.reachability.record(network, bool(witnessed), trio.current_time())
 
-    def _choose_reflectors(self, node: MeshNode, parts: _Parts, nursery: trio.Nursery,
+    def _choose_reflectors(self, node: MeshNode, parts: MeshParts, nursery: trio.Nursery,
                            candidates: dict[str, str]) -> None:
         ranked = dict(sorted(candidates.items(), key=lambda kv: self._rtt.get(kv[0], 1.0)))
         chosen = choose_reflectors(self.reflectors, ranked, count=self.config.reflectors)
         if chosen == self.reflectors:
             return
         self.reflectors = chosen
-        infos = [PeerInfo(ID.from_base58(p), self._observed_addrs(node, ID.from_base58(p)))
+        infos = [PeerInfo(ID.from_base58(p), view.seen_addrs(node, ID.from_base58(p)))
                  for p in chosen]
         parts.discovery.reflectors = infos
         parts.discovery.config = replace(parts.discovery.config,
@@ -350,7 +287,7 @@ class Mesh:
             self._spawn(nursery, "classify", "", self._classify, parts)
         self.events(MeshChanged("reflectors", {"reflectors": chosen}))
 
-    async def _classify(self, parts: _Parts) -> None:
+    async def _classify(self, parts: MeshParts) -> None:
         """Classify with the reflectors in use, and again while they changed meanwhile (the
         first run, with two reflectors, may not tell a symmetric NAT)."""
         while self._classify_due:
@@ -363,7 +300,7 @@ class Mesh:
             parts.authority.set_nat(NatSummary.from_report(report))
             self.events(MeshChanged("nat-report", report.to_json()))
 
-    def _keep_relays(self, node: MeshNode, parts: _Parts, nursery: trio.Nursery, now: float,
+    def _keep_relays(self, node: MeshNode, parts: MeshParts, nursery: trio.Nursery, now: float,
                      candidates: dict[str, str]) -> None:
         if self._status is not Reachability.PRIVATE:
             candidates = {}
@@ -378,9 +315,9 @@ class Mesh:
                                option):
                 self.autorelay.abandoned(option.peer)
 
-    async def _reserve(self, node: MeshNode, parts: _Parts, option: RelayOption) -> None:
+    async def _reserve(self, node: MeshNode, parts: MeshParts, option: RelayOption) -> None:
         relay = ID.from_base58(option.peer)
-        info = PeerInfo(relay, self._observed_addrs(node, relay))
+        info = PeerInfo(relay, view.seen_addrs(node, relay))
         try:
             addr = await parts.relay.reserve(info)
         except RelayUnavailable as exc:
@@ -397,7 +334,7 @@ class Mesh:
         self.relay_addrs[option.peer] = str(addr)
         self._relays_changed(parts)
 
-    def _relays_changed(self, parts: _Parts) -> None:
+    def _relays_changed(self, parts: MeshParts) -> None:
         addrs = [self.relay_addrs[p] for p in self.autorelay.held if p in self.relay_addrs]
         parts.authority.set_relay_addrs([_libp2p.parse_multiaddr(a) for a in addrs])
         self.events(MeshChanged("relays", {"relays": addrs}))
@@ -417,7 +354,7 @@ class Mesh:
         with trio.move_on_after(self.config.tick):
             await self._wake.wait()
 
-    async def _publish_loop(self, node: MeshNode, parts: _Parts) -> None:
+    async def _publish_loop(self, node: MeshNode, parts: MeshParts) -> None:
         """Publish the record whenever it changes, and again before copies expire."""
         while True:
             current = parts.authority.current()
@@ -435,15 +372,3 @@ class Mesh:
             with trio.move_on_after(self.config.tick):
                 await parts.authority.wait_newer(current.record.seq)
 
-
-class _Parts:
-    """The services a Mesh mounts on its node."""
-
-    def __init__(self, dht: MeshDHT, discovery: PeerAddressDiscovery,
-                 authority: RecordAuthority, relay: RelayClient, puncher: HolePuncher,
-                 offers: Offers, events: EventSink) -> None:
-        self.dht, self.discovery, self.authority = dht, discovery, authority
-        self.relay, self.puncher, self.offers = relay, puncher, offers
-        self.dialback = DialBackService()
-        self.connector = Connector(relay_client=relay, puncher=puncher, events=events)
-        self.classifier = NatClassifier([])
