@@ -30,9 +30,11 @@ Run: sudo .venv/bin/python -m benchmarks.bench_throughput_lab [--json] [--punche
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -40,7 +42,7 @@ from tests.lab.test_discovery_lab import start_reflectors
 from tests.support.netlab import Host, Lab, Nat, Site, lab_available, remove_stale_namespaces
 
 from benchmarks._stats import row
-from benchmarks.throughput_node import NO_GRO
+from benchmarks.throughput_node import NO_GRO, PROFILE
 
 NODE = ["-m", "benchmarks.throughput_node"]
 PREFIX = "mnthru"
@@ -172,6 +174,12 @@ def main() -> None:
             relay_host.python(*NODE, "relay", "--stock", "--ip", relay_host.ip), timeout=60)
         if punched_only:
             results["meshnat punched"] = punched_path(lab, dialer, mesh_relay)
+            if PROFILE in os.environ:  # the long-running nodes write their profiles on SIGINT
+                for proc in lab.processes:
+                    proc.send_signal(signal.SIGINT)
+                for proc in lab.processes:
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        proc.wait(timeout=30)
             report_punched(results["meshnat punched"])
             return
         relay_host.start_json(relay_host.python(*NODE, "forwarder"), timeout=60)

@@ -49,7 +49,8 @@ SIZE = 50 * 1024 * 1024
 NO_GRO = "MNTHRU_NO_GRO"
 """Environment: "1" turns UDP receive coalescing (UDP_GRO) off in this process."""
 PROFILE = "MNTHRU_PROFILE"
-"""Environment: a directory; a node that ends by itself (a dialer) leaves its cProfile there."""
+"""Environment: a directory; a node leaves its cProfile there when it ends (a dialer) or on
+SIGINT (bench_throughput_lab --punched-only sends it to the others)."""
 CHUNK = 65536
 TRANSFERS = 1000
 PARALLEL = 16
@@ -280,6 +281,8 @@ def main() -> None:
     with cProfile.Profile() as profile:
         try:
             trio.run(run, args)
+        except KeyboardInterrupt:
+            pass
         finally:
             profile.dump_stats(f"{where}/{args.role}-{os.getpid()}.prof")
 
