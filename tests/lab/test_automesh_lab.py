@@ -7,8 +7,8 @@ by dial-backs and its public address (behind a symmetric NAT: its public IP, and
 relay circuits), publish its record, and reach every other node by peer id alone. Paths: a
 public node is reached directly by anyone, and reaches a NATed one directly (over the NATed
 node's own connection); two cone sites punch; a pair with no UDP path to punch (symmetric with
-symmetric or with the UDP-blocked site) stays relayed. A cone site and a symmetric one
-stay relayed too (the mesh's puncher does no birthday probing), as the printed shares show.
+symmetric or with the UDP-blocked site) stays relayed; a cone site and a symmetric one punch
+by birthday probing (each side's hint comes from its own discovery rounds).
 Then one bootstrap node is killed: a node that joins through both bootstrap addresses (one
 dead) still reaches every node left, and no NATed node keeps a reservation on the dead one.
 """
@@ -144,12 +144,15 @@ def test_nodes_behind_every_kind_of_nat_join_from_bootstrap_addresses_and_reach_
         if expected[b][1] == "public":
             assert kind == "direct", (a, b, kind)
     # two cone NATs punch (either side's connect, or its background punch, says so)
-    for a, b in (("cone1", "cone2"), ("cone2", "cone1")):
+    cone_sym = [(c, y) for c in ("cone1", "cone2") for y in ("sym1", "sym2")]
+    for a, b in (("cone1", "cone2"), ("cone2", "cone1"), *cone_sym):  # and birthday probing
         members[a].read_until(lambda _, a=a, b=b: punched(members, ids, a, b), timeout=DEADLINE)
     finals = {(a, b): pair_path(members, ids, a, b) for (a, b) in kinds}
     for (a, b), kind in finals.items():
         if {a[:3], b[:3]} <= {"sym", "udp"}:  # no UDP, or both symmetric: nothing to punch
             assert kind == "relayed", (a, b, kind)
+        elif {a[:3], b[:3]} == {"con", "sym"}:
+            assert kind == "punched", (a, b, kind)
         elif expected[a][1] == "public" or expected[b][1] == "public":
             assert kind == "direct", (a, b, kind)  # the NATed side's own connection
     shares = {k: sum(v == k for v in finals.values()) for k in ("direct", "punched", "relayed")}

@@ -23,12 +23,14 @@ class PunchConfig:
     """Seconds for the coordination exchange (Offer, Offer, Sync)."""
 
     mapping: MappingHint = MappingHint.UNKNOWN
-    """This node's IPv4 mapping behaviour (from discovery or its NatReport). One
-    endpoint-dependent side against an endpoint-independent one means birthday probing; two
-    give up at once (unless an IPv6 path is left)."""
+    """This node's IPv4 mapping behaviour (from discovery or its NatReport; unknown: taken from
+    the puncher's discovery's last UDP round at each Offer). One endpoint-dependent side
+    against an endpoint-independent one means birthday probing; two give up at once (unless an
+    IPv6 path is left)."""
 
     mapping6: MappingHint = MappingHint.UNKNOWN
-    """This node's IPv6 mapping behaviour (from an IPv6 discovery round): endpoint-independent
+    """This node's IPv6 mapping behaviour (from an IPv6 discovery round; unknown: taken from
+    the puncher's discovery as for `mapping`): endpoint-independent
     for a global address behind a stateful firewall or NPTv6; endpoint-dependent behind a
     NAT66 that is, which takes the IPv6 traversal out of the punch. Unknown counts as not
     endpoint-dependent (the IPv6 traversal is tried)."""

@@ -32,7 +32,7 @@ from meshnat.node import MeshNode
 from meshnat.punch.config import PunchConfig
 from meshnat.punch.coordination import pay, read_paid, read_until_closed
 from meshnat.punch.keepalive import PathKeeper
-from meshnat.punch.messages import Offer, Sync
+from meshnat.punch.messages import MappingHint, Offer, Sync
 from meshnat.punch.plan import Role, plan_punch
 from meshnat.punch.race import PathRace
 from meshnat.punch.results import Punched, PunchStatistics
@@ -275,5 +275,15 @@ class HolePuncher:
                 public.append(seen6.address)
             candidates[transport] = list(dict.fromkeys(public + local))
         return Offer(txid, tuple(candidates["udp"]), tuple(candidates["tcp"]),
-                     self.config.mapping, reachable, bytes(self.config.offer_padding),
-                     self.config.mapping6)
+                     self._mapping(4), reachable, bytes(self.config.offer_padding),
+                     self._mapping(6))
+
+    def _mapping(self, version: int) -> MappingHint:
+        """This node's mapping hint for IP `version`: the configured one, else what
+        discovery's last UDP round of that family showed (a node whose reflectors are found
+        at run time, as in the mesh, has no hint to configure)."""
+        hint = self.config.mapping if version == 4 else self.config.mapping6
+        seen = self._discovery.last_round("udp", version) if self._discovery else None
+        if hint is MappingHint.UNKNOWN and seen is not None:
+            return MappingHint.from_consensus(seen)
+        return hint
