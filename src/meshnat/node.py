@@ -122,6 +122,8 @@ class MeshNode:
         try:
             bootstrap = _libp2p.merge_peer_addrs(list(self.config.bootstrap))
             self._mesh = await self.mount(Mesh(self.config.mesh, bootstrap=bootstrap))
+            if self.port_mapper is not None:
+                self.port_mapper.use_records(self._mesh.authority)
         except BaseException as exc:
             await self.__aexit__(type(exc), exc, exc.__traceback__)
             raise

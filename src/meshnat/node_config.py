@@ -81,11 +81,13 @@ class NodeConfig:
     """Mount a PortMapper when the node starts (`MeshNode.port_mapper`) with this PortMapConfig
     (True: the defaults): it asks the gateway for mappings of the listen ports (PCP, NAT-PMP,
     then UPnP-IGD) and releases them when the node stops. Off by default: it changes the
-    router's state, and a mapping is advertised only after one of `port_mapping_helpers`
-    dialled back to it, so it needs those peers (ConfigError without)."""
+    router's state, and a mapping is advertised only after a helper dialled back to it:
+    `port_mapping_helpers`, else (with `bootstrap` or `mesh`) the mesh's reflectors, and then
+    the mesh's published record carries the confirmed mappings (ConfigError with neither)."""
 
     port_mapping_helpers: tuple[PeerInfo, ...] = ()
-    """Peers running ProbeHelperService that confirm the mapper's mappings by a dial-back."""
+    """Peers running ProbeHelperService that confirm the mapper's mappings by a dial-back
+    (given, they are used instead of the mesh's reflectors)."""
     bootstrap: tuple[str, ...] = ()
     """Multiaddrs (ending in /p2p/<peer id>) of mesh nodes to join through; given (or with
     `mesh`), the node organizes itself (`meshnat.mesh.Mesh`) and `connect(peer_id)` works."""
@@ -116,9 +118,11 @@ class NodeConfig:
             raise ConfigError(f"quic_stack must be one of {get_args(QuicStack)}")
         if self.listen_ip6 is not None and self.quic_stack != "meshnat":
             raise ConfigError("listen_ip6 (dual stack) needs quic_stack='meshnat'")
-        if self.port_mapping and not self.port_mapping_helpers:
-            raise ConfigError("port_mapping needs port_mapping_helpers (peers that confirm a "
-                              "mapping by a dial-back; nothing is advertised without them)")
+        if self.port_mapping and not (self.port_mapping_helpers or self.bootstrap
+                                      or self.mesh is not None):
+            raise ConfigError("port_mapping needs port_mapping_helpers or a mesh (peers that "
+                              "confirm a mapping by a dial-back; nothing is advertised "
+                              "without them)")
         require_positive(self, "dial_timeout", "stream_timeout", "service_restart_window",
                          "service_restart_backoff")
 

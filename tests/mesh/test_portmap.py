@@ -1,13 +1,14 @@
 """PortMapper on loopback against a fake NAT-PMP gateway (127.0.9.N:5351): a mapping is
 advertised only after a helper's dial-back reached it; a gateway that lies advertises nothing;
-mappings are deleted on unmount. And the Connector's mapped rung."""
+mappings are deleted on unmount. And the Connector's mapped rung; and a mapper in a mesh,
+confirmed by the mesh's reflectors and published in the mesh's record."""
 
 from __future__ import annotations
 
 import socket
 import struct
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from ipaddress import IPv4Address
 
 import multiaddr
@@ -21,6 +22,7 @@ from meshnat.classify.service import dial_back_tcp
 from meshnat.connect import ConnectConfig, Connector
 from meshnat.endpoint import Endpoint
 from meshnat.errors import ConfigError
+from meshnat.mesh import MeshConfig, Reachability
 from meshnat.portmap import MappingProtocol, PortMapConfig, PortMapper
 from meshnat.portmap.natpmp import SERVER_PORT
 from meshnat.records.authority import RecordAuthority
@@ -197,3 +199,37 @@ async def test_port_mapping_is_off_by_default_and_needs_helpers() -> None:
         assert node.port_mapper is None
     with pytest.raises(ConfigError, match="port_mapping_helpers"):
         NodeConfig(port_mapping=True)
+    NodeConfig(port_mapping=True, mesh=MeshConfig())  # the mesh confirms its mappings
+
+
+async def test_in_a_mesh_reflectors_confirm_mappings_and_the_published_record_has_them() -> None:
+    """No port_mapping_helpers: the mesh's reflectors (confirmed public, probe helpers) check
+    the mapping, and the record the mesh publishes in the DHT carries it."""
+    public = MeshConfig(reachability=Reachability.PUBLIC)
+    requests: list[bytes] = []
+    async with gateway_socket() as (gateway_sock, gateway), trio.open_nursery() as nursery:
+        nursery.start_soon(fake_gateway, gateway_sock, 0, requests)
+        async with AsyncExitStack() as stack:
+            first = await stack.enter_async_context(
+                MeshNode(NodeConfig(listen_ip="127.0.1.1", mesh=public)))
+            bootstrap = (str(first.addrs[0]),)
+            for network in (2, 3):
+                await stack.enter_async_context(MeshNode(NodeConfig(
+                    listen_ip=f"127.0.{network}.1", bootstrap=bootstrap, mesh=public)))
+            config = PortMapConfig(protocols=(MappingProtocol.NATPMP,), gateway=gateway,
+                                   verify_timeout=4.0)
+            client = await stack.enter_async_context(MeshNode(NodeConfig(
+                listen_ip="127.0.0.1", bootstrap=bootstrap, mesh=public, port_mapping=config)))
+            mapper = client.port_mapper
+            assert mapper is not None
+            with trio.fail_after(90):
+                mapping = await mapper.wait_confirmed("udp")
+                await mapper.wait_confirmed("tcp")
+                for _ in range(200):  # each turn waits for the first node's next mesh look
+                    if (await first.mesh.lookup(client.peer_id)).mapped == 2:
+                        break
+                    await first.mesh.wait_reconciled()
+            assert mapping.external.port == client.listen_endpoint("udp").port
+            assert (await first.mesh.lookup(client.peer_id)).mapped == 2
+            assert client.mesh.authority.current().record.mapped == 2
+        nursery.cancel_scope.cancel()

@@ -282,6 +282,8 @@ class Mesh:
                                          min_responses=max(1, min(3, len(infos))))
         parts.discovery.network_changed()
         parts.classifier.reflectors = infos
+        if node.port_mapper is not None and not node.config.port_mapping_helpers:
+            node.port_mapper.use_helpers(infos)  # confirmed-public, probe helpers mounted
         if self.config.classify and len(infos) >= 2:
             self._classify_due = True  # a classification under way runs again after
             self._spawn(nursery, "classify", "", self._classify, parts)

@@ -87,25 +87,44 @@ class PortMapper:
         self._waiting: trio.CancelScope | None = None
         self._obtained = False
         """Whether the protocol tried in this round granted anything (else: the next one)."""
+        self._rechecks: trio.Nursery | None = None
+        """Where `use_helpers` checks held mappings again (while serving)."""
 
     # --- public ------------------------------------------------------------------------------
 
     async def serve(self, node: MeshNode, *, task_status: TaskStatus[None]) -> None:
         self._node = node
         try:
-            task_status.started()
-            while True:
-                self._attempts += 1
-                try:
-                    await self._map_once(node)
-                except MeshNatError as exc:
-                    log.info("portmap: no mapping: %s", exc)
-                    self._failures = [*self._failures[-4:], str(exc)[:160]]
-                self._forget_all()
-                await trio.sleep(self.config.retry_interval)
+            async with trio.open_nursery() as self._rechecks:
+                task_status.started()
+                while True:
+                    self._attempts += 1
+                    try:
+                        await self._map_once(node)
+                    except MeshNatError as exc:
+                        log.info("portmap: no mapping: %s", exc)
+                        self._failures = [*self._failures[-4:], str(exc)[:160]]
+                    self._forget_all()
+                    await trio.sleep(self.config.retry_interval)
         finally:
+            self._rechecks = None
             self._forget_all()
             self._node = None
+
+    def use_helpers(self, helpers: Sequence[PeerInfo]) -> None:
+        """Confirm mappings with `helpers` from now on (a mesh's reflectors, found at run
+        time); a mapping held but not confirmed yet is checked again with them at once."""
+        self._helpers = list(helpers)
+        if (rechecks := self._rechecks) is None:
+            return
+        for mapping in list(self._held.values()):
+            if mapping.transport not in self._confirmed:
+                rechecks.start_soon(self._verify, mapping)
+
+    def use_records(self, records: RecordAuthority) -> None:
+        """Publish confirmed mappings in `records` (a mesh's record) from now on."""
+        self._records = records
+        self._publish()
 
     def statistics(self) -> PortMapStatistics:
         return PortMapStatistics(self._protocol, tuple(self._held.values()),
