@@ -111,7 +111,9 @@ class PeerAddressDiscovery:
     async def serve(self, node: MeshNode, *, task_status: TaskStatus[None]) -> None:
         self._node = node
         if not self.reflectors:
-            log.warning("discovery: no reflectors configured; public address stays unknown")
+            # INFO, not WARNING: a mesh starts its discovery empty and gives it reflectors later
+            log.info("discovery: no reflectors yet; the public address stays unknown until"
+                     " some are given")
         try:
             task_status.started()
             while True:
