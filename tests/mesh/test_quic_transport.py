@@ -219,3 +219,33 @@ async def _opened_a_stream(conn: QuicConn) -> None:
     stream = await conn.open_stream()
     await stream.write(b"x")
     await stream.read()
+
+
+async def test_two_first_dials_at_once_share_one_dialling_socket() -> None:
+    """A node with no QUIC listener dials from one socket of its own per family. Two dials
+    that both found it missing used to make one each: the first was never closed (a leaked
+    socket, seen as a ResourceWarning in the port-mapping mesh test)."""
+    pair_ = create_new_key_pair()
+    transport = QuicTransport(pair_)
+    dialler = new_host(key_pair=pair_, sec_opt=identity.secure_transports(pair_),
+                       transports=[TCP(), transport])
+    listener = ours()
+    async with running(listener), \
+            dialler.run(listen_addrs=[multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
+        suffix = multiaddr.Multiaddr(f"/p2p/{listener.get_id()}")
+        target = next(a.decapsulate(suffix) for a in listener.get_addrs() if "quic" in str(a))
+        conns: list[QuicConn] = []
+
+        async def dial() -> None:
+            conns.append(await transport.dial(target))
+
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(dial)
+                nursery.start_soon(dial)
+        try:
+            assert len(conns) == 2 and conns[0].endpoint is conns[1].endpoint
+        finally:
+            for conn in conns:
+                await conn.close()
+            await transport.close()

@@ -60,6 +60,7 @@ class QuicTransport(ITransport):
         self._nursery: trio.Nursery | None = None
         self.listeners: list[QuicListener] = []
         self._dialers: dict[int, QuicEndpoint] = {}
+        self._dialer_lock = trio.Lock()
         self.tap: Tap | None = None
         """Sees every datagram on the sockets `dial_with_source` binds (`QuicEndpoint.tap`)."""
 
@@ -140,9 +141,16 @@ class QuicTransport(ITransport):
         return endpoint
 
     async def start(self, endpoint: QuicEndpoint) -> None:
-        if self._nursery is None:
-            raise OpenConnectionError("the QUIC transport has not been started by a swarm")
-        await self._nursery.start(endpoint.serve)
+        """Serve `endpoint` in the swarm's nursery; if that fails (a cancelled dial too), its
+        socket is closed."""
+        try:
+            if self._nursery is None:
+                raise OpenConnectionError("the QUIC transport has not been started by a swarm")
+            await self._nursery.start(endpoint.serve)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await endpoint.close()
+            raise
 
     def _target(self, maddr: multiaddr.Multiaddr) -> tuple[str, int, ID | None]:
         try:
@@ -159,14 +167,18 @@ class QuicTransport(ITransport):
         return None
 
     async def _dialer(self, family: int) -> QuicEndpoint:
-        if family not in self._dialers:
-            sock = _udp_socket(family)
-            sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
-            endpoint = QuicEndpoint(sock, client=self._client, server=None,
-                                    read_timeout=self._read_timeout)
-            await self.start(endpoint)
-            self._dialers[family] = endpoint
-        return self._dialers[family]
+        """The socket dials of `family` leave from when no listener has that family: one,
+        made by the first dial that needs it. (Two dials at once used to make one each, and
+        the first one's socket was never closed.)"""
+        async with self._dialer_lock:
+            if family not in self._dialers:
+                sock = _udp_socket(family)
+                sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
+                endpoint = QuicEndpoint(sock, client=self._client, server=None,
+                                        read_timeout=self._read_timeout)
+                await self.start(endpoint)
+                self._dialers[family] = endpoint
+            return self._dialers[family]
 
     async def _dial(self, endpoint: QuicEndpoint, ip: str, port: int,
                     peer: ID | None) -> QuicConn:
