@@ -34,6 +34,7 @@ from meshnat.errors import (
     NotMounted,
     PeerUnavailable,
 )
+from meshnat.listen_port import ListenPortConnections
 from meshnat.node_config import QUIC_STACK_ENV, NodeConfig
 from meshnat.paths import PathKind
 from meshnat.supervision import Mounted, supervise
@@ -71,7 +72,7 @@ class MeshNode:
         self._nursery: trio.Nursery | None = None
         self._mounted: dict[int, Mounted] = {}
         self._stack: AsyncExitStack | None = None
-        self._listen_port_conns: dict[tuple[ID, int], INetConn] = {}
+        self._listen_port = ListenPortConnections()
         self._punch_sources: list[PunchedConnections] = []
         self.port_mapper: PortMapper | None = None
         """The PortMapper mounted by `NodeConfig.port_mapping` (None when off)."""
@@ -153,7 +154,7 @@ class MeshNode:
         finally:
             self._host = self._udp = self._nursery = None
             self._mounted.clear()
-            self._listen_port_conns.clear()
+            self._listen_port.clear()
             self._mesh = None
 
     # --- identity and addresses --------------------------------------------------------------
@@ -328,7 +329,8 @@ class MeshNode:
 
         The NAT mapping a peer observes on it is then the one other peers can reach (hole
         punching needs exactly that one). The connection is kept and reused per peer and
-        family.
+        family; one the peer made between the same two endpoints serves as well
+        (`meshnat.listen_port`: a second dial of a four-tuple would fail).
         """
         limit = timeout or self.config.dial_timeout
         tcp = sorted(((a, e[1]) for a in peer.addrs
@@ -340,24 +342,7 @@ class MeshNode:
             family = "" if version is None else f"IPv{version} "
             raise ConfigError(f"no {family}TCP address known for {peer.peer_id}")
         addr, remote = tcp[0]
-        source = self.listen_endpoint("tcp", remote.ip.version).to_sockaddr()
-        key = (peer.peer_id, remote.ip.version)
+        local = self.listen_endpoint("tcp", remote.ip.version)
         with _libp2p.map_peer_errors(f"open {protocol}", limit), trio.fail_after(limit):
-            conn = self._listen_port_conns.get(key)
-            if conn is None or conn.is_closed:
-                conn = (self._dialled_from_listen_port(peer.peer_id, [addr])
-                        or await self.host.get_network().dial_addr(addr, peer.peer_id, source))
-                self._listen_port_conns[key] = conn
+            conn = await self._listen_port.get(self.host, peer.peer_id, addr, local, remote)
             return await _libp2p.open_stream_on(self.host, conn, protocol, limit)
-
-    def _dialled_from_listen_port(self, peer: ID, tcp: list[multiaddr.Multiaddr]
-                                  ) -> INetConn | None:
-        """The peer's connection from its own TCP listen port to this node's, if it made one:
-        a dial from here would have the same four-tuple, and the two would collide."""
-        listen = {p[1] for p in map(_libp2p.endpoint_of, tcp) if p is not None}
-        for conn in self.host.get_network().get_connections(peer):
-            if (not conn.is_closed and _libp2p.is_inbound(conn)
-                    and _libp2p.transport_of(conn) == "tcp"
-                    and _libp2p.connection_remote(conn) in listen):
-                return conn
-        return None
