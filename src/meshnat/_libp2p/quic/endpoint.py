@@ -11,7 +11,6 @@ share the socket, so a dial leaves from the listen port (what hole punching need
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import socket
@@ -28,6 +27,7 @@ from meshnat._libp2p.quic.connection import QuicConn
 from meshnat._libp2p.quic.core import Libp2pQuicConnection
 from meshnat._libp2p.quic.gro import DatagramReceiver
 from meshnat._libp2p.quic.gso import DatagramSender
+from meshnat._libp2p.quic.sockbuf import enlarge_buffers
 from meshnat.limits import network_of
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,6 @@ MAX_HANDSHAKES_PER_NETWORK = 8
 """Of those, from one source network (IPv4 /24, IPv6 /56): one host cannot take them all."""
 MAX_BACKLOG = 4096
 """Datagrams waiting for the socket to be writable; more are dropped (QUIC resends)."""
-SOCKET_BUFFER = 4 << 20
 _CID_LENGTH = 8
 _MIN_INITIAL = 1200
 
@@ -66,9 +65,8 @@ class QuicEndpoint:
     def __init__(self, sock: socket.socket, *, client: QuicConfiguration,
                  server: QuicConfiguration | None, read_timeout: float | None) -> None:
         sock.setblocking(False)
-        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-            with contextlib.suppress(OSError):  # the kernel caps it at [rw]mem_max anyway
-                sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+        self.buffers = enlarge_buffers(sock)
+        """The (receive, send) buffer sizes the kernel reports for the socket."""
         self.sock = sock
         self._sender = DatagramSender(sock)
         self._receiver = DatagramReceiver(sock)
