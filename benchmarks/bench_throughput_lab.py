@@ -24,8 +24,11 @@ tunnel -> `expose` of the listener's plain TCP server):
 Not here: memory per reservation (bench_relay_memory).
 
 Run: sudo .venv/bin/python -m benchmarks.bench_throughput_lab [--json] [--punched-only]
-[--no-gro]: --punched-only measures the punched path and its relayed cone/cone circuit only;
---no-gro turns UDP receive coalescing off in the nodes (the baseline of that change).
+[--no-gro] [--socket-buffer BYTES]: --punched-only measures the punched path and its relayed
+cone/cone circuit only; --no-gro turns UDP receive coalescing off in the nodes (the baseline of
+that change); --socket-buffer sets the nodes' QUIC socket buffers (212992: a stock Linux's cap).
+Each measurement also gives the dialer's CPU seconds per MiB, and --punched-only the UDP
+receive-buffer drops (RcvbufErrors) in the two ends' namespaces.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from tests.lab.test_discovery_lab import start_reflectors
 from tests.support.netlab import Host, Lab, Nat, Site, lab_available, remove_stale_namespaces
 
 from benchmarks._stats import row
-from benchmarks.throughput_node import NO_GRO, PROFILE
+from benchmarks.throughput_node import NO_GRO, PROFILE, SOCKET_BUFFER
 
 NODE = ["-m", "benchmarks.throughput_node"]
 PREFIX = "mnthru"
@@ -67,6 +70,14 @@ def rss_kib(pid: int) -> int:
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def udp_drops(host: Host) -> int:
+    """UDP datagrams the kernel dropped in `host`'s namespace for a full receive buffer
+    (/proc/net/snmp Udp: RcvbufErrors; the namespace's own counters)."""
+    lines = [line.split() for line in host.run(["cat", "/proc/net/snmp"], timeout=30)
+             .stdout.splitlines() if line.startswith("Udp:")]
+    return int(lines[1][lines[0].index("RcvbufErrors")])
 
 
 def dial(host: Host, *args: str) -> dict[str, object]:
@@ -149,8 +160,12 @@ def punched_path(lab: Lab, dialer: Host, mesh_relay: dict[str, object],
         into["raw qh3"] = raw_quic(dialer, natted, f"{site.public_ip}:{RAW_QUIC_PORT}")
         into["plain cone/cone"] = dial(dialer, "--path", "plain",
                                        "--target", f"{site.public_ip}:4200")
-    return dial(dialer, "--path", "punched", "--peer", str(punch_peer["peer_id"]),
-                "--relay", str(mesh_relay["addr"]), *marks)
+    before = udp_drops(dialer), udp_drops(natted)
+    result = dial(dialer, "--path", "punched", "--peer", str(punch_peer["peer_id"]),
+                  "--relay", str(mesh_relay["addr"]), *marks)
+    result["udp_rcvbuf_errors"] = {"dialer": udp_drops(dialer) - before[0],
+                                   "listener": udp_drops(natted) - before[1]}
+    return result
 
 
 def main() -> None:
@@ -162,6 +177,8 @@ def main() -> None:
     punched_only = "--punched-only" in sys.argv
     if "--no-gro" in sys.argv:  # the nodes read one datagram per call (inherited by them)
         os.environ[NO_GRO] = "1"
+    if "--socket-buffer" in sys.argv:  # the nodes' QUIC socket buffers (inherited by them)
+        os.environ[SOCKET_BUFFER] = sys.argv[sys.argv.index("--socket-buffer") + 1]
     # namespaces named by this run's pid: runs side by side do not collide, and one that
     # died (SIGKILL) is swept by the next by its dead pid
     remove_stale_namespaces(PREFIX)
@@ -228,10 +245,20 @@ def report_punched(punch: dict[str, object]) -> None:
             print(row(f"{label} {key.replace('_', ' ')}", f"{float(ours[key]):.1f}",
                       f"{float(base[key]):.1f}", "", f"{float(ours[key]) / float(base[key]):.3f}",
                       widths=WIDTHS))
+    print(row("dialer CPU s per MiB", "punched", "relayed", "", "ratio", widths=WIDTHS))
+    for key in ("one_way", "both_ways"):
+        for label, ours, base in (("stream", punched, relayed),
+                                  ("tunnel", punched["tunnel"], relayed["tunnel"])):
+            mine, theirs = (float(x.get(f"{key}_cpu_s_per_mib", "nan")) for x in (ours, base))
+            print(row(f"{label} {key.replace('_', ' ')}", f"{mine:.4f}", f"{theirs:.4f}", "",
+                      f"{mine / theirs:.3f}", widths=WIDTHS))
+    print(f"UDP receive-buffer drops during the run (RcvbufErrors): "
+          f"{punch.get('udp_rcvbuf_errors')}")
     for name, result in (("relayed", relayed), ("punched", punched)):
         print(f"mixed transfers, {name}: stream {result['mixed']}, "
               f"tunnel {result['tunnel']['mixed']}")
-    print(f"UDP_GRO {'off' if os.environ.get(NO_GRO) == '1' else 'on'}; load average "
+    print(f"UDP_GRO {'off' if os.environ.get(NO_GRO) == '1' else 'on'}; socket buffer "
+          f"{os.environ.get(SOCKET_BUFFER, 'default')}; load average "
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 

@@ -25,6 +25,7 @@ import logging
 import os
 import random
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
@@ -43,11 +44,14 @@ from libp2p.relay.circuit_v2.transport import CircuitV2Transport
 from libp2p.tools.anyio_service import background_trio_service
 
 from benchmarks._pipes import pipe_both_ways
-from meshnat._libp2p.quic import gro
+from meshnat._libp2p.quic import gro, sockbuf
 
 SIZE = 50 * 1024 * 1024
 NO_GRO = "MNTHRU_NO_GRO"
 """Environment: "1" turns UDP receive coalescing (UDP_GRO) off in this process."""
+SOCKET_BUFFER = "MNTHRU_SOCKET_BUFFER"
+"""Environment: bytes of QUIC socket buffer each way in this process (bench_throughput_lab
+--socket-buffer N; 212992 is a stock Linux's net.core.rmem_max)."""
 PROFILE = "MNTHRU_PROFILE"
 """Environment: a directory; a node leaves its cProfile there when it ends (a dialer) or on
 SIGINT (bench_throughput_lab --punched-only sends it to the others)."""
@@ -242,8 +246,15 @@ async def plain_opener(host: str, port: int, kind: bytes, via: tuple[str, int] |
 
 async def measure(sink: Callable[[], Awaitable[Ends]], echo: Callable[[], Awaitable[Ends]], *,
                   transfers: bool) -> dict[str, object]:
-    result: dict[str, object] = {"one_way": await one_way(await sink()),
-                                 "both_ways": await both_ways(await echo())}
+    """MB/s one way and both ways, each with this process's CPU seconds per MiB carried
+    (`*_cpu_s_per_mib`: both ways carries 2 x SIZE), far less noisy than MB/s on a loaded
+    machine."""
+    result: dict[str, object] = {}
+    for key, opener, run_, carried in (("one_way", sink, one_way, SIZE),
+                                       ("both_ways", echo, both_ways, 2 * SIZE)):
+        cpu = time.process_time()
+        result[key] = await run_(await opener())
+        result[f"{key}_cpu_s_per_mib"] = (time.process_time() - cpu) / (carried / 2**20)
     if transfers:
         result["mixed"] = await mixed(echo)
     return result
@@ -266,6 +277,8 @@ def main() -> None:
     logging.getLogger("libp2p").setLevel(logging.CRITICAL)
     if os.environ.get(NO_GRO) == "1":  # the baseline of bench_throughput_lab --no-gro
         gro.COALESCE = False
+    if (buffer := os.environ.get(SOCKET_BUFFER)) is not None:
+        sockbuf.SOCKET_BUFFER = int(buffer)
     if args.role == "dialer" and args.path in ("plain", "forwarder"):
         host, port = args.target.rsplit(":", 1)
         via = None if args.path == "plain" else (args.forwarder, FORWARDER_PORT)
