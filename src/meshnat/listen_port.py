@@ -23,6 +23,7 @@ import logging
 
 import multiaddr
 import trio
+from libp2p.network.exceptions import SwarmException
 
 from meshnat import _libp2p
 from meshnat._libp2p import ID, IHost, INetConn
@@ -93,7 +94,7 @@ class ListenPortConnections:
                     return held
                 try:
                     return await dial_once(host.get_network(), addr, peer, local.to_sockaddr())
-                except Exception as exc:  # py-libp2p's SwarmException, mapped by the caller
+                except SwarmException as exc:  # a failed dial (mapped by the caller)
                     if not four_tuple_taken(exc):
                         raise
                 log.debug("listen port: the four-tuple %s-%s is taken; waiting for its "
