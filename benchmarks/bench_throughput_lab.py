@@ -27,8 +27,10 @@ Run: sudo .venv/bin/python -m benchmarks.bench_throughput_lab [--json] [--punche
 [--no-gro] [--socket-buffer BYTES]: --punched-only measures the punched path and its relayed
 cone/cone circuit only; --no-gro turns UDP receive coalescing off in the nodes (the baseline of
 that change); --socket-buffer sets the nodes' QUIC socket buffers (212992: a stock Linux's cap).
-Each measurement also gives the dialer's CPU seconds per MiB, and --punched-only the UDP
-receive-buffer drops (RcvbufErrors) in the two ends' namespaces.
+Each measurement also gives the dialer's CPU seconds per MiB, the punched path's and its
+relayed circuit's the listener's (the `expose` end of a tunnel) and the meshnat relay's too
+(the relay carries ~0 of the punched path's), and --punched-only the UDP receive-buffer drops
+(RcvbufErrors) in the two ends' namespaces.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from tests.lab.test_discovery_lab import start_reflectors
 from tests.support.netlab import Host, Lab, Nat, Site, lab_available, remove_stale_namespaces
 
 from benchmarks._stats import row
-from benchmarks.throughput_node import NO_GRO, PROFILE, SOCKET_BUFFER
+from benchmarks.throughput_node import NO_GRO, PROFILE, SOCKET_BUFFER, cpu_seconds
 
 NODE = ["-m", "benchmarks.throughput_node"]
 PREFIX = "mnthru"
@@ -56,8 +58,9 @@ WIDTHS = (40, 10, 10, 12, 8)
 RAW_QUIC_PORT = 4300
 FORWARDED = (4200, RAW_QUIC_PORT)
 """The baselines' ports the punched listener's router forwards to it (TCP and UDP)."""
-TICKS = os.sysconf("SC_CLK_TCK")
 GB = 1e9
+CPU_OF = ("dialer", "listener", "relay")
+"""The processes whose CPU per MiB --punched-only reports (the listener: the `expose` end)."""
 
 
 def rss_kib(pid: int) -> int:
@@ -65,11 +68,6 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise RuntimeError("no VmRSS")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def udp_drops(host: Host) -> int:
@@ -145,16 +143,17 @@ def circuit_memory(relay_pid: int, dialer: Host, peer: dict[str, object],
     return (after - before) / circuits
 
 
-def punched_path(lab: Lab, dialer: Host, mesh_relay: dict[str, object],
+def punched_path(lab: Lab, dialer: Host, mesh_relay: dict[str, object], relay_pid: int,
                  into: dict[str, dict[str, object]] | None = None) -> dict[str, object]:
     """Cone/cone: the dialer punches to a listener behind a second cone NAT; given `into`,
-    the raw qh3 and plain TCP baselines on that path first (into it)."""
+    the raw qh3 and plain TCP baselines on that path first (into it). The dialer also reports
+    the listener's and the relay's (`relay_pid`) CPU per MiB."""
     site = lab.site("b", Nat.CONE)
     natted = site.hosts[0]
     forward_baseline_ports(site)
     reflectors = start_reflectors(lab, count=3)
     marks = [arg for addr in reflectors for arg in ("--reflector", addr)]
-    _, punch_peer = natted.start_json(natted.python(
+    listener, punch_peer = natted.start_json(natted.python(
         *NODE, "listener", "--relay", str(mesh_relay["addr"]), *marks), timeout=120)
     if into is not None:
         into["raw qh3"] = raw_quic(dialer, natted, f"{site.public_ip}:{RAW_QUIC_PORT}")
@@ -162,7 +161,8 @@ def punched_path(lab: Lab, dialer: Host, mesh_relay: dict[str, object],
                                        "--target", f"{site.public_ip}:4200")
     before = udp_drops(dialer), udp_drops(natted)
     result = dial(dialer, "--path", "punched", "--peer", str(punch_peer["peer_id"]),
-                  "--relay", str(mesh_relay["addr"]), *marks)
+                  "--relay", str(mesh_relay["addr"]), *marks, "--watch",
+                  f"listener={listener.pid}", "--watch", f"relay={relay_pid}")
     result["udp_rcvbuf_errors"] = {"dialer": udp_drops(dialer) - before[0],
                                    "listener": udp_drops(natted) - before[1]}
     return result
@@ -190,7 +190,7 @@ def main() -> None:
         _, stock_relay = relay_host.start_json(
             relay_host.python(*NODE, "relay", "--stock", "--ip", relay_host.ip), timeout=60)
         if punched_only:
-            results["meshnat punched"] = punched_path(lab, dialer, mesh_relay)
+            results["meshnat punched"] = punched_path(lab, dialer, mesh_relay, relay.pid)
             if PROFILE in os.environ:  # the long-running nodes write their profiles on SIGINT
                 for proc in lab.processes:
                     proc.send_signal(signal.SIGINT)
@@ -227,7 +227,7 @@ def main() -> None:
                                     / (carried / GB)}
         results["relay"]["kib_per_circuit"] = circuit_memory(relay.pid, dialer, mesh_peer,
                                                              mesh_relay)
-        results["meshnat punched"] = punched_path(lab, dialer, mesh_relay, results)
+        results["meshnat punched"] = punched_path(lab, dialer, mesh_relay, relay.pid, results)
     if "--json" in sys.argv:
         print(json.dumps(results))
         return
@@ -245,13 +245,17 @@ def report_punched(punch: dict[str, object]) -> None:
             print(row(f"{label} {key.replace('_', ' ')}", f"{float(ours[key]):.1f}",
                       f"{float(base[key]):.1f}", "", f"{float(ours[key]) / float(base[key]):.3f}",
                       widths=WIDTHS))
-    print(row("dialer CPU s per MiB", "punched", "relayed", "", "ratio", widths=WIDTHS))
-    for key in ("one_way", "both_ways"):
-        for label, ours, base in (("stream", punched, relayed),
-                                  ("tunnel", punched["tunnel"], relayed["tunnel"])):
-            mine, theirs = (float(x.get(f"{key}_cpu_s_per_mib", "nan")) for x in (ours, base))
-            print(row(f"{label} {key.replace('_', ' ')}", f"{mine:.4f}", f"{theirs:.4f}", "",
-                      f"{mine / theirs:.3f}", widths=WIDTHS))
+    for process in CPU_OF:
+        suffix = "" if process == "dialer" else f"_{process}"
+        print(row(f"{process} CPU s per MiB", "punched", "relayed", "", "ratio",
+                  widths=WIDTHS))
+        for key in ("one_way", "both_ways"):
+            for label, ours, base in (("stream", punched, relayed),
+                                      ("tunnel", punched["tunnel"], relayed["tunnel"])):
+                mine, theirs = (float(x.get(f"{key}_cpu_s_per_mib{suffix}", "nan"))
+                                for x in (ours, base))
+                print(row(f"{label} {key.replace('_', ' ')}", f"{mine:.4f}", f"{theirs:.4f}",
+                          "", f"{mine / theirs:.3f}" if theirs else "-", widths=WIDTHS))
     print(f"UDP receive-buffer drops during the run (RcvbufErrors): "
           f"{punch.get('udp_rcvbuf_errors')}")
     for name, result in (("relayed", relayed), ("punched", punched)):

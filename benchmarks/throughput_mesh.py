@@ -25,6 +25,7 @@ from benchmarks.throughput_node import (
     measure,
     plain_opener,
     plain_server,
+    watched,
 )
 from meshnat import MeshNode, NodeConfig
 from meshnat._libp2p import (
@@ -84,19 +85,21 @@ async def run_mesh(args: argparse.Namespace) -> None:
         else:
             await node.connect(PeerInfo(peer, [parse_multiaddr(args.target)]))
             (conn, *_) = node.host.get_network().get_connections(peer)
-        result = await measure_both(node, tunnels, conn, peer)
+        watch = watched(args)
+        result = await measure_both(node, tunnels, conn, peer, watch)
         if args.path == "punched":
             assert puncher is not None, "--path punched needs --reflector"
             punched = await puncher.punch(peer)
             result = {"relayed": result, "punch_ms": punched.elapsed * 1e3,
                       "transport": punched.transport,
-                      "punched": await measure_both(node, tunnels, punched.connection, peer)}
+                      "punched": await measure_both(node, tunnels, punched.connection, peer,
+                                                     watch)}
         emit(result)
         nursery.cancel_scope.cancel()
 
 
-async def measure_both(node: MeshNode, tunnels: TunnelService, conn: INetConn,
-                       peer: ID) -> dict[str, object]:
+async def measure_both(node: MeshNode, tunnels: TunnelService, conn: INetConn, peer: ID,
+                       watch: dict[str, int]) -> dict[str, object]:
     """SIZE one way and both ways, and the mixed transfers, over a bare stream on `conn`;
     then the same through a tunnel to the listener's `plain` service (`conn` is the only
     path to the peer or the one the node ranks first, so the tunnel takes it)."""
@@ -104,13 +107,14 @@ async def measure_both(node: MeshNode, tunnels: TunnelService, conn: INetConn,
     async def opener(protocol: TProtocol) -> Ends:
         return Ends(await open_stream_on(node.host, conn, protocol, 10))
 
-    result = await measure(partial(opener, SINK), partial(opener, ECHO), transfers=True)
+    result = await measure(partial(opener, SINK), partial(opener, ECHO), transfers=True,
+                           watch=watch)
     async with trio.open_nursery() as nursery:
         _, port = await nursery.start(tunnels.forward, PeerInfo(peer, []), "plain",
                                       ("127.0.0.1", 0))
         result["tunnel"] = await measure(partial(plain_opener, "127.0.0.1", port, b"s", None),
                                          partial(plain_opener, "127.0.0.1", port, b"e", None),
-                                         transfers=True)
+                                         transfers=True, watch=watch)
         nursery.cancel_scope.cancel()
     return result
 

@@ -26,7 +26,7 @@ import os
 import random
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from typing import Any
 
@@ -61,6 +61,20 @@ PARALLEL = 16
 SINK, ECHO = TProtocol("/bench/sink/1.0.0"), TProtocol("/bench/echo/1.0.0")
 LIMITS = RelayLimits(duration=3600, data=1 << 34, max_circuit_conns=256, max_reservations=64)
 PLAIN_PORT, FORWARDER_PORT, LIBP2P_PORT, STOCK_PORT = 4200, 4100, 4001, 4002
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds process `pid` has used (/proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def watched(args: argparse.Namespace) -> dict[str, int]:
+    """`dialer --watch NAME=PID ...`: other processes (the listener, the relay) whose CPU per
+    MiB `measure` reports beside this process's (the lab's namespaces share one pid space)."""
+    return {name: int(pid) for name, pid in (watch.split("=") for watch in args.watch)}
 
 
 def emit(obj: dict[str, object]) -> None:
@@ -245,16 +259,21 @@ async def plain_opener(host: str, port: int, kind: bytes, via: tuple[str, int] |
 
 
 async def measure(sink: Callable[[], Awaitable[Ends]], echo: Callable[[], Awaitable[Ends]], *,
-                  transfers: bool) -> dict[str, object]:
+                  transfers: bool, watch: Mapping[str, int] | None = None) -> dict[str, object]:
     """MB/s one way and both ways, each with this process's CPU seconds per MiB carried
     (`*_cpu_s_per_mib`: both ways carries 2 x SIZE), far less noisy than MB/s on a loaded
-    machine."""
+    machine, and the same for each `watch`ed process (`*_cpu_s_per_mib_NAME`)."""
     result: dict[str, object] = {}
+    watch = watch or {}
     for key, opener, run_, carried in (("one_way", sink, one_way, SIZE),
                                        ("both_ways", echo, both_ways, 2 * SIZE)):
         cpu = time.process_time()
+        others = {name: cpu_seconds(pid) for name, pid in watch.items()}
         result[key] = await run_(await opener())
-        result[f"{key}_cpu_s_per_mib"] = (time.process_time() - cpu) / (carried / 2**20)
+        mib = carried / 2**20
+        result[f"{key}_cpu_s_per_mib"] = (time.process_time() - cpu) / mib
+        for name, pid in watch.items():
+            result[f"{key}_cpu_s_per_mib_{name}"] = (cpu_seconds(pid) - others[name]) / mib
     if transfers:
         result["mixed"] = await mixed(echo)
     return result
@@ -273,6 +292,8 @@ def main() -> None:
     parser.add_argument("--reflector", action="append", help="(meshnat) discover mappings and "
                         "punch: a reflector's multiaddr, repeated")
     parser.add_argument("--forwarder")
+    parser.add_argument("--watch", action="append", default=[], metavar="NAME=PID",
+                        help="report this process's CPU per MiB too, repeated")
     args = parser.parse_args()
     logging.getLogger("libp2p").setLevel(logging.CRITICAL)
     if os.environ.get(NO_GRO) == "1":  # the baseline of bench_throughput_lab --no-gro
