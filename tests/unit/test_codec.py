@@ -75,7 +75,7 @@ GOLDEN = {
     "classify_dial_back_result": DialBackResult(TXID, reached=True),
     "punch_offer": Offer(TXID, (Endpoint(ip_address("198.18.0.20"), 4001),),
                          (Endpoint(ip_address("10.1.0.10"), 4001),),
-                         MappingHint.ENDPOINT_INDEPENDENT, public=True),
+                         MappingHint.ENDPOINT_INDEPENDENT, public=True, turnaround=1500),
     "punch_offer_dual": Offer(TXID, (Endpoint(ip_address("198.18.0.20"), 4001),
                                      Endpoint(ip_address("2001:db8:1::10"), 4001)),
                               (Endpoint(ip_address("2001:db8:1::10"), 4001),),
@@ -137,17 +137,25 @@ def test_endpoint_with_a_bad_port_or_address_length_is_malformed() -> None:
             decode(frame, ObserveResponse)
 
 
-@pytest.mark.parametrize("mapping6", [None, 3, -1, "1", b"\x01", [1]])
-def test_a_punch_offer_without_a_valid_ipv6_mapping_hint_is_malformed(mapping6: object) -> None:
-    """Field 14 (the IPv6 hint, /meshnat/punch/1.1.0) is required: an Offer of 1.0.0's
-    shape is refused, not read as "unknown"."""
-    fields = {0: 1, 1: 32, 2: TXID, 8: [], 9: [], 10: 1, 12: 0}
-    if mapping6 is not None:
-        fields[14] = mapping6
-    with pytest.raises(MalformedMessage, match="field 14"):
+@pytest.mark.parametrize(("field", "bad", "good"), [
+    *((14, bad, 2) for bad in (None, 3, -1, "1", b"\x01", [1])),
+    *((15, bad, 60_000_000) for bad in (None, -1, 60_000_001, "1", b"\x01")),
+])
+def test_a_punch_offer_without_a_valid_mapping6_or_turnaround_is_malformed(
+        field: int, bad: object, good: int) -> None:
+    """Field 14 (the IPv6 hint, /meshnat/punch/1.1.0) and field 15 (the responder's
+    turnaround in µs, 1.2.0) are required: an Offer of an older version's shape is refused,
+    not read as "unknown" or as a turnaround of 0."""
+    fields: dict[int, object] = {0: 1, 1: 32, 2: TXID, 8: [], 9: [], 10: 1, 12: 0, 14: 0,
+                                 15: 0}
+    del fields[field]
+    if bad is not None:
+        fields[field] = bad
+    with pytest.raises(MalformedMessage, match=f"field {field}"):
         decode(_raw(fields), Offer)
-    fields[14] = 2
-    assert decode(_raw(fields), Offer).mapping6 is MappingHint.ENDPOINT_DEPENDENT
+    fields[field] = good
+    offer = decode(_raw(fields), Offer)
+    assert (offer.mapping6, offer.turnaround)[field - 14] == good
 
 
 def test_encoding_an_oversized_message_is_our_own_error() -> None:

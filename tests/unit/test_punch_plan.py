@@ -18,7 +18,9 @@ from meshnat.punch.plan import (
     Role,
     TcpPath,
     UdpPath,
+    network_rtt,
     plan_punch,
+    punch_wait,
     tcp_grace,
     traversal_candidates,
 )
@@ -313,3 +315,29 @@ def test_tcp_waits_for_an_ipv6_traversal_both_ipv6_sides_measured_independent(
     assert init.tcp_after_udp is resp.tcp_after_udp is waits
     assert init.traversal_versions == ({6} if hint6 is not ED else set())
 
+
+
+@pytest.mark.parametrize(("measured", "turnaround_us", "rtt"), [
+    (0.030, 0, 0.030),          # a peer that says nothing of its processing: all network
+    (0.030, 4_000, 0.026),      # 4 ms of the 30 were the responder's accept and planning
+    (0.030, 30_000, 0.0),       # all of it
+    (0.030, 60_000_000, 0.0),   # a peer claiming more than the round trip: clamped at 0
+    (0.0, 1_000, 0.0),
+])
+def test_the_network_rtt_is_the_round_trip_less_the_responders_turnaround(
+        measured: float, turnaround_us: int, rtt: float) -> None:
+    assert network_rtt(measured, turnaround_us) == pytest.approx(rtt)
+    assert punch_wait(measured, turnaround_us) == pytest.approx(rtt / 2)
+
+
+def test_the_initiator_starts_with_the_responder_whatever_the_responders_turnaround() -> None:
+    """The 2026-12-03 trace (20 ms RTT): a one-way delay d each way, the responder spending t
+    between the stream's arrival and its Offer. It punches as Sync arrives (d after the
+    initiator sent it, right on the Offer); the initiator waits `punch_wait` after Sync. Before
+    1.2.0 it waited (2d + t) / 2: t/2 late, 1-4 ms of the trace's 3-10 ms."""
+    d = 0.010
+    for t in (0.0, 0.002, 0.008, 0.030):
+        offer_back = 2 * d + t                    # from the Offer's write, on the initiator
+        responder_punches = offer_back + d        # Sync written at once, d on the way
+        initiator_punches = offer_back + punch_wait(offer_back, round(t * 1e6))
+        assert initiator_punches == pytest.approx(responder_punches, abs=1e-6)

@@ -68,7 +68,7 @@ from meshnat._libp2p.host import (
     single_exception,
     tcp_first,
 )
-from meshnat._libp2p.multiselect import open_stream_sending
+from meshnat._libp2p.multiselect import negotiation_started, open_stream_sending
 from meshnat._libp2p.streams import (
     carried_by,
     close_write,
@@ -151,6 +151,7 @@ __all__ = [
     "local_port",
     "map_peer_errors",
     "merge_peer_addrs",
+    "negotiation_started",
     "new_libp2p_host",
     "open_stream_on",
     "open_stream_sending",

@@ -15,7 +15,8 @@ one round trip after the stream was opened (DCUtR's timing assumes exactly that)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import trio
@@ -42,6 +43,7 @@ from libp2p.utils import encode_delim
 from meshnat._libp2p.streams import map_peer_errors, reset_quietly
 from meshnat.errors import PeerUnavailable
 
+_STARTED = "_meshnat_negotiation_started"
 _original_select_one_of = MultiselectClient.select_one_of
 _original_negotiate = Multiselect.negotiate
 
@@ -51,11 +53,22 @@ async def _negotiate(self: Multiselect, communicator: IMultiselectCommunicator,
     """py-libp2p's listener side, but a handler removed while its protocol name is being
     echoed (a service unmounting as a stream for it arrives) ends that stream, not the node:
     py-libp2p looks the handler up again after the write, and the KeyError escaped the
-    connection's task group."""
+    connection's task group. The time negotiation started is noted on the stream
+    (`negotiation_started`): a protocol timing its peer's round trip can say how long its own
+    side took."""
+    with contextlib.suppress(AttributeError, TypeError):
+        setattr(communicator.read_writer, _STARTED, trio.current_time())  # type: ignore[attr-defined]
     try:
         return await _original_negotiate(self, communicator, negotiate_timeout)
     except KeyError as exc:
         raise MultiselectError("protocol unregistered during negotiation") from exc
+
+
+def negotiation_started(stream: INetStream) -> float | None:
+    """When this side began negotiating `stream`'s protocol (trio time), if it was the
+    listener and saw it; None otherwise."""
+    started = getattr(stream, _STARTED, None)
+    return started if isinstance(started, float) else None
 
 
 def proposal(protocol: str) -> bytes:
@@ -103,16 +116,20 @@ async def select_one_of(self: MultiselectClient, protocols: Sequence[TProtocol],
 
 
 async def open_stream_sending(host: IHost, peer: ID, protocol: TProtocol, first: bytes,
-                              timeout: float, *, on: INetConn | None = None) -> INetStream:
+                              timeout: float, *, on: INetConn | None = None,
+                              on_written: Callable[[], None] | None = None) -> INetStream:
     """A `protocol` stream to `peer` (on `on`, else on the connection py-libp2p would pick)
-    whose first message `first` went out with the negotiation, in one write. Returns once the
-    peer accepted `protocol`; raises PeerUnavailable if it refused or the stream failed, and
-    PeerTimeout after `timeout` seconds."""
+    whose first message `first` went out with the negotiation, in one write; `on_written` is
+    called as that write returns (a round trip timed from there leaves out the stream's
+    opening). Returns once the peer accepted `protocol`; raises PeerUnavailable if it refused
+    or the stream failed, and PeerTimeout after `timeout` seconds."""
     with map_peer_errors(f"open {protocol}", timeout), trio.fail_after(timeout):
         stream = await (on.new_stream() if on is not None
                         else host.get_network().new_stream(peer))
         try:
             await stream.write(proposal(protocol) + first)
+            if on_written is not None:
+                on_written()
             if not await _read_answer(MultiselectCommunicator(stream), protocol):
                 raise PeerUnavailable(f"the peer does not speak {protocol}")
         except BaseException:

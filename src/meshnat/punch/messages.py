@@ -1,4 +1,4 @@
-"""Wire messages of `/meshnat/punch/1.1.0` (docs/protocols/punch.md).
+"""Wire messages of `/meshnat/punch/1.2.0` (docs/protocols/punch.md).
 
 Over a coordination stream (a relay circuit, or any connection): the initiator sends an
 `Offer`, the responder answers with its own, the initiator sends `Sync` and both punch.
@@ -19,10 +19,12 @@ from meshnat.wire.codec import Fields, TxidOnly
 if TYPE_CHECKING:  # the discovery package imports trio; this module stays pure
     from meshnat.discovery.consensus import Consensus
 
-UDP, TCP, MAPPING, ACK, PUBLIC, PADDING, MAPPING6 = 8, 9, 10, 11, 12, 13, 14
+UDP, TCP, MAPPING, ACK, PUBLIC, PADDING, MAPPING6, TURNAROUND = 8, 9, 10, 11, 12, 13, 14, 15
 MAX_CANDIDATES = 8
 MAX_PADDING = 4000
 """Padding bytes one Offer or Padding frame may carry (frames are at most 4096 bytes)."""
+MAX_TURNAROUND_US = 60_000_000
+"""The largest turnaround an Offer may state (µs): longer than any coordination may take."""
 
 
 class MsgType(IntEnum):
@@ -64,7 +66,13 @@ class Offer:
     only makes the Offer larger: it pays for probes to the sender's unproven candidates.
     `mapping` is the sender's IPv4 mapping, `mapping6` its IPv6 one (no translation, or
     NPTv6: endpoint-independent; a NAT66 may be endpoint-dependent). Both are always on the
-    wire since `/meshnat/punch/1.1.0` (1.0.0 carried only `mapping`)."""
+    wire since `/meshnat/punch/1.1.0` (1.0.0 carried only `mapping`).
+
+    `turnaround` (µs, since 1.2.0, required): in the responder's Offer, how long it took from
+    the coordination stream's arrival (its negotiation) to this Offer's first byte written, so
+    the initiator's round trip less it is the network's (the RTT/2 wait after Sync). The
+    initiator's own Offer carries 0. Only a timing hint: a peer that lies shifts its own punch
+    by at most half of it (the initiator clamps the result at 0 and at its measured RTT)."""
 
     TYPE: ClassVar[MsgType] = MsgType.OFFER
     txid: bytes
@@ -74,12 +82,14 @@ class Offer:
     public: bool = False
     padding: bytes = b""
     mapping6: MappingHint = MappingHint.UNKNOWN
+    turnaround: int = 0
 
     def to_fields(self) -> dict[int, object]:
         fields: dict[int, object] = {UDP: [e.to_wire() for e in self.udp[:MAX_CANDIDATES]],
                                      TCP: [e.to_wire() for e in self.tcp[:MAX_CANDIDATES]],
                                      MAPPING: int(self.mapping), PUBLIC: int(self.public),
-                                     MAPPING6: int(self.mapping6)}
+                                     MAPPING6: int(self.mapping6),
+                                     TURNAROUND: min(max(self.turnaround, 0), MAX_TURNAROUND_US)}
         if self.padding:
             fields[PADDING] = self.padding[:MAX_PADDING]
         return fields
@@ -91,7 +101,8 @@ class Offer:
         public = bool(f.pop_int(PUBLIC, lo=0, hi=1))
         padding = f.pop_bytes(PADDING, max_size=MAX_PADDING) if PADDING in f else b""
         mapping6 = MappingHint(f.pop_int(MAPPING6, lo=0, hi=2))  # required: no guessing
-        return cls(txid, udp, tcp, mapping, public, padding, mapping6)
+        turnaround = f.pop_int(TURNAROUND, lo=0, hi=MAX_TURNAROUND_US)  # required (1.2.0)
+        return cls(txid, udp, tcp, mapping, public, padding, mapping6, turnaround)
 
 
 @dataclass(frozen=True, slots=True)

@@ -196,6 +196,21 @@ def _global6(e: Endpoint) -> bool:
             and not e.ip.is_link_local and e.ip not in _UNIQUE_LOCAL)
 
 
+def network_rtt(measured: float, turnaround_us: int) -> float:
+    """The coordination round trip less the peer's processing: `measured` from the Offer's
+    write to the first frame back, `turnaround_us` what the responder's Offer says it spent
+    between the stream's arrival and its first write (`Offer.turnaround`), clamped to
+    [0, measured] so a lying peer moves only its own punch, by at most half its RTT."""
+    return measured - min(max(turnaround_us / 1e6, 0.0), measured)
+
+
+def punch_wait(measured: float, turnaround_us: int) -> float:
+    """Seconds the initiator waits after Sync before punching: DCUtR's RTT/2, of the
+    network's round trip (`network_rtt`), so that it starts as the responder, which punches
+    on Sync's arrival, does."""
+    return network_rtt(measured, turnaround_us) / 2
+
+
 def tcp_grace(rtt: float) -> float:
     """Seconds the TCP path waits for the UDP path to hear the peer (`tcp_after_udp`): two
     coordination round trips (one direct round trip of probes is expected within one, the

@@ -1,8 +1,10 @@
 """`HolePuncher`: coordinate over an existing connection, punch UDP and TCP, keep the winner.
 
 Coordination follows libp2p DCUtR's timing: the initiator sends its Offer in the same write as
-the stream's protocol negotiation (`_libp2p.open_stream_sending`), measures the round trip to
-the responder's Offer, sends Sync and punches RTT/2 later; the responder punches as
+the stream's protocol negotiation (`_libp2p.open_stream_sending`), measures the round trip from
+that write to the responder's first frame back, less the turnaround the responder's Offer
+states (its processing from the stream's arrival to that frame: `plan.network_rtt`), sends
+Sync and punches RTT/2 later; the responder punches as
 soon as Sync arrives, so both start at about the same moment. Each side plans the punch from
 the two Offers (`punch/plan.py`), then races the UDP and TCP paths (`punch/race.py`); the first
 direct connection wins and is kept alive until it dies (`punch/keepalive.py`).
@@ -10,6 +12,7 @@ direct connection wins and is kept alive until it dies (`punch/keepalive.py`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import Counter
 from functools import partial
@@ -33,7 +36,7 @@ from meshnat.punch.config import PunchConfig
 from meshnat.punch.coordination import pay, read_paid, read_until_closed
 from meshnat.punch.keepalive import PathKeeper
 from meshnat.punch.messages import MappingHint, Offer, Sync
-from meshnat.punch.plan import Role, plan_punch
+from meshnat.punch.plan import Role, network_rtt, plan_punch, punch_wait
 from meshnat.punch.race import PathRace
 from meshnat.punch.results import Punched, PunchStatistics
 from meshnat.ratelimit import RateLimiter
@@ -45,8 +48,11 @@ from meshnat.wire.error_response import ErrorCode, ErrorResponse, refusal_for
 
 log = logging.getLogger(__name__)
 
-PUNCH_PROTOCOL = TProtocol("/meshnat/punch/1.1.0")
-"""1.1.0: the Offer carries a mapping hint per IP family (field 14, IPv6; required)."""
+PUNCH_PROTOCOL = TProtocol("/meshnat/punch/1.2.0")
+"""1.1.0: the Offer carries a mapping hint per IP family (field 14, IPv6; required). 1.2.0: it
+carries the responder's turnaround (field 15, µs; required). Neither older version is spoken
+(a 1.1.0 peer's stream is refused at negotiation and the punch fails over to the relay, as
+1.0.0's did at 1.1.0): the decoders stay strict."""
 
 __all__ = ["PUNCH_PROTOCOL", "HolePuncher", "PunchConfig", "PunchStatistics", "Punched"]
 
@@ -134,20 +140,26 @@ class HolePuncher:
         started = trio.current_time()
         limit = self.config.stream_timeout
         offer = self._offer(new_txid())
-        sent_at = trio.current_time()
+        sent_at = [trio.current_time()]
+
+        def written() -> None:  # not the stream's opening before it (a muxer's, a relay's)
+            sent_at[0] = trio.current_time()
+
         # the Offer goes out with the stream's negotiation: one round trip to the peer's Offer
         stream = await _libp2p.open_stream_sending(node.host, peer, self.protocol_id,
-                                                   frame_stream(encode(offer)), limit)
+                                                   frame_stream(encode(offer)), limit,
+                                                   on_written=written)
         try:
             with _libp2p.map_peer_errors("punch coordination", limit), trio.fail_after(limit):
                 budget = SendBudget(paid=0)
                 first = await _libp2p.read_frame(stream)
-                rtt = trio.current_time() - sent_at  # the first frame back: Padding or Offer
+                measured = trio.current_time() - sent_at[0]  # the first frame: Padding or Offer
                 reply = await read_paid(stream, first, budget, Offer, ErrorResponse)
                 if isinstance(reply, ErrorResponse):
                     raise PunchFailed(f"the peer refused: {reply.code.name.lower()}: "
                                       f"{reply.reason}")
                 theirs = reply
+                rtt = network_rtt(measured, theirs.turnaround)
                 if theirs.txid != offer.txid:
                     raise PunchFailed("the peer answered another punch")
                 plan = plan_punch(offer, theirs, Role.INITIATOR, self.config)
@@ -155,8 +167,8 @@ class HolePuncher:
                     raise PunchFailed(plan.give_up)
                 await pay(stream, offer.txid, plan.padding)  # birthday only
                 await _libp2p.write_frame(stream, encode(Sync(offer.txid)))
-            if plan.half_rtt_delay:
-                await trio.sleep(rtt / 2)  # DCUtR: the initiator punches RTT/2 after Sync
+            if plan.half_rtt_delay:  # DCUtR: the initiator punches RTT/2 after Sync
+                await trio.sleep(punch_wait(measured, theirs.turnaround))
             result = await self._race.run(node, peer, offer, theirs, plan, rtt=rtt,
                                           started=started, budget=budget)
         finally:
@@ -178,6 +190,7 @@ class HolePuncher:
 
     async def _respond(self, stream: INetStream) -> None:
         node = self._mounted()
+        arrived = _libp2p.negotiation_started(stream) or trio.current_time()
         peer = _libp2p.stream_peer(stream)
         network = source_network(stream)
         limit = self.config.stream_timeout
@@ -201,6 +214,10 @@ class HolePuncher:
                 budget = SendBudget(paid=len(frame))
                 offer = self._offer(theirs.txid)
                 plan = plan_punch(offer, theirs, Role.RESPONDER, self.config)
+                # the initiator times its RTT to our first frame (Padding or Offer): say how
+                # much of it was ours, from the stream's arrival on
+                offer = dataclasses.replace(offer, turnaround=round(
+                    (trio.current_time() - arrived) * 1e6))
                 await pay(stream, offer.txid, plan.padding)
                 await _libp2p.write_frame(stream, encode(offer))
                 offered_at = trio.current_time()
