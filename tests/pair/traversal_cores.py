@@ -15,12 +15,14 @@ import heapq
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from meshnat.datagrams import parse_datagram
 from meshnat.endpoint import Endpoint
 from meshnat.traversal.budget import SendBudget
 from meshnat.traversal.config import TraversalConfig
 from meshnat.traversal.core import Dial, Listen, SendProbe, TraversalSession
+from meshnat.traversal.early import INITIAL_BYTES, EarlyStep, Step
 from meshnat.traversal.messages import Probe, Refusal, Take
 from meshnat.traversal.pairs import PairState
 from tests.pair.harness import Finished, Outgoing
@@ -115,8 +117,13 @@ class TraversalCore:
                 case Dial(pair=pair) | Listen(pair=pair):
                     self.session.connected(now)
                     self._out.append(Finished(pair))
+                case EarlyStep():
+                    self._early(action, now)
                 case _:
                     pass  # StopCarrier, Expired: bookkeeping the pair tests read off the table
+
+    def _early(self, action: EarlyStep, now: float) -> None:
+        """An early dial's step (only `PunchDialer` dials early)."""
 
 
 def traversal_pair(txid: bytes, a: tuple[Endpoint, Sequence[Endpoint]],
@@ -128,3 +135,65 @@ def traversal_pair(txid: bytes, a: tuple[Endpoint, Sequence[Endpoint]],
              for (local, candidates), taker in ((a, True), (b, False))]
     sides[0].peer, sides[1].peer = sides[1], sides[0]
     return sides[0], sides[1]
+
+
+INITIAL = b"QUIC-Initial".ljust(INITIAL_BYTES, b"\0")
+"""What stands in for the dialler's QUIC Initial: a datagram of its size."""
+
+
+class PunchDialer(TraversalCore):
+    """The punch initiator's traversal, as `punch/race.py` runs it: the first pair the peer
+    was heard on (alive or not) is taken to dial, and the peer is not told (it waits for the
+    connection). Its QUIC Initial is `INITIAL`: with `early`, sent at `DialEarly` and
+    `ReplayFirstFlight`; without, at the take (the dial on the peer's first probe, as
+    before). The outcome is the pair taken."""
+
+    def __init__(self, *args: Any, early: bool, **kwargs: Any) -> None:
+        super().__init__(*args, taker=True, **kwargs)
+        self.early = early
+        self.initials: list[tuple[float, Endpoint]] = []
+        self.abandoned: list[float] = []
+
+    def start(self, now: float) -> None:
+        self.session.start(self.candidates, now, dial_early=self.early)
+        self._drain_session(now)
+
+    def _maybe_take(self, now: float) -> None:
+        if self.session.dialer is not None:
+            return
+        heard = [p for p in self.session.table.pairs() if p.state is PairState.ALIVE
+                 or (p.state is PairState.PROBING and p.last_seen is not None)]
+        if heard:
+            pair = self.session.take(heard[0].ref, now, dial=True, on_heard=True,
+                                     use_within=self.session.config.take_deadline)
+            if not self.session.early_connection(pair.remote):
+                self._send_initial(pair.remote, now)  # a dial of its own
+            self._out.append(Finished(pair))
+
+    def _send_initial(self, dst: Endpoint, now: float) -> None:
+        self.initials.append((now, dst))
+        self._out.append(Outgoing(self.local, dst, INITIAL))
+
+    def _early(self, action: EarlyStep, now: float) -> None:
+        if action.step is Step.ABANDON:
+            self.abandoned.append(now)
+        else:  # DIAL, REPLAY
+            self._send_initial(action.remote, now)
+
+
+class PunchListener(TraversalCore):
+    """The punch responder's traversal: probes and answers, takes nothing; its outcome is
+    the first `INITIAL` to reach its port (QUIC's handshake starts there)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, taker=False, **kwargs)
+        self.initials: list[float] = []
+        """When each INITIAL arrived."""
+
+    def feed(self, local: Endpoint, src: Endpoint, payload: bytes, now: float) -> None:
+        if payload != INITIAL:
+            super().feed(local, src, payload, now)
+            return
+        if not self.initials:
+            self._out.append(Finished(src))
+        self.initials.append(now)

@@ -170,6 +170,11 @@ def local_port(conn: INetConn) -> int | None:
 
 # --- UDP ------------------------------------------------------------------------------------
 
+def _quic_addr(remote: Endpoint) -> tuple[str, int]:
+    """`remote` as the QUIC endpoint keys a dial's connection (the multiaddr's address)."""
+    return str(remote.ip), remote.port
+
+
 DatagramHandler = Callable[[bytes, Endpoint], None]
 
 
@@ -236,6 +241,18 @@ class DatagramTap:
     def versions(self) -> frozenset[int]:
         """The IP versions this port can send to (4, 6): one listening socket each."""
         return frozenset(self._endpoints) if self._endpoints else frozenset({4})
+
+    def replay_first_flight(self, remote: Endpoint) -> bool:
+        """Send the first flight of meshnat's QUIC dial to `remote` from this port again, if
+        it is still unanswered (`QuicConn.replay_first_flight`); False if there is none."""
+        endpoint = self._endpoints.get(remote.ip.version)
+        return endpoint is not None and endpoint.replay_first_flight(_quic_addr(remote))
+
+    def silence_dial(self, remote: Endpoint) -> None:
+        """The dial to `remote` from this port, if unanswered, ends without CONNECTION_CLOSE."""
+        endpoint = self._endpoints.get(remote.ip.version)
+        if endpoint is not None:
+            endpoint.silence_dial(_quic_addr(remote))
 
     def subscribe(self, handler: DatagramHandler) -> Callable[[], None]:
         """Call `handler(data, src)` for each meshnat datagram; returns the unsubscribe call."""

@@ -171,7 +171,7 @@ class PathRace:
         if not candidates:
             raise PunchFailed("no UDP candidate of a family to traverse")
         traversal = await self._traversals.adopt(ours.txid, peer, candidates, budget=budget,
-                                                 shared=True)
+                                                 shared=True, dial_early=plan.traversal_dials)
         try:
             if not plan.traversal_dials:  # the initiator takes a pair and dials; we accept
                 async with trio.open_nursery() as nursery:

@@ -8,9 +8,14 @@ nothing more. It does no I/O and reads no clock: every input takes `now`, and th
 (`traversal/driver.py`) executes what `next_action()` returns and calls `handle_timer(now)`
 once `get_timer()` is reached.
 
+The dialler of a punch may dial early (`start(..., dial_early=True)`, `traversal/early.py`):
+its Initial goes with the first probe round, is replayed when the target is heard, and is the
+taken pair's connection when the target's pair is taken.
+
 Inputs: `start`, `receive_probe`, `take` (this node takes a pair), `peer_take` (the peer's
 `Take`), `take_refused`, `connected`, `disconnected`, `close`, `handle_timer`.
-Actions: `SendProbe`, `StopCarrier`, `Listen`, `Dial`, `Expired`.
+Actions: `SendProbe`, `StopCarrier`, `Listen`, `Dial`, `Expired`, and the early dial's
+`EarlyStep`s.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from meshnat.endpoint import Endpoint
 from meshnat.errors import PairTaken
 from meshnat.traversal.budget import SendBudget, udp_wire_bytes
 from meshnat.traversal.config import TraversalConfig
+from meshnat.traversal.early import INITIAL_BYTES, EarlyDial, EarlyState, EarlyStep, Step
 from meshnat.traversal.messages import ALREADY_TAKEN, NO_MATCHING_PAIR, Probe, Refusal, Take
 from meshnat.traversal.pairs import PairId, PairState, PairTable, PortPair, traversal_id
 from meshnat.wire import encode, frame_datagram
@@ -95,7 +101,7 @@ class Expired:
     cause: Expiry
 
 
-Action = SendProbe | StopCarrier | Listen | Dial | Expired
+Action = SendProbe | StopCarrier | Listen | Dial | Expired | EarlyStep
 
 
 @dataclass
@@ -156,6 +162,9 @@ class TraversalSession:
         self._keepalive_at: dict[Endpoint, float] = {}
         self._pacer = UnprovenPacer(first_gap=config.probe_interval,
                                     max_gap=config.unproven_interval)
+        self._early_target: Endpoint | None = None
+        self.early: EarlyDial | None = None
+        """The early dial, once made (`start(..., dial_early=True)`)."""
 
     # --- outputs -------------------------------------------------------------------------------
 
@@ -165,7 +174,8 @@ class TraversalSession:
 
     def get_timer(self) -> float | None:
         """When `handle_timer` must be called next; None: only an input can change anything."""
-        timers = [t for t in (self._next_round, self._deadline_timer()) if t is not None]
+        timers = [t for t in (self._next_round, self._deadline_timer(),
+                              self.early.timer() if self.early else None) if t is not None]
         if not self.stopped:
             timers.extend(self._keepalive_at.values())
         timers.extend(t for t in map(self.table.silent_until, self.table.pairs())
@@ -192,12 +202,23 @@ class TraversalSession:
 
     # --- inputs --------------------------------------------------------------------------------
 
-    def start(self, candidates: Iterable[Endpoint], now: float) -> None:
-        """Probe `candidates` (the peer's, already admitted) from now on."""
+    def start(self, candidates: Iterable[Endpoint], now: float, *,
+              dial_early: bool = False) -> None:
+        """Probe `candidates` (the peer's, already admitted, best first) from now on.
+        `dial_early`: this node will dial (the punch initiator): QUIC to the first candidate
+        goes out with the first probe round, if the budget allows (`traversal/early.py`)."""
         self.started = now
+        candidates = tuple(candidates)
         for candidate in candidates:
             self.table.add_candidate(candidate, now)
         self._next_round = now
+        if dial_early and candidates:
+            self._early_target = candidates[0]
+
+    def early_connection(self, remote: Endpoint) -> bool:
+        """Whether the connection of a pair taken to dial to `remote` is the early dial's."""
+        return self.early is not None and self.early.state is EarlyState.USED and \
+            self.early.target == remote
 
     def receive_probe(self, probe: Probe, src: Endpoint, now: float) -> None:
         """A `Probe` arrived from `src`. One with this traversal's txid proves `src`'s IP; a
@@ -216,6 +237,9 @@ class TraversalSession:
             self._next_round = now  # a peer-reflexive candidate: probe it
         if known and not probe.ack:
             self._send(Probe(self.txid, ack=True, observed=src), src, ProbeKind.ANSWER, now)
+        replay = self.early.heard(src) if self.early is not None else None
+        if replay is not None:  # the target's NAT is open to us now: its IP is proven
+            self._actions.append(replay)
 
     def take(self, pair_id: PairId, now: float, *, dial: bool, use_within: float,
              on_heard: bool = False) -> PortPair:
@@ -269,6 +293,9 @@ class TraversalSession:
         """Do what is due at `now`: a probe round, keepalives, expiries."""
         if self._next_round is not None and now >= self._next_round:
             self._probe_round(now)
+        abandon = self.early.handle_timer(now) if self.early is not None else None
+        if abandon is not None:
+            self._actions.append(abandon)
         if not self.stopped:
             for remote, at in list(self._keepalive_at.items()):
                 pair = self.table.find(remote)
@@ -295,30 +322,51 @@ class TraversalSession:
             if self._pacer.due(pair.remote, self.budget.is_proven(pair.remote.ip), now):
                 self._send(Probe(self.txid), pair.remote, ProbeKind.PROBE, now)
         self._next_round = now + self.config.probe_interval if probing else None
+        if self._early_target is not None:
+            self._dial_early(self._early_target, now)
+            self._early_target = None
+
+    def _dial_early(self, target: Endpoint, now: float) -> None:
+        """The early Initial, charged to the budget as a datagram of `INITIAL_BYTES`."""
+        if self._charge(target, udp_wire_bytes(INITIAL_BYTES, target.ip)):
+            self.early = EarlyDial(target, now)
+            self._actions.append(EarlyStep(Step.DIAL, target))
 
     def _send(self, probe: Probe, dst: Endpoint, kind: ProbeKind, now: float) -> None:
         """Queue `probe` to `dst` if the budget allows it; count it either way."""
         data = frame_datagram(encode(probe))
-        wire = udp_wire_bytes(len(data), dst.ip)
-        unproven = not self.budget.is_proven(dst.ip)
-        counters = [c for c in (self.stats, self._shared) if c is not None]
-        if not self.budget.spend(dst.ip, wire):
-            for c in counters:
-                c.withheld += 1
+        if not self._charge(dst, udp_wire_bytes(len(data), dst.ip)):
             return
-        for c in counters:
-            c.unproven_bytes += wire if unproven else 0
+        for c in (c for c in (self.stats, self._shared) if c is not None):
             c.probes_sent += kind is ProbeKind.PROBE
             c.keepalives_sent += kind is ProbeKind.KEEPALIVE
         if kind is not ProbeKind.ANSWER:
             self.table.sent(dst, now)
         self._actions.append(SendProbe(dst, data, kind))
 
+    def _charge(self, dst: Endpoint, wire: int) -> bool:
+        """Spend `wire` bytes to `dst` from the budget (False: withheld); counted."""
+        unproven = not self.budget.is_proven(dst.ip)
+        counters = [c for c in (self.stats, self._shared) if c is not None]
+        if not self.budget.spend(dst.ip, wire):
+            for c in counters:
+                c.withheld += 1
+            return False
+        for c in counters:
+            c.unproven_bytes += wire if unproven else 0
+        return True
+
     def _hand_over(self, pair: PortPair, *, dial: bool) -> None:
         self.dialer, self._taken = dial, pair
         self._stop()
 
     def _stop(self) -> None:
+        self._early_target = None
+        if self.early is not None:
+            dialled = self._taken.remote if self._taken is not None and self.dialer else None
+            abandon = self.early.resolve(dialled)
+            if abandon is not None:
+                self._actions.append(abandon)
         if not self.stopped:
             self.stopped = True
             self._next_round = None

@@ -24,6 +24,7 @@ from meshnat.traversal.core import (
     SendProbe,
     StopCarrier,
 )
+from meshnat.traversal.early import EarlyStep, Step
 from meshnat.traversal.handover import Handover
 from meshnat.traversal.messages import Probe
 from meshnat.traversal.session import Traversal
@@ -105,6 +106,12 @@ class Driver:
                 await self._handover.listen(traversal, pair)
             case Dial(pair):
                 self._handover.dial_soon(traversal, pair)
+            case EarlyStep(Step.DIAL, remote):
+                self._handover.dial_early(traversal, remote)
+            case EarlyStep(Step.REPLAY, remote):
+                self._handover.replay_first_flight(remote)
+            case EarlyStep(Step.ABANDON, remote):
+                self._handover.abandon_early(traversal, remote)
             case Expired(pair, cause):
                 log.info("traversal %s: pair %s expired (%s)", traversal.id, pair.id,
                          cause.value)

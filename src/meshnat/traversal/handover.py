@@ -23,7 +23,7 @@ from meshnat.node import MeshNode
 from meshnat.traversal.config import TraversalConfig
 from meshnat.traversal.messages import Take, TakeAccept
 from meshnat.traversal.pairs import PairState, PortPair
-from meshnat.traversal.session import PairStream, Traversal
+from meshnat.traversal.session import EarlyConnection, PairStream, Traversal
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,44 @@ class Handover:
                 log.info("traversal %s: %s failed: %s", traversal.id, doing, exc)
 
         self._mounted()[1].start_soon(run)
+
+    def dial_early(self, traversal: Traversal, remote: Endpoint) -> None:
+        """Dial `remote` from the traversal's port before any pair is taken (its Initial goes
+        now, `traversal/early.py`); `_dial` on the target's pair waits for it."""
+        node, nursery = self._mounted()
+        early = traversal.early = EarlyConnection(remote)
+        source = Endpoint(node.listen_endpoint("udp", remote.ip.version).ip,
+                          traversal.table.local_port)
+        limit = self.config.stream_timeout
+
+        async def run() -> None:
+            try:
+                with early.scope, _libp2p.map_peer_errors("early QUIC dial", limit), \
+                        trio.fail_after(limit):
+                    early.connection = await _libp2p.dial_quic_from(node.host, traversal.peer,
+                                                                    remote, source)
+            except MeshNatError as exc:
+                log.debug("traversal %s: early dial to %s failed: %s", traversal.id, remote,
+                          exc)
+            finally:
+                early.done.set()
+
+        nursery.start_soon(run)
+
+    def replay_first_flight(self, remote: Endpoint) -> None:
+        """The early dial's first flight to `remote` once more (unless it was answered)."""
+        node, _ = self._mounted()
+        if not node.udp.replay_first_flight(remote):
+            log.debug("traversal: no first flight to %s to replay", remote)
+
+    def abandon_early(self, traversal: Traversal, remote: Endpoint) -> None:
+        """Drop the early dial to `remote`, without a CONNECTION_CLOSE; one that connected
+        already stays (an authenticated direct connection; the node keeps or prunes it)."""
+        early = traversal.early
+        if early is None or early.remote != remote or early.done.is_set():
+            return
+        self._mounted()[0].udp.silence_dial(remote)
+        early.scope.cancel()
 
     async def connect(self, traversal: Traversal, pair: PortPair) -> INetConn:
         """The QUIC connection on taken `pair` (see `TraversalService.connect`)."""
@@ -148,6 +186,13 @@ class Handover:
         async with traversal.dialling:
             if traversal.connection is not None:
                 return
+            early = traversal.early
+            if early is not None and traversal.session.early_connection(pair.remote):
+                await early.done.wait()  # its own deadline ends it
+                if early.connection is not None and not early.connection.is_closed:
+                    self._connected(traversal, early.connection)
+                    return
+                log.debug("traversal %s: the early dial failed, dialling again", traversal.id)
             node, _ = self._mounted()
             source = Endpoint(node.listen_endpoint("udp", pair.remote.ip.version).ip,
                               pair.local_port)

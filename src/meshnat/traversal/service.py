@@ -174,14 +174,17 @@ class TraversalService:
         return traversal
 
     async def adopt(self, txid: bytes, peer: ID, candidates: Sequence[Endpoint], *,
-                    budget: SendBudget, shared: bool = True) -> Traversal:
+                    budget: SendBudget, shared: bool = True,
+                    dial_early: bool = False) -> Traversal:
         """Open a traversal whose candidates were already exchanged by the caller (the hole
         puncher's own coordination, which also paces both sides to start together): both sides
         adopt the same `txid`, and the pairs, `take` and `connect` work as after `start`.
         `budget`: what the peer's coordination paid for, shared with the caller's other paths.
+        `dial_early`: this node will take a pair and dial (the punch initiator): its QUIC
+        Initial to the best candidate goes with the first probes (`traversal/early.py`).
         Raises PeerRefused when a traversal with that id is open already."""
         traversal = await self._open_own(txid, peer, shared=shared, budget=budget)
-        self._probe(traversal, tuple(candidates))
+        self._probe(traversal, tuple(candidates), dial_early=dial_early)
         return traversal
 
     async def take(self, pair_id: str | PairId, *, initiate: bool = True,
@@ -363,7 +366,8 @@ class TraversalService:
         return Offer(traversal.txid, candidates, traversal.shared,
                      bytes(self.config.offer_padding))
 
-    def _probe(self, traversal: Traversal, candidates: tuple[Endpoint, ...]) -> None:
+    def _probe(self, traversal: Traversal, candidates: tuple[Endpoint, ...], *,
+               dial_early: bool = False) -> None:
         """Start probing the candidates this node may probe, and the traversal's driver."""
         node, nursery = self._mounted()
         candidates, refused = admit_candidates(
@@ -376,5 +380,5 @@ class TraversalService:
             self._refused_candidates += refused
             log.debug("traversal %s: %d candidates of %s refused (scope)", traversal.id,
                       refused, traversal.peer)
-        traversal.session.start(candidates, trio.current_time())
+        traversal.session.start(candidates, trio.current_time(), dial_early=dial_early)
         nursery.start_soon(self._driver.run, traversal)

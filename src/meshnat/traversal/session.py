@@ -17,6 +17,17 @@ from meshnat.traversal.pairs import PairTable, PortPair
 
 
 @dataclass(eq=False)
+class EarlyConnection:
+    """An early dial under way (`traversal/early.py`): its task's scope and its outcome."""
+
+    remote: Endpoint
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    done: trio.Event = field(default_factory=trio.Event)
+    connection: INetConn | None = None
+    """Set once the handshake completed (None while dialling, or when it failed)."""
+
+
+@dataclass(eq=False)
 class Traversal:
     """One traversal toward a peer as the service runs it: its session (the rules, pure),
     the carrier its probes travel by, and the transport's side of a taken pair."""
@@ -32,6 +43,8 @@ class Traversal:
     listener: str | None = None
     """The ephemeral QUIC listen address on a taken pair's local port, while it exists."""
     connection: INetConn | None = None
+    early: EarlyConnection | None = None
+    """The early dial, if the session made one."""
     connected: trio.Event = field(default_factory=trio.Event)
     changed: trio.Event = field(default_factory=trio.Event)
     """Set (and replaced) whenever the session took an input."""

@@ -81,6 +81,12 @@ class QuicConn(IMuxedConn):
         self.intake_paused = trio.Event()
         """Set while `paused` (a fresh event once intake resumes)."""
         self._full: set[int] = set()
+        self.first_flight: list[tuple[bytes, tuple[str, int]]] | None = None
+        """A dial's first datagrams, for `replay_first_flight`."""
+        self.answered = False
+        """Something arrived from the peer."""
+        self.quiet = False
+        """Close without a CONNECTION_CLOSE (an abandoned dial to an unproven address)."""
 
     # --- IMuxedConn ---------------------------------------------------------------------
 
@@ -209,6 +215,7 @@ class QuicConn(IMuxedConn):
     def receive(self, datagrams: list[bytes], addr: tuple[str, int], now: float) -> None:
         """Feed a batch of datagrams from `addr`, then handle qh3's events (no sending)."""
         self._last_activity = now
+        self.answered = True
         try:
             self._qh3("receive_many_datagrams",
                       lambda: self.quic.receive_many_datagrams(datagrams, addr, now))
@@ -231,6 +238,8 @@ class QuicConn(IMuxedConn):
         except Qh3Failed:
             return
         if datagrams:
+            if self._initiator and self.first_flight is None:
+                self.first_flight = list(datagrams)
             self.endpoint.send_datagrams(datagrams)
         timer = self.quic.get_timer()
         if timer is not None and timer < self._sleeping_until:
@@ -294,10 +303,19 @@ class QuicConn(IMuxedConn):
             self.peer_id = proven
             self.handshake_done.set()
 
+    def replay_first_flight(self) -> bool:
+        """Send a dial's first datagrams once more, as they were, if nothing came back yet
+        (the server drops a duplicate); False otherwise."""
+        if self.answered or self.closed.is_set() or not self.first_flight:
+            return False
+        self.endpoint.send_datagrams(self.first_flight)
+        return True
+
     def shut(self, reason: str, code: int = 0) -> None:
-        """Send CONNECTION_CLOSE (best effort) and end the connection here."""
+        """Send CONNECTION_CLOSE (best effort, not when `quiet`) and end the connection here."""
         if not self.closed.is_set():
-            self._close_core(code)
+            if not self.quiet:
+                self._close_core(code)
             self._terminate(reason)
 
     def _close_core(self, code: int) -> None:

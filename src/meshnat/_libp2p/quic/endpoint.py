@@ -131,6 +131,18 @@ class QuicEndpoint:
             raise TimeoutError(f"quic handshake with {remote[0]}:{remote[1]} timed out")
         raise ConnectionRefusedError(f"quic handshake failed: {conn.failure}")
 
+    def replay_first_flight(self, remote: tuple[str, int]) -> bool:
+        """Resend the first flight of this endpoint's dial to `remote` if nothing came back
+        yet (a punch: the far NAT may have dropped the first copy); False if there is none."""
+        conn = self._by_addr.get(remote)
+        return conn is not None and conn.is_initiator and conn.replay_first_flight()
+
+    def silence_dial(self, remote: tuple[str, int]) -> None:
+        """The unanswered dial to `remote` ends without a CONNECTION_CLOSE (`QuicConn.quiet`)."""
+        conn = self._by_addr.get(remote)
+        if conn is not None and conn.is_initiator and not conn.answered:
+            conn.quiet = True
+
     async def close(self) -> None:
         """Close every connection, stop serving and close the socket."""
         self._close_all()
