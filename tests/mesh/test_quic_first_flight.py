@@ -15,7 +15,11 @@ import trio
 from libp2p.peer.id import ID
 
 from meshnat._libp2p.quic import QuicEndpoint
+from meshnat.endpoint import Endpoint
+from meshnat.traversal import TraversalService
+from meshnat.traversal.budget import SendBudget
 from tests.mesh.test_quic_streams import connected, endpoint
+from tests.support.fake_reflectors import nodes
 
 MARKER = b"marker"
 
@@ -92,3 +96,31 @@ async def test_an_answered_dial_has_nothing_to_replay() -> None:
         assert not conn.endpoint.replay_first_flight(conn.remote_address)
         conn.endpoint.silence_dial(conn.remote_address)
         assert not conn.quiet  # a connection the peer answered closes as usual
+
+
+async def test_a_traversal_closed_mid_early_dial_ends_that_dial_silently() -> None:
+    """A punch whose TCP path won closes its traversal while the early dial still waits for
+    an answer: the dial ends with it (its window's timer was the traversal's), and without a
+    CONNECTION_CLOSE; before, it went on resending Initials at qh3's PTO."""
+    silent = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+    await silent.bind(("127.0.0.1", 0))
+    host, port = silent.getsockname()
+    target = Endpoint.parse(f"{host}:{port}")
+    with silent, trio.fail_after(30):
+        async with nodes(2) as (a, b):
+            await a.connect(b.peer_info())
+            service = await a.mount(TraversalService())
+            traversal = await service.adopt(bytes(range(16)), b.peer_id, [target],
+                                            budget=SendBudget(paid=2000), dial_early=True)
+            while not (await next_datagram(silent))[0] & 0x80:  # probes, then the Initial
+                pass
+            assert traversal.early is not None and a.udp.replay_first_flight(target)
+            await a.udp.sendto(MARKER, target)
+            while await next_datagram(silent) != MARKER:  # the rest, and the replayed copy
+                pass
+            await service.close(traversal.id)
+            await traversal.early.done.wait()
+            assert traversal.early.connection is None
+            assert not a.udp.replay_first_flight(target)  # the dial is gone
+            await a.udp.sendto(MARKER, target)
+            assert await next_datagram(silent) == MARKER  # nothing came before it

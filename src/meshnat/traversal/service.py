@@ -249,6 +249,8 @@ class TraversalService:
             traversal.claim = None
         traversal.running.cancel()
         traversal.stop()
+        if traversal.early is not None:  # its window's timer was the driver's, gone now
+            self._handover.abandon_early(traversal, traversal.early.remote)
         if traversal.connection is None or traversal.connection.is_closed:
             await self._handover.close_listener(traversal)
 
