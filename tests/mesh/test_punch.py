@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 
 import pytest
@@ -26,6 +27,7 @@ from meshnat.punch.birthday import HardSideSession, SendFrom
 from meshnat.punch.health import HealthConfig
 from meshnat.punch.messages import MappingHint, Probe
 from meshnat.relay import RelayClient, RelayService
+from meshnat.traversal.carrier import SharedPort
 from tests.support.fake_reflectors import LOOPBACK
 
 
@@ -151,3 +153,27 @@ async def test_birthday_probing_succeeds_when_nothing_of_the_hard_side_but_its_d
             assert result.transport == "udp" and not is_relayed(result.connection)
             assert result.remote is not None and result.remote.port not in [
                 e.port for e in b.local_endpoints("udp")]  # one of the hard side's sockets
+
+
+async def test_an_early_dial_that_connects_is_the_path_when_no_probe_of_the_peer_arrives(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every probe the responder sends toward the initiator is lost, but its QUIC listener
+    answered the initiator's early Initial: that connection is the UDP path. Before, the
+    initiator waited for a probe only, so its UDP path failed ("no UDP pair answered") while
+    the responder had already taken the connection as punched, and TCP, started when UDP
+    heard nothing, won here on loopback."""
+    easy = PunchConfig(mapping=MappingHint.ENDPOINT_INDEPENDENT)
+    with trio.fail_after(20):
+        async with AsyncExitStack() as stack:
+            _, a, b, puncher = await relayed_pair(stack, easy, easy)
+            deaf = SharedPort.run
+
+            async def run(self: SharedPort, on_probe: Callable[..., None]) -> None:
+                if self._node is a:  # the initiator hears no probe at all
+                    await trio.sleep_forever()
+                await deaf(self, on_probe)
+
+            monkeypatch.setattr(SharedPort, "run", run)
+            result = await puncher.punch(b.peer_id)
+            assert result.transport == "udp" and not is_relayed(result.connection)
+            assert result.remote in b.local_endpoints("udp")

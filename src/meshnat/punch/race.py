@@ -40,7 +40,9 @@ from meshnat.punch.results import PathOpened, Punched
 from meshnat.punch.udp import punch_udp, punch_udp_many
 from meshnat.traversal import PairState, TraversalService
 from meshnat.traversal.budget import SendBudget, tcp_dial_bytes
+from meshnat.traversal.pairs import PortPair
 from meshnat.traversal.scope import admit_candidates, peer_scopes
+from meshnat.traversal.session import Traversal
 from meshnat.traversal.sources import direct_ips, own_endpoints, peer_ips
 
 log = logging.getLogger(__name__)
@@ -183,13 +185,18 @@ class PathRace:
                 if remote is not None:
                     local = node.listen_endpoint("udp", remote.ip.version)
                 return PathOpened(local, remote or local, 0, conn)
-            try:  # the peer's first probe is enough to dial: it came from where QUIC goes
-                pair = await self._traversals.wait_for(traversal.id, PairState.ALIVE,
-                                                       plan.path_timeout, or_heard=True)
-            except PeerTimeout as exc:
+            # the peer's first probe is enough to dial (it came from where QUIC goes), and an
+            # early dial that connected is the path (the peer's probes may all have been lost)
+            found = await self._heard_or_early(traversal, plan.path_timeout)
+            if found is None:
                 raise PunchFailed(f"no UDP pair answered within {plan.path_timeout} s",
-                                  probes_sent=traversal.probes_sent) from exc
+                                  probes_sent=traversal.probes_sent)
             heard.set()
+            if not isinstance(found, PortPair):
+                assert traversal.early is not None
+                local = node.listen_endpoint("udp", traversal.early.remote.ip.version)
+                return PathOpened(local, traversal.early.remote, traversal.probes_sent, found)
+            pair = found
             await self._traversals.take(pair.id, initiate=True, on_heard=True, tell_peer=False)
             conn = await self._traversals.connect(pair.id)
             local = node.listen_endpoint("udp", pair.remote.ip.version)
@@ -198,6 +205,30 @@ class PathRace:
         finally:
             with trio.CancelScope(shield=True), contextlib.suppress(UnknownPair):
                 await self._traversals.close(traversal.id)  # its connection stays
+
+    async def _heard_or_early(self, traversal: Traversal,
+                              timeout: float) -> PortPair | INetConn | None:
+        """The first pair the peer was heard on (or alive), or the early dial's connection
+        if it is up first; None when neither came within `timeout` seconds."""
+        found: list[PortPair | INetConn] = []
+        async with trio.open_nursery() as nursery:
+            async def heard() -> None:
+                with contextlib.suppress(PeerTimeout):
+                    found.append(await self._traversals.wait_for(
+                        traversal.id, PairState.ALIVE, timeout, or_heard=True))
+                nursery.cancel_scope.cancel()
+
+            async def early() -> None:
+                while traversal.early is None:  # set once the driver made the dial
+                    await traversal.changed.wait()
+                await traversal.early.done.wait()
+                if traversal.early.connection is not None:
+                    found.append(traversal.early.connection)
+                    nursery.cancel_scope.cancel()
+
+            nursery.start_soon(heard)
+            nursery.start_soon(early)
+        return found[0] if found else None
 
     async def _signal_heard(self, traversal_id: str, heard: trio.Event, timeout: float) -> None:
         """Set `heard` once the traversal heard the peer (within `timeout` seconds)."""
