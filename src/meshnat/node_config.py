@@ -86,8 +86,9 @@ class NodeConfig:
     the mesh's published record carries the confirmed mappings (ConfigError with neither)."""
 
     port_mapping_helpers: tuple[PeerInfo, ...] = ()
-    """Peers running ProbeHelperService that confirm the mapper's mappings by a dial-back
-    (given, they are used instead of the mesh's reflectors)."""
+    """Peers that confirm the mapper's mappings by a dial-back, running ProbeHelperService
+    (UDP) and DialBackService (TCP; `meshnat reflector` and `meshnat relay` run both); given,
+    they are used instead of the mesh's reflectors."""
     bootstrap: tuple[str, ...] = ()
     """Multiaddrs (ending in /p2p/<peer id>) of mesh nodes to join through; given (or with
     `mesh`), the node organizes itself (`meshnat.mesh.Mesh`) and `connect(peer_id)` works."""

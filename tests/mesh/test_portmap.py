@@ -18,14 +18,15 @@ import trio
 from meshnat import MeshNode, NodeConfig
 from meshnat._libp2p import PeerInfo
 from meshnat.classify import ProbeHelperService
-from meshnat.classify.service import dial_back_tcp
 from meshnat.connect import ConnectConfig, Connector
-from meshnat.endpoint import Endpoint
 from meshnat.errors import ConfigError
 from meshnat.mesh import MeshConfig, Reachability
+from meshnat.mesh.dialback import DialBackService
+from meshnat.mesh.messages import DialBackRequest
 from meshnat.portmap import MappingProtocol, PortMapConfig, PortMapper
 from meshnat.portmap.natpmp import SERVER_PORT
 from meshnat.records.authority import RecordAuthority
+from meshnat.wire.error_response import ErrorCode, ErrorResponse
 from tests.support.fake_reflectors import nodes
 
 GATEWAYS = [IPv4Address(f"127.0.9.{n}") for n in range(1, 65)]
@@ -51,8 +52,8 @@ async def gateway_socket() -> AsyncIterator[tuple[trio.socket.SocketType, IPv4Ad
 
 
 async def fake_gateway(sock: trio.socket.SocketType, port_offset: int,
-                       requests: list[bytes]) -> None:
-    """Answers NAT-PMP like a router: external IP 127.0.0.1, the internal port plus
+                       requests: list[bytes], external_ip: str = "127.0.0.1") -> None:
+    """Answers NAT-PMP like a router: external IP `external_ip`, the internal port plus
     `port_offset` as external port (an offset: a router that lies about forwarding)."""
     epoch = 1000
     while True:
@@ -60,7 +61,7 @@ async def fake_gateway(sock: trio.socket.SocketType, port_offset: int,
         requests.append(data)
         epoch += 1
         if data == b"\x00\x00":
-            reply = struct.pack("!BBHI4s", 0, 128, 0, epoch, IPv4Address("127.0.0.1").packed)
+            reply = struct.pack("!BBHI4s", 0, 128, 0, epoch, IPv4Address(external_ip).packed)
         else:
             _, op, _, internal, _, lifetime = struct.unpack("!BBHHHI", data)
             external = internal + port_offset if lifetime else 0
@@ -77,6 +78,7 @@ async def test_a_mapping_is_advertised_only_once_a_dial_back_reached_it(lies: bo
                 trio.open_nursery() as nursery):
         nursery.start_soon(fake_gateway, gateway_sock, 7 if lies else 0, requests)
         await helper_node.mount(ProbeHelperService())
+        await helper_node.mount(DialBackService())
         authority = await client.mount(RecordAuthority())
         config = PortMapConfig(protocols=(MappingProtocol.NATPMP,), gateway=gateway,
                                verify_timeout=4.0)
@@ -128,14 +130,43 @@ async def test_a_mapping_that_does_not_answer_falls_through_to_the_direct_rung()
         assert path.attempts[0].startswith("mapped: ")
 
 
-async def test_a_tcp_dial_back_goes_only_to_the_requesters_own_address() -> None:
-    async with nodes(2) as (a, b):
-        helper = await b.mount(ProbeHelperService())
-        elsewhere = Endpoint(IPv4Address("127.0.0.5"), a.listen_endpoint("tcp").port)
-        with trio.fail_after(10):
-            assert await dial_back_tcp(a, b.peer_info(), elsewhere) is None  # refused
-            assert await dial_back_tcp(a, b.peer_info(), a.listen_endpoint("tcp")) is True
-        assert helper.refused == 1 and helper.probes_sent == 1
+class _Answers(DialBackService):
+    """Notes each request it answers and its answer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answered: list[tuple[DialBackRequest, object]] = []
+        self.first = trio.Event()
+
+    async def _answer(self, node: MeshNode, peer: object, req: DialBackRequest,
+                      stream: object) -> object:
+        answer = await super()._answer(node, peer, req, stream)  # type: ignore[arg-type]
+        self.answered.append((req, answer))
+        self.first.set()
+        return answer
+
+
+async def test_a_tcp_mapping_elsewhere_than_the_helper_sees_the_node_is_never_dialled() -> None:
+    # the gateway claims the external IP 127.0.0.5; the helper sees the node at 127.0.0.1: it
+    # refuses the check and dials nothing (neither there nor at 127.0.0.5), nothing is confirmed
+    async with (gateway_socket() as (gateway_sock, gateway),
+                MeshNode(NodeConfig(listen_ip="127.0.0.1")) as client,
+                MeshNode(NodeConfig(listen_ip="127.0.0.2")) as helper_node,
+                trio.open_nursery() as nursery):
+        nursery.start_soon(fake_gateway, gateway_sock, 0, [], "127.0.0.5")
+        helper = await helper_node.mount(_Answers())
+        config = PortMapConfig(protocols=(MappingProtocol.NATPMP,), transports=("tcp",),
+                               gateway=gateway)
+        mapper = await client.mount(PortMapper(config, helpers=[helper_node.peer_info()]))
+        with trio.fail_after(20):
+            await helper.first.wait()
+        request, answer = helper.answered[0]
+        assert request.ip == IPv4Address("127.0.0.5") and request.udp_port is None
+        assert request.tcp_port == client.listen_endpoint("tcp").port
+        assert isinstance(answer, ErrorResponse) and answer.code is ErrorCode.FORBIDDEN_TARGET
+        assert helper.dialled == 0 and mapper.confirmed() == []
+        await client.unmount(mapper)
+        nursery.cancel_scope.cancel()
 
 
 async def test_a_gateway_that_refuses_pcp_mappings_is_asked_by_nat_pmp_next() -> None:

@@ -12,8 +12,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from meshnat.classify.messages import (
-    DialBackRequest,
-    DialBackResult,
     InfoRequest,
     InfoResponse,
     ProbeAck,
@@ -29,6 +27,7 @@ from meshnat.errors import (
     UnexpectedMessage,
     UnsupportedVersion,
 )
+from meshnat.mesh.messages import DialBackProof, DialBackRequest, DialBackResponse
 from meshnat.punch.messages import MappingHint, Offer, Probe, Sync
 from meshnat.reflection.messages import (
     ObserveRequest,
@@ -70,9 +69,10 @@ GOLDEN = {
     "classify_probe_request": ProbeRequest(TXID, Endpoint(ip_address("198.18.0.20"), 4001)),
     "classify_probe_ack": ProbeAck(TXID),
     "classify_probe_datagram": ProbeDatagram(TXID),
-    "classify_dial_back_request": DialBackRequest(TXID, Endpoint(ip_address("11.18.0.10"),
-                                                                 4001)),
-    "classify_dial_back_result": DialBackResult(TXID, reached=True),
+    "dialback_request": DialBackRequest(TXID, 4001, 4001),
+    "dialback_request_ip": DialBackRequest(TXID, 4001, None, ip_address("11.18.0.10")),
+    "dialback_response": DialBackResponse(TXID, True, False),
+    "dialback_proof": DialBackProof(TXID),
     "punch_offer": Offer(TXID, (Endpoint(ip_address("198.18.0.20"), 4001),),
                          (Endpoint(ip_address("10.1.0.10"), 4001),),
                          MappingHint.ENDPOINT_INDEPENDENT, public=True, turnaround=1500),

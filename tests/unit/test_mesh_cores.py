@@ -4,7 +4,10 @@ record store's bounds and the record validator."""
 from __future__ import annotations
 
 import time
+from ipaddress import ip_address
 
+import cbor2
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from libp2p.crypto.ed25519 import create_new_key_pair
@@ -13,6 +16,7 @@ from multiaddr import Multiaddr
 from meshnat._libp2p import ID
 from meshnat._libp2p.dht import RecordValidator, record_key
 from meshnat.endpoint import Endpoint
+from meshnat.errors import MalformedMessage
 from meshnat.mesh.addresses import Observed, observed_addrs
 from meshnat.mesh.autorelay import AutoRelay, RelayOption
 from meshnat.mesh.messages import DialBackProof, DialBackRequest, DialBackResponse
@@ -192,5 +196,14 @@ def test_record_keys_fit_find_node_and_the_validator_picks_the_newest_valid_one(
 
 def test_dial_back_messages_round_trip() -> None:
     for message in (DialBackRequest(new_txid(), 4001, None), DialBackRequest(new_txid(), None, 9),
+                    DialBackRequest(new_txid(), 4001, None, ip_address("198.18.0.20")),
+                    DialBackRequest(new_txid(), 4001, None, ip_address("2001:db8::1")),
                     DialBackResponse(new_txid(), True, None), DialBackProof(new_txid())):
         assert decode(encode(message), type(message)) == message
+
+
+@pytest.mark.parametrize("raw", [b"", bytes(3), bytes(5), bytes(15), bytes(17), "10.0.0.1", 4])
+def test_a_dial_back_request_ip_of_any_other_size_or_type_is_malformed(raw: object) -> None:
+    frame = cbor2.dumps({0: 1, 1: int(DialBackRequest.TYPE), 2: bytes(16), 8: 4001, 12: raw})
+    with pytest.raises(MalformedMessage):
+        decode(frame, DialBackRequest)

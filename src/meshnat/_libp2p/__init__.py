@@ -51,7 +51,6 @@ from meshnat._libp2p.connections import (
     wait_streams_closed,
     watch_connections,
 )
-from meshnat._libp2p.dial import dial_back_tcp
 from meshnat._libp2p.host import (
     close_connections,
     concrete_addrs,
@@ -131,7 +130,6 @@ __all__ = [
     "connection_reports",
     "connections_to",
     "describe_connection",
-    "dial_back_tcp",
     "dial_quic_from",
     "dial_tcp_from",
     "enable_quic_dial_with_source",

@@ -11,12 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 import multiaddr
-import trio
 from libp2p.abc import INetConn, INetwork
 from libp2p.peer.id import ID
-
-from meshnat._libp2p.streams import map_peer_errors
-from meshnat.errors import MeshNatError
 
 
 async def dial_once(network: INetwork, address: multiaddr.Multiaddr, peer: ID,
@@ -25,22 +21,3 @@ async def dial_once(network: INetwork, address: multiaddr.Multiaddr, peer: ID,
     swarm: Any = network
     conn: INetConn = await swarm._dial_addr_single_attempt(address, peer, source)
     return conn
-
-
-async def dial_back_tcp(network: INetwork, peer: ID, ip: str, port: int, timeout: float) -> bool:
-    """One fresh TCP connection to `peer` at `ip:port` (Noise proves who answers it), closed
-    again at once: True if `peer` answered there within `timeout` seconds. A router port
-    mapping's confirmation; the caller checks that `ip` is the requester's own."""
-    proto = "ip6" if ":" in ip else "ip4"
-    address = multiaddr.Multiaddr(f"/{proto}/{ip}/tcp/{port}")
-    conn: INetConn | None = None
-    try:
-        with map_peer_errors("dial-back", timeout), trio.fail_after(timeout):
-            conn = await dial_once(network, address, peer)
-            return bool(conn.muxed_conn.peer_id == peer)
-    except MeshNatError:
-        return False
-    finally:
-        if conn is not None:
-            with trio.CancelScope(shield=True), trio.move_on_after(1.0):
-                await conn.close()

@@ -1,9 +1,9 @@
 """`ProbeHelperService`: what a reflector offers classifying nodes.
 
 A second UDP socket that answers observe requests (so a client can test mapping across two
-ports of one IP), and `/meshnat/classify/1.0.0`: tell the second port, and send probe
-datagrams into a requester's mapping from a fresh port (filtering tests), or dial the
-requester's TCP mapping once (a port mapping's confirmation). Probes only ever go to the
+ports of one IP), and `/meshnat/classify/1.1.0`: tell the second port, and send probe
+datagrams into a requester's mapping from a fresh port (filtering tests, and a UDP port
+mapping's confirmation; a TCP mapping's is `/meshnat/dialback`). Probes only ever go to the
 requester's own IP address, at most `probe_copies` tiny datagrams per request,
 rate-limited per peer: the service cannot be used to send traffic at a third party.
 
@@ -23,8 +23,6 @@ import trio
 from meshnat import _libp2p
 from meshnat._libp2p import INetStream, TaskStatus, TProtocol
 from meshnat.classify.messages import (
-    DialBackRequest,
-    DialBackResult,
     InfoRequest,
     InfoResponse,
     ProbeAck,
@@ -43,7 +41,7 @@ from meshnat.wire.error_response import ErrorCode, ErrorResponse, refusal_for
 
 log = logging.getLogger(__name__)
 
-CLASSIFY_PROTOCOL = TProtocol("/meshnat/classify/1.0.0")
+CLASSIFY_PROTOCOL = TProtocol("/meshnat/classify/1.1.0")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -72,15 +70,11 @@ class ProbeHelperConfig:
     stream_timeout: float = 5.0
     """Seconds a requester has to send its request."""
 
-    dial_back_timeout: float = 3.0
-    """Seconds for the one TCP connection of a dial-back (within `stream_timeout`)."""
-
     def __post_init__(self) -> None:
         require_in_range(self, 0, 65535, "alt_port")
         require_in_range(self, 1, 10**6, "probe_burst", "network_burst")
         require_in_range(self, 1, 4, "probe_copies")
-        require_positive(self, "probe_rate", "network_rate", "stream_timeout",
-                         "dial_back_timeout")
+        require_positive(self, "probe_rate", "network_rate", "stream_timeout")
 
 
 class ProbeHelperService:
@@ -170,16 +164,14 @@ class ProbeHelperService:
         try:
             with _libp2p.map_peer_errors("classify", timeout), trio.fail_after(timeout):
                 frame = await _libp2p.read_frame(stream)
-                reply: InfoResponse | ProbeAck | DialBackResult | ErrorResponse
+                reply: InfoResponse | ProbeAck | ErrorResponse
                 try:
-                    request = decode(frame, InfoRequest, ProbeRequest, DialBackRequest)
+                    request = decode(frame, InfoRequest, ProbeRequest)
                 except RemoteProtocolError as exc:  # answered, so the peer learns why
                     reply = refusal_for(exc)
                 else:
                     if isinstance(request, InfoRequest):
                         reply = InfoResponse(request.txid, self.alt_port)
-                    elif isinstance(request, DialBackRequest):
-                        reply = await self._dial_back(request, stream)
                     else:
                         reply = await self._probe(request, stream)
                 await _libp2p.write_frame(stream, encode(reply))
@@ -189,7 +181,7 @@ class ProbeHelperService:
             await _libp2p.reset_quietly(stream)
 
     def _refusal(self, request: ProbeRequest, stream: INetStream) -> ErrorResponse | None:
-        """Probes and dial-backs go only to the requester's own IP, within the rate limits."""
+        """Probes go only to the requester's own IP, within the rate limits."""
         requester = _libp2p.remote_endpoint(stream)
         peer = str(_libp2p.stream_peer(stream))
         if requester is None or requester.ip != request.target.ip:
@@ -202,19 +194,6 @@ class ProbeHelperService:
             self.refused += 1
             return ErrorResponse(request.txid, ErrorCode.RATE_LIMITED, "too many probes")
         return None
-
-    async def _dial_back(self, request: DialBackRequest, stream: INetStream
-                         ) -> DialBackResult | ErrorResponse:
-        refused = self._refusal(request, stream)
-        if refused is not None:
-            return refused
-        assert self._node is not None
-        reached = await _libp2p.dial_back_tcp(
-            self._node.host.get_network(), _libp2p.stream_peer(stream),
-            str(request.target.ip), request.target.port, self.config.dial_back_timeout)
-        self.probes_sent += 1
-        log.debug("classify: dial-back to %s: %s", request.target, reached)
-        return DialBackResult(request.txid, reached)
 
     async def _probe(self, request: ProbeRequest, stream: INetStream) -> ProbeAck | ErrorResponse:
         refused = self._refusal(request, stream)

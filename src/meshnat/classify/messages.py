@@ -1,9 +1,9 @@
-"""Wire messages of `/meshnat/classify/1.0.0` (docs/protocols/classify.md).
+"""Wire messages of `/meshnat/classify/1.1.0` (docs/protocols/classify.md).
 
 Over a stream a classifying node asks a reflector for its second UDP port (`InfoRequest`) or
-to send a `ProbeDatagram` into the node's UDP mapping from a fresh port (`ProbeRequest`), or
-to dial the node's TCP mapping and say whether the node answered there (`DialBackRequest`,
-answered by `DialBackResult`: a router port mapping's confirmation).
+to send a `ProbeDatagram` into the node's UDP mapping from a fresh port (`ProbeRequest`).
+Types 21 and 22 (1.0.0's TCP dial-back) are retired: a TCP mapping is confirmed over
+`/meshnat/dialback` (`meshnat.mesh.dialback`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import ClassVar, Self
 from meshnat.endpoint import Endpoint
 from meshnat.wire.codec import Fields, TxidOnly
 
-ALT_PORT, TARGET, REACHED = 8, 9, 10
+ALT_PORT, TARGET = 8, 9
 
 
 class MsgType(IntEnum):
@@ -24,8 +24,6 @@ class MsgType(IntEnum):
     PROBE_REQUEST = 18
     PROBE_ACK = 19
     PROBE_DATAGRAM = 20
-    DIAL_BACK_REQUEST = 21
-    DIAL_BACK_RESULT = 22
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,27 +81,3 @@ class ProbeDatagram(TxidOnly):
     """An unsolicited datagram (filtering test) or one sent to oneself (hairpin test)."""
 
     TYPE: ClassVar[MsgType] = MsgType.PROBE_DATAGRAM
-
-
-@dataclass(frozen=True, slots=True)
-class DialBackRequest(ProbeRequest):
-    """Open one libp2p TCP connection to `target` and check that the requester answers there
-    (Noise proves it). Honoured only when `target` has the requester's own IP address."""
-
-    TYPE: ClassVar[MsgType] = MsgType.DIAL_BACK_REQUEST
-
-
-@dataclass(frozen=True, slots=True)
-class DialBackResult:
-    """Whether the dial-back for `txid` reached the requester."""
-
-    TYPE: ClassVar[MsgType] = MsgType.DIAL_BACK_RESULT
-    txid: bytes
-    reached: bool
-
-    def to_fields(self) -> dict[int, object]:
-        return {REACHED: int(self.reached)}
-
-    @classmethod
-    def from_fields(cls, txid: bytes, f: Fields) -> Self:
-        return cls(txid, f.pop_int(REACHED, lo=0, hi=1) == 1)

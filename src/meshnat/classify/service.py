@@ -21,8 +21,6 @@ from meshnat.classify.classifier import (
 )
 from meshnat.classify.helper import CLASSIFY_PROTOCOL
 from meshnat.classify.messages import (
-    DialBackRequest,
-    DialBackResult,
     InfoRequest,
     InfoResponse,
     ProbeAck,
@@ -114,21 +112,6 @@ async def dial_back(node: MeshNode, peer: PeerInfo, target: Endpoint,
     mapping or a forwarded port that really works)."""
     run = _Run(node, config or ClassifierConfig(), target.ip.version)
     return await run.unsolicited(peer, target, "dial-back")
-
-
-async def dial_back_tcp(node: MeshNode, peer: PeerInfo, target: Endpoint,
-                        timeout: float = 5.0) -> bool | None:
-    """Ask `peer` (a ProbeHelperService) to open one TCP connection to `target`, one of this
-    node's own public endpoints: None if it would not, else whether this node answered there
-    (the helper's Noise handshake proves it was this node)."""
-    try:
-        result = await request(node, peer, CLASSIFY_PROTOCOL,
-                               DialBackRequest(new_txid(), target), DialBackResult,
-                               timeout=timeout)
-    except MeshNatError as exc:
-        log.debug("classify: no TCP dial-back from %s: %s", peer.peer_id, exc)
-        return None
-    return result.reached
 
 
 class _Run:
@@ -300,6 +283,6 @@ class _Run:
         return _libp2p.first_datagram(self.node.udp, ProbeDatagram, txid)
 
     async def request(self, peer: PeerInfo, message: Message, expected: type[M]) -> M:
-        """One request/response over a fresh `/meshnat/classify/1.0.0` stream."""
+        """One request/response over a fresh `/meshnat/classify/1.1.0` stream."""
         return await request(self.node, peer, CLASSIFY_PROTOCOL, message, expected,
                              timeout=self.config.query_timeout, version=self.version)

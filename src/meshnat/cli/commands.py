@@ -23,6 +23,7 @@ from meshnat.classify import (
 )
 from meshnat.discovery import DiscoveryConfig, PeerAddressDiscovery
 from meshnat.errors import ConfigError, InsufficientResponses, NoConsensus
+from meshnat.mesh.dialback import DialBackService
 from meshnat.node import MeshNode, NodeConfig
 from meshnat.paths import PathKind
 from meshnat.reflection import ReflectionService
@@ -131,6 +132,7 @@ async def run_reflector(args: argparse.Namespace, out: Output) -> int:
     async with MeshNode(config) as node:
         reflection = await node.mount(ReflectionService())
         await node.mount(ProbeHelperService(ProbeHelperConfig(alt_port=args.alt_port)))
+        await node.mount(DialBackService())  # a port mapping's TCP confirmation
         if args.relay:
             await node.mount(RelayService())
         if args.rendezvous:

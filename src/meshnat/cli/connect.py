@@ -30,6 +30,7 @@ from meshnat.discovery.mapping import MappingHints, discover_mapping
 from meshnat.echo import EchoService, echo
 from meshnat.errors import MeshNatError
 from meshnat.events import EventSink, MeshEvent, PunchAbandoned, ignore_events
+from meshnat.mesh.dialback import DialBackService
 from meshnat.node import MeshNode, NodeConfig
 from meshnat.paths import PathKind
 from meshnat.portmap import (
@@ -63,7 +64,8 @@ async def run_relay(args: argparse.Namespace, out: Output) -> int:
         circuit_bytes=args.circuit_bytes, circuit_duration=args.circuit_duration)
     async with MeshNode(config) as node:
         for service in (RelayService(limits), ReflectionService(),
-                        ProbeHelperService(ProbeHelperConfig(alt_port=args.alt_port))):
+                        ProbeHelperService(ProbeHelperConfig(alt_port=args.alt_port)),
+                        DialBackService()):  # a port mapping's TCP confirmation
             await node.mount(service)
         if args.rendezvous:
             await node.mount(RendezvousService())

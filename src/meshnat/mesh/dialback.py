@@ -1,12 +1,17 @@
-"""`/meshnat/dialback/1.0.0`: is this node reachable from the mesh? Ask a peer to dial back.
+"""`/meshnat/dialback/1.1.0`: is this node reachable? Ask a peer to dial back.
 
+Two uses: the mesh's reachability (the listen ports) and a router port mapping's confirmation
+(`PortMapper`: the mapped port, at the mapping's external IP, which the request names so the
+dialler refuses if it sees the requester elsewhere).
 Amplification-safe: the peer dials only the IP its request arrived from (never an address
 the requester names), only over a direct connection, one handshake per transport per request,
-rate-limited per source network, and from a fresh port (never its listening socket: the
-requester's NAT would let that in through the mapping of the requester's own connection to
-it). Over each connection it made, the peer sends the request's id (`DialBackProof`); the
-requester believes only that: an inbound connection, authenticated as the peer by Noise or
-TLS, carrying the id of its own request. Both ends then close it.
+rate-limited per peer and per source network, and from a fresh port (never its listening
+socket: the requester's NAT would let that in through the mapping of the requester's own
+connection to it). Over each connection it made, the peer sends the request's id
+(`DialBackProof`); the requester believes only that: an inbound connection, authenticated as
+the peer by Noise or TLS, carrying the id of its own request. Both ends then close it.
+Several services may be mounted on one node (a mesh's and a port mapper's): they share the
+requests waiting for proofs, and one serves the protocol at a time.
 The service also marks a mesh member: peers that speak it are meshnat nodes (`_libp2p.dht`).
 """
 
@@ -14,7 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Mapping
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import multiaddr
 import trio
@@ -39,7 +47,7 @@ from meshnat.wire.error_response import ErrorCode, ErrorResponse, refusal_for
 
 log = logging.getLogger(__name__)
 
-DIALBACK_PROTOCOL = TProtocol("/meshnat/dialback/1.0.0")
+DIALBACK_PROTOCOL = TProtocol("/meshnat/dialback/1.1.0")
 DIAL_TIMEOUT = 5.0
 """Seconds one dial back (connection and proof) may take."""
 WITNESS_GRACE = 2.0
@@ -48,23 +56,47 @@ WITNESS_GRACE = 2.0
 _Proof = tuple[str, Any]  # (transport, the muxed connection that carried the proof)
 
 
-class DialBackService:
-    """Answers dial-back requests (at most `rate` per second per source network) and asks
-    peers for them (`dial_back`)."""
+class _Shared:
+    """What the services mounted on one node share: the requests waiting for proofs, and the
+    services serving, the one that answers requests (the latest that does) handling streams."""
 
-    def __init__(self, *, rate: float = 0.5, burst: int = 4) -> None:
-        self._limit = RateLimiter(rate=rate, burst=burst)
-        self._waiting: dict[bytes, tuple[ID, trio.MemorySendChannel[_Proof]]] = {}
+    def __init__(self) -> None:
+        self.waiting: dict[bytes, tuple[ID, trio.MemorySendChannel[_Proof]]] = {}
+        self.serving: list[DialBackService] = []
+
+    def install(self, node: MeshNode) -> None:
+        if not self.serving:
+            node.host.remove_stream_handler(DIALBACK_PROTOCOL)
+            return
+        answering = [s for s in self.serving if s.answers] or self.serving
+        node.host.set_stream_handler(DIALBACK_PROTOCOL, _libp2p.guarded_handler(
+            "dialback", answering[-1]._handle))
+
+
+_SHARED: WeakKeyDictionary[MeshNode, _Shared] = WeakKeyDictionary()
+
+
+class DialBackService:
+    """Answers dial-back requests (at most `rate` per second per peer and per source network;
+    with `answers=False` it refuses them) and asks peers for them (`dial_back`)."""
+
+    def __init__(self, *, rate: float = 0.5, burst: int = 4, answers: bool = True) -> None:
+        self._limits = (RateLimiter(rate=rate, burst=burst), RateLimiter(rate=rate, burst=burst))
+        self.answers = answers
         self._node: MeshNode | None = None
         self.dialled = 0
 
     async def serve(self, node: MeshNode, *, task_status: TaskStatus[None]) -> None:
+        shared = _SHARED.setdefault(node, _Shared())
         self._node = node
+        shared.serving.append(self)
         try:
-            with _libp2p.handling(node.host, DIALBACK_PROTOCOL, "dialback", self._handle):
-                task_status.started()
-                await trio.sleep_forever()
+            shared.install(node)
+            task_status.started()
+            await trio.sleep_forever()
         finally:
+            shared.serving.remove(self)
+            shared.install(node)
             self._node = None
 
     def _mounted(self) -> MeshNode:
@@ -97,11 +129,18 @@ class DialBackService:
 
     async def _answer(self, node: MeshNode, peer: ID, req: DialBackRequest,
                       stream: INetStream) -> DialBackResponse | ErrorResponse:
+        if not self.answers:
+            return ErrorResponse(req.txid, ErrorCode.UNAVAILABLE, "no dial-backs from here")
         observed = _libp2p.remote_endpoint(stream)
         if observed is None:
             return ErrorResponse(req.txid, ErrorCode.FORBIDDEN_TARGET,
                                  "dial-back needs a direct connection")
-        if not self._limit.allow(network_of(observed.ip), trio.current_time()):
+        if req.ip is not None and req.ip != observed.ip:
+            return ErrorResponse(req.txid, ErrorCode.FORBIDDEN_TARGET,
+                                 "dial-backs go only to the address the request comes from")
+        now, (per_peer, per_network) = trio.current_time(), self._limits
+        if not (per_peer.allow(str(peer), now)
+                and per_network.allow(network_of(observed.ip), now)):
             return ErrorResponse(req.txid, ErrorCode.RATE_LIMITED, "too many requests")
         proto = "ip6" if observed.ip.version == 6 else "ip4"
         tcp = udp = None
@@ -147,7 +186,7 @@ class DialBackService:
     # --- the requester's side ------------------------------------------------------------
 
     def _proved(self, peer: ID, proof: DialBackProof, stream: INetStream) -> None:
-        waiting = self._waiting.get(proof.txid)
+        waiting = _SHARED[self._mounted()].waiting.get(proof.txid)
         if waiting is None or waiting[0] != peer or _libp2p.is_relayed(stream):
             log.debug("dialback: unexpected proof from %s", peer)
             return
@@ -158,15 +197,20 @@ class DialBackService:
             with contextlib.suppress(trio.WouldBlock):
                 waiting[1].send_nowait((_libp2p.transport_of(stream), muxed))
 
-    async def dial_back(self, peer: PeerInfo, *, timeout: float = 15.0) -> set[str]:
+    async def dial_back(self, peer: PeerInfo, *, timeout: float = 15.0,
+                        ports: Mapping[str, int] | None = None,
+                        ip: IPv4Address | IPv6Address | None = None) -> set[str]:
         """Ask `peer` to dial this node back: the transports (`tcp`, `udp`) on which it did,
-        as proved over the connections it made. Raises PeerUnavailable, PeerTimeout,
-        PeerRefused or another RemoteProtocolError."""
+        as proved over the connections it made. `ports`: per transport, the port to dial
+        (default: the listen ports); `ip`: where `peer` must see this node (else it refuses).
+        Raises PeerUnavailable, PeerTimeout, PeerRefused or another RemoteProtocolError."""
         node = self._mounted()
-        ports = {t: e.port for t in ("tcp", "udp") for e in node.local_endpoints(t)[:1]}
-        message = DialBackRequest(new_txid(), ports.get("tcp"), ports.get("udp"))
+        if ports is None:
+            ports = {t: e.port for t in ("tcp", "udp") for e in node.local_endpoints(t)[:1]}
+        message = DialBackRequest(new_txid(), ports.get("tcp"), ports.get("udp"), ip)
         send, proofs = trio.open_memory_channel[_Proof](4)
-        self._waiting[message.txid] = (peer.peer_id, send)
+        waiting = _SHARED[node].waiting
+        waiting[message.txid] = (peer.peer_id, send)
         witnessed: set[str] = set()
         conns: list[Any] = []
         try:
@@ -182,7 +226,7 @@ class DialBackService:
                     conns.append(conn)
             return witnessed
         finally:
-            del self._waiting[message.txid]
+            del waiting[message.txid]
             with trio.CancelScope(shield=True), trio.move_on_after(DIAL_TIMEOUT):
                 for conn in conns:
                     await conn.close()

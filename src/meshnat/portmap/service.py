@@ -4,13 +4,15 @@ advertises the ones a mesh peer confirmed.
 Mounted on a MeshNode it finds the gateway (the default route's), probes PCP and NAT-PMP at
 once (`GatewayProbe`), and runs one `MappingSession` per listen port with the best of them,
 or UPnP-IGD through miniupnpc when neither answers. A granted mapping is advertised only once
-a dial-back proved it: a helper peer (ProbeHelperService) sends a datagram from a fresh port
-to the mapped UDP endpoint, or opens one libp2p TCP connection to the mapped TCP endpoint
-(Noise proves this node answered), which must carry the node's own public IP (the helper
-refuses any other, so nothing is sent at a third party). A router that lies therefore
-advertises nothing. Confirmed endpoints go to the RecordAuthority as mapped addresses (first
-in the record). Mappings are renewed
-halfway to expiry, mapped again after a gateway reboot, and deleted when unmounted.
+a dial-back proved it: a helper peer sends a datagram from a fresh port to the mapped UDP
+endpoint (ProbeHelperService), or opens one libp2p TCP connection to the mapped TCP port at the
+address it sees this node at, from a fresh port, and sends the request's id over it
+(`/meshnat/dialback`, DialBackService: only that proof, over an inbound connection Noise
+authenticates as the helper, counts). Either must carry the node's own public IP, the
+mapping's external one (the helper refuses any other, so nothing is sent at a third party).
+A router that lies therefore advertises nothing. Confirmed endpoints go to the RecordAuthority
+as mapped addresses (first in the record). Mappings are renewed halfway to expiry, mapped
+again after a gateway reboot, and deleted when unmounted.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ import trio
 
 from meshnat import _libp2p
 from meshnat._libp2p import PeerInfo, TaskStatus
-from meshnat.classify.service import dial_back, dial_back_tcp
-from meshnat.endpoint import udp_source
+from meshnat.classify.service import dial_back
+from meshnat.endpoint import Endpoint, udp_source
 from meshnat.errors import MeshNatError, NotMounted, PeerUnavailable
+from meshnat.mesh.dialback import DialBackService
 from meshnat.node import MeshNode
 from meshnat.portmap import pcp
 from meshnat.portmap.config import PortMapConfig
@@ -69,8 +72,9 @@ def _random_port() -> int:
 
 
 class PortMapper:
-    """Router port mapping for a MeshNode (see the module doc). `helpers` are peers running
-    ProbeHelperService that confirm mappings; without them nothing is advertised."""
+    """Router port mapping for a MeshNode (see the module doc). `helpers` are peers that
+    confirm mappings (ProbeHelperService for UDP, DialBackService for TCP); without them
+    nothing is advertised."""
 
     def __init__(self, config: PortMapConfig | None = None, *,
                  helpers: Sequence[PeerInfo] = (), records: RecordAuthority | None = None,
@@ -89,6 +93,8 @@ class PortMapper:
         """Whether the protocol tried in this round granted anything (else: the next one)."""
         self._rechecks: trio.Nursery | None = None
         """Where `use_helpers` checks held mappings again (while serving)."""
+        self._dialback = DialBackService(answers=False)
+        """Receives the TCP dial-backs' proofs (it answers no one's requests)."""
 
     # --- public ------------------------------------------------------------------------------
 
@@ -96,6 +102,7 @@ class PortMapper:
         self._node = node
         try:
             async with trio.open_nursery() as self._rechecks:
+                await self._rechecks.start(self._dialback.serve, node)
                 task_status.started()
                 while True:
                     self._attempts += 1
@@ -347,7 +354,7 @@ class PortMapper:
             return
         verdict: bool | None = None
         with trio.move_on_after(self.config.verify_timeout):
-            check = dial_back if mapping.transport == "udp" else dial_back_tcp
+            check = dial_back if mapping.transport == "udp" else self._dial_back_tcp
             for helper in self._helpers:
                 verdict = await check(node, helper, mapping.external)
                 if verdict is not None:
@@ -366,6 +373,17 @@ class PortMapper:
         self._publish()
         self._changed.set()
         self._changed = trio.Event()
+
+    async def _dial_back_tcp(self, node: MeshNode, helper: PeerInfo, target: Endpoint
+                             ) -> bool | None:
+        """Whether `helper` reached this node at `target` (TCP): None if it would not."""
+        try:
+            proved = await self._dialback.dial_back(helper, ports={"tcp": target.port},
+                                                    ip=target.ip)
+        except MeshNatError as exc:
+            log.debug("portmap: no TCP dial-back from %s: %s", helper.peer_id, exc)
+            return None
+        return "tcp" in proved
 
     def _forget(self, transport: str) -> None:
         self._held.pop(transport, None)
