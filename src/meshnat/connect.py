@@ -114,16 +114,22 @@ class Connector:
         """
         node, _ = self._mounted()
         started = trio.current_time()
-        existing = node.connections(peer.peer_id)
-        if existing:  # a direct connection if there is one: the relayed one may be draining
-            return await self._found(existing[0], started, attempts=["existing connection"])
         attempts: list[str] = []
+        # a direct connection if there is one: the relayed one may be draining
+        for existing in node.connections(peer.peer_id):
+            path = await self._found(existing, started, attempts=["existing connection"])
+            if path is not None:
+                return path
+            attempts.append("existing connection: closed")
         direct = [a for a in peer.addrs if not _libp2p.is_circuit_addr(a) and a not in mapped]
         for kind, addrs in ((PathKind.MAPPED, list(mapped)), (PathKind.DIRECT, direct)):
             found = await self._dial_rung(peer.peer_id, addrs, kind, attempts)
             if found is not None:
-                return await self._found(found, started, attempts=[*attempts, str(kind)],
+                path = await self._found(found, started, attempts=[*attempts, str(kind)],
                                          kind=kind if kind is PathKind.MAPPED else None)
+                if path is not None:
+                    return path
+                attempts.append(f"{kind}: the connection closed at once")
         return await self._via_relays(peer.peer_id, self._relays, started, attempts,
                                       "no direct address, no relay")
 
@@ -168,8 +174,11 @@ class Connector:
                 self._upgraded[peer] = trio.Event()
                 self._supervised.add(peer)
                 nursery.start_soon(self._upgrade, peer, relays)
-            return await self._found(node.describe(conn), started,
+            path = await self._found(node.describe(conn), started,
                                      attempts=[*attempts, f"relayed via {relay.peer_id}"])
+            if path is not None:
+                return path
+            attempts.append(f"via {relay.peer_id}: the circuit closed at once")
         raise PeerUnavailable(f"no path to {peer}: " + ("; ".join(attempts) or none_tried))
 
     def last_punch(self, peer: ID) -> Punched | None:
@@ -353,7 +362,10 @@ class Connector:
         await relayed.close()
 
     async def _found(self, found: Connection, started: float, *, attempts: list[str],
-                     kind: PathKind | None = None) -> Path:
+                     kind: PathKind | None = None) -> Path | None:
+        """`found` as a Path, its RTT from one ping; None if the connection takes no new
+        stream by the end of the ping (closed, closing, GO_AWAY): a caller never hands out a
+        dying connection."""
         peer, conn, kind = found.peer, found.conn, kind or found.kind
         elapsed = trio.current_time() - started
         punched = self._punched.get(peer)
@@ -367,6 +379,9 @@ class Connector:
         except MeshNatError as exc:
             log.debug("connect: no ping answer from %s: %s", peer, exc)
             rtt = None
+        if not _libp2p.accepts_streams(conn):
+            log.debug("connect: the connection to %s closed under the ping", peer)
+            return None
         path = Path(peer, kind, found.transport, found.remote, elapsed, conn,
                     rtt=rtt, time_to_direct=time_to_direct, attempts=tuple(attempts))
         self._events(PathEstablished(str(peer), path.kind, path.transport))

@@ -302,7 +302,7 @@ class MeshNode:
         if isinstance(peer, ID):
             return await self.mesh.connect(peer)
         limit = timeout or self.config.dial_timeout
-        if self.host.get_network().get_connections(peer.peer_id):
+        if self.connections(peer.peer_id):  # one that takes new streams, not a dying one
             return None
         if not peer.addrs:
             raise ConfigError(f"no address known for {peer.peer_id}")

@@ -121,7 +121,6 @@ async def test_twenty_nodes_given_one_address_find_each_other_by_id_and_heal() -
                 node.mesh.dht._kad.value_store.put(record_key(forged_for).encode(), forged)
 
         found: dict[tuple[int, int], bytes] = {}
-        retried: list[tuple[int, int]] = []
 
         async def find_and_reach(i: int, j: int) -> None:
             try:
@@ -130,11 +129,7 @@ async def test_twenty_nodes_given_one_address_find_each_other_by_id_and_heal() -
                 raise AssertionError(f"{i} -> {j}: {exc}") from exc
             assert record.peer_id == nodes[j].peer_id and record.direct_addrs()
             assert not any(f"/{trap_ip}/" in str(a) for a in record.addrs), (i, j)  # forged
-            try:
-                found[i, j] = await reach(i, j)
-            except PeerUnavailable:  # py-libp2p sometimes hands out a dying connection
-                retried.append((i, j))  # under load ("connection closed"): once more
-                found[i, j] = await reach(i, j)
+            found[i, j] = await reach(i, j)  # first time: connect() hands out no dying one
 
         async def reach(i: int, j: int) -> bytes:
             path = await nodes[i].connect(nodes[j].peer_id)
@@ -153,7 +148,6 @@ async def test_twenty_nodes_given_one_address_find_each_other_by_id_and_heal() -
                     nursery.start_soon(from_node, i)
         assert found == {(i, j): f"{i}->{j}".encode() for i in range(len(nodes))
                          for j in range(len(nodes)) if i != j}
-        assert len(retried) <= len(found) // 10, retried
         assert await nodes[1].mesh.dht.lookup(nobody) is None
         assert not trap.connections(nodes[1].peer_id)  # the trap was never dialled
         for node in nodes:  # reflectors: confirmed public, one per network, at least three

@@ -19,7 +19,9 @@ from meshnat._libp2p import (
     reset_quietly,
     wait_closed,
 )
+from meshnat._libp2p.dial import dial_once
 from meshnat._libp2p.quic.connection import QuicConn
+from meshnat._libp2p.yamux import Yamux
 from meshnat.connect import ConnectConfig, Connector
 from meshnat.echo import ECHO_PROTOCOL, echo
 from meshnat.errors import ConfigError, PeerUnavailable
@@ -277,3 +279,46 @@ async def test_wait_connected_returns_once_any_connection_to_the_peer_opens() ->
                 await a.connect(b.peer_info())
             assert outcome == [True]
             assert await connector.wait_connected(b.peer_id, 0.0) is not None  # open already
+
+
+async def test_a_connection_told_go_away_is_never_handed_out_the_peer_is_dialled_again() -> None:
+    """Issue 15: the peer's GO_AWAY arrived (its reader has handled the frame), but the swarm
+    still lists the connection until its accept loop runs and closes it. connect() used to
+    return it, and the first stream failed ("yamux: connection closed")."""
+    async with nodes(2) as (a, b):
+        await b.mount(EchoService())
+        connector = await a.mount(Connector())
+        tcp = PeerInfo(b.peer_id, [addr for addr in b.addrs if "/tcp/" in str(addr)])
+        with trio.fail_after(10):
+            first = await connector.connect(tcp)
+            muxed = first.connection.muxed_conn
+            assert isinstance(muxed, Yamux)
+            muxed._going_away_remote()  # what the reader does with a GO_AWAY frame
+            assert first.connection in a.host.get_network().get_connections(b.peer_id)
+            assert a.connections(b.peer_id) == []  # listed, but it takes no stream
+            again = await connector.connect(tcp)
+            assert again.connection is not first.connection
+            assert await echo(a, PeerInfo(b.peer_id, []), b"live", connection=again.connection
+                              ) == b"live"
+            with pytest.raises(PeerUnavailable, match="connection closed"):
+                await echo(a, PeerInfo(b.peer_id, []), b"dead", connection=first.connection)
+
+
+async def test_more_connections_to_a_peer_never_close_one_connect_handed_out() -> None:
+    """Issue 15: py-libp2p's swarm closed a peer's least used connection beyond 3 once it was
+    20 s old, so the one connect() had just returned (no stream on it yet) was closed when the
+    peer's dial-back or a QUIC connection arrived, and the first stream failed."""
+    async with nodes(2) as (a, b):
+        await b.mount(EchoService())
+        connector = await a.mount(Connector())
+        tcp = [addr for addr in b.addrs if "/tcp/" in str(addr)]
+        with trio.fail_after(10):
+            handed_out = (await connector.connect(PeerInfo(b.peer_id, tcp))).connection
+            handed_out._created_at -= 3600  # type: ignore[attr-defined]  # past any grace
+            for _ in range(3):  # the peer's dial-back, QUIC, another dial: 4 in all
+                await dial_once(a.host.get_network(), tcp[0], b.peer_id)
+            assert len(a.host.get_network().get_connections(b.peer_id)) == 4
+            await trio.testing.wait_all_tasks_blocked()  # a close would have run by now
+            assert not handed_out.is_closed
+            assert await echo(a, PeerInfo(b.peer_id, []), b"still", connection=handed_out
+                              ) == b"still"

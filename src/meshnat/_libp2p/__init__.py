@@ -36,6 +36,7 @@ from meshnat._libp2p.bytestream import StreamBytes
 from meshnat._libp2p.connections import (
     Connection,
     PunchedConnections,
+    accepts_streams,
     connection_reports,
     connections_to,
     describe_connection,
@@ -121,6 +122,7 @@ __all__ = [
     "StreamBytes",
     "TProtocol",
     "TaskStatus",
+    "accepts_streams",
     "carried_by",
     "close_connections",
     "close_listener",

@@ -94,12 +94,23 @@ def describe_connection(conn: INetConn, sources: Sequence[PunchedConnections]) -
                       doubtful)
 
 
+def accepts_streams(conn: INetConn) -> bool:
+    """Whether a new stream may open on `conn`: neither it nor its muxer is closed or
+    closing, and the peer has not said it goes away (Yamux GO_AWAY). The swarm keeps a
+    connection listed until its own close has run, which comes a task switch or more after
+    the muxer stopped taking streams ("yamux: connection closed")."""
+    muxed = conn.muxed_conn
+    return not (conn.is_closed or muxed.is_closed
+                or not getattr(muxed, "is_established", True))
+
+
 def connections_to(host: IHost, peer: ID,
                    sources: Sequence[PunchedConnections]) -> list[Connection]:
     """The open connections to `peer`, described, best first (`paths.best_first_key`); one
-    closed but not yet dropped by the swarm is left out."""
+    that takes no new stream (closed or closing, though the swarm still lists it, or told
+    GO_AWAY by the peer) is left out (`accepts_streams`)."""
     found = [describe_connection(c, sources) for c in host.get_network().get_connections(peer)
-             if not c.is_closed]
+             if accepts_streams(c)]
     return sorted(found, key=lambda c: best_first_key(c.kind, doubtful=c.doubtful))
 
 
@@ -196,8 +207,8 @@ def watch_disconnections(host: IHost, on_disconnected: Callable[[INetConn], None
 
 
 def has_open_connection(host: IHost, peer: ID) -> bool:
-    """Whether `host` holds a connection to `peer` that is not closed."""
-    return any(not c.is_closed for c in host.get_network().get_connections(peer))
+    """Whether `host` holds a connection to `peer` that takes new streams."""
+    return any(accepts_streams(c) for c in host.get_network().get_connections(peer))
 
 
 @contextmanager

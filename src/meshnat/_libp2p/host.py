@@ -50,6 +50,10 @@ QuicStack = Literal["py-libp2p", "meshnat"]
 STREAM_IDLE_LIMIT = 24 * 3600.0
 """Seconds a QUIC stream read may wait for data; meshnat's callers apply their own timeouts."""
 
+CONNECTIONS_PER_PEER = 8
+"""Established connections a host holds to one peer, both directions together; the next is
+refused, none already open is closed (`new_libp2p_host`)."""
+
 
 # --- identity -------------------------------------------------------------------------------
 
@@ -96,6 +100,11 @@ def new_libp2p_host(key_pair: KeyPair, listen: Sequence[multiaddr.Multiaddr], *,
     only at `max_connections`: py-libp2p's defaults prune above 300 connections and its
     resource manager refuses more than 256 inbound ones, too few for a relay.
 
+    Connections to one peer are bounded at `CONNECTIONS_PER_PEER` by refusing the next, not
+    by closing one: py-libp2p's swarm would close the least used beyond 3 (after a 20 s grace),
+    and a connection `connect()` had just returned, with no stream on it yet, went first (two
+    mesh nodes hold 4 at times: each one's dial, a dial-back, QUIC and TCP).
+
     The resource manager also has a system-wide connection counter of its own
     (`ResourceLimits.max_connections`, 1,000 by default) and, once that is reached, "graceful
     degradation" lowers it step by step to half, every 10 s while the node stays full. A relay
@@ -108,12 +117,13 @@ def new_libp2p_host(key_pair: KeyPair, listen: Sequence[multiaddr.Multiaddr], *,
     its connection (`admission.end_inbound_handlers`).
     """
     quiet = ConnectionConfig(min_connections=0, low_watermark=0,
-                             high_watermark=max_connections, max_connections=max_connections)
+                             high_watermark=max_connections, max_connections=max_connections,
+                             max_connections_per_peer=CONNECTIONS_PER_PEER)
     pending = 64
     limits = ConnectionLimits(
         max_pending_inbound=pending, max_pending_outbound=pending,
         max_established_inbound=max_connections, max_established_outbound=max_connections,
-        max_established_per_peer=8, max_established_total=max_connections)
+        max_established_per_peer=CONNECTIONS_PER_PEER, max_established_total=max_connections)
     resources = new_resource_manager(
         limits=ResourceLimits(max_connections=max_connections + 2 * pending),
         connection_limits=limits, enable_graceful_degradation=False)

@@ -114,7 +114,10 @@ class Mesh:
         then direct, relayed (punched in the background)."""
         node, parts = self._mounted()
         if node.connections(peer):
-            return await parts.connector.connect(_libp2p.peer_by_id(peer))
+            try:
+                return await parts.connector.connect(_libp2p.peer_by_id(peer))
+            except PeerUnavailable:  # it closed meanwhile: dial the record's addresses
+                log.debug("mesh: the connection to %s closed; looking it up", peer)
         record = await self.lookup(peer)
         relays = _libp2p.merge_peer_addrs([str(a).split("/p2p-circuit")[0]
                                            for a in record.relay_addrs()])
